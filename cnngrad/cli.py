@@ -1,0 +1,132 @@
+"""``cnngrad`` command line: report to stdout, messages to stderr, exit 0 / 1 / 2."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+
+from . import __version__
+from . import config as cfg
+from . import report as render
+from .checker import check as run_check
+from .checker import save_npz
+from .finite_diff import METHODS
+
+
+class UsageFailure(click.ClickException):
+    """A bad config, file or option: one line on stderr, exit 2 (CONVENTIONS.md)."""
+
+    exit_code = 2
+
+
+class Samples(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or value == "all":
+            return None
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number or 'all'", param, ctx)
+        if n < 1:
+            self.fail(f"{n} is not >= 1", param, ctx)
+        return n
+
+
+def stdout() -> Console:
+    out = Console()
+    return out if out.is_terminal else Console(width=160, no_color=True, highlight=False)
+
+
+def config_option(f: Callable) -> Callable:
+    """Options shared by every command that reads a config."""
+    f = click.option("--plugins", is_flag=True, help="Allow `custom:` layers to import code next to the config.")(f)
+    f = click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the config's seed.")(f)
+    f = click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")(f)
+    return f
+
+
+def load_config(ref: str, seed: int | None, plugins: bool) -> cfg.Config:
+    try:
+        config = cfg.load(ref, plugins=plugins)
+    except cfg.ConfigError as e:
+        raise UsageFailure(str(e)) from None
+    if seed is not None:
+        config.seed = seed
+    return config
+
+
+def guarded(f: Callable) -> Callable:
+    """Turn errors of user input (config, plugin) into exit 2 with one line, unless --debug."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except cfg.ConfigError as e:
+            if kwargs.get("debug"):
+                raise
+            raise UsageFailure(str(e)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnngrad")
+def main() -> None:
+    """Prove a CNN's backpropagation right or wrong against finite differences."""
+
+
+@main.command()
+@click.argument("config")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Finite-difference step h [default: config's, else 1e-6 float64, 1e-2 float32].")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pass when norm rel <= TOL [default: config's, else 1e-6 float64, 1e-2 float32].")
+@click.option("--samples", type=Samples(), default=None,
+              help="Check N random entries per tensor [default: all].")
+@click.option("--method", type=click.Choice(sorted(METHODS)), default="central", show_default=True,
+              help="Finite-difference formula.")
+@click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write x, y, parameters and both gradients to FILE.npz.")
+@config_option
+@guarded
+def check(config: str, eps: float | None, tol: float | None, samples: int | None, method: str,
+          save: str | None, seed: int | None, plugins: bool, debug: bool) -> None:
+    """Check every gradient of CONFIG (a YAML file, or a shipped config's name)."""
+    conf = load_config(config, seed, plugins)
+    report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method)
+    out = stdout()
+    out.print(render.table(report))
+    for line in render.failure_lines(report):
+        out.print(line, markup=False, highlight=False)
+    out.print(render.summary(report), markup=False, highlight=False)
+    if save:
+        try:
+            save_npz(report, save)
+        except OSError as e:
+            raise UsageFailure(f"--save {save}: {e.strerror or e}") from None
+    sys.exit(report.return_code)
+
+
+@main.command()
+@click.argument("config")
+@config_option
+@guarded
+def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
+    """Validate CONFIG and print the inferred shape after every layer; no maths."""
+    conf = load_config(config, seed, plugins)
+    stdout().print(render.shapes(conf))
+
+
+@main.command()
+def examples() -> None:
+    """List the shipped configs (run one with `cnngrad check NAME`)."""
+    for name, res in cfg.shipped_configs().items():
+        first = next((ln[1:].strip() for ln in res.read_text(encoding="utf-8").splitlines()
+                      if ln.startswith("#")), "")
+        click.echo(f"{name:<14} {first}")

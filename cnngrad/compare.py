@@ -1,0 +1,100 @@
+"""Analytic against numeric: the error metrics of CONVENTIONS.md and the verdict.
+
+With ``g`` analytic and ``n`` numeric over the checked entries (kink crossings left out):
+
+* ``max_abs  = max |g − n|``
+* ``max_rel  = max |g − n| / max(|g|, |n|, tiny)``
+* ``norm_rel = ‖g − n‖ / (‖g‖ + ‖n‖)`` (0 where both are 0) — the verdict uses this one.
+
+``norm_rel`` is scale-free and bounded by 1, and is not fooled by single entries near 0
+(which make ``max_rel`` jump), so it is what is compared with the tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Array = np.ndarray
+TINY = np.finfo(np.float64).tiny
+
+# Default tolerance on norm_rel, per dtype.  float64: central differences with h = 1e-6
+# leave ~1e-12 of truncation and ~1e-10 of rounding, so correct gradients land near 1e-9
+# and real bugs (a wrong rotation, a missing σ', a factor) at 1e-3 … 1; 1e-6 sits between
+# with three orders of margin either side.  float32: the loss itself is only good to
+# ~1e-7 relative, so with h = 1e-2 the rounding share is ~1e-5 … 1e-4; 1e-2 still fails
+# every bug in tests/test_broken.py.
+DEFAULT_TOL = {"float64": 1e-6, "float32": 1e-2}
+# Default step h: float64 1e-6 (the contract); float32 ≈ ε^(1/3)·scale, rounded to 1e-2,
+# the step that balances truncation (h²) against rounding (ε/h) for central differences.
+DEFAULT_EPS = {"float64": 1e-6, "float32": 1e-2}
+
+
+@dataclass
+class Metrics:
+    max_abs: float
+    max_rel: float
+    norm_rel: float
+    worst: int  # position (within the checked entries) of the largest |g − n|
+
+
+def metrics(g: Array, n: Array) -> Metrics:
+    """Errors of analytic g against numeric n (same shape, float64)."""
+    g = np.asarray(g, dtype=np.float64).ravel()
+    n = np.asarray(n, dtype=np.float64).ravel()
+    if g.size == 0:
+        return Metrics(0.0, 0.0, 0.0, -1)
+    with np.errstate(all="ignore"):
+        diff = np.abs(g - n)
+        if not np.all(np.isfinite(diff)):
+            bad = int(np.flatnonzero(~np.isfinite(diff))[0])
+            return Metrics(float("nan"), float("nan"), float("nan"), bad)
+        worst = int(np.argmax(diff))
+        rel = diff / np.maximum(np.maximum(np.abs(g), np.abs(n)), TINY)
+        denom = np.linalg.norm(g) + np.linalg.norm(n)
+        norm_rel = float(np.linalg.norm(g - n) / denom) if denom > 0 else 0.0
+    return Metrics(float(diff.max()), float(rel.max()), norm_rel, worst)
+
+
+@dataclass
+class TensorCheck:
+    """One row of the report: one tensor of one layer."""
+
+    layer: int
+    kind: str
+    tensor: str  # "W", "b", … or "input" (δ w.r.t. the layer's input)
+    shape: tuple[int, ...]
+    checked: int
+    kinks: int
+    metrics: Metrics
+    status: str  # "pass" | "fail"
+    tol: float
+    indices: Array = field(repr=False, default=None)  # flat indices checked
+    analytic: Array = field(repr=False, default=None)  # at those indices
+    numeric: Array = field(repr=False, default=None)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def worst_entry(self) -> str:
+        """``analytic … numeric … at [i, j, …]`` for the largest mismatch."""
+        w = self.metrics.worst
+        if w < 0 or self.indices is None:
+            return ""
+        ok = ~self.kink_mask if self.kink_mask is not None else slice(None)
+        idx = self.indices[ok][w]
+        where = ", ".join(str(int(i)) for i in np.unravel_index(idx, self.shape))
+        return f"analytic {self.analytic[ok][w]:.10g} numeric {self.numeric[ok][w]:.10g} at [{where}]"
+
+    kink_mask: Array = field(repr=False, default=None)
+
+
+def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: Array,
+          analytic: Array, numeric: Array, kinks: Array, tol: float) -> TensorCheck:
+    """Compare analytic and numeric at the checked entries, leaving kink crossings out."""
+    ok = ~kinks
+    m = metrics(analytic[ok], numeric[ok])
+    passed = np.isfinite(m.norm_rel) and m.norm_rel <= tol and np.all(np.isfinite(analytic))
+    return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
+                       "pass" if passed else "fail", tol, indices, analytic, numeric, kinks)

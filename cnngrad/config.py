@@ -1,0 +1,388 @@
+"""Load a YAML config, validate every key, infer every layer's shape — before any maths.
+
+Every problem raises :class:`ConfigError` with one line naming its place
+(``layers[2].conv.kernel: 5x5 kernel does not fit a 4x4 input (after padding 0)``).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import conv as C
+from .layers import ACTIVATIONS
+from .losses import LOSSES
+
+DTYPES = ("float64", "float32")
+INITS = ("lecun", "he", "xavier")
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A bad config; ``str()`` is the one-line message, place first."""
+
+    def __init__(self, place: str, message: str) -> None:
+        super().__init__(f"{place}: {message}" if place else message)
+
+
+@dataclass
+class LayerSpec:
+    """One entry of ``layers:``, validated: constructor options and inferred shapes."""
+
+    index: int
+    kind: str  # key in the layer registry ("conv", …) or "custom"
+    options: dict[str, Any]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    cls: Any = None  # a plugin's class (kind "custom")
+
+    @property
+    def place(self) -> str:
+        return f"layers[{self.index}].{self.kind}"
+
+
+@dataclass
+class Config:
+    name: str
+    seed: int
+    dtype: str
+    batch: int
+    in_shape: tuple[int, ...]
+    init: Any
+    layers: list[LayerSpec]
+    loss: str
+    check: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}", "a mapping key must be a plain value")
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}", f"duplicate key {key!r}")
+        seen[key] = loader.construct_object(value_node, deep=deep)
+    return seen
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, where: str = "config") -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no python/* tags
+    except ConfigError:
+        raise
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(where, f"not valid YAML{line}: {problem}") from None
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+
+def shipped_configs() -> dict[str, Any]:
+    """name -> resource of the configs shipped inside the package."""
+    root = resources.files("cnngrad") / "configs"
+    return {p.name[:-5]: p for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")}
+
+
+def resolve(ref: str) -> tuple[str, str, Path | None]:
+    """A path or a shipped config's name -> (name, text, folder of the file or None)."""
+    path = Path(ref)
+    if path.is_dir():
+        raise ConfigError(ref, "is a directory, not a config file")
+    if path.is_file():
+        try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(ref, f"file is larger than {MAX_CONFIG_BYTES} bytes")
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(ref, "not a text file (not UTF-8)") from None
+        except OSError as e:
+            raise ConfigError(ref, f"cannot read: {e.strerror}") from None
+        return path.stem, text, path.resolve().parent
+    shipped = shipped_configs()
+    stem = ref[:-5] if ref.endswith(".yaml") else ref
+    if stem in shipped and "/" not in ref:
+        return stem, shipped[stem].read_text(encoding="utf-8"), None
+    raise ConfigError(ref, f"no such file, nor a shipped config{_did_you_mean(stem, shipped)} "
+                           f"(shipped: {', '.join(shipped)})")
+
+
+def load(ref: str, plugins: bool = False) -> Config:
+    """Read, parse and validate the config at path ``ref`` (or the shipped one named ``ref``)."""
+    name, text, folder = resolve(ref)
+    return validate(parse_yaml(text, ref), default_name=name, plugins=plugins, folder=folder, source=ref)
+
+
+# --------------------------------------------------------------------------- checkers
+
+
+def _did_you_mean(word: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _mapping(place: str, v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise ConfigError(place, f"expected a mapping, got {_show(v)}")
+    return v
+
+
+def _keys(place: str, d: dict, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{place}.{k}" if place else str(k),
+                              f"unknown key{_did_you_mean(k, allowed)}; allowed: {', '.join(allowed)}")
+    for k in required:
+        if k not in d:
+            raise ConfigError(place or "config", f"missing required key {k!r}")
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "nothing (null)"
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    if isinstance(v, (dict, list)):
+        return f"a {'mapping' if isinstance(v, dict) else 'list'}"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(place: str, v: Any, minimum: int = 1, maximum: int = 1 << 31) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(place, f"expected an integer >= {minimum}, got {_show(v)}")
+    if v < minimum or v > maximum:
+        raise ConfigError(place, f"expected an integer from {minimum} to {maximum}, got {v}")
+    return v
+
+
+def _float(place: str, v: Any, positive: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(place, f"expected a number, got {_show(v)}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")) or (positive and v <= 0):
+        raise ConfigError(place, f"expected a {'positive ' if positive else ''}finite number, got {v}")
+    return v
+
+
+def _choice(place: str, v: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        hint = _did_you_mean(v, choices) if isinstance(v, str) else ""
+        raise ConfigError(place, f"unknown value {_show(v)}{hint}; choose one of {', '.join(choices)}")
+    return v
+
+
+def _pair(place: str, v: Any, minimum: int) -> tuple[int, int]:
+    """An int, or a list [h, w] of two ints."""
+    if isinstance(v, list):
+        if len(v) != 2:
+            raise ConfigError(place, f"expected an integer or a list [h, w] of two, got a list of {len(v)}")
+        return _int(f"{place}[0]", v[0], minimum), _int(f"{place}[1]", v[1], minimum)
+    n = _int(place, v, minimum)
+    return n, n
+
+
+def _fmt(p: tuple[int, ...]) -> str:
+    return "x".join(str(i) for i in p)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _conv(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    o = _mapping(place, o)
+    _keys(place, o, ("filters", "kernel", "stride", "padding", "dilation", "bias", "mode"), ("filters", "kernel"))
+    if len(in_shape) != 3:
+        raise ConfigError(place, f"needs an input of shape (channels, height, width), got {_fmt(in_shape)}")
+    opts = {
+        "filters": _int(f"{place}.filters", o["filters"]),
+        "kernel": _pair(f"{place}.kernel", o["kernel"], 1),
+        "stride": _pair(f"{place}.stride", o.get("stride", 1), 1),
+        "padding": _pair(f"{place}.padding", o.get("padding", 0), 0),
+        "dilation": _pair(f"{place}.dilation", o.get("dilation", 1), 1),
+        "bias": _choice(f"{place}.bias", o.get("bias", "tied"), ("tied", "untied", "none")),
+        "mode": _choice(f"{place}.mode", o.get("mode", "correlation"), ("correlation", "convolution")),
+    }
+    _, h, w = in_shape
+    (kh, kw), (ph, pw), (dh, dw) = opts["kernel"], opts["padding"], opts["dilation"]
+    eh, ew = C.effective_kernel(kh, dh), C.effective_kernel(kw, dw)
+    if eh > h + 2 * ph or ew > w + 2 * pw:
+        dil = f" dilated by {_fmt(opts['dilation'])} (extent {eh}x{ew})" if (dh, dw) != (1, 1) else ""
+        raise ConfigError(f"{place}.kernel", f"{kh}x{kw} kernel{dil} does not fit a {h}x{w} input "
+                                             f"(after padding {_fmt(opts['padding']) if ph != pw else ph})")
+    ho = C.out_size(h, kh, opts["stride"][0], ph, dh)
+    wo = C.out_size(w, kw, opts["stride"][1], pw, dw)
+    return opts, (opts["filters"], ho, wo)
+
+
+def _activation(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    names = tuple(ACTIVATIONS)
+    if isinstance(o, dict):
+        if len(o) != 1:
+            raise ConfigError(place, "expected a name, or a mapping of one name to its parameter, "
+                                     "e.g. {leaky_relu: 0.01}")
+        ((fn, param),) = o.items()
+        fn = _choice(place, fn, names)
+        if fn != "leaky_relu":
+            if param not in (None, {}):
+                raise ConfigError(f"{place}.{fn}", "takes no parameter")
+            return {"function": fn}, in_shape
+        alpha = 0.01 if param is None else _float(f"{place}.leaky_relu", param, positive=False)
+        return {"function": fn, "alpha": alpha}, in_shape
+    return {"function": _choice(place, o, names)}, in_shape
+
+
+def _pool(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    o = _mapping(place, o if o is not None else {})
+    _keys(place, o, ("kind", "size", "stride"))
+    if len(in_shape) != 3:
+        raise ConfigError(place, f"needs an input of shape (channels, height, width), got {_fmt(in_shape)}")
+    size = _pair(f"{place}.size", o.get("size", 2), 1)
+    opts = {"kind": _choice(f"{place}.kind", o.get("kind", "max"), ("max", "avg")), "size": size,
+            "stride": _pair(f"{place}.stride", o["stride"], 1) if "stride" in o else size}
+    c, h, w = in_shape
+    if size[0] > h or size[1] > w:
+        raise ConfigError(f"{place}.size", f"{_fmt(size)} window does not fit a {h}x{w} input")
+    return opts, (c, C.out_size(h, size[0], opts["stride"][0]), C.out_size(w, size[1], opts["stride"][1]))
+
+
+def _flatten(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    if o not in (None, {}):
+        raise ConfigError(place, f"takes no options, write `- flatten: {{}}`; got {_show(o)}")
+    n = 1
+    for s in in_shape:
+        n *= s
+    return {}, (n,)
+
+
+def _dense(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    o = _mapping(place, o)
+    _keys(place, o, ("units", "bias"), ("units",))
+    if len(in_shape) != 1:
+        raise ConfigError(place, f"needs a flat input, got shape {_fmt(in_shape)}: put `- flatten: {{}}` before it")
+    bias = o.get("bias", True)
+    if not isinstance(bias, bool):
+        raise ConfigError(f"{place}.bias", f"expected true or false, got {_show(bias)}")
+    return {"units": _int(f"{place}.units", o["units"]), "bias": bias}, (o["units"],)
+
+
+def _custom(place: str, o: Any, in_shape: tuple[int, ...], plugins: bool, folder: Path | None) -> tuple:
+    o = _mapping(place, o)
+    if not plugins:
+        raise ConfigError(place, "names code to import; run with --plugins to allow it")
+    spec = o.get("class")
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"{place}.class", f"expected \"module.path:ClassName\", got {_show(spec)}")
+    module, _, attr = spec.partition(":")
+    if folder is not None and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except Exception as e:  # an import error in user code: report it, never a traceback
+        raise ConfigError(f"{place}.class", f"cannot import {spec}: {type(e).__name__}: {e}") from None
+    options = {k: v for k, v in o.items() if k != "class"}
+    return options, cls
+
+
+_LAYER_CHECKS = {"conv": _conv, "activation": _activation, "pool": _pool, "flatten": _flatten, "dense": _dense}
+LAYER_KINDS = tuple(_LAYER_CHECKS) + ("custom",)
+
+
+# --------------------------------------------------------------------------- the whole config
+
+
+def validate(raw: Any, default_name: str = "config", plugins: bool = False, folder: Path | None = None,
+             source: str = "") -> Config:
+    """Check a parsed config and infer the shape after every layer."""
+    if raw is None:
+        raise ConfigError("config", "is empty; it needs at least `input:` and `layers:`")
+    top = _mapping("config", raw)
+    _keys("", top, ("name", "seed", "dtype", "input", "init", "layers", "loss", "check"), ("input", "layers"))
+    name = top.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name", f"expected a non-empty string, got {_show(name)}")
+    seed = _int("seed", top.get("seed", 0), 0, 2**63 - 1)
+    dtype = _choice("dtype", top.get("dtype", "float64"), DTYPES)
+
+    inp = _mapping("input", top["input"])
+    _keys("input", inp, ("batch", "channels", "height", "width"), ("batch", "channels", "height", "width"))
+    batch = _int("input.batch", inp["batch"], 1, 1 << 16)
+    in_shape = tuple(_int(f"input.{k}", inp[k], 1, 1 << 16) for k in ("channels", "height", "width"))
+    shape: tuple[int, ...] = in_shape
+
+    init = top.get("init", "lecun")
+    if isinstance(init, dict):
+        _keys("init", init, ("normal",), ("normal",))
+        init = {"normal": _float("init.normal", init["normal"])}
+    else:
+        init = _choice("init", init, INITS)
+
+    layers_raw = top["layers"]
+    if not isinstance(layers_raw, list) or not layers_raw:
+        raise ConfigError("layers", f"expected a non-empty list of layers, got {_show(layers_raw)}")
+    specs: list[LayerSpec] = []
+    for i, entry in enumerate(layers_raw):
+        place = f"layers[{i}]"
+        if isinstance(entry, str) and entry in LAYER_KINDS:
+            entry = {entry: None}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(place, f"expected a mapping of one layer kind ({', '.join(LAYER_KINDS)}) "
+                                     f"to its options, got {_show(entry)}")
+        ((kind, opts),) = entry.items()
+        if kind not in LAYER_KINDS:
+            raise ConfigError(place, f"unknown layer kind {_show(kind)}{_did_you_mean(kind, LAYER_KINDS)}; "
+                                     f"known: {', '.join(LAYER_KINDS)}")
+        place = f"{place}.{kind}"
+        if kind == "custom":
+            options, cls = _custom(place, opts, shape, plugins, folder)
+            specs.append(LayerSpec(i, kind, options, shape, (), cls))
+            shape = ()  # known only once the plugin is built (network.build)
+            continue
+        if not shape:
+            raise ConfigError(place, "follows a custom layer; its input shape is known only when built")
+        options, out = _LAYER_CHECKS[kind](place, opts, shape)
+        if kind in ("conv", "dense"):
+            options["init"] = init
+        if any(s <= 0 for s in out):
+            raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
+        specs.append(LayerSpec(i, kind, options, shape, out))
+        shape = out
+
+    loss = _choice("loss", top.get("loss", "mse"), tuple(LOSSES))
+    if loss == "softmax_cross_entropy" and shape and (len(shape) != 1 or shape[0] < 2):
+        raise ConfigError("loss", f"softmax_cross_entropy needs a flat output of at least 2 classes, got "
+                                  f"shape {_fmt(shape)}: end the network with flatten and dense")
+
+    check = _mapping("check", top.get("check", {}) or {})
+    _keys("check", check, ("eps", "samples", "tol"))
+    chk: dict[str, Any] = {}
+    if "eps" in check:
+        chk["eps"] = _float("check.eps", check["eps"])
+    if "tol" in check:
+        chk["tol"] = _float("check.tol", check["tol"])
+    if "samples" in check and check["samples"] != "all":
+        chk["samples"] = _int("check.samples", check["samples"])
+    return Config(name, seed, dtype, batch, in_shape, init, specs, loss, chk, source)

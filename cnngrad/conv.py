@@ -1,0 +1,210 @@
+"""The few convolution primitives cnngrad's conv layer is built from.
+
+Every fast (vectorised numpy) primitive has a naive loop reference right beside it
+(``*_naive``); ``tests/test_conv.py`` proves each pair equal.  Arrays are NCHW.
+
+Notation (CONVENTIONS.md, the seed document):
+
+* correlation (what frameworks call convolution)::
+
+      z[n,o,i,j] = Σ_{c,u,v} W[o,c,u,v] · ã[n,c, i·s + u·d, j·s + v·d]
+
+* true convolution is the same with ``ROT180(W)`` in place of ``W``.
+
+The backward pass of a correlation layer is, exactly as in the seed,
+
+* ``δ^{l-1} = full convolution of δ^l with W``  (= full *correlation* of δ^l with
+  ``ROT180(W)``), after dilating δ^l with s−1 zeros for stride s; then crop the padding;
+* ``∂C/∂W  = valid correlation of ã^{l-1} with δ^l``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+Pair = tuple[int, int]
+
+
+def pair(v: int | list[int] | tuple[int, int]) -> Pair:
+    """``3 -> (3, 3)``, ``[3, 5] -> (3, 5)``."""
+    if isinstance(v, (list, tuple)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def effective_kernel(k: int, d: int) -> int:
+    """Extent of a k-tap kernel dilated by d: ``d·(k−1) + 1``."""
+    return d * (k - 1) + 1
+
+
+def out_size(size: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
+    """Output length ``⌊(H + 2p − d(k−1) − 1)/s⌋ + 1`` (may be ≤ 0 for a bad config)."""
+    return (size + 2 * p - effective_kernel(k, d)) // s + 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def rot180(W: np.ndarray) -> np.ndarray:
+    """ROT180 of the kernel: flip both spatial axes (the last two), ``w_{-x,-y}``."""
+    return W[..., ::-1, ::-1]
+
+
+def pad(x: np.ndarray, p: Pair) -> np.ndarray:
+    """Zero-pad the last two axes by ``p = (ph, pw)`` on each side."""
+    ph, pw = p
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)])
+
+
+def crop(x: np.ndarray, p: Pair) -> np.ndarray:
+    """Inverse of :func:`pad`: drop ``p = (ph, pw)`` from each side of the last two axes."""
+    ph, pw = p
+    h, w = x.shape[-2:]
+    return x[..., ph : h - ph, pw : w - pw]
+
+
+def dilate(x: np.ndarray, s: Pair) -> np.ndarray:
+    """Insert ``s−1`` zeros between neighbouring entries of the last two axes.
+
+    ``(…, h, w) -> (…, (h−1)·sh + 1, (w−1)·sw + 1)``.  For a stride-s layer, δ dilated
+    this way sits on the grid of the stride-1 layer it was sampled from.
+    """
+    sh, sw = s
+    if sh == 1 and sw == 1:
+        return x
+    h, w = x.shape[-2:]
+    out = np.zeros(x.shape[:-2] + ((h - 1) * sh + 1, (w - 1) * sw + 1), dtype=x.dtype)
+    out[..., ::sh, ::sw] = x
+    return out
+
+
+def windows(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+    """The receptive fields (im2col as a strided view, no copy).
+
+    x of shape (n, c, H, W) -> view of shape (n, c, Ho, Wo, kh, kw) with
+    ``view[n, c, i, j, u, v] = x[n, c, i·sh + u·dh, j·sw + v·dw]``.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = k, s, d
+    v = sliding_window_view(x, (effective_kernel(kh, dh), effective_kernel(kw, dw)), axis=(-2, -1))
+    return v[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+    """Valid multi-channel correlation (the forward pass of a conv layer).
+
+    x of shape (n, c, H, W), W of shape (o, c, kh, kw) -> z of shape (n, o, Ho, Wo),
+    ``z[n,o,i,j] = Σ_{c,u,v} W[o,c,u,v] · x[n,c, i·sh + u·dh, j·sw + v·dw]``.
+    """
+    cols = windows(x, W.shape[-2:], s, d)  # (n, c, Ho, Wo, kh, kw)
+    return np.einsum("ncijuv,ocuv->noij", cols, W, optimize=True)
+
+
+def correlate_naive(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+    """Loop reference of :func:`correlate`."""
+    n, c, H, Wd = x.shape
+    o, _, kh, kw = W.shape
+    Ho = out_size(H, kh, s[0], 0, d[0])
+    Wo = out_size(Wd, kw, s[1], 0, d[1])
+    z = np.zeros((n, o, Ho, Wo), dtype=np.result_type(x, W))
+    for b in range(n):
+        for f in range(o):
+            for i in range(Ho):
+                for j in range(Wo):
+                    acc = 0.0
+                    for ch in range(c):
+                        for u in range(kh):
+                            for v in range(kw):
+                                acc += W[f, ch, u, v] * x[b, ch, i * s[0] + u * d[0], j * s[1] + v * d[1]]
+                    z[b, f, i, j] = acc
+    return z
+
+
+# --------------------------------------------------------------------------- δ backward
+
+
+def full_convolve(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
+                  d: Pair = (1, 1)) -> np.ndarray:
+    """δ w.r.t. the (padded) input of a correlation layer: the seed's rotated-kernel step.
+
+    delta of shape (n, o, Ho, Wo), W of shape (o, c, kh, kw) -> of shape (n, c, *in_hw),
+    where ``in_hw`` is the padded input's (H + 2p, W + 2p).
+
+    1. dilate δ with s−1 zeros (stride), 2. pad it by the kernel extent − 1 on each side,
+    3. *correlate* it with ``ROT180(W)`` with in/out channels swapped — that is, a full
+    **convolution** of δ with ``W`` (and so, for a ``mode: convolution`` layer whose
+    kernel is ``ROT180(W)``, the seed's ``δ^{l+1} * ROT180(w^{l+1})``),
+    4. zero-fill rows/columns the stride never reached.
+    """
+    kh, kw = W.shape[-2:]
+    ke = (effective_kernel(kh, d[0]), effective_kernel(kw, d[1]))
+    delta_hat = pad(dilate(delta, s), (ke[0] - 1, ke[1] - 1))
+    W_rot = rot180(W).swapaxes(0, 1)  # (c, o, kh, kw)
+    out = correlate(delta_hat, W_rot, (1, 1), d)  # (n, c, (Ho-1)s + ke, ...)
+    H, Wd = in_hw
+    if out.shape[-2:] != (H, Wd):  # stride did not tile the input exactly
+        full = np.zeros(out.shape[:2] + (H, Wd), dtype=out.dtype)
+        full[..., : out.shape[-2], : out.shape[-1]] = out
+        out = full
+    return out
+
+
+def full_convolve_naive(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
+                        d: Pair = (1, 1)) -> np.ndarray:
+    """Loop reference of :func:`full_convolve`, straight from the chain rule.
+
+    ``∂C/∂ã[n,c,y,x] = Σ δ[n,o,i,j] W[o,c,u,v]`` over ``i·s + u·d = y, j·s + v·d = x``:
+    every output scatters its δ back through the kernel taps that produced it.
+    """
+    n, o, Ho, Wo = delta.shape
+    _, c, kh, kw = W.shape
+    out = np.zeros((n, c) + tuple(in_hw), dtype=np.result_type(delta, W))
+    for b in range(n):
+        for f in range(o):
+            for i in range(Ho):
+                for j in range(Wo):
+                    for ch in range(c):
+                        for u in range(kh):
+                            for v in range(kw):
+                                out[b, ch, i * s[0] + u * d[0], j * s[1] + v * d[1]] += (
+                                    delta[b, f, i, j] * W[f, ch, u, v])
+    return out
+
+
+# --------------------------------------------------------------------------- ∂C/∂W
+
+
+def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
+                d: Pair = (1, 1)) -> np.ndarray:
+    """∂C/∂W of a correlation layer: the valid correlation of ã with δ.
+
+    a_pad of shape (n, c, H+2p, W+2p), delta of shape (n, o, Ho, Wo) -> of shape
+    (o, c, kh, kw), ``nabla_w[o,c,u,v] = Σ_{n,i,j} δ[n,o,i,j] · ã[n,c, i·s + u·d, j·s + v·d]``
+    — δ (dilated by the stride) slides over ã as the kernel; summed over the batch.
+    """
+    cols = windows(a_pad, k, s, d)  # (n, c, Ho, Wo, kh, kw)
+    return np.einsum("ncijuv,noij->ocuv", cols, delta, optimize=True)
+
+
+def weight_grad_naive(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
+                      d: Pair = (1, 1)) -> np.ndarray:
+    """Loop reference of :func:`weight_grad`."""
+    n, c = a_pad.shape[:2]
+    _, o, Ho, Wo = delta.shape
+    kh, kw = k
+    g = np.zeros((o, c, kh, kw), dtype=np.result_type(a_pad, delta))
+    for f in range(o):
+        for ch in range(c):
+            for u in range(kh):
+                for v in range(kw):
+                    acc = 0.0
+                    for b in range(n):
+                        for i in range(Ho):
+                            for j in range(Wo):
+                                acc += delta[b, f, i, j] * a_pad[b, ch, i * s[0] + u * d[0], j * s[1] + v * d[1]]
+                    g[f, ch, u, v] = acc
+    return g

@@ -1,0 +1,251 @@
+"""Built-in layers: each ``forward`` returns ``(out, cache)``; ``backward(delta, cache)``
+sits right under it and returns ``(delta_prev, {name: nabla})``.
+
+Every layer follows the plugin protocol of CONVENTIONS.md ("Layers of your own")::
+
+    __init__(in_shape, rng, **options);  out_shape;  params;  forward;  backward
+
+No layer keeps state between calls: perturbing an entry of ``params`` in place is all a
+finite-difference check needs.  Arrays are NCHW, shapes in docstrings are per batch.
+
+Optional: ``kink_state(cache)`` returns, per sample, which side of a non-differentiable
+point each unit is on (relu's sign mask, a max-pool window's argmax); the checker uses it
+to tell a stencil that crossed a kink from a wrong gradient.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import conv as C
+
+Array = np.ndarray
+
+
+# --------------------------------------------------------------------------- init
+
+
+def init_weights(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                 init: str | dict) -> Array:
+    """Draw W: lecun N(0, 1/fan_in), he N(0, 2/fan_in), xavier N(0, 2/(fan_in+fan_out)),
+    ``{normal: σ}`` N(0, σ²)."""
+    if isinstance(init, dict):
+        std = float(init["normal"])
+    else:
+        std = {"lecun": np.sqrt(1.0 / fan_in), "he": np.sqrt(2.0 / fan_in),
+               "xavier": np.sqrt(2.0 / (fan_in + fan_out))}[init]
+    return rng.normal(0.0, std, size=shape)
+
+
+BIAS_STD = 0.1  # biases ~ N(0, 0.1²)
+
+
+# --------------------------------------------------------------------------- conv
+
+
+class Conv:
+    """2-D convolution layer, weighted input ``z^l`` from ``a^{l-1}``.
+
+    a_prev of shape (n, c, h, w) -> z of shape (n, filters, ho, wo);
+    ``W`` of shape (filters, c, kh, kw); ``b`` of shape (filters,) (``bias: tied``),
+    (filters, ho, wo) (``untied``, the seed's ``b_{x,y}``) or absent (``none``).
+    ``mode: correlation``: ``z = W ⋆ ã + b``;  ``mode: convolution``: ``z = ROT180(W) ⋆ ã + b
+    = W * ã + b`` (the seed's true convolution).
+    """
+
+    kind = "conv"
+
+    def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, filters: int,
+                 kernel: Any = 3, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+                 bias: str = "tied", mode: str = "correlation", init: str | dict = "lecun",
+                 dtype: Any = np.float64) -> None:
+        c, h, w = in_shape
+        self.k, self.s, self.p, self.d = C.pair(kernel), C.pair(stride), C.pair(padding), C.pair(dilation)
+        self.mode, self.bias = mode, bias
+        ho = C.out_size(h, self.k[0], self.s[0], self.p[0], self.d[0])
+        wo = C.out_size(w, self.k[1], self.s[1], self.p[1], self.d[1])
+        self.out_shape = (filters, ho, wo)
+        fan_in, fan_out = c * self.k[0] * self.k[1], filters * self.k[0] * self.k[1]
+        self.params = {"W": init_weights(rng, (filters, c) + self.k, fan_in, fan_out, init).astype(dtype)}
+        if bias == "tied":
+            self.params["b"] = rng.normal(0.0, BIAS_STD, size=(filters,)).astype(dtype)
+        elif bias == "untied":
+            self.params["b"] = rng.normal(0.0, BIAS_STD, size=(filters, ho, wo)).astype(dtype)
+
+    def _kernel(self) -> Array:
+        """The kernel actually slid over the input: W, or ROT180(W) for a true convolution."""
+        W = self.params["W"]
+        return C.rot180(W) if self.mode == "convolution" else W
+
+    def forward(self, a_prev: Array) -> tuple[Array, tuple]:
+        a_pad = C.pad(a_prev, self.p)  # ã^{l-1}
+        z = C.correlate(a_pad, self._kernel(), self.s, self.d)
+        if self.bias == "tied":
+            z = z + self.params["b"][:, None, None]
+        elif self.bias == "untied":
+            z = z + self.params["b"]
+        return z, (a_pad,)
+
+    def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """``δ^{l-1} = δ^l * ROT180(w^l)`` (full convolution; for ``correlation`` mode the
+        kernel slid is W itself, so this is the full convolution of δ with W), cropped by
+        the padding; ``∂C/∂W = ã^{l-1} ⋆ δ^l`` (valid correlation; ROT180 of it in
+        ``convolution`` mode: the seed's ``δ * σ(ROT180(z^{l-1}))``); ``∂C/∂b = Σ δ``."""
+        (a_pad,) = cache
+        delta_prev = C.crop(C.full_convolve(delta, self._kernel(), a_pad.shape[-2:], self.s, self.d), self.p)
+        nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d)
+        grads = {"W": C.rot180(nabla_w) if self.mode == "convolution" else nabla_w}
+        if self.bias == "tied":
+            grads["b"] = delta.sum(axis=(0, 2, 3))
+        elif self.bias == "untied":
+            grads["b"] = delta.sum(axis=0)
+        return delta_prev, grads
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _sigmoid(z: Array) -> Array:
+    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # no overflow for any z
+
+
+# name -> (σ, σ'), each with the parameter (leaky_relu's slope) as keyword
+ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
+    "sigmoid": (lambda z: _sigmoid(z), lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "relu": (lambda z: np.where(z > 0, z, 0.0 * z), lambda z: (z > 0).astype(z.dtype)),
+    "leaky_relu": (lambda z, alpha=0.01: np.where(z > 0, z, alpha * z),
+                   lambda z, alpha=0.01: np.where(z > 0, 1.0, alpha).astype(z.dtype)),
+    "softplus": (lambda z: np.logaddexp(0.0, z), lambda z: _sigmoid(z)),
+    "identity": (lambda z: z, lambda z: np.ones_like(z)),
+}
+KINKED = {"relu", "leaky_relu"}
+
+
+class Activation:
+    """``a^l = σ(z^l)``, elementwise; any in_shape, out_shape = in_shape."""
+
+    kind = "activation"
+
+    def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, function: str,
+                 alpha: float | None = None, dtype: Any = np.float64) -> None:
+        self.out_shape = tuple(in_shape)
+        self.params: dict[str, Array] = {}
+        self.function = function
+        self._kw = {} if alpha is None else {"alpha": alpha}
+        self.sigma, self.sigma_prime = ACTIVATIONS[function]
+
+    def forward(self, z: Array) -> tuple[Array, tuple]:
+        return self.sigma(z, **self._kw), (z,)
+
+    def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """``δ^l = δ_a ⊙ σ'(z^l)`` — the seed's Hadamard factor."""
+        (z,) = cache
+        return delta * self.sigma_prime(z, **self._kw), {}
+
+    def kink_state(self, cache: tuple) -> Array | None:
+        return cache[0] > 0 if self.function in KINKED else None
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _scatter_windows(g: Array, in_shape: tuple[int, ...], s: C.Pair) -> Array:
+    """col2im: add per-window gradients g of shape (n, c, ho, wo, kh, kw) back onto an
+    input of shape in_shape (n, c, h, w).  A loop over the kh·kw taps (not the pixels)."""
+    n, c, ho, wo, kh, kw = g.shape
+    out = np.zeros(in_shape, dtype=g.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            out[:, :, u : u + s[0] * (ho - 1) + 1 : s[0], v : v + s[1] * (wo - 1) + 1 : s[1]] += g[..., u, v]
+    return out
+
+
+class Pool:
+    """Max or average pooling, no padding. a of shape (n, c, h, w) -> (n, c, ho, wo)."""
+
+    kind = "pool"
+
+    def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, kind: str = "max",
+                 size: Any = 2, stride: Any = None, dtype: Any = np.float64) -> None:
+        c, h, w = in_shape
+        self.pool, self.k = kind, C.pair(size)
+        self.s = C.pair(stride) if stride is not None else self.k
+        self.out_shape = (c, C.out_size(h, self.k[0], self.s[0]), C.out_size(w, self.k[1], self.s[1]))
+        self.params: dict[str, Array] = {}
+
+    def forward(self, a: Array) -> tuple[Array, tuple]:
+        cols = C.windows(a, self.k, self.s)  # (n, c, ho, wo, kh, kw), a view
+        if self.pool == "avg":
+            return cols.mean(axis=(-2, -1)), (a.shape, None)
+        flat = cols.reshape(cols.shape[:4] + (-1,))
+        idx = np.argmax(flat, axis=-1)  # the first maximal entry of each window
+        return np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0], (a.shape, idx)
+
+    def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """avg: each window's δ shared equally, ``δ/(kh·kw)``; max: all of it to the
+        window's (first) maximum.  Overlapping windows add up."""
+        shape, idx = cache
+        kh, kw = self.k
+        if self.pool == "avg":
+            g = np.broadcast_to((delta / (kh * kw))[..., None, None], delta.shape + (kh, kw))
+        else:
+            onehot = np.arange(kh * kw) == idx[..., None]
+            g = (onehot * delta[..., None]).reshape(delta.shape + (kh, kw))
+        return _scatter_windows(g, shape, self.s), {}
+
+    def kink_state(self, cache: tuple) -> Array | None:
+        return cache[1]
+
+
+# --------------------------------------------------------------------------- flatten, dense
+
+
+class Flatten:
+    """(n, c, h, w) -> (n, c·h·w), C order."""
+
+    kind = "flatten"
+
+    def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.float64) -> None:
+        self.in_shape = tuple(in_shape)
+        self.out_shape = (int(np.prod(in_shape)),)
+        self.params: dict[str, Array] = {}
+
+    def forward(self, a: Array) -> tuple[Array, tuple]:
+        return a.reshape(a.shape[0], -1), ()
+
+    def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        return delta.reshape((delta.shape[0],) + self.in_shape), {}
+
+
+class Dense:
+    """``z = W a + b``: a_prev of shape (n, k) -> z of shape (n, units); W (units, k)."""
+
+    kind = "dense"
+
+    def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, units: int,
+                 bias: bool = True, init: str | dict = "lecun", dtype: Any = np.float64) -> None:
+        (k,) = in_shape
+        self.out_shape = (units,)
+        self.params = {"W": init_weights(rng, (units, k), k, units, init).astype(dtype)}
+        if bias:
+            self.params["b"] = rng.normal(0.0, BIAS_STD, size=(units,)).astype(dtype)
+
+    def forward(self, a_prev: Array) -> tuple[Array, tuple]:
+        z = a_prev @ self.params["W"].T
+        if "b" in self.params:
+            z = z + self.params["b"]
+        return z, (a_prev,)
+
+    def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """``δ^{l-1} = (W)ᵀ δ``, ``∂C/∂W = δ (a^{l-1})ᵀ``, ``∂C/∂b = δ`` (summed over the batch)."""
+        (a_prev,) = cache
+        grads = {"W": delta.T @ a_prev}
+        if "b" in self.params:
+            grads["b"] = delta.sum(axis=0)
+        return delta @ self.params["W"], grads
+
+
+LAYERS: dict[str, type] = {"conv": Conv, "activation": Activation, "pool": Pool,
+                           "flatten": Flatten, "dense": Dense}
