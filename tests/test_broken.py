@@ -1,0 +1,144 @@
+"""The checker must FAIL on deliberately broken backward passes, and point at them.
+
+Each bug is put in with monkeypatch, one at a time, in the way it is usually made by hand;
+the CLI must then exit 1, and the rows that fail must be the ones the bug reaches.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cnngrad.conv as C
+from cnngrad import check
+from cnngrad.cli import main
+from cnngrad.layers import Activation, Conv, Dense
+
+
+def failing(report) -> set[tuple[int, str]]:
+    return {(r.layer, r.tensor) for r in report.failures}
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, ["check", *args])
+
+
+def test_correct_code_passes_the_configs_used_below():
+    for name in ("lenet", "strided", "seed"):
+        assert check(name, samples=60).passed
+
+
+def test_kernel_not_rotated(monkeypatch):
+    """δ as the full *correlation* of δ with W: the seed's ROT180 left out."""
+    monkeypatch.setattr(C, "rot180", lambda W: W)
+    result = run_cli("lenet", "--samples", "60")
+    assert result.exit_code == 1, result.output
+    report = check("lenet", samples=60)
+    # δ goes wrong below layer 3: everything under it fails, layer 3's own ∂W/∂b do not
+    assert {(0, "W"), (0, "b"), (0, "input")} <= failing(report)
+    assert (3, "W") not in failing(report) and (7, "W") not in failing(report)
+
+
+def test_kernel_rotated_in_the_weight_gradient_too(monkeypatch):
+    """∂C/∂W of a correlation layer taken as ROT180 of the right answer."""
+    original = Conv.backward
+
+    def backward(self, delta, cache):
+        delta_prev, grads = original(self, delta, cache)
+        grads["W"] = C.rot180(grads["W"]).copy()
+        return delta_prev, grads
+
+    monkeypatch.setattr(Conv, "backward", backward)
+    report = check("lenet", samples=60)
+    assert report.return_code == 1
+    assert {(0, "W"), (3, "W")} <= failing(report)
+    assert (0, "input") not in failing(report)  # δ itself is still right
+
+
+def test_delta_not_multiplied_by_sigma_prime(monkeypatch):
+    """The activation passes δ straight through: ``δ^l = δ^{l+1} * ROT180(w)`` without ⊙ σ'(z)."""
+    monkeypatch.setattr(Activation, "backward", lambda self, delta, cache: (delta, {}))
+    result = run_cli("seed")
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "analytic" in result.output and "numeric" in result.output
+    report = check("seed")
+    # the last conv's W sees σ' only through the loss side: the seed net ends in sigmoid
+    assert {(0, "W"), (0, "b"), (0, "input"), (2, "W"), (2, "b")} <= failing(report)
+
+
+def test_stride_zeros_not_inserted(monkeypatch):
+    """δ of a strided layer used as if the layer had stride 1 (no zeros between entries)."""
+    monkeypatch.setattr(C, "dilate", lambda x, s: x)
+    result = run_cli("strided")
+    assert result.exit_code == 1, result.output
+    report = check("strided")
+    assert (0, "input") in failing(report)  # layer 0 has stride 2
+    assert (4, "W") not in failing(report)  # nothing strided above layer 4's ∂W
+
+
+def test_bias_gradient_not_summed_over_the_batch(monkeypatch):
+    """∂C/∂b taken as the batch mean of δ instead of its sum."""
+    original = Conv.backward
+
+    def backward(self, delta, cache):
+        delta_prev, grads = original(self, delta, cache)
+        grads["b"] = delta.mean(axis=(0, 2, 3))
+        return delta_prev, grads
+
+    monkeypatch.setattr(Conv, "backward", backward)
+    result = run_cli("lenet", "--samples", "60")
+    assert result.exit_code == 1, result.output
+    report = check("lenet", samples=60)
+    assert failing(report) == {(0, "b"), (3, "b")}
+
+
+def test_dense_transposed_weight_gradient(monkeypatch):
+    """∂C/∂W of a dense layer with a wrong but same-shaped product (a classic by hand)."""
+    original = Dense.backward
+
+    def backward(self, delta, cache):
+        delta_prev, grads = original(self, delta, cache)
+        grads["W"] = grads["W"][::-1].copy()  # rows for the wrong units
+        return delta_prev, grads
+
+    monkeypatch.setattr(Dense, "backward", backward)
+    report = check("lenet", samples=60)
+    assert {(7, "W"), (9, "W")} <= failing(report)
+    assert (0, "W") not in failing(report)
+
+
+def test_off_by_one_padding_crop(monkeypatch):
+    """δ cropped one pixel off: the padding is undone in the wrong place."""
+    def crop(x, p):
+        ph, pw = p
+        h, w = x.shape[-2:]
+        shifted = np.zeros_like(x)
+        shifted[..., :-1, :] = x[..., 1:, :]
+        return shifted[..., ph: h - ph, pw: w - pw]
+
+    monkeypatch.setattr(C, "crop", crop)
+    report = check("maxpool")
+    assert (0, "input") in failing(report)
+
+
+def test_nan_is_a_failed_check_not_a_crash(tmp_path):
+    cfg = tmp_path / "overflow.yaml"
+    cfg.write_text("input: {batch: 2, channels: 1, height: 6, width: 6}\n"
+                   "init: {normal: 1.0e+200}\n"
+                   "layers:\n  - conv: {filters: 2, kernel: 3}\n  - activation: softplus\n"
+                   "  - conv: {filters: 2, kernel: 3}\n  - flatten: {}\n  - dense: {units: 3}\n"
+                   "loss: softmax_cross_entropy\n")
+    result = run_cli(str(cfg))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "FAIL" in result.output
+
+
+@pytest.mark.parametrize("method", ["central", "forward"])
+def test_a_tiny_wrong_factor_is_caught(monkeypatch, method):
+    """Scaling one δ by (1 + 1e-4) is far above central differences' noise floor."""
+    original = Activation.backward
+    monkeypatch.setattr(Activation, "backward",
+                        lambda self, delta, cache: (original(self, delta, cache)[0] * (1 + 1e-4), {}))
+    report = check("seed", method=method, tol=1e-6 if method == "central" else 1e-5)  # forward: O(h) ~1e-7
+    assert (0, "W") in failing(report)
