@@ -22,6 +22,21 @@ class UsageFailure(click.ClickException):
     exit_code = 2
 
 
+class PositiveFloat(click.ParamType):
+    """A finite number > 0 (``click.FloatRange`` lets nan and inf through)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (0 < v < float("inf")):
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return v
+
+
 class Samples(click.ParamType):
     name = "N|all"
 
@@ -83,9 +98,9 @@ def main() -> None:
 
 @main.command()
 @click.argument("config")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--eps", type=PositiveFloat(), default=None,
               help="Finite-difference step h [default: config's, else 1e-6 float64, 1e-2 float32].")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--tol", type=PositiveFloat(), default=None,
               help="Pass when norm rel <= TOL [default: config's, else 1e-6 float64, 1e-2 float32].")
 @click.option("--samples", type=Samples(), default=None,
               help="Check N random entries per tensor [default: all].")

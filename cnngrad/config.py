@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,13 +23,17 @@ from .losses import LOSSES
 DTYPES = ("float64", "float32")
 INITS = ("lecun", "he", "xavier")
 MAX_CONFIG_BYTES = 1 << 20
+# A bound on what a check may build: entries of all activations of one batch, and of all
+# parameters. Far above any network a finite-difference check can finish, far below RAM.
+MAX_ELEMENTS = 100_000_000
 
 
 class ConfigError(ValueError):
     """A bad config; ``str()`` is the one-line message, place first."""
 
     def __init__(self, place: str, message: str) -> None:
-        super().__init__(f"{place}: {message}" if place else message)
+        text = f"{place}: {message}" if place else message
+        super().__init__(" ".join(text.split("\n")))  # one line, whatever a key or plugin said
 
 
 @dataclass
@@ -84,6 +89,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads `1e-6` (no dot) as a string; read it as the float everyone means (YAML 1.2)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def parse_yaml(text: str, where: str = "config") -> Any:
@@ -91,6 +101,8 @@ def parse_yaml(text: str, where: str = "config") -> Any:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no python/* tags
     except ConfigError:
         raise
+    except RecursionError:
+        raise ConfigError(where, "nested too deeply to be a config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -153,7 +165,8 @@ def _mapping(place: str, v: Any) -> dict:
 def _keys(place: str, d: dict, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
     for k in d:
         if k not in allowed:
-            raise ConfigError(f"{place}.{k}" if place else str(k),
+            key = k if isinstance(k, str) and k.isidentifier() else repr(k)
+            raise ConfigError(f"{place}.{key}" if place else key,
                               f"unknown key{_did_you_mean(k, allowed)}; allowed: {', '.join(allowed)}")
     for k in required:
         if k not in d:
@@ -203,6 +216,22 @@ def _pair(place: str, v: Any, minimum: int) -> tuple[int, int]:
         return _int(f"{place}[0]", v[0], minimum), _int(f"{place}[1]", v[1], minimum)
     n = _int(place, v, minimum)
     return n, n
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _param_count(kind: str, o: dict, in_shape: tuple[int, ...], out: tuple[int, ...]) -> int:
+    if kind == "conv":
+        bias = {"tied": out[0], "untied": _prod(out), "none": 0}[o["bias"]]
+        return out[0] * in_shape[0] * _prod(o["kernel"]) + bias
+    if kind == "dense":
+        return out[0] * in_shape[0] + (out[0] if o["bias"] else 0)
+    return 0
 
 
 def _fmt(p: tuple[int, ...]) -> str:
@@ -272,10 +301,7 @@ def _pool(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[in
 def _flatten(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
     if o not in (None, {}):
         raise ConfigError(place, f"takes no options, write `- flatten: {{}}`; got {_show(o)}")
-    n = 1
-    for s in in_shape:
-        n *= s
-    return {}, (n,)
+    return {}, (_prod(in_shape),)
 
 
 def _dense(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
@@ -287,6 +313,21 @@ def _dense(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[i
     if not isinstance(bias, bool):
         raise ConfigError(f"{place}.bias", f"expected true or false, got {_show(bias)}")
     return {"units": _int(f"{place}.units", o["units"]), "bias": bias}, (o["units"],)
+
+
+def instantiate(place: str, cls: Any, in_shape: tuple[int, ...], rng: Any, options: dict) -> Any:
+    """Build a plugin layer; whatever it raises, or an unusable out_shape, is a ConfigError."""
+    name = getattr(cls, "__name__", str(cls))
+    try:
+        layer = cls(tuple(in_shape), rng, **options)
+        out_shape = tuple(int(s) for s in layer.out_shape)
+        if not isinstance(layer.params, dict):
+            raise TypeError("params must be a dict of arrays")
+    except Exception as e:  # user code: say which layer, not a traceback
+        raise ConfigError(place, f"plugin {name} failed to build: {type(e).__name__}: {e}") from None
+    if not out_shape or any(s <= 0 for s in out_shape):
+        raise ConfigError(place, f"plugin {name} has an unusable out_shape {out_shape}")
+    return layer
 
 
 def _custom(place: str, o: Any, in_shape: tuple[int, ...], plugins: bool, folder: Path | None) -> tuple:
@@ -304,7 +345,10 @@ def _custom(place: str, o: Any, in_shape: tuple[int, ...], plugins: bool, folder
     except Exception as e:  # an import error in user code: report it, never a traceback
         raise ConfigError(f"{place}.class", f"cannot import {spec}: {type(e).__name__}: {e}") from None
     options = {k: v for k, v in o.items() if k != "class"}
-    return options, cls
+    import numpy as np  # a throwaway build, only to learn the plugin's out_shape
+
+    out_shape = tuple(instantiate(place, cls, in_shape, np.random.default_rng(0), options).out_shape)
+    return options, cls, out_shape
 
 
 _LAYER_CHECKS = {"conv": _conv, "activation": _activation, "pool": _pool, "flatten": _flatten, "dense": _dense}
@@ -344,10 +388,16 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
     if not isinstance(layers_raw, list) or not layers_raw:
         raise ConfigError("layers", f"expected a non-empty list of layers, got {_show(layers_raw)}")
     specs: list[LayerSpec] = []
+    activations, n_params = batch * _prod(in_shape), 0
+    if activations > MAX_ELEMENTS:
+        raise ConfigError("input", f"too large: {batch}x{_fmt(in_shape)} is more than {MAX_ELEMENTS:,} entries")
     for i, entry in enumerate(layers_raw):
         place = f"layers[{i}]"
         if isinstance(entry, str) and entry in LAYER_KINDS:
             entry = {entry: None}
+        if isinstance(entry, str):
+            raise ConfigError(place, f"unknown layer kind {_show(entry)}{_did_you_mean(entry, LAYER_KINDS)}; "
+                                     f"known: {', '.join(LAYER_KINDS)}")
         if not isinstance(entry, dict) or len(entry) != 1:
             raise ConfigError(place, f"expected a mapping of one layer kind ({', '.join(LAYER_KINDS)}) "
                                      f"to its options, got {_show(entry)}")
@@ -357,18 +407,20 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
                                      f"known: {', '.join(LAYER_KINDS)}")
         place = f"{place}.{kind}"
         if kind == "custom":
-            options, cls = _custom(place, opts, shape, plugins, folder)
-            specs.append(LayerSpec(i, kind, options, shape, (), cls))
-            shape = ()  # known only once the plugin is built (network.build)
-            continue
-        if not shape:
-            raise ConfigError(place, "follows a custom layer; its input shape is known only when built")
-        options, out = _LAYER_CHECKS[kind](place, opts, shape)
-        if kind in ("conv", "dense"):
-            options["init"] = init
-        if any(s <= 0 for s in out):
-            raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
-        specs.append(LayerSpec(i, kind, options, shape, out))
+            options, cls, out = _custom(place, opts, shape, plugins, folder)
+            specs.append(LayerSpec(i, kind, options, shape, out, cls))
+        else:
+            options, out = _LAYER_CHECKS[kind](place, opts, shape)
+            if kind in ("conv", "dense"):
+                options["init"] = init
+            if any(s <= 0 for s in out):
+                raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
+            specs.append(LayerSpec(i, kind, options, shape, out))
+            n_params += _param_count(kind, options, shape, out)
+        activations += batch * _prod(out)
+        if activations > MAX_ELEMENTS or n_params > MAX_ELEMENTS:
+            what = "activations" if activations > MAX_ELEMENTS else "parameters"
+            raise ConfigError(place, f"network too large: more than {MAX_ELEMENTS:,} {what} up to this layer")
         shape = out
 
     loss = _choice("loss", top.get("loss", "mse"), tuple(LOSSES))
@@ -376,7 +428,8 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
         raise ConfigError("loss", f"softmax_cross_entropy needs a flat output of at least 2 classes, got "
                                   f"shape {_fmt(shape)}: end the network with flatten and dense")
 
-    check = _mapping("check", top.get("check", {}) or {})
+    check = top.get("check")
+    check = _mapping("check", {} if check is None else check)
     _keys("check", check, ("eps", "samples", "tol"))
     chk: dict[str, Any] = {}
     if "eps" in check:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, ConfigError, LayerSpec
+from .config import Config, LayerSpec, instantiate
 from .layers import LAYERS
 from .losses import LOSSES
 
@@ -74,8 +74,7 @@ def build(config: Config) -> Problem:
     shape: tuple[int, ...] = config.in_shape
     for spec in config.layers:
         if spec.kind == "custom":
-            layer = _build_plugin(spec, shape, rng)
-            spec.in_shape, spec.out_shape = shape, tuple(layer.out_shape)
+            layer = instantiate(spec.place, spec.cls, shape, rng, spec.options)
         else:
             layer = LAYERS[spec.kind](shape, rng, dtype=dtype, **spec.options)
         layers.append(layer)
@@ -86,17 +85,3 @@ def build(config: Config) -> Problem:
     if config.loss == "mse":
         y = y.astype(dtype)
     return Problem(config, Network(layers, config.layers, loss), x, y, rng)
-
-
-def _build_plugin(spec: LayerSpec, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
-    try:
-        layer = spec.cls(shape, rng, **spec.options)
-        out_shape = tuple(int(s) for s in layer.out_shape)
-        params = layer.params
-        if not isinstance(params, dict):
-            raise TypeError("params must be a dict of arrays")
-    except Exception as e:  # user code: report which layer, not a traceback
-        raise ConfigError(spec.place, f"plugin {spec.cls.__name__} failed to build: {type(e).__name__}: {e}") from None
-    if not out_shape or any(s <= 0 for s in out_shape):
-        raise ConfigError(spec.place, f"plugin {spec.cls.__name__} has out_shape {out_shape}")
-    return layer

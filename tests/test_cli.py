@@ -1,0 +1,401 @@
+"""The ``cnngrad`` command line end to end: tables, verdicts, exit codes, saved runs."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cnngrad
+from cnngrad import config as cfg
+from cnngrad.cli import main
+from cnngrad.network import build
+
+SHIPPED = sorted(cfg.shipped_configs())
+COLUMNS = ("layer", "kind", "tensor", "shape", "checked", "max abs", "max rel", "norm rel", "status")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # shipped names must not be shadowed by stray files; --save lands here
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def table_rows(stdout: str) -> list[dict[str, str]]:
+    """The body rows of the rich table (lines drawn with │)."""
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            assert len(cells) == len(COLUMNS), line
+            rows.append(dict(zip(COLUMNS, cells)))
+    return rows
+
+
+def fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def expected_rows(conf: cfg.Config) -> list[tuple[str, str, str, str]]:
+    """(layer, kind, tensor, shape) the report must have: δ input, then every parameter
+    tensor in layer order (W, then b), worked out from the config alone."""
+    rows = [("0", conf.layers[0].kind, "δ input", fmt((conf.batch,) + conf.in_shape))]
+    for s in conf.layers:
+        if s.kind == "conv":
+            kh, kw = s.options["kernel"]
+            rows.append((str(s.index), "conv", "W", fmt((s.options["filters"], s.in_shape[0], kh, kw))))
+            bias = {"tied": s.out_shape[:1], "untied": s.out_shape}.get(s.options["bias"])
+            if bias is not None:
+                rows.append((str(s.index), "conv", "b", fmt(bias)))
+        elif s.kind == "dense":
+            rows.append((str(s.index), "dense", "W", fmt((s.options["units"], s.in_shape[0]))))
+            if s.options["bias"]:
+                rows.append((str(s.index), "dense", "b", fmt((s.options["units"],))))
+    return rows
+
+
+def summary_line(stdout: str) -> str:
+    return [ln for ln in stdout.splitlines() if ln.strip()][-1]
+
+
+# --------------------------------------------------------------------------- check: passing runs
+
+
+def test_check_seed() -> None:
+    result = invoke("check", "seed")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    rows = table_rows(result.stdout)
+    want = expected_rows(cfg.load("seed"))
+    assert len(want) == 5  # 2 convs x (W, untied b) + δ input
+    assert [(r["layer"], r["kind"], r["tensor"], r["shape"]) for r in rows] == want
+    assert sum(r["tensor"] == "δ input" for r in rows) == 1
+    assert all(r["status"] == "PASS" for r in rows)
+    for r in rows:  # samples: all
+        assert int(r["checked"]) == math.prod(int(d) for d in r["shape"].split("x"))
+    summary = summary_line(result.stdout)
+    assert summary.startswith("PASSED")
+    assert "5/5" in summary and "seed 0" in summary
+    assert "cnngrad check: seed" in result.stdout
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_check_every_shipped_config(name: str) -> None:
+    args = ["check", name] + (["--samples", "200"] if name == "lenet" else [])
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    rows = table_rows(result.stdout)
+    assert [(r["layer"], r["kind"], r["tensor"], r["shape"]) for r in rows] == expected_rows(cfg.load(name))
+    assert all(r["status"].startswith("PASS") for r in rows), result.stdout
+    assert summary_line(result.stdout).startswith("PASSED")
+    if name == "lenet":
+        assert all(int(r["checked"]) <= 200 for r in rows)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_library_check_every_shipped_config(name: str) -> None:
+    """Full checks (every entry; lenet takes a while) through the library API."""
+    report = cnngrad.check(name)
+    conf = cfg.load(name)
+    assert report.passed and report.return_code == 0
+    assert report.name == name and np.isfinite(report.loss)
+    assert [(str(r.layer), r.kind, "δ input" if r.tensor == "input" else r.tensor, fmt(r.shape))
+            for r in report.rows] == expected_rows(conf)
+    for r in report.rows:
+        assert r.status == "pass"
+        assert r.checked + r.kinks == math.prod(r.shape)  # samples: all
+        if conf.dtype == "float64":
+            assert r.metrics.norm_rel < 1e-7, (r.layer, r.tensor, r.metrics)
+        else:
+            assert r.metrics.norm_rel <= report.tol
+
+
+def test_samples_7() -> None:
+    result = invoke("check", "seed", "--samples", "7")
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.stdout)
+    assert len(rows) == 5
+    for r in rows:
+        assert int(r["checked"]) == min(7, math.prod(int(d) for d in r["shape"].split("x")))
+    report = cnngrad.check("strided", samples=7)
+    assert all(r.checked <= 7 for r in report.rows)
+    assert report.passed
+
+
+def test_samples_all_is_accepted() -> None:
+    result = invoke("check", "seed", "--samples", "all")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["--samples", "0"], ["--samples", "-3"], ["--samples", "abc"], ["--samples", "1.5"],
+    ["--eps", "-1"], ["--eps", "0"], ["--eps", "abc"], ["--tol", "0"], ["--tol", "-1"],
+    ["--method", "nope"], ["--seed", "-1"], ["--seed", "x"], ["--bogus"],
+    # non-finite steps/tolerances: refused on the command line as in a config's check:
+    ["--eps", "nan"], ["--eps", "inf"], ["--tol", "nan"], ["--tol", "inf"],
+], ids=lambda a: " ".join(a))
+def test_bad_options_exit_2(args: list[str]) -> None:
+    result = invoke("check", "seed", *args)
+    assert result.exit_code == 2, f"exit {result.exit_code}\n{result.output}"
+    assert result.stdout == ""  # refused before any maths
+    assert "Error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_method_forward() -> None:
+    result = invoke("check", "seed", "--method", "forward", "--tol", "1e-4")
+    assert result.exit_code == 0, result.output
+    assert "forward differences" in summary_line(result.stdout)
+
+
+# --------------------------------------------------------------------------- failing runs
+
+
+def test_tiny_tol_fails_with_exit_1() -> None:
+    result = invoke("check", "seed", "--tol", "1e-30")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == ""
+    rows = table_rows(result.stdout)
+    assert any(r["status"] == "FAIL" for r in rows)
+    failures = [ln for ln in result.stdout.splitlines() if ln.startswith("layers[")]
+    assert failures
+    pattern = re.compile(r"^layers\[\d+\] \w+ (W|b|δ input): norm rel \S+ > tol 1e-30; "
+                         r"analytic \S+ numeric \S+ at \[\d+(, \d+)*\]$")
+    for ln in failures:
+        assert pattern.match(ln), ln
+        assert "analytic" in ln and "numeric" in ln
+    assert len(failures) == sum(r["status"] == "FAIL" for r in rows)
+    assert summary_line(result.stdout).startswith("FAILED")
+
+
+def test_report_return_code_on_failure() -> None:
+    report = cnngrad.check("seed", tol=1e-30)
+    assert not report.passed and report.return_code == 1
+
+
+# --------------------------------------------------------------------------- --save
+
+
+def _expected_keys(conf: cfg.Config) -> set[str]:
+    keys = {"x", "y", "loss", "grad.input", "numgrad.input"}
+    for s in conf.layers:
+        names = []
+        if s.kind == "conv":
+            names = ["W"] + ([] if s.options["bias"] == "none" else ["b"])
+        elif s.kind == "dense":
+            names = ["W"] + (["b"] if s.options["bias"] else [])
+        for n in names:
+            keys |= {f"layers.{s.index}.{n}", f"grad.layers.{s.index}.{n}", f"numgrad.layers.{s.index}.{n}"}
+    return keys
+
+
+def test_save_strided(tmp_path: Path) -> None:
+    result = invoke("check", "strided", "--save", "run.npz")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    conf = cfg.load("strided")
+    with np.load(tmp_path / "run.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    assert set(arrays) == _expected_keys(conf)
+    assert "layers.4.W" in arrays and "layers.4.b" not in arrays  # bias: none
+    shapes = {
+        "x": (3, 3, 17, 15), "y": (3, 6), "loss": (),
+        "layers.0.W": (4, 3, 3, 5), "layers.0.b": (4,),
+        "layers.2.W": (5, 4, 3, 3), "layers.2.b": (5, 5, 8),  # untied
+        "layers.4.W": (2, 5, 2, 3),
+        "layers.6.W": (6, 12), "layers.6.b": (6,),
+    }
+    for k, shape in shapes.items():
+        assert arrays[k].shape == shape, k
+    for k in arrays:
+        if k.startswith("layers."):
+            assert arrays["grad." + k].shape == arrays[k].shape, k
+            assert arrays["numgrad." + k].shape == arrays[k].shape, k
+    assert arrays["grad.input"].shape == arrays["numgrad.input"].shape == arrays["x"].shape
+    assert all(a.dtype == np.float64 for k, a in arrays.items() if k != "y")
+    for k in arrays:
+        if k.startswith(("grad.", "numgrad.")):  # samples: all -> no NaN
+            assert np.all(np.isfinite(arrays[k])), k
+    # the file and the config rebuild the same problem
+    problem = build(conf)
+    np.testing.assert_array_equal(arrays["x"], problem.x)
+    np.testing.assert_array_equal(arrays["y"], problem.y)
+    for i, layer in enumerate(problem.net.layers):
+        for n, p in layer.params.items():
+            np.testing.assert_array_equal(arrays[f"layers.{i}.{n}"], p)
+    assert np.isfinite(float(arrays["loss"]))
+
+
+def test_save_with_samples_marks_unchecked_as_nan(tmp_path: Path) -> None:
+    result = invoke("check", "seed", "--samples", "7", "--save", "s.npz")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "s.npz") as data:
+        for k in data.files:
+            if k.startswith("numgrad."):
+                a = data[k]
+                assert np.isfinite(a).sum() == min(7, a.size), k
+                g = data["grad." + k[len("numgrad."):]]
+                ok = np.isfinite(a)
+                np.testing.assert_allclose(a[ok], g[ok], rtol=1e-5, atol=1e-8)
+
+
+def test_save_unwritable_path_exits_2() -> None:
+    result = invoke("check", "seed", "--save", "no/such/dir/run.npz")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and "--save" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_determinism(tmp_path: Path) -> None:
+    for out, extra in (("a.npz", []), ("b.npz", []), ("c.npz", ["--seed", "5"])):
+        result = invoke("check", "strided", "--save", out, *extra)
+        assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b, np.load(tmp_path / "c.npz") as c:
+        assert sorted(a.files) == sorted(b.files) == sorted(c.files)
+        for k in a.files:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+            assert np.array_equal(a[k], b[k], equal_nan=True), k
+            assert a[k].tobytes() == b[k].tobytes(), k  # bit-identical
+        assert not np.array_equal(a["x"], c["x"])
+        assert not np.array_equal(a["layers.0.W"], c["layers.0.W"])
+
+
+def test_seed_override_shows_in_summary() -> None:
+    result = invoke("check", "seed", "--seed", "5")
+    assert result.exit_code == 0, result.output
+    assert "seed 5" in summary_line(result.stdout)
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+PLUGIN = '''
+import numpy as np
+
+class Scale:
+    """Multiply every entry by its own weight."""
+    def __init__(self, in_shape, rng, **options):
+        self.out_shape = tuple(in_shape)
+        self.params = {"W": rng.normal(1.0, 0.1, size=in_shape)}
+    def forward(self, a_prev):
+        return a_prev * self.params["W"], (a_prev,)
+    def backward(self, delta, cache):
+        (a_prev,) = cache
+        return delta * self.params["W"], {"W": (delta * a_prev).sum(axis=0)}
+'''
+
+PLUGIN_CONFIG = """
+input: {batch: 2, channels: 1, height: 4, width: 4}
+layers:
+  - conv: {filters: 2, kernel: 3}
+  - activation: tanh
+  - flatten: {}
+  - dense: {units: 3}
+  - custom: {class: "%s:Scale"}
+loss: mse
+"""
+
+# the plugin between built-in layers, as CONVENTIONS.md's "a layer is any class with this shape" allows
+PLUGIN_MIDDLE_CONFIG = """
+input: {batch: 2, channels: 1, height: 4, width: 4}
+layers:
+  - conv: {filters: 2, kernel: 3}
+  - custom: {class: "%s:Scale"}
+  - activation: tanh
+  - flatten: {}
+  - dense: {units: 3}
+loss: softmax_cross_entropy
+"""
+
+
+def _plugin_rows(result) -> list[tuple[str, str, str, str]]:
+    return [(r["layer"], r["kind"], r["tensor"], r["shape"]) for r in table_rows(result.stdout)]
+
+
+def test_plugin_layer(tmp_path: Path) -> None:
+    (tmp_path / "cnngrad_test_plugin_ok.py").write_text(PLUGIN, encoding="utf-8")
+    path = tmp_path / "plug.yaml"
+    path.write_text(PLUGIN_CONFIG % "cnngrad_test_plugin_ok", encoding="utf-8")
+    refused = invoke("check", str(path))
+    assert refused.exit_code == 2 and "--plugins" in refused.stderr
+    result = invoke("check", str(path), "--plugins")
+    assert result.exit_code == 0, result.output
+    assert ("4", "Scale", "W", "3") in _plugin_rows(result)  # rows named after the class
+    assert all(r["status"] == "PASS" for r in table_rows(result.stdout))
+
+
+def test_plugin_layer_between_builtin_layers(tmp_path: Path) -> None:
+    """A plugin is an ordinary layer: built-in layers after it get their shapes from it."""
+    (tmp_path / "cnngrad_test_plugin_mid.py").write_text(PLUGIN, encoding="utf-8")
+    path = tmp_path / "plug.yaml"
+    path.write_text(PLUGIN_MIDDLE_CONFIG % "cnngrad_test_plugin_mid", encoding="utf-8")
+    result = invoke("check", str(path), "--plugins")
+    assert result.exit_code == 0, result.output
+    assert ("1", "Scale", "W", "2x2x2") in _plugin_rows(result)
+
+
+def test_plugin_import_error_is_one_line(tmp_path: Path) -> None:
+    """A multi-line exception message from user code still gives a one-line error."""
+    (tmp_path / "cnngrad_test_plugin_bad.py").write_text(
+        'raise RuntimeError("first line\\nsecond line")\n', encoding="utf-8")
+    path = tmp_path / "plug.yaml"
+    path.write_text(PLUGIN_CONFIG % "cnngrad_test_plugin_bad", encoding="utf-8")
+    result = invoke("check", str(path), "--plugins")
+    assert result.exit_code == 2, result.output
+    assert "layers[4].custom.class" in result.stderr and "RuntimeError" in result.stderr
+    assert len(result.stderr.rstrip("\n").split("\n")) == 1, repr(result.stderr)
+
+
+# --------------------------------------------------------------------------- other commands
+
+
+def test_validate_lenet() -> None:
+    result = invoke("validate", "lenet")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert "lenet: input 4x1x28x28" in result.stdout
+    rows = [[c.strip() for c in ln.strip().strip("│").split("│")]
+            for ln in result.stdout.splitlines() if ln.startswith("│")]
+    assert [r[0] for r in rows] == [str(i) for i in range(10)]
+    assert [r[1] for r in rows] == ["conv", "activation", "pool", "conv", "activation", "pool",
+                                    "flatten", "dense", "activation", "dense"]
+    assert [r[-1] for r in rows] == ["6x24x24", "6x24x24", "6x12x12", "16x8x8", "16x8x8", "16x4x4",
+                                     "256", "120", "120", "10"]
+
+
+def test_validate_bad_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("input: {batch: 2, channels: 1, height: 4, width: 4}\nlayers: [{conv: {filters: 1, kernel: 5}}]\n",
+                    encoding="utf-8")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: layers[0].conv.kernel: 5x5 kernel does not fit a 4x4 input (after padding 0)"
+
+
+def test_examples() -> None:
+    result = invoke("examples")
+    assert result.exit_code == 0, result.output
+    names = [ln.split()[0] for ln in result.stdout.splitlines() if ln.strip()]
+    assert {"lenet", "seed", "strided", "maxpool", "float32"} <= set(names)
+    assert names == SHIPPED
+    for ln in result.stdout.splitlines():
+        assert len(ln.split(None, 1)) == 2, ln  # each with its one-line description
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"cnngrad, version {cnngrad.__version__}"
+
+
+def test_help() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("check", "validate", "examples"):
+        assert command in result.stdout
