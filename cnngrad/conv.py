@@ -91,6 +91,17 @@ def windows(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.nd
     return v[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
+def im2col(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+    """The receptive fields unrolled into columns (a copy), the layout the matmuls use.
+
+    x of shape (n, c, H, W) -> of shape (n, c·kh·kw, Ho·Wo), rows in (c, u, v) order,
+    columns in (i, j) order.
+    """
+    v = windows(x, k, s, d)  # (n, c, Ho, Wo, kh, kw)
+    n, c, ho, wo, kh, kw = v.shape
+    return v.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+
+
 # --------------------------------------------------------------------------- correlation
 
 
@@ -100,8 +111,10 @@ def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1)) 
     x of shape (n, c, H, W), W of shape (o, c, kh, kw) -> z of shape (n, o, Ho, Wo),
     ``z[n,o,i,j] = Σ_{c,u,v} W[o,c,u,v] · x[n,c, i·sh + u·dh, j·sw + v·dw]``.
     """
-    cols = windows(x, W.shape[-2:], s, d)  # (n, c, Ho, Wo, kh, kw)
-    return np.einsum("ncijuv,ocuv->noij", cols, W, optimize=True)
+    n, o = x.shape[0], W.shape[0]
+    cols = im2col(x, W.shape[-2:], s, d)  # (n, c·kh·kw, Ho·Wo)
+    ho, wo = out_size(x.shape[-2], W.shape[-2], s[0], 0, d[0]), out_size(x.shape[-1], W.shape[-1], s[1], 0, d[1])
+    return np.matmul(W.reshape(o, -1), cols).reshape(n, o, ho, wo)
 
 
 def correlate_naive(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
@@ -186,8 +199,13 @@ def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
     (o, c, kh, kw), ``nabla_w[o,c,u,v] = Σ_{n,i,j} δ[n,o,i,j] · ã[n,c, i·s + u·d, j·s + v·d]``
     — δ (dilated by the stride) slides over ã as the kernel; summed over the batch.
     """
-    cols = windows(a_pad, k, s, d)  # (n, c, Ho, Wo, kh, kw)
-    return np.einsum("ncijuv,noij->ocuv", cols, delta, optimize=True)
+    n, c = a_pad.shape[:2]
+    o = delta.shape[1]
+    cols = im2col(a_pad, k, s, d)  # (n, c·kh·kw, Ho·Wo)
+    # δ_cols @ colsᵀ, summed over the batch: one matmul over (n·Ho·Wo)
+    d_mat = delta.reshape(n, o, -1).transpose(1, 0, 2).reshape(o, -1)
+    c_mat = cols.transpose(0, 2, 1).reshape(-1, cols.shape[1])
+    return (d_mat @ c_mat).reshape(o, c, k[0], k[1])
 
 
 def weight_grad_naive(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),

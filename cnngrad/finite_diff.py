@@ -1,18 +1,25 @@
-"""Finite differences of the scalar loss C, entry by entry.
+"""Finite differences of the scalar loss C, entry by entry, many entries per pass.
 
-For an entry θ of a parameter of layer l, only layers l… see the change, so the input of
-layer l (``a^{l-1}``) is computed once and reused; and many perturbed copies of the
-batch — one per (entry, step) — are stacked into a single batch for layers l+1…, each
-copy's loss taken apart again (``Network.losses(groups=…)``).  The result is the same as
-perturbing, running the whole network and restoring, one entry at a time.
+Three things make a full check cheap without changing what is computed:
 
-Each step is taken as the difference the dtype can actually represent
-(``(θ + h) − θ``, not ``h``), so the quotient has no representation error in its divisor.
+* **Prefix reuse.** A parameter of layer l only changes layers l…, so the input of layer
+  l (``a^{l-1}``) is computed once and reused.
+* **Batched perturbations.** The perturbed copies of the batch, one per (entry, step),
+  are stacked into a single batch for the layers after l, in chunks sized to a memory
+  budget; the losses are taken apart per copy again.  Perturbing an input entry x[n, …]
+  reaches sample n only, so only that sample is run.
+* **Linear layers.** For conv and dense, z is linear in W and b, so the perturbed
+  ``z(θ + t·e_k) = z(θ) + t·∂z/∂θ_k`` is written down directly (``forward_perturbed``)
+  instead of re-running the layer; each run spot-checks that against a real forward
+  pass with the parameter changed, and falls back to real forward passes if they differ.
+
+The quotient uses the step the dtype actually took, and differences are taken per sample
+before the batch mean, so a sample the perturbation does not reach adds an exact zero.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +37,7 @@ class Method:
 
     name: str
     offsets: tuple[float, ...]
-    # (per-sample losses (M, K, N), actual steps (M, K), per-sample losses at θ (N,)) -> (K,)
+    # (per-sample losses (M, K, S), steps taken (M, K), losses at θ (K, S)) -> N·∂C/∂θ (K,)
     combine: Callable[[Array, Array, Array], Array]
     order: str
     doc: str
@@ -38,10 +45,10 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "central": Method("central", (1.0, -1.0),
-                      lambda c, s, c0: (c[0] - c[1]).mean(axis=-1) / (s[0] - s[1]), "O(h²)",
+                      lambda c, s, c0: (c[0] - c[1]).sum(axis=-1) / (s[0] - s[1]), "O(h²)",
                       "(C(θ+h) − C(θ−h)) / 2h"),
     "forward": Method("forward", (1.0,),
-                      lambda c, s, c0: (c[0] - c0).mean(axis=-1) / s[0], "O(h)",
+                      lambda c, s, c0: (c[0] - c0).sum(axis=-1) / s[0], "O(h)",
                       "(C(θ+h) − C(θ)) / h"),
 }
 
@@ -71,115 +78,173 @@ class Numeric:
     kinks: Array
 
 
-def _kink_states(net: Network, start: int, caches: list[tuple]) -> list[Array | None]:
-    states = []
-    for layer, cache in zip(net.layers[start:], caches):
-        fn = getattr(layer, "kink_state", None)
-        states.append(fn(cache) if fn is not None else None)
-    return states
+def _kink_state(layer: Any, cache: tuple) -> Array | None:
+    fn = getattr(layer, "kink_state", None)
+    return fn(cache) if fn is not None else None
 
 
-def _crossed(base: list[Array | None], states: list[Array | None], groups: int) -> Array:
-    """(groups,) bool: did any unit's kink state differ from the unperturbed one's?"""
-    crossed = np.zeros(groups, dtype=bool)
-    for b, s in zip(base, states):
-        if b is not None and s is not None:
-            crossed |= np.any(s.reshape(groups, -1) != b.reshape(1, -1), axis=1)
-    return crossed
+def _row_bytes(net: Network, start: int, itemsize: int) -> int:
+    """Bytes one sample row takes through ``layers[start:]``: activations, and the
+    im2col copies that conv and pool layers make (their receptive fields, unrolled)."""
+    total = 0
+    for spec, layer in zip(net.specs[start:], net.layers[start:]):
+        out = int(np.prod(layer.out_shape))
+        taps = int(np.prod(getattr(layer, "k", (1, 1))))
+        cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
+        total += 3 * out + cols
+    return max(total, 1) * itemsize
 
 
 class FiniteDifferences:
-    """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``."""
+    """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``.
+
+    ``progress(n)`` is called with the number of entries finished after each chunk.
+    """
 
     def __init__(self, net: Network, x: Array, y: Array, eps: float, method: str = "central",
-                 memory_budget: int = 128 << 20) -> None:
+                 memory_budget: int = 96 << 20, progress: Callable[[int], None] | None = None) -> None:
         self.net, self.x, self.y, self.eps = net, x, y, eps
         self.method = get_method(method)
         self.budget = memory_budget
-        # the unperturbed pass: every layer's input, caches, kink states, C(θ)
-        self.inputs = [x]
-        self.caches = []
+        self.progress = progress or (lambda n: None)
+        self.n = x.shape[0]
+        # the unperturbed pass: every layer's input and output, caches, kink states, ℓ_n(θ)
+        self.inputs, self.caches = [x], []
         a = x
         for layer in net.layers:
             a, cache = layer.forward(a)
             self.inputs.append(a)
             self.caches.append(cache)
-        self.c0 = net.loss.per_sample(a, y)  # (N,): ℓ_n at θ
-        self.base_kinks = _kink_states(net, 0, self.caches)
+        self.c0 = net.loss.per_sample(a, y)  # (N,)
+        self.base_kinks = [_kink_state(l, c) for l, c in zip(net.layers, self.caches)]
+        self.fast_fallbacks: list[str] = []  # tensors whose forward_perturbed failed its spot check
 
-    def _chunk(self, start: int) -> int:
-        """How many perturbed copies of the batch fit the memory budget at once."""
-        per_copy = sum(a[:1].nbytes for a in self.inputs[start:]) * self.x.shape[0]
-        # im2col views are copied by matmul: allow for the largest receptive-field blow-up
-        taps = max([int(np.prod(getattr(l, "k", (1, 1)))) for l in self.net.layers[start:]] + [1])
-        return max(1, int(self.budget // (per_copy * (2 + taps))))
+    # ------------------------------------------------------------------ shared pieces
 
-    def _suffix(self, a: Array, start: int, groups: int) -> tuple[Array, Array]:
-        """Per-sample losses (groups, N) and kink crossings (groups,) of ``groups`` stacked
-        batches.  Differences are taken per sample before the batch mean, so a sample the
-        perturbation does not reach contributes an exact 0 instead of rounding noise."""
-        out, caches = self.net.forward(a, start)
-        crossed = _crossed(self.base_kinks[start:], _kink_states(self.net, start, caches), groups)
-        y_rep = np.broadcast_to(self.y, (groups,) + self.y.shape).reshape((-1,) + self.y.shape[1:])
-        return self.net.loss.per_sample(out, y_rep).reshape(groups, -1), crossed
+    def _rows_per_chunk(self, start: int) -> int:
+        return max(1, self.budget // _row_bytes(self.net, start, self.x.dtype.itemsize))
 
-    def _steps(self, theta: Array) -> tuple[Array, Array]:
-        """Perturbed values θ + o·h (M, K) in θ's dtype and the steps actually taken."""
-        offs = np.asarray(self.method.offsets)[:, None]
-        values = (theta[None, :] + offs * self.eps).astype(theta.dtype)
-        return values, values.astype(np.float64) - theta.astype(np.float64)[None, :]
+    def _losses(self, a: Array, start: int, samples: Array) -> tuple[Array, Array]:
+        """ℓ of every row of a (the input of layer ``start``), row r being a perturbed copy
+        of sample ``samples[r]``; and whether any unit of the row crossed a kink."""
+        crossed = np.zeros(a.shape[0], dtype=bool)
+        for layer, base in zip(self.net.layers[start:], self.base_kinks[start:]):
+            a, cache = layer.forward(a)
+            if base is not None:
+                state = _kink_state(layer, cache)
+                crossed |= np.any((state != base[samples]).reshape(a.shape[0], -1), axis=1)
+        return self.net.loss.per_sample(a, self.y[samples]), crossed
+
+    def _combine(self, losses: Array, steps: Array, samples: Array, crossed: Array) -> tuple[Array, Array]:
+        """losses/crossed of shape (M·K·S,) for M steps, K entries, S samples each -> (K,)."""
+        m, k = steps.shape
+        c = losses.astype(np.float64).reshape(m, k, -1)
+        c0 = self.c0.astype(np.float64)[samples].reshape(m, k, -1)[0]
+        values = self.method.combine(c, steps, c0) / self.n
+        return values, crossed.reshape(m, k, -1).any(axis=(0, 2))
+
+    def _offsets(self) -> Array:
+        return np.asarray(self.method.offsets, dtype=np.float64)[:, None] * self.eps  # (M, 1)
+
+    # ------------------------------------------------------------------ the input
 
     def input(self, indices: Array) -> Numeric:
-        """∂C/∂x at flat indices of x: perturbed copies of x through the whole network."""
-        return self._run(self.x.reshape(-1), indices, 0, self._perturb_input)
+        """∂C/∂x at flat indices of x.  Entry k of x belongs to sample ``k // size``; each
+        perturbed copy of that one sample runs through the whole network."""
+        x_flat = self.x.reshape(self.n, -1)
+        per = x_flat.shape[1]
+        m = len(self.method.offsets)
+        chunk = max(1, self._rows_per_chunk(0) // m)
+        values = np.empty(len(indices))
+        kinks = np.zeros(len(indices), dtype=bool)
+        for lo in range(0, len(indices), chunk):
+            idx = indices[lo : lo + chunk]
+            n_of, pos = np.divmod(idx, per)
+            theta = x_flat[n_of, pos]
+            new = (theta[None, :] + self._offsets()).astype(self.x.dtype)  # (M, K)
+            steps = new.astype(np.float64) - theta.astype(np.float64)[None, :]
+            samples = np.tile(n_of, m)
+            xb = x_flat[samples].copy()
+            xb[np.arange(xb.shape[0]), np.tile(pos, m)] = new.ravel()
+            losses, crossed = self._losses(xb.reshape((-1,) + self.x.shape[1:]), 0, samples)
+            values[lo : lo + len(idx)], kinks[lo : lo + len(idx)] = self._combine(losses, steps, samples, crossed)
+            self.progress(len(idx))
+        return Numeric(indices, values, kinks)
 
-    def _perturb_input(self, idx: Array, values: Array) -> tuple[Array, Array]:
-        groups = values.size
-        xb = np.broadcast_to(self.x, (groups,) + self.x.shape).copy()
-        xb.reshape(groups, -1)[np.arange(groups), np.tile(idx, values.shape[0])] = values.ravel()
-        return xb.reshape((-1,) + self.x.shape[1:]), np.zeros(groups, dtype=bool)
+    # ------------------------------------------------------------------ parameters
 
     def param(self, layer_index: int, name: str, indices: Array) -> Numeric:
-        """∂C/∂θ for entries of ``layers[layer_index].params[name]``: layer l re-run once
-        per perturbation on its cached input, the layers after it on all of them at once."""
+        """∂C/∂θ for entries of ``layers[layer_index].params[name]``.  The layer's
+        perturbed outputs come from ``forward_perturbed`` where it has one (and it passes
+        the spot check), else from a real forward pass per perturbation; the layers after
+        it run on all of a chunk's perturbed copies of the batch at once."""
         layer = self.net.layers[layer_index]
         P = layer.params[name]
         if not P.flags.c_contiguous:
             raise ValueError(f"layers[{layer_index}].params[{name!r}] must be C-contiguous to be perturbed")
-        flat = P.reshape(-1)  # a view: writing it perturbs the layer's own array
-        a_prev = self.inputs[layer_index]
-        kink_fn = getattr(layer, "kink_state", None)
-        base = self.base_kinks[layer_index]
-
-        def perturb(idx: Array, values: Array) -> tuple[Array, Array]:
-            outs, own = [], np.zeros(values.size, dtype=bool)
-            for g, (m, k) in enumerate(np.ndindex(*values.shape)):
-                old = flat[idx[k]]
-                flat[idx[k]] = values[m, k]
-                try:
-                    out, cache = layer.forward(a_prev)
-                finally:
-                    flat[idx[k]] = old
-                outs.append(out)
-                if kink_fn is not None and base is not None:
-                    own[g] = np.any(kink_fn(cache) != base)
-            return np.concatenate(outs), own
-
-        return self._run(flat, indices, layer_index + 1, perturb)
-
-    def _run(self, theta_flat: Array, indices: Array, start: int,
-             perturb: Callable[[Array, Array], tuple[Array, Array]]) -> Numeric:
-        """Evaluate C at every step of every index, chunk by chunk, and combine."""
         m = len(self.method.offsets)
-        k_max = max(1, self._chunk(start) // m)
-        values_out = np.empty(len(indices), dtype=np.float64)
+        chunk = max(1, self._rows_per_chunk(layer_index) // (m * self.n))
+        fast = getattr(layer, "forward_perturbed", None)
+        if fast is not None and not self._spot_check(layer_index, name):
+            self.fast_fallbacks.append(f"layers[{layer_index}].{name}")
+            fast = None
+        values = np.empty(len(indices))
         kinks = np.zeros(len(indices), dtype=bool)
-        for lo in range(0, len(indices), k_max):
-            idx = indices[lo : lo + k_max]
-            values, steps = self._steps(theta_flat[idx])
-            batch, own = perturb(idx, values)
-            losses, crossed = self._suffix(batch, start, values.size)
-            c = losses.astype(np.float64).reshape(m, len(idx), -1)
-            values_out[lo : lo + len(idx)] = self.method.combine(c, steps, self.c0.astype(np.float64))
-            kinks[lo : lo + len(idx)] = (crossed | own).reshape(m, -1).any(axis=0)
-        return Numeric(indices, values_out, kinks)
+        for lo in range(0, len(indices), chunk):
+            idx = indices[lo : lo + chunk]
+            if fast is not None:
+                steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(P.dtype)
+                out = fast(self.inputs[layer_index + 1], self.caches[layer_index], name,
+                           np.tile(idx, m), steps.ravel())
+                steps = steps.astype(np.float64)  # exactly the steps added
+                own = np.zeros(out.shape[0], dtype=bool)
+            else:
+                out, steps, own = self._forward_each(layer_index, name, idx)
+            samples = np.tile(np.arange(self.n), out.shape[0])
+            losses, crossed = self._losses(out.reshape((-1,) + out.shape[2:]), layer_index + 1, samples)
+            crossed |= np.repeat(own, self.n)
+            values[lo : lo + len(idx)], kinks[lo : lo + len(idx)] = self._combine(losses, steps, samples, crossed)
+            self.progress(len(idx))
+        return Numeric(indices, values, kinks)
+
+    def _forward_each(self, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:
+        """Perturb, run the layer, restore: outputs of shape (M·K, N, …), the steps taken
+        (M, K), and whether the layer's own kink state moved (M·K,)."""
+        layer = self.net.layers[layer_index]
+        flat = layer.params[name].reshape(-1)  # a view: writing it perturbs the layer
+        a_prev, base = self.inputs[layer_index], self.base_kinks[layer_index]
+        theta = flat[idx]
+        new = (theta[None, :] + self._offsets()).astype(flat.dtype)
+        steps = new.astype(np.float64) - theta.astype(np.float64)[None, :]
+        outs, own = [], np.zeros(new.size, dtype=bool)
+        for g, (mi, k) in enumerate(np.ndindex(*new.shape)):
+            flat[idx[k]] = new[mi, k]
+            try:
+                out, cache = layer.forward(a_prev)
+            finally:
+                flat[idx[k]] = theta[k]
+            outs.append(out)
+            if base is not None:
+                own[g] = np.any(_kink_state(layer, cache) != base)
+        return np.stack(outs), steps, own
+
+    def _spot_check(self, layer_index: int, name: str) -> bool:
+        """Does ``forward_perturbed`` agree with a real forward pass with the parameter
+        changed?  Checked on the first and last entry with a step of 0.5."""
+        layer = self.net.layers[layer_index]
+        flat = layer.params[name].reshape(-1)
+        idx = np.unique([0, flat.size - 1])
+        steps = np.full(len(idx), 0.5, dtype=flat.dtype)
+        z0 = self.inputs[layer_index + 1]
+        fast = layer.forward_perturbed(z0, self.caches[layer_index], name, idx, steps)
+        for g, i in enumerate(idx):
+            old = flat[i]
+            flat[i] = old + steps[g]
+            try:
+                real, _ = layer.forward(self.inputs[layer_index])
+            finally:
+                flat[i] = old
+            scale = np.max(np.abs(real)) + np.max(np.abs(z0)) + 1.0
+            if not np.all(np.abs(fast[g] - real) <= np.sqrt(np.finfo(flat.dtype).eps) * scale):
+                return False
+        return True

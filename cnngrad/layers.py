@@ -102,6 +102,27 @@ class Conv:
             grads["b"] = delta.sum(axis=0)
         return delta_prev, grads
 
+    def forward_perturbed(self, z: Array, cache: tuple, name: str, indices: Array, steps: Array) -> Array:
+        """z for G perturbations ``θ_g = θ + steps[g]·e_{indices[g]}`` at once, of shape
+        (G, n, filters, ho, wo).  z is linear in W and b, so ``z(θ_g) = z + steps[g]·∂z/∂θ``:
+        W[o,c,u,v] adds ``steps[g]·ã[:, c, i·s+u·d, j·s+v·d]`` to channel o (tap u,v of the
+        slid kernel: ROT180'd in convolution mode); b adds ``steps[g]`` where it is added."""
+        (a_pad,) = cache
+        g = np.arange(len(indices))
+        zb = np.broadcast_to(z, (len(indices),) + z.shape).copy()
+        if name == "W":
+            o, c, u, v = np.unravel_index(indices, self.params["W"].shape)
+            if self.mode == "convolution":
+                u, v = self.k[0] - 1 - u, self.k[1] - 1 - v
+            cols = C.windows(a_pad, self.k, self.s, self.d)  # (n, c, ho, wo, kh, kw), a view
+            zb[g, :, o] += steps[:, None, None, None] * cols[:, c, :, :, u, v]
+        elif self.bias == "tied":
+            zb[g, :, indices] += steps[:, None, None, None]
+        else:
+            o, i, j = np.unravel_index(indices, self.params["b"].shape)
+            zb[g, :, o, i, j] += steps[:, None]
+        return zb
+
 
 # --------------------------------------------------------------------------- activations
 
@@ -151,6 +172,10 @@ class Activation:
 # --------------------------------------------------------------------------- pooling
 
 
+def _real(a: Array) -> Array:
+    return a.real if np.iscomplexobj(a) else a
+
+
 def _scatter_windows(g: Array, in_shape: tuple[int, ...], s: C.Pair) -> Array:
     """col2im: add per-window gradients g of shape (n, c, ho, wo, kh, kw) back onto an
     input of shape in_shape (n, c, h, w).  A loop over the kh·kw taps (not the pixels)."""
@@ -175,13 +200,28 @@ class Pool:
         self.out_shape = (c, C.out_size(h, self.k[0], self.s[0]), C.out_size(w, self.k[1], self.s[1]))
         self.params: dict[str, Array] = {}
 
+    def _taps(self, a: Array):
+        """Each tap (u, v) of every window at once: ``a[..., i·s+u, j·s+v]`` for all (i, j),
+        a strided slice of shape (n, c, ho, wo)."""
+        (kh, kw), (sh, sw) = self.k, self.s
+        ho, wo = self.out_shape[1:]
+        for u in range(kh):
+            for v in range(kw):
+                yield u * kw + v, a[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw]
+
     def forward(self, a: Array) -> tuple[Array, tuple]:
-        cols = C.windows(a, self.k, self.s)  # (n, c, ho, wo, kh, kw), a view
         if self.pool == "avg":
-            return cols.mean(axis=(-2, -1)), (a.shape, None)
-        flat = cols.reshape(cols.shape[:4] + (-1,))
-        idx = np.argmax(flat, axis=-1)  # the first maximal entry of each window
-        return np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0], (a.shape, idx)
+            z = sum(tap for _, tap in self._taps(a)) / (self.k[0] * self.k[1])
+            return z, (a.shape, None)
+        z, idx = None, None
+        for t, tap in self._taps(a):  # running max; ties keep the first maximal entry
+            if z is None:
+                z, idx = tap.copy(), np.zeros(tap.shape, dtype=np.intp)
+            else:
+                better = _real(tap) > _real(z)
+                z = np.where(better, tap, z)
+                idx[better] = t
+        return z, (a.shape, idx)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """avg: each window's δ shared equally, ``δ/(kh·kw)``; max: all of it to the
@@ -245,6 +285,19 @@ class Dense:
         if "b" in self.params:
             grads["b"] = delta.sum(axis=0)
         return delta @ self.params["W"], grads
+
+    def forward_perturbed(self, z: Array, cache: tuple, name: str, indices: Array, steps: Array) -> Array:
+        """z for G perturbations at once, of shape (G, n, units): W[j,k] adds
+        ``steps[g]·a[:, k]`` to unit j, b[j] adds ``steps[g]`` (z is linear in both)."""
+        (a_prev,) = cache
+        g = np.arange(len(indices))
+        zb = np.broadcast_to(z, (len(indices),) + z.shape).copy()
+        if name == "W":
+            j, k = np.unravel_index(indices, self.params["W"].shape)
+            zb[g, :, j] += steps[:, None] * a_prev[:, k].T
+        else:
+            zb[g, :, indices] += steps[:, None]
+        return zb
 
 
 LAYERS: dict[str, type] = {"conv": Conv, "activation": Activation, "pool": Pool,
