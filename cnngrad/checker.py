@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,10 +53,12 @@ class Report:
 
 
 def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | None = None,
-          samples: int | None = None, method: str = "central", plugins: bool = False) -> Report:
+          samples: int | None = None, method: str = "central", plugins: bool = False,
+          progress: Callable[[int, int], None] | None = None) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).  ``eps``/``tol``/``samples`` default to the config's
-    ``check:`` values, then to the dtype's defaults (``compare.DEFAULT_EPS``/``DEFAULT_TOL``)."""
+    ``check:`` values, then to the dtype's defaults (``compare.DEFAULT_EPS``/``DEFAULT_TOL``).
+    ``progress(done, total)`` is called as entries are finished."""
     if not isinstance(config, cfg.Config):
         config = cfg.load(str(config), plugins=plugins)
     eps = eps if eps is not None else config.check.get("eps", DEFAULT_EPS[config.dtype])
@@ -67,7 +69,16 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
         loss, delta_x, grads = net.gradients(x, y)
-        fd = FiniteDifferences(net, x, y, eps, method)
+        tensors = [delta_x] + [g for gl in grads for g in gl.values()]
+        total = sum(g.size if samples is None else min(samples, g.size) for g in tensors)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], total)
+
+        fd = FiniteDifferences(net, x, y, eps, method, progress=advance)
         report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem)
 
         def add(key: str, layer: int, tensor: str, g: Array, numeric_fn: Any) -> None:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from typing import Any, Callable
 
 import click
 from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 from . import __version__
 from . import config as cfg
@@ -50,6 +54,35 @@ class Samples(click.ParamType):
         if n < 1:
             self.fail(f"{n} is not >= 1", param, ctx)
         return n
+
+
+class LazyProgress:
+    """A rich progress bar on stderr, shown only on a terminal and only once a check has
+    run for more than ``after`` seconds (a quick check prints no bar at all)."""
+
+    def __init__(self, after: float = 1.0) -> None:
+        self.after, self.t0, self.bar, self.task = after, time.monotonic(), None, None
+        self.console = Console(stderr=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if not self.console.is_terminal or time.monotonic() - self.t0 < self.after:
+                return
+            self.bar = Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("entries"), RateColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("check", total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Any) -> Text:
+        return Text(f"{task.speed:,.0f}/s" if task.speed else "")
 
 
 def stdout() -> Console:
@@ -114,7 +147,11 @@ def check(config: str, eps: float | None, tol: float | None, samples: int | None
           save: str | None, seed: int | None, plugins: bool, debug: bool) -> None:
     """Check every gradient of CONFIG (a YAML file, or a shipped config's name)."""
     conf = load_config(config, seed, plugins)
-    report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method)
+    bar = LazyProgress()
+    try:
+        report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method, progress=bar)
+    finally:
+        bar.close()
     out = stdout()
     out.print(render.table(report))
     for line in render.failure_lines(report):

@@ -102,17 +102,35 @@ def im2col(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.nda
     return v.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
 
 
+def col2im(cols: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+    """The adjoint of :func:`im2col`: add every column entry back where it was read from.
+
+    cols of shape (n, c, kh, kw, Ho, Wo) -> of shape (n, c, *in_hw), entry (u, v, i, j)
+    added at ``[i·sh + u·dh, j·sw + v·dw]``.  A loop over the kh·kw taps, not the pixels.
+    """
+    n, c, kh, kw, ho, wo = cols.shape
+    out = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            y, x = u * d[0], v * d[1]
+            out[:, :, y : y + s[0] * (ho - 1) + 1 : s[0], x : x + s[1] * (wo - 1) + 1 : s[1]] += cols[:, :, u, v]
+    return out
+
+
 # --------------------------------------------------------------------------- correlation
 
 
-def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1),
+              cols: np.ndarray | None = None) -> np.ndarray:
     """Valid multi-channel correlation (the forward pass of a conv layer).
 
     x of shape (n, c, H, W), W of shape (o, c, kh, kw) -> z of shape (n, o, Ho, Wo),
-    ``z[n,o,i,j] = Σ_{c,u,v} W[o,c,u,v] · x[n,c, i·sh + u·dh, j·sw + v·dw]``.
+    ``z[n,o,i,j] = Σ_{c,u,v} W[o,c,u,v] · x[n,c, i·sh + u·dh, j·sw + v·dw]``:
+    one matmul ``W (o, c·kh·kw) @ im2col(x) (n, c·kh·kw, Ho·Wo)`` (pass ``cols`` to reuse them).
     """
     n, o = x.shape[0], W.shape[0]
-    cols = im2col(x, W.shape[-2:], s, d)  # (n, c·kh·kw, Ho·Wo)
+    if cols is None:
+        cols = im2col(x, W.shape[-2:], s, d)  # (n, c·kh·kw, Ho·Wo)
     ho, wo = out_size(x.shape[-2], W.shape[-2], s[0], 0, d[0]), out_size(x.shape[-1], W.shape[-1], s[1], 0, d[1])
     return np.matmul(W.reshape(o, -1), cols).reshape(n, o, ho, wo)
 
@@ -166,6 +184,25 @@ def full_convolve(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: P
     return out
 
 
+def full_convolve_col2im(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
+                         d: Pair = (1, 1)) -> np.ndarray:
+    """The same δ as :func:`full_convolve`, computed the other way round (what the conv
+    layer runs: no padded copy of δ to unroll).
+
+    Full convolution of δ with W means every δ[n,o,i,j] is spread over the window it was
+    computed from, weighted by the kernel:
+    ``δ_in[n,c, i·s+u·d, j·s+v·d] += W[o,c,u,v] · δ[n,o,i,j]``.  Written as two steps,
+    ``cols = Wᵀ @ δ`` (of shape (n, c·kh·kw, Ho·Wo)) then ``col2im(cols)`` — and
+    correlating the zero-padded δ with ROT180(W), as :func:`full_convolve` does, collects
+    exactly the same products at each input pixel (``tests/test_conv.py`` proves the two,
+    and the naive loop, equal).
+    """
+    n, o, ho, wo = delta.shape
+    _, c, kh, kw = W.shape
+    cols = np.matmul(W.reshape(o, -1).T, delta.reshape(n, o, -1))  # (n, c·kh·kw, Ho·Wo)
+    return col2im(cols.reshape(n, c, kh, kw, ho, wo), in_hw, s, d)
+
+
 def full_convolve_naive(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
                         d: Pair = (1, 1)) -> np.ndarray:
     """Loop reference of :func:`full_convolve`, straight from the chain rule.
@@ -192,7 +229,7 @@ def full_convolve_naive(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int]
 
 
 def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
-                d: Pair = (1, 1)) -> np.ndarray:
+                d: Pair = (1, 1), cols: np.ndarray | None = None) -> np.ndarray:
     """∂C/∂W of a correlation layer: the valid correlation of ã with δ.
 
     a_pad of shape (n, c, H+2p, W+2p), delta of shape (n, o, Ho, Wo) -> of shape
@@ -201,11 +238,10 @@ def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
     """
     n, c = a_pad.shape[:2]
     o = delta.shape[1]
-    cols = im2col(a_pad, k, s, d)  # (n, c·kh·kw, Ho·Wo)
-    # δ_cols @ colsᵀ, summed over the batch: one matmul over (n·Ho·Wo)
-    d_mat = delta.reshape(n, o, -1).transpose(1, 0, 2).reshape(o, -1)
-    c_mat = cols.transpose(0, 2, 1).reshape(-1, cols.shape[1])
-    return (d_mat @ c_mat).reshape(o, c, k[0], k[1])
+    if cols is None:
+        cols = im2col(a_pad, k, s, d)  # (n, c·kh·kw, Ho·Wo), the forward pass's columns
+    # δ_cols @ colsᵀ per sample, summed over the batch
+    return np.matmul(delta.reshape(n, o, -1), cols.transpose(0, 2, 1)).sum(axis=0).reshape(o, c, k[0], k[1])
 
 
 def weight_grad_naive(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),

@@ -60,7 +60,7 @@ class Conv:
                  kernel: Any = 3, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  bias: str = "tied", mode: str = "correlation", init: str | dict = "lecun",
                  dtype: Any = np.float64) -> None:
-        c, h, w = in_shape
+        c, h, w = self.in_shape = tuple(in_shape)
         self.k, self.s, self.p, self.d = C.pair(kernel), C.pair(stride), C.pair(padding), C.pair(dilation)
         self.mode, self.bias = mode, bias
         ho = C.out_size(h, self.k[0], self.s[0], self.p[0], self.d[0])
@@ -80,21 +80,23 @@ class Conv:
 
     def forward(self, a_prev: Array) -> tuple[Array, tuple]:
         a_pad = C.pad(a_prev, self.p)  # ã^{l-1}
-        z = C.correlate(a_pad, self._kernel(), self.s, self.d)
+        cols = C.im2col(a_pad, self.k, self.s, self.d)
+        z = C.correlate(a_pad, self._kernel(), self.s, self.d, cols=cols)
         if self.bias == "tied":
             z = z + self.params["b"][:, None, None]
         elif self.bias == "untied":
             z = z + self.params["b"]
-        return z, (a_pad,)
+        return z, (a_pad, cols)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """``δ^{l-1} = δ^l * ROT180(w^l)`` (full convolution; for ``correlation`` mode the
         kernel slid is W itself, so this is the full convolution of δ with W), cropped by
         the padding; ``∂C/∂W = ã^{l-1} ⋆ δ^l`` (valid correlation; ROT180 of it in
         ``convolution`` mode: the seed's ``δ * σ(ROT180(z^{l-1}))``); ``∂C/∂b = Σ δ``."""
-        (a_pad,) = cache
-        delta_prev = C.crop(C.full_convolve(delta, self._kernel(), a_pad.shape[-2:], self.s, self.d), self.p)
-        nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d)
+        a_pad, cols = cache
+        # the full convolution, as col2im of Kᵀδ (= correlating padded δ with ROT180(K))
+        delta_prev = C.crop(C.full_convolve_col2im(delta, self._kernel(), a_pad.shape[-2:], self.s, self.d), self.p)
+        nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d, cols=cols)
         grads = {"W": C.rot180(nabla_w) if self.mode == "convolution" else nabla_w}
         if self.bias == "tied":
             grads["b"] = delta.sum(axis=(0, 2, 3))
@@ -107,7 +109,7 @@ class Conv:
         (G, n, filters, ho, wo).  z is linear in W and b, so ``z(θ_g) = z + steps[g]·∂z/∂θ``:
         W[o,c,u,v] adds ``steps[g]·ã[:, c, i·s+u·d, j·s+v·d]`` to channel o (tap u,v of the
         slid kernel: ROT180'd in convolution mode); b adds ``steps[g]`` where it is added."""
-        (a_pad,) = cache
+        a_pad = cache[0]
         g = np.arange(len(indices))
         zb = np.broadcast_to(z, (len(indices),) + z.shape).copy()
         if name == "W":
@@ -121,6 +123,26 @@ class Conv:
         else:
             o, i, j = np.unravel_index(indices, self.params["b"].shape)
             zb[g, :, o, i, j] += steps[:, None]
+        return zb
+
+    def forward_perturbed_input(self, z: Array, cache: tuple, samples: Array, positions: Array,
+                                steps: Array) -> Array:
+        """z of single samples with one input entry moved, of shape (G, filters, ho, wo):
+        sample ``samples[g]`` with entry ``positions[g]`` (flat in (c, h, w)) + ``steps[g]``.
+        z is linear in ã too: the entry at padded (y, x) reaches ``z[:, i, j]`` through tap
+        (u, v) wherever ``i·s + u·d = y`` and ``j·s + v·d = x``, adding ``steps[g]·K[:, c, u, v]``.
+        A loop over the kh·kw taps, each vectorised over all G perturbations."""
+        c, y, x = np.unravel_index(positions, self.in_shape)
+        y, x = y + self.p[0], x + self.p[1]
+        ho, wo = self.out_shape[1:]
+        K = self._kernel()
+        zb = z[samples]  # a copy: fancy indexing
+        for u in range(self.k[0]):
+            i, ri = np.divmod(y - u * self.d[0], self.s[0])
+            for v in range(self.k[1]):
+                j, rj = np.divmod(x - v * self.d[1], self.s[1])
+                g = np.flatnonzero((ri == 0) & (rj == 0) & (i >= 0) & (i < ho) & (j >= 0) & (j < wo))
+                zb[g, :, i[g], j[g]] += steps[g, None] * K[:, c[g], u, v].T
         return zb
 
 
@@ -176,17 +198,6 @@ def _real(a: Array) -> Array:
     return a.real if np.iscomplexobj(a) else a
 
 
-def _scatter_windows(g: Array, in_shape: tuple[int, ...], s: C.Pair) -> Array:
-    """col2im: add per-window gradients g of shape (n, c, ho, wo, kh, kw) back onto an
-    input of shape in_shape (n, c, h, w).  A loop over the kh·kw taps (not the pixels)."""
-    n, c, ho, wo, kh, kw = g.shape
-    out = np.zeros(in_shape, dtype=g.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            out[:, :, u : u + s[0] * (ho - 1) + 1 : s[0], v : v + s[1] * (wo - 1) + 1 : s[1]] += g[..., u, v]
-    return out
-
-
 class Pool:
     """Max or average pooling, no padding. a of shape (n, c, h, w) -> (n, c, ho, wo)."""
 
@@ -233,7 +244,7 @@ class Pool:
         else:
             onehot = np.arange(kh * kw) == idx[..., None]
             g = (onehot * delta[..., None]).reshape(delta.shape + (kh, kw))
-        return _scatter_windows(g, shape, self.s), {}
+        return C.col2im(g.transpose(0, 1, 4, 5, 2, 3), shape[-2:], self.s), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
         return cache[1]
@@ -298,6 +309,11 @@ class Dense:
         else:
             zb[g, :, indices] += steps[:, None]
         return zb
+
+    def forward_perturbed_input(self, z: Array, cache: tuple, samples: Array, positions: Array,
+                                steps: Array) -> Array:
+        """z of single samples with input entry k moved by ``steps[g]``: ``z + steps[g]·W[:, k]``."""
+        return z[samples] + steps[:, None] * self.params["W"][:, positions].T
 
 
 LAYERS: dict[str, type] = {"conv": Conv, "activation": Activation, "pool": Pool,

@@ -28,9 +28,22 @@ def test_correct_code_passes_the_configs_used_below():
         assert check(name, samples=60).passed
 
 
+def broken_delta(monkeypatch, wrong_delta) -> None:
+    """Make Conv.backward pass down ``wrong_delta(layer, delta, a_pad)`` (before the crop)."""
+    original = Conv.backward
+
+    def backward(self, delta, cache):
+        _, grads = original(self, delta, cache)
+        return C.crop(wrong_delta(self, delta, cache[0]), self.p), grads
+
+    monkeypatch.setattr(Conv, "backward", backward)
+
+
 def test_kernel_not_rotated(monkeypatch):
-    """δ as the full *correlation* of δ with W: the seed's ROT180 left out."""
-    monkeypatch.setattr(C, "rot180", lambda W: W)
+    """δ as the full *correlation* of δ with the kernel: the seed's ROT180 left out
+    (``full_convolve`` of a pre-rotated kernel correlates with the kernel itself)."""
+    broken_delta(monkeypatch, lambda layer, delta, a_pad: C.full_convolve(
+        delta, C.rot180(layer._kernel()), a_pad.shape[-2:], layer.s, layer.d))
     result = run_cli("lenet", "--samples", "60")
     assert result.exit_code == 1, result.output
     report = check("lenet", samples=60)
@@ -67,13 +80,28 @@ def test_delta_not_multiplied_by_sigma_prime(monkeypatch):
 
 
 def test_stride_zeros_not_inserted(monkeypatch):
-    """δ of a strided layer used as if the layer had stride 1 (no zeros between entries)."""
-    monkeypatch.setattr(C, "dilate", lambda x, s: x)
+    """δ of a strided layer spread as if the layer had stride 1 (no zeros between entries)."""
+    broken_delta(monkeypatch, lambda layer, delta, a_pad: C.full_convolve(
+        delta, layer._kernel(), a_pad.shape[-2:], (1, 1), layer.d))
     result = run_cli("strided")
     assert result.exit_code == 1, result.output
     report = check("strided")
     assert (0, "input") in failing(report)  # layer 0 has stride 2
     assert (4, "W") not in failing(report)  # nothing strided above layer 4's ∂W
+
+
+def test_the_bugs_above_change_delta(monkeypatch):
+    """Sanity of the two injections: on a strided layer, each wrong δ differs from the right one."""
+    from cnngrad.layers import Conv as Layer
+
+    layer = Layer((2, 9, 9), np.random.default_rng(0), filters=3, kernel=3, stride=2, padding=1)
+    a = np.random.default_rng(1).standard_normal((2, 2, 9, 9))
+    z, cache = layer.forward(a)
+    delta = np.random.default_rng(2).standard_normal(z.shape)
+    right = C.full_convolve(delta, layer._kernel(), cache[0].shape[-2:], layer.s, layer.d)
+    for wrong in (C.full_convolve(delta, C.rot180(layer._kernel()), cache[0].shape[-2:], layer.s, layer.d),
+                  C.full_convolve(delta, layer._kernel(), cache[0].shape[-2:], (1, 1), layer.d)):
+        assert wrong.shape == right.shape and not np.allclose(wrong, right)
 
 
 def test_bias_gradient_not_summed_over_the_batch(monkeypatch):

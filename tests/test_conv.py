@@ -103,6 +103,30 @@ def test_full_convolve_matches_naive(case: Case):
 
 
 @given(conv_cases())
+def test_col2im_form_equals_the_rot180_form(case: Case):
+    """What the conv layer runs (col2im of Wᵀδ) is the seed's full convolution with
+    ROT180 — equal to the rot180 form and to the naive scatter loop."""
+    in_hw = case.x.shape[-2:]
+    got = C.full_convolve_col2im(case.G, case.W, in_hw, case.s, case.d)
+    scale = C.full_convolve_naive(np.abs(case.G), np.abs(case.W), in_hw, case.s, case.d)
+    assert_close(got, C.full_convolve(case.G, case.W, in_hw, case.s, case.d), scale)
+    assert_close(got, C.full_convolve_naive(case.G, case.W, in_hw, case.s, case.d), scale)
+
+
+@given(conv_cases())
+def test_col2im_is_the_adjoint_of_im2col(case: Case):
+    """<im2col(x), Y> = <x, col2im(Y)> for any Y of im2col's shape."""
+    x, k, s, d = case.x, case.k, case.s, case.d
+    cols = C.im2col(x, k, s, d)
+    Y = np.random.default_rng(1).standard_normal(cols.shape)
+    n, c = x.shape[:2]
+    ho, wo = C.out_size(x.shape[2], k[0], s[0], 0, d[0]), C.out_size(x.shape[3], k[1], s[1], 0, d[1])
+    back = C.col2im(Y.reshape(n, c, k[0], k[1], ho, wo), x.shape[-2:], s, d)
+    lhs, rhs = np.sum(cols * Y), np.sum(x * back)
+    assert abs(lhs - rhs) <= 1e-12 * (np.sum(np.abs(cols * Y)) + 1)
+
+
+@given(conv_cases())
 def test_weight_grad_matches_naive(case: Case):
     got = C.weight_grad(case.x, case.G, case.k, case.s, case.d)
     want = C.weight_grad_naive(case.x, case.G, case.k, case.s, case.d)
@@ -257,7 +281,7 @@ def test_convolution_mode_is_rot180_of_correlation_mode(case: Case, bias: str):
         true_conv = true_conv + conv.params["b"]
     assert z.shape == true_conv.shape == (n,) + conv.out_shape
     assert_close(z, true_conv, C.correlate_naive(C.pad(np.abs(x), case.p), np.abs(case.W), case.s, case.d) + 1)
-    np.testing.assert_array_equal(z, z2)
+    np.testing.assert_allclose(z, z2, rtol=TOL, atol=TOL)  # equal up to BLAS summation order
     G = np.random.default_rng(3).standard_normal(z.shape)
     d_conv, g_conv = conv.backward(G, cache)
     d_corr, g_corr = corr.backward(G, cache2)

@@ -1,0 +1,4 @@
+"""``python -m cnngrad`` is ``cnngrad``."""
+from .cli import main
+
+main()
