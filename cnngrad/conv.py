@@ -106,14 +106,19 @@ def col2im(cols: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1), d: Pair =
     """The adjoint of :func:`im2col`: add every column entry back where it was read from.
 
     cols of shape (n, c, kh, kw, Ho, Wo) -> of shape (n, c, *in_hw), entry (u, v, i, j)
-    added at ``[i·sh + u·dh, j·sw + v·dw]``.  A loop over the kh·kw taps, not the pixels.
+    added at ``[i·sh + u·dh, j·sw + v·dw]``.  Done one axis at a time — the kw taps into
+    the columns, then the kh taps into the rows — a loop over kh + kw taps, not the pixels.
     """
     n, c, kh, kw, ho, wo = cols.shape
-    out = np.zeros((n, c) + tuple(in_hw), dtype=cols.dtype)
+    H, W = in_hw
+    rows = np.zeros((n, c, kh, ho, W), dtype=cols.dtype)
+    for v in range(kw):
+        x = v * d[1]
+        rows[..., x : x + s[1] * (wo - 1) + 1 : s[1]] += cols[:, :, :, v]
+    out = np.zeros((n, c, H, W), dtype=cols.dtype)
     for u in range(kh):
-        for v in range(kw):
-            y, x = u * d[0], v * d[1]
-            out[:, :, y : y + s[0] * (ho - 1) + 1 : s[0], x : x + s[1] * (wo - 1) + 1 : s[1]] += cols[:, :, u, v]
+        y = u * d[0]
+        out[:, :, y : y + s[0] * (ho - 1) + 1 : s[0]] += rows[:, :, u]
     return out
 
 

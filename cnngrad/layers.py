@@ -222,7 +222,11 @@ class Pool:
 
     def forward(self, a: Array) -> tuple[Array, tuple]:
         if self.pool == "avg":
-            z = sum(tap for _, tap in self._taps(a)) / (self.k[0] * self.k[1])
+            taps = self._taps(a)
+            z = next(taps)[1].copy()
+            for _, tap in taps:
+                z += tap
+            z /= self.k[0] * self.k[1]
             return z, (a.shape, None)
         z, idx = None, None
         for t, tap in self._taps(a):  # running max; ties keep the first maximal entry
