@@ -54,11 +54,12 @@ class Report:
 
 def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | None = None,
           samples: int | None = None, method: str = "central", plugins: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> Report:
+          progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).  ``eps``/``tol``/``samples`` default to the config's
     ``check:`` values, then to the dtype's defaults (``compare.DEFAULT_EPS``/``DEFAULT_TOL``).
-    ``progress(done, total)`` is called as entries are finished."""
+    ``progress(done, total)`` is called as entries are finished; ``workers`` processes
+    share a large check (default: up to 2), with the same numbers as one."""
     if not isinstance(config, cfg.Config):
         config = cfg.load(str(config), plugins=plugins)
     eps = eps if eps is not None else config.check.get("eps", DEFAULT_EPS[config.dtype])
@@ -78,24 +79,22 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
             if progress is not None:
                 progress(done[0], total)
 
-        fd = FiniteDifferences(net, x, y, eps, method, progress=advance)
+        fd = FiniteDifferences(net, x, y, eps, method, progress=advance, workers=workers)
         report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem)
-
-        def add(key: str, layer: int, tensor: str, g: Array, numeric_fn: Any) -> None:
-            idx = select(problem.rng, g.size, samples)
-            num = numeric_fn(idx)
-            report.rows.append(judge(layer, net.specs[layer].kind if net.specs[layer].kind != "custom"
-                                     else type(net.layers[layer]).__name__, tensor, g.shape, idx,
-                                     g.reshape(-1)[idx].astype(np.float64), num.values, num.kinks, tol))
+        # (key, layer, tensor, analytic gradient, FD target), the input δ first, then layer by layer
+        rows = [("input", 0, "input", delta_x, "input")] + [
+            (f"layers.{i}.{name}", i, name, grads[i][name], (i, name))
+            for i, layer in enumerate(net.layers) for name in layer.params]
+        picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
+        numeric = fd.numeric([(target, idx) for (*_, target), idx in zip(rows, picks)])
+        for (key, layer, tensor, g, _), idx, num in zip(rows, picks, numeric):
+            kind = net.specs[layer].kind if net.specs[layer].kind != "custom" else type(net.layers[layer]).__name__
+            report.rows.append(judge(layer, kind, tensor, g.shape, idx, g.reshape(-1)[idx].astype(np.float64),
+                                     num.values, num.kinks, tol))
             full = np.full(g.size, np.nan)
             full[idx] = num.values
             report.analytic[key] = g
             report.numeric[key] = full.reshape(g.shape)
-
-        add("input", 0, "input", delta_x, fd.input)
-        for i, layer in enumerate(net.layers):
-            for name, P in layer.params.items():
-                add(f"layers.{i}.{name}", i, name, grads[i][name], lambda idx, i=i, name=name: fd.param(i, name, idx))
     report.seconds = time.perf_counter() - t0
     return report
 

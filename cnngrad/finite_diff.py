@@ -18,14 +18,38 @@ before the batch mean, so a sample the perturbation does not reach adds an exact
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .network import Network
 
 Array = np.ndarray
+# Bytes of perturbed activations above which a check is shared among worker processes
+# (below it, forking costs more than it saves).
+PARALLEL_WORK = 256 << 20
+_STATE: Any = None  # (chunk functions, index arrays), inherited by forked workers
+
+
+def _work(job: tuple[int, int, int]) -> tuple[tuple[int, int, int], tuple[Array, Array]]:
+    """A worker's task: one chunk of one tensor, by the functions the parent planned."""
+    fns, indices = _STATE
+    ti, lo, hi = job
+    return job, fns[ti](indices[ti][lo:hi])
+
+
+@dataclass
+class Plan:
+    """How to difference one tensor: entries per chunk, bytes of work per entry, and the
+    function that turns a chunk of flat indices into (numeric values, kink crossings)."""
+
+    chunk: int
+    row_bytes: int
+    run: Callable[[Array], tuple[Array, Array]]
 
 # --------------------------------------------------------------------------- methods
 
@@ -99,13 +123,19 @@ class FiniteDifferences:
     """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``.
 
     ``progress(n)`` is called with the number of entries finished after each chunk.
+    ``workers`` processes share the chunks of a large check (default: one per core, at
+    most 2); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
+    Every chunk is computed the same way wherever it runs, with one BLAS thread, so the
+    numbers are the same bit for bit whatever the number of workers.
     """
 
     def __init__(self, net: Network, x: Array, y: Array, eps: float, method: str = "central",
-                 memory_budget: int = 32 << 20, progress: Callable[[int], None] | None = None) -> None:
+                 memory_budget: int = 16 << 20, progress: Callable[[int], None] | None = None,
+                 workers: int | None = None) -> None:
         self.net, self.x, self.y, self.eps = net, x, y, eps
         self.method = get_method(method)
         self.budget = memory_budget
+        self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         self.progress = progress or (lambda n: None)
         self.n = x.shape[0]
         # the unperturbed pass: every layer's input and output, caches, kink states, ℓ_n(θ)
@@ -120,9 +150,6 @@ class FiniteDifferences:
         self.fast_fallbacks: list[str] = []  # tensors whose forward_perturbed failed its spot check
 
     # ------------------------------------------------------------------ shared pieces
-
-    def _rows_per_chunk(self, start: int) -> int:
-        return max(1, self.budget // _row_bytes(self.net, start, self.x.dtype.itemsize))
 
     def _losses(self, a: Array, start: int, samples: Array) -> tuple[Array, Array]:
         """ℓ of every row of a (the input of layer ``start``), row r being a perturbed copy
@@ -149,29 +176,64 @@ class FiniteDifferences:
     # ------------------------------------------------------------------ the input
 
     def input(self, indices: Array) -> Numeric:
-        """∂C/∂x at flat indices of x.  Entry k of x belongs to sample ``k // size``; only
-        that sample is run, from the first layer's ``forward_perturbed_input`` where it has
-        one (and it passes the spot check), else from a perturbed copy of the sample."""
+        """∂C/∂x at flat indices of x."""
+        return self.numeric([("input", indices)])[0]
+
+    def param(self, layer_index: int, name: str, indices: Array) -> Numeric:
+        """∂C/∂θ for entries of ``layers[layer_index].params[name]``."""
+        return self.numeric([((layer_index, name), indices)])[0]
+
+    def numeric(self, targets: list[tuple[Any, Array]]) -> list[Numeric]:
+        """Numeric gradients of several tensors: each target is ``("input", indices)`` or
+        ``((layer_index, name), indices)``.  Their chunks all go to the workers together."""
+        plans = [self._plan_input() if t == "input" else self._plan_param(*t) for t, _ in targets]
+        jobs = [(ti, lo, min(lo + plan.chunk, len(idx)))
+                for ti, ((_, idx), plan) in enumerate(zip(targets, plans))
+                for lo in range(0, len(idx), plan.chunk)]
+        work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
+        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
+        with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
+            for (ti, lo, hi), (v, k) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
+                results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
+                self.progress(hi - lo)
+        return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
+
+    def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Iterator:
+        """Yield ``(job, result)`` for every job: here, or — for a large check, where the
+        system can fork — on ``workers`` forked processes that inherit the whole problem."""
+        global _STATE
+        if (self.workers > 1 and len(jobs) > 1 and work > PARALLEL_WORK
+                and "fork" in multiprocessing.get_all_start_methods()):
+            _STATE = (fns, [idx for _, idx in targets])
+            try:
+                with multiprocessing.get_context("fork").Pool(self.workers) as pool:
+                    yield from pool.imap_unordered(_work, jobs)
+            finally:
+                _STATE = None
+        else:
+            for ti, lo, hi in jobs:
+                yield (ti, lo, hi), fns[ti](targets[ti][1][lo:hi])
+
+    def _plan_input(self) -> Plan:
+        """Entry k of x belongs to sample ``k // size``; only that sample is run, from the
+        first layer's ``forward_perturbed_input`` where it has one (and it passes the spot
+        check), else from a perturbed copy of the sample."""
         x_flat = self.x.reshape(self.n, -1)
         per = x_flat.shape[1]
         m = len(self.method.offsets)
-        first = self.net.layers[0]
-        fast = getattr(first, "forward_perturbed_input", None)
+        fast = getattr(self.net.layers[0], "forward_perturbed_input", None)
         if fast is not None and not self._spot_check_input():
             self.fast_fallbacks.append("input")
             fast = None
         start = 1 if fast is not None else 0
-        chunk = max(1, self._rows_per_chunk(start) // m)
-        values = np.empty(len(indices))
-        kinks = np.zeros(len(indices), dtype=bool)
-        for lo in range(0, len(indices), chunk):
-            idx = indices[lo : lo + chunk]
+
+        def run(idx: Array) -> tuple[Array, Array]:
             n_of, pos = np.divmod(idx, per)
             samples, positions = np.tile(n_of, m), np.tile(pos, m)
             if fast is not None:
                 steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(self.x.dtype)
                 a = fast(self.inputs[1], self.caches[0], samples, positions, steps.ravel())
-                steps = steps.astype(np.float64)
+                steps = steps.astype(np.float64)  # exactly the steps added
             else:
                 theta = x_flat[n_of, pos]
                 new = (theta[None, :] + self._offsets()).astype(self.x.dtype)  # (M, K)
@@ -180,31 +242,25 @@ class FiniteDifferences:
                 a[np.arange(a.shape[0]), positions] = new.ravel()
                 a = a.reshape((-1,) + self.x.shape[1:])
             losses, crossed = self._losses(a, start, samples)
-            values[lo : lo + len(idx)], kinks[lo : lo + len(idx)] = self._combine(losses, steps, samples, crossed)
-            self.progress(len(idx))
-        return Numeric(indices, values, kinks)
+            return self._combine(losses, steps, samples, crossed)
 
-    # ------------------------------------------------------------------ parameters
+        return self._plan(start, m, run)
 
-    def param(self, layer_index: int, name: str, indices: Array) -> Numeric:
-        """∂C/∂θ for entries of ``layers[layer_index].params[name]``.  The layer's
-        perturbed outputs come from ``forward_perturbed`` where it has one (and it passes
-        the spot check), else from a real forward pass per perturbation; the layers after
-        it run on all of a chunk's perturbed copies of the batch at once."""
+    def _plan_param(self, layer_index: int, name: str) -> Plan:
+        """The layer's perturbed outputs come from ``forward_perturbed`` where it has one
+        (and it passes the spot check), else from a real forward pass per perturbation;
+        the layers after it run on all of a chunk's perturbed copies of the batch at once."""
         layer = self.net.layers[layer_index]
         P = layer.params[name]
         if not P.flags.c_contiguous:
             raise ValueError(f"layers[{layer_index}].params[{name!r}] must be C-contiguous to be perturbed")
         m = len(self.method.offsets)
-        chunk = max(1, self._rows_per_chunk(layer_index) // (m * self.n))
         fast = getattr(layer, "forward_perturbed", None)
         if fast is not None and not self._spot_check(layer_index, name):
             self.fast_fallbacks.append(f"layers[{layer_index}].{name}")
             fast = None
-        values = np.empty(len(indices))
-        kinks = np.zeros(len(indices), dtype=bool)
-        for lo in range(0, len(indices), chunk):
-            idx = indices[lo : lo + chunk]
+
+        def run(idx: Array) -> tuple[Array, Array]:
             if fast is not None:
                 steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(P.dtype)
                 out = fast(self.inputs[layer_index + 1], self.caches[layer_index], name,
@@ -216,9 +272,13 @@ class FiniteDifferences:
             samples = np.tile(np.arange(self.n), out.shape[0])
             losses, crossed = self._losses(out.reshape((-1,) + out.shape[2:]), layer_index + 1, samples)
             crossed |= np.repeat(own, self.n)
-            values[lo : lo + len(idx)], kinks[lo : lo + len(idx)] = self._combine(losses, steps, samples, crossed)
-            self.progress(len(idx))
-        return Numeric(indices, values, kinks)
+            return self._combine(losses, steps, samples, crossed)
+
+        return self._plan(layer_index + 1, m * self.n, run)
+
+    def _plan(self, start: int, rows_per_entry: int, run: Callable) -> Plan:
+        row_bytes = _row_bytes(self.net, start, self.x.dtype.itemsize) * rows_per_entry
+        return Plan(max(1, self.budget // row_bytes), row_bytes, run)
 
     def _forward_each(self, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:
         """Perturb, run the layer, restore: outputs of shape (M·K, N, …), the steps taken
