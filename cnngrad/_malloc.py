@@ -18,6 +18,17 @@ M_MMAP_THRESHOLD = -3
 _done = False
 
 
+def trim() -> None:
+    """Give freed heap memory back to the OS (before forking workers: a smaller process
+    forks faster).  glibc only; a no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def tune(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
     """Set glibc's mmap/trim thresholds once per process; True where it took effect."""
     global _done

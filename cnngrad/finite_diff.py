@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import _malloc
 from .network import Network
 
 Array = np.ndarray
@@ -205,6 +206,7 @@ class FiniteDifferences:
         if (self.workers > 1 and len(jobs) > 1 and work > PARALLEL_WORK
                 and "fork" in multiprocessing.get_all_start_methods()):
             _STATE = (fns, [idx for _, idx in targets])
+            _malloc.trim()  # fewer pages to map into each worker
             try:
                 with multiprocessing.get_context("fork").Pool(self.workers) as pool:
                     yield from pool.imap_unordered(_work, jobs)

@@ -1,0 +1,159 @@
+"""The finite-difference engine equals the naive loop (perturb, run everything, restore)
+to rounding, whichever path it takes: linear shortcuts, real forward passes, one process
+or several."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import cnngrad.finite_diff as fdm
+from cnngrad.config import validate
+from cnngrad.finite_diff import FiniteDifferences
+from cnngrad.layers import Conv, Dense
+from cnngrad.network import build
+from cnngrad.strategies import configs
+
+
+def naive_numeric(net, x, y, eps, array, idx):
+    """Central differences the slow, obvious way: one entry at a time, the whole network."""
+    flat = array.reshape(-1)
+    out = []
+    for i in idx:
+        old = flat[i]
+        flat[i] = old + eps
+        c_plus = net.losses(net.forward(x)[0], y)[0]
+        flat[i] = old - eps
+        c_minus = net.losses(net.forward(x)[0], y)[0]
+        flat[i] = old
+        out.append((c_plus - c_minus) / ((old + eps) - (old - eps)))
+    return np.array(out)
+
+
+def engine_and_naive(raw, eps=1e-6, **fd_options):
+    problem = build(validate(raw))
+    net, x, y = problem.net, problem.x.copy(), problem.y
+    fd = FiniteDifferences(net, x, y, eps, **fd_options)
+    targets = [("input", np.arange(x.size))] + [
+        ((i, name), np.arange(P.size)) for i, layer in enumerate(net.layers) for name, P in layer.params.items()]
+    got = fd.numeric(targets)
+    want = [naive_numeric(net, x, y, eps, x if t == "input" else net.layers[t[0]].params[t[1]], idx)
+            for t, idx in targets]
+    return got, want, fd
+
+
+def assert_same_to_rounding(got, want):
+    for g, w in zip(got, want):
+        ok = ~g.kinks
+        # both are (C+ − C−)/2h; they differ only by how C was rounded: ~ε·|C|/h
+        np.testing.assert_allclose(g.values[ok], w[ok], rtol=1e-6, atol=1e-8)
+
+
+SMALL = dict(max_layers=3, max_size=7, max_batch=2)
+
+
+@settings(max_examples=25)
+@given(configs(**SMALL))
+def test_engine_equals_the_naive_loop(raw):
+    got, want, fd = engine_and_naive(raw)
+    assert fd.fast_fallbacks == []  # the built-in shortcuts pass their spot checks
+    assert_same_to_rounding(got, want)
+
+
+@settings(max_examples=10)
+@given(configs(**SMALL))
+def test_engine_without_linear_shortcuts_equals_the_naive_loop(raw, monkeypatch_shortcuts=None):
+    with pytest.MonkeyPatch.context() as mp:
+        for cls in (Conv, Dense):
+            mp.delattr(cls, "forward_perturbed")
+            mp.delattr(cls, "forward_perturbed_input")
+        got, want, _ = engine_and_naive(raw)
+    assert_same_to_rounding(got, want)
+
+
+@settings(max_examples=5)
+@given(configs(**SMALL))
+def test_worker_processes_give_the_same_numbers_bit_for_bit(raw):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fdm, "PARALLEL_WORK", 0)  # fork even for a tiny check
+        one, _, _ = engine_and_naive(raw, workers=1, memory_budget=1 << 14)
+        two, _, _ = engine_and_naive(raw, workers=2, memory_budget=1 << 14)
+    for a, b in zip(one, two):
+        assert np.array_equal(a.values, b.values) and np.array_equal(a.kinks, b.kinks)
+
+
+def test_a_wrong_shortcut_is_caught_by_the_spot_check(monkeypatch):
+    """A forward_perturbed that disagrees with forward is not trusted: the engine falls
+    back to real forward passes and still gets the naive loop's numbers."""
+    raw = {"input": {"batch": 2, "channels": 1, "height": 5, "width": 5}, "seed": 3,
+           "layers": [{"conv": {"filters": 2, "kernel": 3}}, {"activation": "tanh"}, {"flatten": {}},
+                      {"dense": {"units": 3}}], "loss": "softmax_cross_entropy"}
+    original = Conv.forward_perturbed
+    monkeypatch.setattr(Conv, "forward_perturbed",
+                        lambda self, z, cache, name, idx, steps: original(self, z, cache, name, idx, 2 * steps))
+    got, want, fd = engine_and_naive(raw)
+    assert fd.fast_fallbacks == ["layers[0].W", "layers[0].b"]
+    assert_same_to_rounding(got, want)
+
+
+@pytest.mark.parametrize("mode", ["correlation", "convolution"])
+@pytest.mark.parametrize("bias", ["tied", "untied"])
+def test_conv_shortcuts_equal_real_forward_passes(mode, bias):
+    rng = np.random.default_rng(0)
+    layer = Conv((2, 9, 8), rng, filters=3, kernel=[3, 2], stride=[2, 1], padding=[1, 2], dilation=[1, 2],
+                 bias=bias, mode=mode)
+    a = rng.standard_normal((2, 2, 9, 8))
+    z, cache = layer.forward(a)
+    for name, P in layer.params.items():
+        idx = np.arange(P.size)
+        steps = rng.standard_normal(P.size)
+        fast = layer.forward_perturbed(z, cache, name, idx, steps)
+        for g, i in enumerate(idx):
+            P.reshape(-1)[i] += steps[g]
+            real, _ = layer.forward(a)
+            P.reshape(-1)[i] -= steps[g]
+            np.testing.assert_allclose(fast[g], real, rtol=1e-12, atol=1e-12)
+    positions = np.arange(a[0].size)
+    samples = positions % 2
+    steps = rng.standard_normal(positions.size)
+    fast = layer.forward_perturbed_input(z, cache, samples, positions, steps)
+    for g, (n, pos) in enumerate(zip(samples, positions)):
+        moved = a[n].copy()
+        moved.reshape(-1)[pos] += steps[g]
+        real, _ = layer.forward(moved[None])
+        np.testing.assert_allclose(fast[g], real[0], rtol=1e-12, atol=1e-12)
+
+
+def test_dense_shortcuts_equal_real_forward_passes():
+    rng = np.random.default_rng(1)
+    layer = Dense((7,), rng, units=4)
+    a = rng.standard_normal((3, 7))
+    z, cache = layer.forward(a)
+    for name, P in layer.params.items():
+        idx = np.arange(P.size)
+        steps = rng.standard_normal(P.size)
+        fast = layer.forward_perturbed(z, cache, name, idx, steps)
+        for g, i in enumerate(idx):
+            P.reshape(-1)[i] += steps[g]
+            real, _ = layer.forward(a)
+            P.reshape(-1)[i] -= steps[g]
+            np.testing.assert_allclose(fast[g], real, rtol=1e-12, atol=1e-12)
+    samples, positions = np.array([0, 2, 1]), np.array([6, 0, 3])
+    steps = np.array([0.5, -1.0, 2.0])
+    fast = layer.forward_perturbed_input(z, cache, samples, positions, steps)
+    for g in range(3):
+        moved = a[samples[g]].copy()
+        moved[positions[g]] += steps[g]
+        np.testing.assert_allclose(fast[g], layer.forward(moved[None])[0][0], rtol=1e-12, atol=1e-12)
+
+
+def test_chunking_does_not_change_the_numbers():
+    raw = {"input": {"batch": 3, "channels": 2, "height": 6, "width": 6}, "seed": 5,
+           "layers": [{"conv": {"filters": 3, "kernel": 3, "padding": 1}}, {"activation": "softplus"},
+                      {"pool": {"kind": "avg", "size": 2}}, {"flatten": {}}, {"dense": {"units": 4}}],
+           "loss": "mse"}
+    big, _, _ = engine_and_naive(raw, memory_budget=1 << 30)
+    small, want, _ = engine_and_naive(raw, memory_budget=1 << 12)  # one entry per chunk
+    for a, b in zip(big, small):
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-9, atol=1e-12)
+    assert_same_to_rounding(small, want)
