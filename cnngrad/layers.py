@@ -314,11 +314,6 @@ class Dense:
             zb[g, :, indices] += steps[:, None]
         return zb
 
-    def forward_perturbed_input(self, z: Array, cache: tuple, samples: Array, positions: Array,
-                                steps: Array) -> Array:
-        """z of single samples with input entry k moved by ``steps[g]``: ``z + steps[g]·W[:, k]``."""
-        return z[samples] + steps[:, None] * self.params["W"][:, positions].T
-
 
 LAYERS: dict[str, type] = {"conv": Conv, "activation": Activation, "pool": Pool,
                            "flatten": Flatten, "dense": Dense}
