@@ -83,9 +83,9 @@ class Conv:
         cols = C.im2col(a_pad, self.k, self.s, self.d)
         z = C.correlate(a_pad, self._kernel(), self.s, self.d, cols=cols)
         if self.bias == "tied":
-            z = z + self.params["b"][:, None, None]
+            z += self.params["b"][:, None, None]
         elif self.bias == "untied":
-            z = z + self.params["b"]
+            z += self.params["b"]
         return z, (a_pad, cols)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
@@ -164,6 +164,11 @@ ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "identity": (lambda z: z, lambda z: np.ones_like(z)),
 }
 KINKED = {"relu", "leaky_relu"}
+# σ' written with a = σ(z), where that is cheaper than from z (same value: tests compare them)
+FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
+    "sigmoid": lambda a: a * (1.0 - a),
+    "tanh": lambda a: 1.0 - a * a,
+}
 
 
 class Activation:
@@ -180,11 +185,14 @@ class Activation:
         self.sigma, self.sigma_prime = ACTIVATIONS[function]
 
     def forward(self, z: Array) -> tuple[Array, tuple]:
-        return self.sigma(z, **self._kw), (z,)
+        a = self.sigma(z, **self._kw)
+        return a, (z, a)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """``δ^l = δ_a ⊙ σ'(z^l)`` — the seed's Hadamard factor."""
-        (z,) = cache
+        z, a = cache
+        if self.function in FROM_OUTPUT:
+            return delta * FROM_OUTPUT[self.function](a), {}
         return delta * self.sigma_prime(z, **self._kw), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
@@ -248,6 +256,11 @@ class Pool:
         else:
             onehot = np.arange(kh * kw) == idx[..., None]
             g = (onehot * delta[..., None]).reshape(delta.shape + (kh, kw))
+        if self.s == self.k:  # windows tile without overlap: one strided write, no adds
+            n, c, ho, wo = delta.shape
+            out = np.zeros(shape, dtype=g.dtype)
+            out[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)[...] = g.transpose(0, 1, 2, 4, 3, 5)
+            return out, {}
         return C.col2im(g.transpose(0, 1, 4, 5, 2, 3), shape[-2:], self.s), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
