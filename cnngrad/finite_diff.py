@@ -263,20 +263,75 @@ class FiniteDifferences:
             fast = None
 
         def run(idx: Array) -> tuple[Array, Array]:
+            samples = np.tile(np.arange(self.n), m * len(idx))
             if fast is not None:
                 steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(P.dtype)
-                out = fast(self.inputs[layer_index + 1], self.caches[layer_index], name,
-                           np.tile(idx, m), steps.ravel())
+                channel, values = fast(self.inputs[layer_index + 1], self.caches[layer_index], name,
+                                       np.tile(idx, m), steps.ravel())
                 steps = steps.astype(np.float64)  # exactly the steps added
-                own = np.zeros(out.shape[0], dtype=bool)
+                a, start, crossed = self._sparse_forward(layer_index + 1, samples, np.repeat(channel, self.n),
+                                                         values.reshape((len(samples),) + values.shape[2:]))
             else:
                 out, steps, own = self._forward_each(layer_index, name, idx)
-            samples = np.tile(np.arange(self.n), out.shape[0])
-            losses, crossed = self._losses(out.reshape((-1,) + out.shape[2:]), layer_index + 1, samples)
-            crossed |= np.repeat(own, self.n)
-            return self._combine(losses, steps, samples, crossed)
+                a, start, crossed = out.reshape((-1,) + out.shape[2:]), layer_index + 1, np.repeat(own, self.n)
+            losses, crossed_after = self._losses(a, start, samples)
+            return self._combine(losses, steps, samples, crossed | crossed_after)
 
         return self._plan(layer_index + 1, m * self.n, run)
+
+    def _sparse_forward(self, start: int, samples: Array, channel: Array, values: Array) -> tuple[Array, int, Array]:
+        """Carry rows that differ from the unperturbed pass in one channel only.
+
+        Row r is sample ``samples[r]`` of the input of layer ``start`` with channel
+        ``channel[r]`` replaced by ``values[r]`` (a map (h, w), or one unit of a flat input).
+        Channel-wise layers (activations, pooling) only need that channel; a layer linear in
+        its input (conv, dense) adds the response to the change to its unperturbed output
+        (``forward_input_delta``).  Returns whole rows of the input of some layer l ≥ start,
+        l, and whether a unit crossed a kink on the way.
+        """
+        rows = np.arange(len(samples))
+        crossed = np.zeros(len(samples), dtype=bool)
+        units = None if values.ndim > 1 else channel[:, None]  # flat input: the units that moved
+        if units is not None:
+            values = values[:, None]
+        for l in range(start, len(self.net.layers)):
+            layer, base_in, base = self.net.layers[l], self.inputs[l], self.base_kinks[l]
+            flat = base_in.ndim == 2
+            if flat and getattr(layer, "elementwise", False) or not flat and getattr(layer, "channelwise", False):
+                out, cache = layer.forward(values if flat else values[:, None])
+                values = out if flat else out[:, 0]
+                if base is not None:
+                    state = _kink_state(layer, cache)
+                    was = base[samples[:, None], units] if flat else base[samples, channel]
+                    crossed |= np.any((state if flat else state[:, 0]).reshape(len(rows), -1)
+                                      != was.reshape(len(rows), -1), axis=1)
+            elif not flat and getattr(layer, "kind", None) == "flatten":
+                hw = values.shape[1] * values.shape[2]
+                units = channel[:, None] * hw + np.arange(hw)
+                values = values.reshape(len(rows), hw)
+            elif hasattr(layer, "forward_input_delta"):
+                out = self.inputs[l + 1][samples]
+                if flat and units.shape[1] == 1:  # one unit a row: a gather, no grouping
+                    out += layer.forward_input_delta(values - base_in[samples[:, None], units], units)
+                    return out, l + 1, crossed
+                for c in np.unique(channel):  # rows moved in the same channel share the product
+                    sel = np.flatnonzero(channel == c)
+                    if flat:
+                        delta = values[sel] - base_in[samples[sel][:, None], units[sel]]
+                        out[sel] += layer.forward_input_delta(delta, units[sel[0]])
+                    else:
+                        out[sel] += layer.forward_input_delta(values[sel] - base_in[samples[sel], c], int(c))
+                return out, l + 1, crossed
+            else:
+                break
+        else:
+            l = len(self.net.layers)
+        a = self.inputs[l][samples]  # whole rows: the unperturbed ones with the moved channel
+        if units is not None:
+            a.reshape(len(rows), -1)[rows[:, None], units] = values
+        else:
+            a[rows, channel] = values
+        return a, l, crossed
 
     def _plan(self, start: int, rows_per_entry: int, run: Callable) -> Plan:
         row_bytes = _row_bytes(self.net, start, self.x.dtype.itemsize) * rows_per_entry
@@ -328,7 +383,9 @@ class FiniteDifferences:
         idx = np.unique([0, flat.size - 1])
         steps = np.full(len(idx), 0.5, dtype=flat.dtype)
         z0 = self.inputs[layer_index + 1]
-        fast = layer.forward_perturbed(z0, self.caches[layer_index], name, idx, steps)
+        channel, values = layer.forward_perturbed(z0, self.caches[layer_index], name, idx, steps)
+        fast = np.broadcast_to(z0, (len(idx),) + z0.shape).copy()
+        fast[np.arange(len(idx)), :, channel] = values
         for g, i in enumerate(idx):
             old = flat[i]
             flat[i] = old + steps[g]

@@ -104,26 +104,32 @@ class Conv:
             grads["b"] = delta.sum(axis=0)
         return delta_prev, grads
 
-    def forward_perturbed(self, z: Array, cache: tuple, name: str, indices: Array, steps: Array) -> Array:
-        """z for G perturbations ``θ_g = θ + steps[g]·e_{indices[g]}`` at once, of shape
-        (G, n, filters, ho, wo).  z is linear in W and b, so ``z(θ_g) = z + steps[g]·∂z/∂θ``:
+    def forward_perturbed(self, z: Array, cache: tuple, name: str, indices: Array,
+                          steps: Array) -> tuple[Array, Array]:
+        """z for G perturbations ``θ_g = θ + steps[g]·e_{indices[g]}`` at once.  Each moves one
+        output channel only; returns that channel per g, of shape (G,), and its new values,
+        of shape (G, n, ho, wo).  z is linear in W and b, so ``z(θ_g) = z + steps[g]·∂z/∂θ``:
         W[o,c,u,v] adds ``steps[g]·ã[:, c, i·s+u·d, j·s+v·d]`` to channel o (tap u,v of the
         slid kernel: ROT180'd in convolution mode); b adds ``steps[g]`` where it is added."""
-        a_pad = cache[0]
-        g = np.arange(len(indices))
-        zb = np.broadcast_to(z, (len(indices),) + z.shape).copy()
+        t = steps[:, None, None, None]
         if name == "W":
             o, c, u, v = np.unravel_index(indices, self.params["W"].shape)
             if self.mode == "convolution":
                 u, v = self.k[0] - 1 - u, self.k[1] - 1 - v
-            cols = C.windows(a_pad, self.k, self.s, self.d)  # (n, c, ho, wo, kh, kw), a view
-            zb[g, :, o] += steps[:, None, None, None] * cols[:, c, :, :, u, v]
-        elif self.bias == "tied":
-            zb[g, :, indices] += steps[:, None, None, None]
-        else:
-            o, i, j = np.unravel_index(indices, self.params["b"].shape)
-            zb[g, :, o, i, j] += steps[:, None]
-        return zb
+            cols = C.windows(cache[0], self.k, self.s, self.d)  # (n, c, ho, wo, kh, kw), a view
+            return o, z[:, o].swapaxes(0, 1) + t * cols[:, c, :, :, u, v]
+        if self.bias == "tied":
+            return indices, z[:, indices].swapaxes(0, 1) + t
+        o, i, j = np.unravel_index(indices, self.params["b"].shape)
+        values = z[:, o].swapaxes(0, 1).copy()  # (G, n, ho, wo)
+        values[np.arange(len(indices)), :, i, j] += steps[:, None]
+        return o, values
+
+    def forward_input_delta(self, delta: Array, channel: int) -> Array:
+        """How z moves when input channel ``channel`` moves by delta (of shape (m, h, w)):
+        z is linear in its input, ``Δz = K[:, channel] ⋆ pad(Δ)``, of shape (m, filters, ho, wo)."""
+        K = self._kernel()[:, channel : channel + 1]
+        return C.correlate(C.pad(delta[:, None], self.p), K, self.s, self.d)
 
     def forward_perturbed_input(self, z: Array, cache: tuple, samples: Array, positions: Array,
                                 steps: Array) -> Array:
@@ -175,6 +181,8 @@ class Activation:
     """``a^l = σ(z^l)``, elementwise; any in_shape, out_shape = in_shape."""
 
     kind = "activation"
+    channelwise = True  # each output channel depends on the same input channel only
+    elementwise = True  # and each output entry on the same input entry only
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, function: str,
                  alpha: float | None = None, dtype: Any = np.float64) -> None:
@@ -210,6 +218,7 @@ class Pool:
     """Max or average pooling, no padding. a of shape (n, c, h, w) -> (n, c, ho, wo)."""
 
     kind = "pool"
+    channelwise = True  # each output channel depends on the same input channel only
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, kind: str = "max",
                  size: Any = 2, stride: Any = None, dtype: Any = np.float64) -> None:
@@ -314,18 +323,23 @@ class Dense:
             grads["b"] = delta.sum(axis=0)
         return delta @ self.params["W"], grads
 
-    def forward_perturbed(self, z: Array, cache: tuple, name: str, indices: Array, steps: Array) -> Array:
-        """z for G perturbations at once, of shape (G, n, units): W[j,k] adds
-        ``steps[g]·a[:, k]`` to unit j, b[j] adds ``steps[g]`` (z is linear in both)."""
-        (a_prev,) = cache
-        g = np.arange(len(indices))
-        zb = np.broadcast_to(z, (len(indices),) + z.shape).copy()
+    def forward_perturbed(self, z: Array, cache: tuple, name: str, indices: Array,
+                          steps: Array) -> tuple[Array, Array]:
+        """G perturbations at once, each moving one unit of z: the unit, of shape (G,), and
+        its new values, of shape (G, n).  W[j,k] adds ``steps[g]·a[:, k]`` to unit j, b[j]
+        adds ``steps[g]`` (z is linear in both)."""
         if name == "W":
             j, k = np.unravel_index(indices, self.params["W"].shape)
-            zb[g, :, j] += steps[:, None] * a_prev[:, k].T
-        else:
-            zb[g, :, indices] += steps[:, None]
-        return zb
+            return j, z[:, j].T + steps[:, None] * cache[0][:, k].T
+        return indices, z[:, indices].T + steps[:, None]
+
+    def forward_input_delta(self, delta: Array, units: Array) -> Array:
+        """How z moves when input units move by delta (of shape (m, B)): ``Δz = Δ Wᵀ[units]``,
+        of shape (m, out units).  ``units`` of shape (B,) for every row, or (m, B) per row."""
+        W = self.params["W"]
+        if units.ndim == 1:
+            return delta @ W[:, units].T
+        return np.einsum("mb,mbo->mo", delta, W.T[units])
 
 
 LAYERS: dict[str, type] = {"conv": Conv, "activation": Activation, "pool": Pool,

@@ -15,6 +15,22 @@ from cnngrad.network import build
 from cnngrad.strategies import configs
 
 
+def assert_shortcut_equals_forward(layer, a, z, cache, rng):
+    """forward_perturbed moves one channel per perturbation: the same as a real forward
+    pass with the parameter changed, in that channel, and nothing else changes."""
+    for name, P in layer.params.items():
+        idx = np.arange(P.size)
+        steps = rng.standard_normal(P.size)
+        channel, values = layer.forward_perturbed(z, cache, name, idx, steps)
+        for g, i in enumerate(idx):
+            P.reshape(-1)[i] += steps[g]
+            real, _ = layer.forward(a)
+            P.reshape(-1)[i] -= steps[g]
+            np.testing.assert_allclose(values[g], real[:, channel[g]], rtol=1e-12, atol=1e-12)
+            others = np.delete(np.arange(z.shape[1]), channel[g])
+            np.testing.assert_allclose(real[:, others], z[:, others], rtol=1e-12, atol=1e-12)
+
+
 def naive_numeric(net, x, y, eps, array, idx):
     """Central differences the slow, obvious way: one entry at a time, the whole network."""
     flat = array.reshape(-1)
@@ -104,16 +120,14 @@ def test_conv_shortcuts_equal_real_forward_passes(mode, bias):
                  bias=bias, mode=mode)
     a = rng.standard_normal((2, 2, 9, 8))
     z, cache = layer.forward(a)
-    for name, P in layer.params.items():
-        idx = np.arange(P.size)
-        steps = rng.standard_normal(P.size)
-        fast = layer.forward_perturbed(z, cache, name, idx, steps)
-        for g, i in enumerate(idx):
-            P.reshape(-1)[i] += steps[g]
-            real, _ = layer.forward(a)
-            P.reshape(-1)[i] -= steps[g]
-            np.testing.assert_allclose(fast[g], real, rtol=1e-12, atol=1e-12)
+    assert_shortcut_equals_forward(layer, a, z, cache, rng)
     positions = np.arange(a[0].size)
+    delta = rng.standard_normal((2, 9, 8))
+    for c in range(2):
+        moved = a.copy()
+        moved[:, c] += delta
+        np.testing.assert_allclose(layer.forward_input_delta(delta, c), layer.forward(moved)[0] - z,
+                                   rtol=1e-11, atol=1e-11)
     samples = positions % 2
     steps = rng.standard_normal(positions.size)
     fast = layer.forward_perturbed_input(z, cache, samples, positions, steps)
@@ -129,15 +143,14 @@ def test_dense_shortcuts_equal_real_forward_passes():
     layer = Dense((7,), rng, units=4)
     a = rng.standard_normal((3, 7))
     z, cache = layer.forward(a)
-    for name, P in layer.params.items():
-        idx = np.arange(P.size)
-        steps = rng.standard_normal(P.size)
-        fast = layer.forward_perturbed(z, cache, name, idx, steps)
-        for g, i in enumerate(idx):
-            P.reshape(-1)[i] += steps[g]
-            real, _ = layer.forward(a)
-            P.reshape(-1)[i] -= steps[g]
-            np.testing.assert_allclose(fast[g], real, rtol=1e-12, atol=1e-12)
+    assert_shortcut_equals_forward(layer, a, z, cache, rng)
+    delta = rng.standard_normal((3, 2))
+    for units in (np.array([6, 1]), np.array([[6, 1], [0, 2], [3, 3]])):
+        moved = a.copy()
+        per_row = units if units.ndim == 2 else np.broadcast_to(units, (3, 2))
+        np.add.at(moved, (np.arange(3)[:, None], per_row), delta)
+        np.testing.assert_allclose(layer.forward_input_delta(delta, units), layer.forward(moved)[0] - z,
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_chunking_does_not_change_the_numbers():
