@@ -60,9 +60,9 @@ class LazyProgress:
     """A rich progress bar on stderr, shown only on a terminal and only once a check has
     run for more than ``after`` seconds (a quick check prints no bar at all)."""
 
-    def __init__(self, after: float = 1.0) -> None:
+    def __init__(self, after: float = 1.0, console: Console | None = None) -> None:
         self.after, self.t0, self.bar, self.task = after, time.monotonic(), None, None
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:

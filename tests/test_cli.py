@@ -399,3 +399,26 @@ def test_help() -> None:
     assert result.exit_code == 0
     for command in ("check", "validate", "examples"):
         assert command in result.stdout
+
+
+def test_progress_bar_only_on_a_terminal_and_only_for_long_checks() -> None:
+    import io
+
+    from rich.console import Console
+
+    from cnngrad.cli import LazyProgress
+
+    quiet = LazyProgress(after=0.0, console=Console(file=io.StringIO(), force_terminal=False))
+    quiet(10, 100)
+    assert quiet.bar is None  # not a terminal: no bar, ever
+    soon = LazyProgress(after=60.0, console=Console(file=io.StringIO(), force_terminal=True))
+    soon(10, 100)
+    assert soon.bar is None  # a terminal, but the check has not run long yet
+    buf = io.StringIO()
+    late = LazyProgress(after=0.0, console=Console(file=buf, force_terminal=True, width=100))
+    late(10, 100)
+    late(100, 100)
+    assert late.bar is not None
+    assert late.bar.tasks[0].completed == 100 and late.bar.tasks[0].total == 100
+    late.close()
+    assert "entries" in buf.getvalue()
