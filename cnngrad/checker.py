@@ -14,8 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import config as cfg
-from .compare import DEFAULT_EPS, DEFAULT_TOL, TensorCheck, judge
-from .finite_diff import FiniteDifferences, select
+from .compare import TensorCheck, judge
+from .finite_diff import FiniteDifferences, get_method, select
 from .network import Problem, build
 
 Array = np.ndarray
@@ -53,17 +53,21 @@ class Report:
 
 
 def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | None = None,
-          samples: int | None = None, method: str = "central", plugins: bool = False,
+          samples: int | None = None, method: str | None = None, plugins: bool = False,
           progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).  ``eps``/``tol``/``samples`` default to the config's
-    ``check:`` values, then to the dtype's defaults (``compare.DEFAULT_EPS``/``DEFAULT_TOL``).
+    ``check:`` values (its ``eps`` only for its own ``method``), then to the method's step and tolerance for the dtype (``finite_diff.METHODS``).
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one."""
     if not isinstance(config, cfg.Config):
         config = cfg.load(str(config), plugins=plugins)
-    eps = eps if eps is not None else config.check.get("eps", DEFAULT_EPS[config.dtype])
-    tol = tol if tol is not None else config.check.get("tol", DEFAULT_TOL[config.dtype])
+    config_method = config.check.get("method", "central")
+    method = method or config_method
+    if eps is None:  # the config's step was chosen for the config's method, not for another
+        eps = config.check["eps"] if "eps" in config.check and method == config_method \
+            else get_method(method).default_eps[config.dtype]
+    tol = tol if tol is not None else config.check.get("tol", get_method(method).default_tol[config.dtype])
     samples = samples if samples is not None else config.check.get("samples")
     t0 = time.perf_counter()
     problem = build(config)

@@ -18,16 +18,10 @@ import numpy as np
 Array = np.ndarray
 TINY = np.finfo(np.float64).tiny
 
-# Default tolerance on norm_rel, per dtype.  float64: central differences with h = 1e-6
-# leave ~1e-12 of truncation and ~1e-10 of rounding, so correct gradients land near 1e-9
-# and real bugs (a wrong rotation, a missing σ', a factor) at 1e-3 … 1; 1e-6 sits between
-# with three orders of margin either side.  float32: the loss itself is only good to
-# ~1e-7 relative, so with h = 1e-2 the rounding share is ~1e-5 … 1e-4; 1e-2 still fails
-# every bug in tests/test_broken.py.
-DEFAULT_TOL = {"float64": 1e-6, "float32": 1e-2}
-# Default step h: float64 1e-6 (the contract); float32 ≈ ε^(1/3)·scale, rounded to 1e-2,
-# the step that balances truncation (h²) against rounding (ε/h) for central differences.
-DEFAULT_EPS = {"float64": 1e-6, "float32": 1e-2}
+# Default tolerances and steps are per method and dtype: ``finite_diff.METHODS``.  Central
+# differences in float64, h = 1e-6: ~1e-12 of truncation and ~1e-10 of rounding, so correct
+# gradients land near 1e-9 and real bugs (a wrong rotation, a missing σ', a factor) at
+# 1e-3 … 1; tol 1e-6 sits between with orders of margin either side.
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .layers import ACTIVATIONS
 from .losses import LOSSES
 
 DTYPES = ("float64", "float32")
+FD_METHODS = ("central", "forward", "richardson", "complex")  # = finite_diff.METHODS (a test says so)
 INITS = ("lecun", "he", "xavier")
 MAX_CONFIG_BYTES = 1 << 20
 # A bound on what a check may build: entries of all activations of one batch, and of all
@@ -430,8 +431,10 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
 
     check = top.get("check")
     check = _mapping("check", {} if check is None else check)
-    _keys("check", check, ("eps", "samples", "tol"))
+    _keys("check", check, ("eps", "samples", "tol", "method"))
     chk: dict[str, Any] = {}
+    if "method" in check:
+        chk["method"] = _choice("check.method", check["method"], FD_METHODS)
     if "eps" in check:
         chk["eps"] = _float("check.eps", check["eps"])
     if "tol" in check:

@@ -57,24 +57,44 @@ class Plan:
 
 @dataclass(frozen=True)
 class Method:
-    """A difference formula: the steps (multiples of h) at which C is evaluated, and how
-    the losses there combine into ∂C/∂θ."""
+    """A difference formula: the steps (multiples of h, complex for the complex step) at
+    which C is evaluated, how the losses there combine into ∂C/∂θ, its error order, and
+    its default step per dtype (the one that balances truncation against rounding)."""
 
     name: str
-    offsets: tuple[float, ...]
+    offsets: tuple[complex, ...]
     # (per-sample losses (M, K, S), steps taken (M, K), losses at θ (K, S)) -> N·∂C/∂θ (K,)
     combine: Callable[[Array, Array, Array], Array]
     order: str
     doc: str
+    default_eps: dict[str, float]
+    # on norm rel; well above each formula's error with its default step, far below a bug's
+    default_tol: dict[str, float]
+
+    @property
+    def is_complex(self) -> bool:
+        return any(isinstance(o, complex) for o in self.offsets)
+
+
+def _central(c: Array, s: Array) -> Array:
+    return (c[0] - c[1]).sum(axis=-1) / (s[0] - s[1])
 
 
 METHODS: dict[str, Method] = {
-    "central": Method("central", (1.0, -1.0),
-                      lambda c, s, c0: (c[0] - c[1]).sum(axis=-1) / (s[0] - s[1]), "O(h²)",
-                      "(C(θ+h) − C(θ−h)) / 2h"),
-    "forward": Method("forward", (1.0,),
-                      lambda c, s, c0: (c[0] - c0).sum(axis=-1) / s[0], "O(h)",
-                      "(C(θ+h) − C(θ)) / h"),
+    "central": Method("central", (1.0, -1.0), lambda c, s, c0: _central(c, s), "O(h²)",
+                      "(C(θ+h) − C(θ−h)) / 2h; best h ≈ ε^(1/3)", {"float64": 1e-6, "float32": 1e-2},
+                      {"float64": 1e-6, "float32": 1e-2}),
+    "forward": Method("forward", (1.0,), lambda c, s, c0: (c[0] - c0).sum(axis=-1) / s[0], "O(h)",
+                      "(C(θ+h) − C(θ)) / h; best h ≈ ε^(1/2)", {"float64": 1e-8, "float32": 1e-3},
+                      {"float64": 1e-5, "float32": 5e-2}),
+    "richardson": Method("richardson", (1.0, -1.0, 0.5, -0.5),
+                         lambda c, s, c0: (4.0 * _central(c[2:], s[2:]) - _central(c[:2], s[:2])) / 3.0,
+                         "O(h⁴)", "(4·D(h/2) − D(h)) / 3 with D the central difference; best h ≈ ε^(1/5)",
+                         {"float64": 5e-3, "float32": 5e-2}, {"float64": 1e-6, "float32": 1e-2}),
+    "complex": Method("complex", (1j,), lambda c, s, c0: c[0].imag.sum(axis=-1) / s[0].imag, "O(h²), no cancellation",
+                      "Im C(θ + ih) / h: no difference of nearly equal numbers, so h can be tiny; "
+                      "the forward pass runs in complex arithmetic", {"float64": 1e-20, "float32": 1e-20},
+                      {"float64": 1e-9, "float32": 1e-2}),
 }
 
 
@@ -135,6 +155,8 @@ class FiniteDifferences:
                  workers: int | None = None) -> None:
         self.net, self.x, self.y, self.eps = net, x, y, eps
         self.method = get_method(method)
+        # the dtype perturbed values live in: complex for the complex step
+        self.work = np.result_type(x.dtype, np.complex64) if self.method.is_complex else x.dtype
         self.budget = memory_budget
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         self.progress = progress or (lambda n: None)
@@ -166,13 +188,18 @@ class FiniteDifferences:
     def _combine(self, losses: Array, steps: Array, samples: Array, crossed: Array) -> tuple[Array, Array]:
         """losses/crossed of shape (M·K·S,) for M steps, K entries, S samples each -> (K,)."""
         m, k = steps.shape
-        c = losses.astype(np.float64).reshape(m, k, -1)
+        c = losses.astype(np.result_type(losses, np.float64)).reshape(m, k, -1)
         c0 = self.c0.astype(np.float64)[samples].reshape(m, k, -1)[0]
         values = self.method.combine(c, steps, c0) / self.n
         return values, crossed.reshape(m, k, -1).any(axis=(0, 2))
 
     def _offsets(self) -> Array:
-        return np.asarray(self.method.offsets, dtype=np.float64)[:, None] * self.eps  # (M, 1)
+        return np.asarray(self.method.offsets)[:, None] * self.eps  # (M, 1), complex for the complex step
+
+    def _taken(self, new: Array, theta: Array) -> Array:
+        """The steps the dtype actually took: ``(θ + o·h) − θ`` in float64 (complex128)."""
+        wide = np.result_type(new, np.float64)
+        return new.astype(wide) - theta.astype(wide)[None, :]
 
     # ------------------------------------------------------------------ the input
 
@@ -233,14 +260,14 @@ class FiniteDifferences:
             n_of, pos = np.divmod(idx, per)
             samples, positions = np.tile(n_of, m), np.tile(pos, m)
             if fast is not None:
-                steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(self.x.dtype)
+                steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(self.work)
                 a = fast(self.inputs[1], self.caches[0], samples, positions, steps.ravel())
-                steps = steps.astype(np.float64)  # exactly the steps added
+                steps = steps.astype(np.result_type(steps, np.float64))  # exactly the steps added
             else:
                 theta = x_flat[n_of, pos]
-                new = (theta[None, :] + self._offsets()).astype(self.x.dtype)  # (M, K)
-                steps = new.astype(np.float64) - theta.astype(np.float64)[None, :]
-                a = x_flat[samples].copy()
+                new = (theta[None, :] + self._offsets()).astype(self.work)  # (M, K)
+                steps = self._taken(new, theta)
+                a = x_flat[samples].astype(self.work)
                 a[np.arange(a.shape[0]), positions] = new.ravel()
                 a = a.reshape((-1,) + self.x.shape[1:])
             losses, crossed = self._losses(a, start, samples)
@@ -265,10 +292,10 @@ class FiniteDifferences:
         def run(idx: Array) -> tuple[Array, Array]:
             samples = np.tile(np.arange(self.n), m * len(idx))
             if fast is not None:
-                steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(P.dtype)
+                steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(np.result_type(P, self.work))
                 channel, values = fast(self.inputs[layer_index + 1], self.caches[layer_index], name,
                                        np.tile(idx, m), steps.ravel())
-                steps = steps.astype(np.float64)  # exactly the steps added
+                steps = steps.astype(np.result_type(steps, np.float64))  # exactly the steps added
                 a, start, crossed = self._sparse_forward(layer_index + 1, samples, np.repeat(channel, self.n),
                                                          values.reshape((len(samples),) + values.shape[2:]))
             else:
@@ -310,7 +337,7 @@ class FiniteDifferences:
                 units = channel[:, None] * hw + np.arange(hw)
                 values = values.reshape(len(rows), hw)
             elif hasattr(layer, "forward_input_delta"):
-                out = self.inputs[l + 1][samples]
+                out = self.inputs[l + 1][samples].astype(np.result_type(values, base_in))
                 if flat and units.shape[1] == 1:  # one unit a row: a gather, no grouping
                     out += layer.forward_input_delta(values - base_in[samples[:, None], units], units)
                     return out, l + 1, crossed
@@ -326,7 +353,8 @@ class FiniteDifferences:
                 break
         else:
             l = len(self.net.layers)
-        a = self.inputs[l][samples]  # whole rows: the unperturbed ones with the moved channel
+        # whole rows: the unperturbed ones with the moved channel
+        a = self.inputs[l][samples].astype(np.result_type(values, self.inputs[l]))
         if units is not None:
             a.reshape(len(rows), -1)[rows[:, None], units] = values
         else:
@@ -339,23 +367,30 @@ class FiniteDifferences:
 
     def _forward_each(self, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:
         """Perturb, run the layer, restore: outputs of shape (M·K, N, …), the steps taken
-        (M, K), and whether the layer's own kink state moved (M·K,)."""
+        (M, K), and whether the layer's own kink state moved (M·K,).  For the complex step
+        the layer runs on a complex copy of the parameter, put in ``params`` meanwhile."""
         layer = self.net.layers[layer_index]
-        flat = layer.params[name].reshape(-1)  # a view: writing it perturbs the layer
+        original = layer.params[name]
+        P = original.astype(np.result_type(original, self.work))
+        flat = P.reshape(-1)  # a view: writing it perturbs the layer
         a_prev, base = self.inputs[layer_index], self.base_kinks[layer_index]
-        theta = flat[idx]
-        new = (theta[None, :] + self._offsets()).astype(flat.dtype)
-        steps = new.astype(np.float64) - theta.astype(np.float64)[None, :]
+        theta = flat[idx].copy()
+        new = (theta[None, :] + self._offsets()).astype(P.dtype)
+        steps = self._taken(new, theta)
         outs, own = [], np.zeros(new.size, dtype=bool)
-        for g, (mi, k) in enumerate(np.ndindex(*new.shape)):
-            flat[idx[k]] = new[mi, k]
-            try:
-                out, cache = layer.forward(a_prev)
-            finally:
-                flat[idx[k]] = theta[k]
-            outs.append(out)
-            if base is not None:
-                own[g] = np.any(_kink_state(layer, cache) != base)
+        layer.params[name] = P
+        try:
+            for g, (mi, k) in enumerate(np.ndindex(*new.shape)):
+                flat[idx[k]] = new[mi, k]
+                try:
+                    out, cache = layer.forward(a_prev)
+                finally:
+                    flat[idx[k]] = theta[k]
+                outs.append(out)
+                if base is not None:
+                    own[g] = np.any(_kink_state(layer, cache) != base)
+        finally:
+            layer.params[name] = original
         return np.stack(outs), steps, own
 
     def _agrees(self, fast: Array, real: Array, z0: Array) -> bool:

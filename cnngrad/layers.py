@@ -121,7 +121,7 @@ class Conv:
         if self.bias == "tied":
             return indices, z[:, indices].swapaxes(0, 1) + t
         o, i, j = np.unravel_index(indices, self.params["b"].shape)
-        values = z[:, o].swapaxes(0, 1).copy()  # (G, n, ho, wo)
+        values = z[:, o].swapaxes(0, 1).astype(np.result_type(z, steps))  # (G, n, ho, wo), a copy
         values[np.arange(len(indices)), :, i, j] += steps[:, None]
         return o, values
 
@@ -142,7 +142,7 @@ class Conv:
         y, x = y + self.p[0], x + self.p[1]
         ho, wo = self.out_shape[1:]
         K = self._kernel()
-        zb = z[samples]  # a copy: fancy indexing
+        zb = z[samples].astype(np.result_type(z, steps))  # a copy
         for u in range(self.k[0]):
             i, ri = np.divmod(y - u * self.d[0], self.s[0])
             for v in range(self.k[1]):
@@ -155,18 +155,32 @@ class Conv:
 # --------------------------------------------------------------------------- activations
 
 
+def _real(a: Array) -> Array:
+    """The real part, where the complex step makes a complex; branches (relu, max) follow it."""
+    return a.real if np.iscomplexobj(a) else a
+
+
 def _sigmoid(z: Array) -> Array:
-    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # no overflow for any z
+    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # no overflow for any z; analytic, so complex-safe
+
+
+def _softplus(z: Array) -> Array:
+    """``log(1 + e^z)``, stable: logaddexp for real z; for complex z (which logaddexp does
+    not take) the same split, ``z + log1p(e^−z)`` where Re z > 0, else ``log1p(e^z)``."""
+    if not np.iscomplexobj(z):
+        return np.logaddexp(0.0, z)
+    pos = z.real > 0
+    return np.where(pos, z + np.log1p(np.exp(np.where(pos, -z, 0))), np.log1p(np.exp(np.where(pos, 0, z))))
 
 
 # name -> (σ, σ'), each with the parameter (leaky_relu's slope) as keyword
 ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "sigmoid": (lambda z: _sigmoid(z), lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
     "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
-    "relu": (lambda z: np.where(z > 0, z, 0.0 * z), lambda z: (z > 0).astype(z.dtype)),
-    "leaky_relu": (lambda z, alpha=0.01: np.where(z > 0, z, alpha * z),
-                   lambda z, alpha=0.01: np.where(z > 0, 1.0, alpha).astype(z.dtype)),
-    "softplus": (lambda z: np.logaddexp(0.0, z), lambda z: _sigmoid(z)),
+    "relu": (lambda z: np.where(_real(z) > 0, z, 0.0 * z), lambda z: (_real(z) > 0).astype(z.dtype)),
+    "leaky_relu": (lambda z, alpha=0.01: np.where(_real(z) > 0, z, alpha * z),
+                   lambda z, alpha=0.01: np.where(_real(z) > 0, 1.0, alpha).astype(z.dtype)),
+    "softplus": (lambda z: _softplus(z), lambda z: _sigmoid(z)),
     "identity": (lambda z: z, lambda z: np.ones_like(z)),
 }
 KINKED = {"relu", "leaky_relu"}
@@ -204,14 +218,12 @@ class Activation:
         return delta * self.sigma_prime(z, **self._kw), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
-        return cache[0] > 0 if self.function in KINKED else None
+        return _real(cache[0]) > 0 if self.function in KINKED else None
 
 
 # --------------------------------------------------------------------------- pooling
 
 
-def _real(a: Array) -> Array:
-    return a.real if np.iscomplexobj(a) else a
 
 
 class Pool:
