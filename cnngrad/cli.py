@@ -142,17 +142,25 @@ def main() -> None:
 @click.option("--method", type=click.Choice(list(METHODS)), default=None,
               help="Finite-difference formula: " + "; ".join(f"{m.name} {m.order}" for m in METHODS.values())
               + " [default: config's check.method, else central].")
+@click.option("--directions", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Compare v·∇C along K random unit directions per tensor (2 passes each) instead of "
+                   "every entry; a tensor that fails is then checked entry by entry.")
+@click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default="float64", show_default=True,
+              help="Dtype of the numeric side: float64 (a float32 network's parameters cast up exactly) "
+                   "or the network's own.")
 @click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write x, y, parameters and both gradients to FILE.npz.")
 @config_option
 @guarded
-def check(config: str, eps: float | None, tol: float | None, samples: int | None, method: str,
-          save: str | None, seed: int | None, plugins: bool, debug: bool) -> None:
+def check(config: str, eps: float | None, tol: float | None, samples: int | None, method: str | None,
+          directions: int | None, fd_dtype: str, save: str | None, seed: int | None, plugins: bool,
+          debug: bool) -> None:
     """Check every gradient of CONFIG (a YAML file, or a shipped config's name)."""
     conf = load_config(config, seed, plugins)
     bar = LazyProgress()
     try:
-        report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method, progress=bar)
+        report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method, progress=bar,
+                           directions=directions, fd_dtype=fd_dtype)
     finally:
         bar.close()
     out = stdout()

@@ -63,6 +63,8 @@ class TensorCheck:
     metrics: Metrics
     status: str  # "pass" | "fail"
     tol: float
+    mode: str = "entries"  # "entries": entry by entry; "directions": along random unit directions
+    note: str = ""  # e.g. why a directional row became an entry-wise one
     indices: Array = field(repr=False, default=None)  # flat indices checked
     analytic: Array = field(repr=False, default=None)  # at those indices
     numeric: Array = field(repr=False, default=None)
@@ -78,6 +80,8 @@ class TensorCheck:
             return ""
         ok = ~self.kink_mask if self.kink_mask is not None else slice(None)
         idx = self.indices[ok][w]
+        if self.mode == "directions":
+            return f"analytic v·∇C {self.analytic[ok][w]:.10g} numeric {self.numeric[ok][w]:.10g} along direction {idx}"
         where = ", ".join(str(int(i)) for i in np.unravel_index(idx, self.shape))
         return f"analytic {self.analytic[ok][w]:.10g} numeric {self.numeric[ok][w]:.10g} at [{where}]"
 
@@ -85,10 +89,11 @@ class TensorCheck:
 
 
 def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: Array,
-          analytic: Array, numeric: Array, kinks: Array, tol: float) -> TensorCheck:
-    """Compare analytic and numeric at the checked entries, leaving kink crossings out."""
+          analytic: Array, numeric: Array, kinks: Array, tol: float, mode: str = "entries") -> TensorCheck:
+    """Compare analytic and numeric at the checked entries (or directions), leaving kink
+    crossings out."""
     ok = ~kinks
     m = metrics(analytic[ok], numeric[ok])
     passed = np.isfinite(m.norm_rel) and m.norm_rel <= tol and np.all(np.isfinite(analytic))
     return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
-                       "pass" if passed else "fail", tol, indices, analytic, numeric, kinks)
+                       "pass" if passed else "fail", tol, mode, "", indices, analytic, numeric, kinks)

@@ -226,6 +226,38 @@ class FiniteDifferences:
                 self.progress(hi - lo)
         return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
 
+    def directional(self, target: Any, V: Array) -> tuple[Array, Array]:
+        """``v·∇C`` along each row v of V (of shape (K, size)), by the method's formula along
+        v: ``(C(θ + h·v) − C(θ − h·v)) / 2h`` for central differences — 2 forward passes a
+        direction (of the layers from the tensor's on), all K directions in one batch.
+        Returns (K,) derivatives and whether each direction's stencil crossed a kink."""
+        m, k = len(self.method.offsets), len(V)
+        offs = self._offsets()  # (M, 1)
+        samples = np.tile(np.arange(self.n), m * k)
+        if target == "input":
+            moved = self.x.reshape(1, 1, -1) + (offs[:, :, None] * V[None]).reshape(m, k, -1)
+            a = moved.astype(self.work).reshape((-1,) + self.x.shape[1:])
+            start = 0
+        else:
+            layer_index, name = target
+            layer = self.net.layers[layer_index]
+            original = layer.params[name]
+            outs = []
+            try:
+                for mi in range(m):
+                    for ki in range(k):
+                        layer.params[name] = (original + offs[mi, 0] * V[ki].reshape(original.shape)).astype(
+                            np.result_type(original, self.work))
+                        outs.append(layer.forward(self.inputs[layer_index])[0])
+            finally:
+                layer.params[name] = original
+            a = np.concatenate(outs)
+            start = layer_index + 1
+        with threadpool_limits(1, user_api="blas"):
+            losses, crossed = self._losses(a, start, samples)
+        steps = np.broadcast_to(offs, (m, k))
+        return self._combine(losses, steps, samples, crossed)
+
     def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Iterator:
         """Yield ``(job, result)`` for every job: here, or — for a large check, where the
         system can fork — on ``workers`` forked processes that inherit the whole problem."""

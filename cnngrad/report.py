@@ -29,14 +29,15 @@ def table(report: Report) -> Table:
         status = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
         if r.kinks:
             status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
-        t.add_row(str(r.layer), r.kind, tensor_label(r), "x".join(map(str, r.shape)), str(r.checked),
+        checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
+        t.add_row(str(r.layer), r.kind, tensor_label(r), "x".join(map(str, r.shape)), checked,
                   _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status)
     return t
 
 
 def failure_lines(report: Report) -> list[str]:
     """For each failing row: where, and both numbers at the worst entry."""
-    lines = []
+    lines = [f"layers[{r.layer}] {r.kind} {tensor_label(r)}: {r.note}" for r in report.rows if r.note]
     for r in report.failures:
         lines.append(f"layers[{r.layer}] {r.kind} {tensor_label(r)}: norm rel {_num(r.metrics.norm_rel)} "
                      f"> tol {r.tol:.0e}; {r.worst_entry()}")
@@ -53,7 +54,9 @@ def summary(report: Report) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}",
              f"worst norm rel {_num(worst)}", f"loss {report.loss:.6g}",
-             f"{report.method} differences, eps {report.eps:.0e}, {report.dtype}, seed {report.seed}",
+             f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
+             + f", eps {report.eps:.0e}, {report.dtype}"
+             + (f" (numeric in {report.fd_dtype})" if report.fd_dtype != report.dtype else "") + f", seed {report.seed}",
              f"{report.seconds:.2f} s"]
     if kinks:
         parts.insert(2, f"{kinks} entries skipped at kinks")
