@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import config as cfg
-from .compare import TensorCheck, judge
+from .compare import TensorCheck, judge, metrics
 from .finite_diff import FiniteDifferences, get_method, select
 from .network import Network, Problem, build
 
@@ -73,7 +73,7 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
 def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | None = None,
           samples: int | None = None, method: str | None = None, plugins: bool = False,
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
-          directions: int | None = None, fd_dtype: str | None = None) -> Report:
+          directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -84,6 +84,8 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
     float32 backward is compared with the exact derivative of the same function) or
     ``"native"``.  ``directions=K`` compares ``v·∇C`` along K random unit directions per
     tensor instead of every entry, and checks a failing tensor entry by entry.
+    ``convergence``: difference every tensor again at h/2 (failing tensors always are),
+    to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one."""
     if not isinstance(config, cfg.Config):
@@ -143,6 +145,13 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
                 row.note = (f"failed along {directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
                             "checked entry by entry")
             checks[r] = row
+        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (convergence or not c.passed)]
+        if again:  # the same entries at h/2
+            half = FiniteDifferences(fd_net, fd_x, fd_y, eps / 2, method, workers=workers)
+            for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
+                c = checks[r]
+                ok = ~(c.kink_mask | num.kinks)
+                c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         for (key, *_, g, _), idx, row in zip(rows, picks, checks):
             report.rows.append(row)
             report.analytic[key] = g

@@ -148,19 +148,22 @@ def main() -> None:
 @click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default="float64", show_default=True,
               help="Dtype of the numeric side: float64 (a float32 network's parameters cast up exactly) "
                    "or the network's own.")
+@click.option("--convergence", is_flag=True,
+              help="Difference every tensor again at h/2 and show how the error moved (failing tensors "
+                   "always are): a wrong gradient does not shrink with h.")
 @click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write x, y, parameters and both gradients to FILE.npz.")
 @config_option
 @guarded
 def check(config: str, eps: float | None, tol: float | None, samples: int | None, method: str | None,
-          directions: int | None, fd_dtype: str, save: str | None, seed: int | None, plugins: bool,
-          debug: bool) -> None:
+          directions: int | None, fd_dtype: str, convergence: bool, save: str | None, seed: int | None,
+          plugins: bool, debug: bool) -> None:
     """Check every gradient of CONFIG (a YAML file, or a shipped config's name)."""
     conf = load_config(config, seed, plugins)
     bar = LazyProgress()
     try:
         report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method, progress=bar,
-                           directions=directions, fd_dtype=fd_dtype)
+                           directions=directions, fd_dtype=fd_dtype, convergence=convergence)
     finally:
         bar.close()
     out = stdout()

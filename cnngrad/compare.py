@@ -64,6 +64,7 @@ class TensorCheck:
     status: str  # "pass" | "fail"
     tol: float
     mode: str = "entries"  # "entries": entry by entry; "directions": along random unit directions
+    norm_rel_half: float | None = None  # the same entries differenced at h/2 (a convergence check)
     note: str = ""  # e.g. why a directional row became an entry-wise one
     indices: Array = field(repr=False, default=None)  # flat indices checked
     analytic: Array = field(repr=False, default=None)  # at those indices
@@ -72,6 +73,24 @@ class TensorCheck:
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+    def convergence(self, order: int = 2) -> str:
+        """What halving h did to the error, and what that means (needs ``norm_rel_half``)."""
+        e1, e2 = self.metrics.norm_rel, self.norm_rel_half
+        if e2 is None or not (np.isfinite(e1) and np.isfinite(e2)):
+            return ""
+        if e1 == 0 or e2 == 0:
+            return "exact at h and h/2"
+        ratio = e1 / e2
+        said = f"norm rel {e1:.1e} at h, {e2:.1e} at h/2"
+        if ratio >= 2 ** order * 0.6:
+            return f"{said}: falls {ratio:.1f}x as h halves (order {order}: {2 ** order}x) — truncation error, " \
+                   f"not a bug: use a smaller --eps, or --method richardson / complex"
+        if ratio < 0.7:
+            return f"{said}: grows as h shrinks — rounding error dominates: use a larger --eps"
+        if self.passed:
+            return f"{said}: at the rounding floor"
+        return f"{said}: does not shrink with h — the analytic gradient is wrong, not the step"
 
     def worst_entry(self) -> str:
         """``analytic … numeric … at [i, j, …]`` for the largest mismatch."""
@@ -96,4 +115,4 @@ def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: A
     m = metrics(analytic[ok], numeric[ok])
     passed = np.isfinite(m.norm_rel) and m.norm_rel <= tol and np.all(np.isfinite(analytic))
     return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
-                       "pass" if passed else "fail", tol, mode, "", indices, analytic, numeric, kinks)
+                       "pass" if passed else "fail", tol, mode, None, "", indices, analytic, numeric, kinks)

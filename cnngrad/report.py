@@ -25,22 +25,36 @@ def table(report: Report) -> Table:
                          ("checked", "right"), ("max abs", "right"), ("max rel", "right"),
                          ("norm rel", "right"), ("status", "left")):
         t.add_column(col, justify=justify)
+    # the h/2 columns with --convergence (every row has it); failures alone get a line below
+    halves = all(r.norm_rel_half is not None for r in report.rows if r.mode == "entries") and \
+        any(r.norm_rel_half is not None for r in report.rows)
+    if halves:
+        t.add_column("at h/2", justify="right")
+        t.add_column("ratio", justify="right")
     for r in report.rows:
         status = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
         if r.kinks:
             status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        t.add_row(str(r.layer), r.kind, tensor_label(r), "x".join(map(str, r.shape)), checked,
-                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status)
+        cells = [str(r.layer), r.kind, tensor_label(r), "x".join(map(str, r.shape)), checked,
+                 _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
+        if halves:
+            e2 = r.norm_rel_half
+            ratio = r.metrics.norm_rel / e2 if e2 else float("nan")
+            cells += ["" if e2 is None else _num(e2), "" if e2 is None else f"{ratio:.1f}x"]
+        t.add_row(*cells)
     return t
 
 
 def failure_lines(report: Report) -> list[str]:
     """For each failing row: where, and both numbers at the worst entry."""
     lines = [f"layers[{r.layer}] {r.kind} {tensor_label(r)}: {r.note}" for r in report.rows if r.note]
+    order = {"forward": 1, "richardson": 4}.get(report.method, 2)
     for r in report.failures:
         lines.append(f"layers[{r.layer}] {r.kind} {tensor_label(r)}: norm rel {_num(r.metrics.norm_rel)} "
                      f"> tol {r.tol:.0e}; {r.worst_entry()}")
+        if r.convergence(order):
+            lines.append(f"    {r.convergence(order)}")
     if not np.isfinite(report.loss):
         lines.append(f"the loss is {report.loss}: the forward pass overflowed or produced NaN")
     return lines
