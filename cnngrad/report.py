@@ -26,8 +26,7 @@ def table(report: Report) -> Table:
                          ("norm rel", "right"), ("status", "left")):
         t.add_column(col, justify=justify)
     # the h/2 columns with --convergence (every row has it); failures alone get a line below
-    halves = all(r.norm_rel_half is not None for r in report.rows if r.mode == "entries") and \
-        any(r.norm_rel_half is not None for r in report.rows)
+    halves = report.convergence
     if halves:
         t.add_column("at h/2", justify="right")
         t.add_column("ratio", justify="right")
@@ -47,14 +46,19 @@ def table(report: Report) -> Table:
 
 
 def failure_lines(report: Report) -> list[str]:
-    """For each failing row: where, and both numbers at the worst entry."""
-    lines = [f"layers[{r.layer}] {r.kind} {tensor_label(r)}: {r.note}" for r in report.rows if r.note]
+    """For each failing row: where, and both numbers at the worst entry; indented under it,
+    what halving h did and what the complex step said.  Rows that passed only after a
+    second look get an indented line of their own."""
     order = {"forward": 1, "richardson": 4}.get(report.method, 2)
-    for r in report.failures:
-        lines.append(f"layers[{r.layer}] {r.kind} {tensor_label(r)}: norm rel {_num(r.metrics.norm_rel)} "
-                     f"> tol {r.tol:.0e}; {r.worst_entry()}")
-        if r.convergence(order):
-            lines.append(f"    {r.convergence(order)}")
+    lines = []
+    for r in report.rows:
+        where = f"layers[{r.layer}] {r.kind} {tensor_label(r)}"
+        if r.passed:
+            if r.note:
+                lines.append(f"  {where}: {r.note}")
+            continue
+        lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
+        lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
     if not np.isfinite(report.loss):
         lines.append(f"the loss is {report.loss}: the forward pass overflowed or produced NaN")
     return lines
