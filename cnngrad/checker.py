@@ -71,6 +71,17 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
+def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]]) -> tuple[list[tuple], list[str]]:
+    """The rows to check, the input δ first, then layer by layer: (key, layer, tensor,
+    analytic gradient, finite-difference target), and each row's kind for the table."""
+    rows = [("input", 0, "input", delta_x, "input")] + [
+        (f"layers.{i}.{name}", i, name, grads[i][name], (i, name))
+        for i, layer in enumerate(net.layers) for name in layer.params]
+    kinds = [net.specs[layer].kind if net.specs[layer].kind != "custom" else type(net.layers[layer]).__name__
+             for _, layer, *_ in rows]
+    return rows, kinds
+
+
 def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, problem: tuple, fd_dtype: str,
                       method: str, tol: float, workers: int | None) -> None:
     """Check each failing tensor again with the complex step, which has no rounding floor.
@@ -151,12 +162,7 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
         fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, progress=advance, workers=workers)
         report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
                         fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence)
-        # (key, layer, tensor, analytic gradient, FD target), the input δ first, then layer by layer
-        rows = [("input", 0, "input", delta_x, "input")] + [
-            (f"layers.{i}.{name}", i, name, grads[i][name], (i, name))
-            for i, layer in enumerate(net.layers) for name in layer.params]
-        kinds = [net.specs[layer].kind if net.specs[layer].kind != "custom" else type(net.layers[layer]).__name__
-                 for _, layer, *_ in rows]
+        rows, kinds = targets(net, delta_x, grads)
         picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
         checks: list[TensorCheck | None] = [None] * len(rows)
         if directions:

@@ -181,6 +181,42 @@ def check(config: str, eps: float | None, tol: float | None, samples: int | None
 
 @main.command()
 @click.argument("config")
+@click.option("--samples", type=Samples(), default=None, help="Check N random entries per tensor [default: all].")
+@click.option("--method", type=click.Choice(list(METHODS)), default="central", show_default=True,
+              help="Finite-difference formula.")
+@click.option("--from", "start", type=click.IntRange(min=0, max=30), default=1, show_default=True,
+              help="Largest step: 1e-FROM.")
+@click.option("--to", "stop", type=click.IntRange(min=0, max=30), default=12, show_default=True,
+              help="Smallest step: 1e-TO.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the curves into FILE.png or FILE.svg (needs the `plot` extra: matplotlib).")
+@config_option
+@guarded
+def sweep(config: str, samples: int | None, method: str, start: int, stop: int, plot_file: str | None,
+          seed: int | None, plugins: bool, debug: bool) -> None:
+    """Run the check over steps h = 1e-FROM … 1e-TO: error against h per tensor, the best h."""
+    from . import sweep as sw
+
+    if stop < start:
+        raise click.BadParameter(f"--to {stop} is before --from {start}", param_hint="--to")
+    if plot_file and not plot_file.lower().endswith((".png", ".svg")):
+        raise click.BadParameter(f"{plot_file}: write a .png or .svg", param_hint="--plot")
+    conf = load_config(config, seed, plugins)
+    result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
+    out = stdout()
+    out.print(render.sweep_table(result))
+    out.print(render.sweep_plot(result))
+    if plot_file:
+        try:
+            sw.save_plot(result, plot_file)
+        except ImportError:
+            raise UsageFailure("--plot needs matplotlib: pip install 'cnngrad[plot]'") from None
+        except OSError as e:
+            raise UsageFailure(f"--plot {plot_file}: {e.strerror or e}") from None
+
+
+@main.command()
+@click.argument("config")
 @config_option
 @guarded
 def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:

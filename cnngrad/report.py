@@ -91,3 +91,58 @@ def shapes(config: Config) -> Table:
         opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k != "init")
         t.add_row(str(s.index), s.kind, opts, "x".join(map(str, s.out_shape)) or "?")
     return t
+
+
+# --------------------------------------------------------------------------- sweep
+
+_MARKERS = "abcdefghijklmnopqrstuvwxyz"
+_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta", "bright_green")
+
+
+def sweep_table(result) -> Table:
+    """norm rel per tensor (rows) and step (columns); each tensor's best step in bold."""
+    t = Table(title=f"cnngrad sweep: {result.name} ({result.method} differences), norm rel error by step h",
+              title_justify="left", header_style="bold")
+    t.add_column("tensor")
+    for eps in result.eps:
+        t.add_column(f"{eps:.0e}", justify="right")
+    t.add_column("best h", justify="right")
+    for label, row, best in zip(result.labels, result.errors, result.best_per_tensor()):
+        cells = [Text(f"{v:.0e}" if np.isfinite(v) else "nan", style="bold" if e == best else "")
+                 for v, e in zip(row, result.eps)]
+        t.add_row(label, *cells, f"{best:.0e}")
+    return t
+
+
+def sweep_plot(result, height: int = 14) -> Text:
+    """The error against h as a text plot, log-log: one letter a tensor (the legend below)."""
+    with np.errstate(divide="ignore"):
+        logs = np.log10(np.where(result.errors > 0, result.errors, np.nan))
+    finite = logs[np.isfinite(logs)]
+    if finite.size == 0:
+        return Text("nothing to plot: every error is 0 or not finite")
+    hi, lo = float(np.ceil(finite.max())), float(np.floor(finite.min()))
+    if hi == lo:
+        hi += 1
+    width = min(max(5, len(result.labels) + 2), 10)  # a column per step, a slot per tensor in it
+    grid = [[(" ", "")] * (len(result.eps) * width) for _ in range(height)]
+    for t, row in enumerate(logs):
+        for e, v in enumerate(row):
+            if np.isfinite(v):
+                r = int(round((hi - v) / (hi - lo) * (height - 1)))
+                grid[r][e * width + 1 + t % (width - 1)] = (_MARKERS[t % 26], _COLOURS[t % len(_COLOURS)])
+    out = Text("error (norm rel) against the step h, both log10\n", style="dim")
+    for r, cells in enumerate(grid):
+        level = hi - r * (hi - lo) / (height - 1)
+        label = f"1e{round(level):d}" if r % 3 == 0 or r == height - 1 else ""
+        out.append(f"{label:>6} │", style="dim")
+        for ch, style in cells:
+            out.append(ch, style=style)
+        out.append("\n")
+    out.append("       └" + "─" * (len(result.eps) * width) + "\n", style="dim")
+    out.append("  h: 1e" + "".join(f"{round(np.log10(e)):^{width}d}" for e in result.eps) + "\n", style="dim")
+    for t, (label, best) in enumerate(zip(result.labels, result.best_per_tensor())):
+        out.append(f"  {_MARKERS[t % 26]}", style=_COLOURS[t % len(_COLOURS)])
+        out.append(f" {label}  (best h {best:.0e})\n")
+    out.append(f"best step for every tensor at once: {result.best():.0e}")
+    return out
