@@ -110,7 +110,7 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
                          f"norm rel {redo.metrics.norm_rel:.1e}")
             checks[r] = redo
         else:
-            c.note = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
+            c.note = "; ".join(filter(None, [c.note, f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"]))
 
 
 def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | None = None,

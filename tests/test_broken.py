@@ -170,3 +170,71 @@ def test_a_tiny_wrong_factor_is_caught(monkeypatch, method):
                         lambda self, delta, cache: (original(self, delta, cache)[0] * (1 + 1e-4), {}))
     report = check("seed", method=method, tol=1e-6 if method == "central" else 1e-5)  # forward: O(h) ~1e-7
     assert (0, "W") in failing(report)
+
+
+# --------------------------------------------------------------------------- the same bugs, other modes
+
+
+def _no_rotation(mp):
+    broken_delta(mp, lambda layer, delta, a_pad: C.full_convolve(
+        delta, C.rot180(layer._kernel()), a_pad.shape[-2:], layer.s, layer.d))
+
+
+def _no_sigma_prime(mp):
+    mp.setattr(Activation, "backward", lambda self, delta, cache: (delta, {}))
+
+
+def _no_stride_zeros(mp):
+    broken_delta(mp, lambda layer, delta, a_pad: C.full_convolve(
+        delta, layer._kernel(), a_pad.shape[-2:], (1, 1), layer.d))
+
+
+def _bias_mean(mp):
+    original = Conv.backward
+
+    def backward(self, delta, cache):
+        delta_prev, grads = original(self, delta, cache)
+        grads["b"] = delta.mean(axis=(0, 2, 3))
+        return delta_prev, grads
+
+    mp.setattr(Conv, "backward", backward)
+
+
+# (bug, config, rows it must make fail)
+CORE_BUGS = [
+    pytest.param(_no_rotation, "lenet", {(0, "W"), (0, "input")}, id="kernel-not-rotated"),
+    pytest.param(_no_sigma_prime, "seed", {(0, "W"), (2, "W")}, id="no-sigma-prime"),
+    pytest.param(_no_stride_zeros, "strided", {(0, "input")}, id="stride-zeros-not-inserted"),
+    pytest.param(_bias_mean, "lenet", {(0, "b"), (3, "b")}, id="bias-not-summed"),
+]
+
+
+@pytest.mark.parametrize("bug, name, rows", CORE_BUGS)
+def test_directional_mode_catches_each_core_bug(monkeypatch, bug, name, rows):
+    """--directions 4: a few passes per tensor, and each bug still fails — then the failing
+    tensors are checked entry by entry, and say so."""
+    bug(monkeypatch)
+    report = check(name, directions=4)
+    assert report.return_code == 1
+    assert rows <= failing(report)
+    for r in report.failures:
+        assert r.mode == "entries" and "failed along 4 directions" in r.note
+    result = run_cli(name, "--directions", "4")
+    assert result.exit_code == 1 and "failed along 4 directions" in result.output
+
+
+@pytest.mark.parametrize("bug, name, rows", CORE_BUGS)
+def test_each_core_bug_does_not_shrink_with_h_and_is_confirmed(monkeypatch, bug, name, rows):
+    bug(monkeypatch)
+    result = run_cli(name, "--samples", "40")
+    assert result.exit_code == 1
+    assert "does not shrink with h — the analytic gradient is wrong" in result.output
+    assert "the complex step confirms it" in result.output
+
+
+@pytest.mark.parametrize("method", ["forward", "richardson", "complex"])
+@pytest.mark.parametrize("bug, name, rows", CORE_BUGS)
+def test_every_method_catches_each_core_bug(monkeypatch, method, bug, name, rows):
+    bug(monkeypatch)
+    report = check(name, method=method, samples=40)
+    assert rows <= failing(report)

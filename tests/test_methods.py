@@ -1,0 +1,197 @@
+"""The difference methods, the step sweep, the convergence verdict and float32 done right."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+
+from cnngrad import check, config as cfg
+from cnngrad.cli import main
+from cnngrad.compare import metrics
+from cnngrad.config import validate
+from cnngrad.finite_diff import METHODS, FiniteDifferences
+from cnngrad.network import build
+from cnngrad.strategies import configs
+from cnngrad.sweep import sweep
+
+# how close each method gets, with its default step, on a smooth float64 problem
+ACCURACY = {"central": 1e-7, "forward": 1e-5, "richardson": 1e-9, "complex": 1e-13}
+
+
+def test_methods_are_the_configs_methods():
+    assert tuple(METHODS) == cfg.FD_METHODS
+    for m in METHODS.values():
+        assert set(m.default_eps) == set(m.default_tol) == {"float64", "float32"}
+
+
+def dense_problem(seed: int = 0):
+    """One dense layer with MSE: C = 1/(2N) Σ‖W a + b − y‖², whose gradient is known in
+    closed form: ∂C/∂W = (1/N) (z − y)ᵀ a, ∂C/∂b = (1/N) Σ (z − y), ∂C/∂a = (1/N) (z − y) W."""
+    raw = {"seed": seed, "input": {"batch": 3, "channels": 2, "height": 2, "width": 2},
+           "layers": [{"flatten": {}}, {"dense": {"units": 4}}, {"activation": "softplus"}], "loss": "mse"}
+    return build(validate(raw))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_on_a_closed_form_gradient(method):
+    p = dense_problem()
+    W, b = p.net.layers[1].params["W"], p.net.layers[1].params["b"]
+    a = p.x.reshape(3, -1)
+    z = a @ W.T + b
+    sig = 1 / (1 + np.exp(-z))
+    r = (np.logaddexp(0, z) - p.y) * sig / 3  # ∂C/∂z: softplus' = sigmoid
+    exact = {("input",): (r @ W).reshape(p.x.shape), (1, "W"): r.T @ a, (1, "b"): r.sum(0)}
+    m = METHODS[method]
+    fd = FiniteDifferences(p.net, p.x, p.y, m.default_eps["float64"], method)
+    got = fd.numeric([("input", np.arange(p.x.size)), ((1, "W"), np.arange(W.size)), ((1, "b"), np.arange(b.size))])
+    for (key, want), num in zip(exact.items(), got):
+        assert metrics(want.ravel(), num.values).norm_rel < ACCURACY[method], (method, key)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_on_an_elementwise_closed_form(method):
+    """C = 1/(2N) Σ (tanh(x) − y)² through one activation layer: ∂C/∂x = (tanh x − y)(1 − tanh² x)/N."""
+    raw = {"seed": 2, "input": {"batch": 2, "channels": 1, "height": 3, "width": 3},
+           "layers": [{"activation": "tanh"}], "loss": "mse"}
+    p = build(validate(raw))
+    t = np.tanh(p.x)
+    want = (t - p.y) * (1 - t * t) / 2
+    fd = FiniteDifferences(p.net, p.x, p.y, METHODS[method].default_eps["float64"], method)
+    assert metrics(want.ravel(), fd.input(np.arange(p.x.size)).values).norm_rel < ACCURACY[method]
+
+
+SMOOTH = dict(activations=("sigmoid", "tanh", "softplus", "identity"), max_layers=3, max_size=7, max_batch=2)
+
+
+@settings(max_examples=15)
+@given(configs(**SMOOTH))
+def test_every_method_passes_random_smooth_networks(raw):
+    config = validate(raw)
+    for method in METHODS:
+        report = check(config, method=method)
+        assert report.passed, (method, [(r.layer, r.tensor, r.metrics.norm_rel, r.note) for r in report.rows])
+    exact = check(config, method="complex")
+    # max pooling is smooth almost everywhere too: no kink lies within an imaginary step
+    assert max(r.metrics.norm_rel for r in exact.rows) < 1e-12
+
+
+def test_smooth_config_figures():
+    """The issue's yardsticks on the shipped smooth net: complex ≤ 1e-13 on every tensor;
+    richardson ~1e-11 (the input δ, tiny beside the loss, sets the floor); central ~1e-9."""
+    worst = {m: max(r.metrics.norm_rel for r in check("smooth", method=m).rows) for m in METHODS}
+    assert worst["complex"] <= 1e-13
+    assert worst["richardson"] <= 3e-11
+    assert worst["central"] <= 1e-7
+    assert worst["complex"] < worst["richardson"] < worst["central"] < worst["forward"]
+
+
+def test_config_eps_is_for_the_configs_own_method():
+    """lenet.yaml says eps 1e-6 for central; another method uses its own step."""
+    assert check("seed", samples=5).eps == 1e-6
+    assert check("seed", method="complex", samples=5).eps == METHODS["complex"].default_eps["float64"]
+    assert check("seed", method="richardson", samples=5, eps=2e-3).eps == 2e-3
+
+
+# --------------------------------------------------------------------------- directional
+
+
+def test_directional_mode_passes_correct_code_with_few_passes():
+    report = check("lenet", directions=4)
+    assert report.passed
+    assert all(r.mode == "directions" and r.checked == 4 for r in report.rows)
+    assert report.numeric["layers.7.W"].size and np.all(np.isnan(report.numeric["layers.7.W"]))  # no entries
+
+
+def test_directional_values_are_v_dot_gradient():
+    p = build(cfg.load("strided"))
+    _, dx, grads = p.net.gradients(p.x, p.y)
+    fd = FiniteDifferences(p.net, p.x, p.y, 1e-6)
+    V = np.random.default_rng(0).standard_normal((3, grads[2]["W"].size))
+    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    num, kinks = fd.directional((2, "W"), V)
+    np.testing.assert_allclose(num, V @ grads[2]["W"].ravel(), rtol=1e-7, atol=1e-10)
+    U = np.random.default_rng(1).standard_normal((2, dx.size))
+    num, _ = fd.directional("input", U)
+    np.testing.assert_allclose(num, U @ dx.ravel(), rtol=1e-7, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- convergence, confirmation
+
+
+def test_convergence_columns_and_truncation_verdict():
+    result = CliRunner().invoke(main, ["check", "seed", "--convergence"])
+    assert result.exit_code == 0 and "at h/2" in result.stdout and "ratio" in result.stdout
+    # a step far too large: central differences fail, halving h shows truncation error,
+    # and the complex step shows the gradient right — so the check passes, and says why
+    result = CliRunner().invoke(main, ["check", "seed", "--eps", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert "truncation error, not a bug" in result.stdout and "falls 4.0x" in result.stdout
+    assert "the complex step, free of rounding, agrees" in result.stdout
+
+
+def test_rounding_bound_failure_is_rescued_by_the_complex_step():
+    """Tiny input gradients beside a large MSE loss: central differences at 1e-6 sit at
+    their rounding floor above tol; the complex step shows the gradient right."""
+    raw = {"seed": 7, "input": {"batch": 1, "channels": 1, "height": 3, "width": 7},
+           "layers": [{"conv": {"filters": 1, "kernel": 1}}, {"conv": {"filters": 1, "kernel": 1, "padding": [1, 0]}}],
+           "loss": "mse"}
+    report = check(validate(raw))
+    assert report.passed
+    row = report.rows[0]
+    assert "grows as h shrinks" in row.note and "the complex step, free of rounding, agrees" in row.note
+    assert row.metrics.norm_rel < 1e-12
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_draws_a_v_and_names_the_best_step(tmp_path):
+    result = sweep(cfg.load("seed"))
+    for row in result.errors:
+        low = np.nanmin(row)
+        assert row[0] > 100 * low and row[-1] > 100 * low  # truncation on the left, rounding on the right
+    assert 1e-7 <= result.best() <= 1e-3
+    out = CliRunner().invoke(main, ["sweep", "seed", "--plot", str(tmp_path / "v.png")])
+    assert out.exit_code == 0, out.output
+    assert f"best step for every tensor at once: {result.best():.0e}" in out.stdout
+    assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert CliRunner().invoke(main, ["sweep", "seed", "--plot", str(tmp_path / "v.svg")]).exit_code == 0
+    assert (tmp_path / "v.svg").read_text().lstrip().startswith("<?xml")
+    bad = CliRunner().invoke(main, ["sweep", "seed", "--plot", str(tmp_path / "v.gif")])
+    assert bad.exit_code == 2
+
+
+def test_sweep_of_a_wrong_gradient_is_flat(monkeypatch):
+    from cnngrad.layers import Activation
+
+    monkeypatch.setattr(Activation, "backward", lambda self, delta, cache: (delta, {}))
+    result = sweep(cfg.load("seed"), samples=20)
+    first_w = result.labels.index("0 conv W")
+    row = result.errors[first_w]
+    assert np.nanmax(row[:-3]) / np.nanmin(row[:-3]) < 10  # no V: the error is the bug, not the step
+    assert np.nanmin(row) > 1e-2
+
+
+# --------------------------------------------------------------------------- float32
+
+
+@pytest.mark.parametrize("fd_dtype", ["float64", "native"])
+def test_float32_config_has_no_false_failures_over_100_seeds(fd_dtype):
+    config = cfg.load("float32")
+    failed = []
+    for seed in range(100):
+        config.seed = seed
+        report = check(config, fd_dtype=fd_dtype)
+        if not report.passed:
+            failed.append((seed, [(r.layer, r.tensor, r.metrics.norm_rel) for r in report.failures]))
+    assert failed == []
+
+
+def test_float32_numeric_side_is_float64_by_default_and_says_so():
+    report = check("float32")
+    assert report.fd_dtype == "float64" and report.tol == 1e-4 and report.eps == 1e-6
+    result = CliRunner().invoke(main, ["check", "float32"])
+    assert "float32 (numeric in float64)" in result.stdout
+    native = check("float32", fd_dtype="native")
+    assert native.fd_dtype == "float32" and native.eps == 1e-2 and native.tol == 1e-2
