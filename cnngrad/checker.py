@@ -105,9 +105,8 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
         redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol)
         why = c.convergence(order)
         if redo.passed:
-            redo.note = (f"{method} differences failed (norm rel {c.metrics.norm_rel:.1e}"
-                         f"{'; ' + why if why else ''}); the complex step, free of rounding, agrees: "
-                         f"norm rel {redo.metrics.norm_rel:.1e}")
+            redo.note = (f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'}); "
+                         f"the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}")
             checks[r] = redo
         else:
             c.note = "; ".join(filter(None, [c.note, f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"]))

@@ -168,9 +168,9 @@ def check(config: str, eps: float | None, tol: float | None, samples: int | None
         bar.close()
     out = stdout()
     out.print(render.table(report))
-    for line in render.failure_lines(report):
-        out.print(line, markup=False, highlight=False)
-    out.print(render.summary(report), markup=False, highlight=False)
+    for line in render.failure_lines(report):  # whole lines, never wrapped: CI logs get grepped
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    out.print(render.summary(report), markup=False, highlight=False, soft_wrap=True)
     if save:
         try:
             save_npz(report, save)
