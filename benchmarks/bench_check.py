@@ -7,6 +7,7 @@ Runs, alternating cnngrad and torch each round, and reports medians and ratios:
 
 * full check: every parameter and input entry by central differences
   (``cnngrad.check``) vs ``torch.autograd.gradcheck`` (fast_mode=False) on the loss;
+* directional: ``cnngrad.check(directions=1)`` vs ``gradcheck(fast_mode=True)``;
 * analytic forward + backward: ``Network.gradients`` vs torch forward + ``backward()``;
 * the whole ``cnngrad check CONFIG`` command, wall time, in a subprocess;
 * peak memory of a full check (tracemalloc: numpy reports its allocations there).
@@ -106,6 +107,16 @@ def main() -> int:
             peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=False))))
         assert ok["v"], "torch gradcheck failed on the benchmark net"
 
+    # ------------------------------------------------------------ directional vs fast_mode
+    # gradcheck's fast_mode compares one random projection u·J·v; cnngrad's --directions 1
+    # compares v·∇C along one random unit direction per tensor
+    dir_ours, dir_theirs = [], []
+    for _ in range(max(5, args.runs)):
+        cnngrad.check(config, directions=1)
+        dir_ours.append(timed(lambda: cnngrad.check(config, directions=1)))
+        dir_theirs.append(timed(lambda: torch.autograd.gradcheck(
+            peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)))
+
     # ------------------------------------------------------------ forward + backward
     net, x, y = problem.net, problem.x, problem.y
     fb_ours, fb_theirs = [], []
@@ -140,7 +151,8 @@ def main() -> int:
         "cli_wall_ms": median_ms(cli),
         "peak_memory_mb": peak_memory_mb(config),
         "max_rss_mb": max_rss_mb(ref),
-        "directional_vs_fast_mode": "n/a: cnngrad has no directional mode yet",
+        "directional_ms": {"cnngrad_directions_1": median_ms(dir_ours), "torch_gradcheck_fast_mode": median_ms(dir_theirs),
+                           "ratio": statistics.median(dir_theirs) / statistics.median(dir_ours)},
     }
 
     fc, fb = results["full_check_ms"], results["forward_backward_ms"]
@@ -148,6 +160,9 @@ def main() -> int:
     print(f"{'what':<34}{'cnngrad':>12}{'torch':>14}{'ratio':>10}")
     print(f"{'full check (all entries)':<34}{fc['cnngrad']:>10.1f}ms{fc['torch_gradcheck']:>12.1f}ms"
           f"{fc['ratio']:>9.1f}x  (torch/cnngrad)")
+    dm = results["directional_ms"]
+    print(f"{'directional (1 direction/tensor)':<34}{dm['cnngrad_directions_1']:>10.1f}ms"
+          f"{dm['torch_gradcheck_fast_mode']:>12.1f}ms{dm['ratio']:>9.1f}x  (torch fast_mode/cnngrad)")
     print(f"{'analytic forward+backward':<34}{fb['cnngrad']:>10.3f}ms{fb['torch']:>12.3f}ms"
           f"{fb['ratio_cnngrad_over_torch']:>9.2f}x  (cnngrad/torch)")
     print(f"{'`cnngrad check` command, wall':<34}{results['cli_wall_ms']:>10.0f}ms")
