@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from . import config as cfg
 from .compare import TensorCheck, judge, metrics
@@ -28,19 +30,30 @@ class Report:
 
     name: str
     rows: list[TensorCheck]
-    loss: float
-    eps: float
-    tol: float
+    loss: float | None
+    eps: float | None
+    tol: float | None
     method: str
     dtype: str
-    seed: int
+    seed: int | None
     seconds: float = 0.0
     problem: Problem | None = field(default=None, repr=False)
     fd_dtype: str = "float64"  # the dtype the numeric side ran in
     directions: int = 0  # > 0: rows compare v·∇C along that many random directions
     convergence: bool = False  # every tensor differenced again at h/2
+    source: str = ""  # the path or name it was given as
+    digest: str = ""  # Config.digest(): what a baseline is keyed on
+    raw: Any = field(default=None, repr=False)  # the config as loaded, for a reproducer
+    error: str = ""  # the config could not be checked (bad config, bad plugin): exit 2
+    regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
+    baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def failed_to_load(cls, source: str, message: str) -> "Report":
+        return cls(name=source, rows=[], loss=None, eps=None, tol=None, method="", dtype="", seed=None,
+                   source=source, error=message)
 
     @property
     def failures(self) -> list[TensorCheck]:
@@ -48,12 +61,42 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return not self.failures and np.isfinite(self.loss)
+        return not (self.error or self.failures or self.regressions) and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
-        """0 every check passed, 1 a gradient check failed (CONVENTIONS.md)."""
+        """0 every check passed, 1 a gradient check failed (or grew past its baseline),
+        2 the config could not be checked (CONVENTIONS.md)."""
+        if self.error:
+            return 2
         return 0 if self.passed else 1
+
+    def write_reproducer(self, directory: str | os.PathLike) -> Path:
+        """The config as a YAML file in ``directory``, with the failure and the command to
+        rerun it in a comment on top; named after the config and its digest."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}-{self.digest}.yaml"
+        raw = dict(self.raw)
+        raw["seed"] = self.seed
+        why = "; ".join(f"layers[{r.layer}] {r.tensor}: norm rel {r.metrics.norm_rel:.2e}" for r in self.failures) \
+            or "; ".join(self.regressions.values()) or "passed"
+        header = f"# cnngrad reproducer: {why}\n# rerun: cnngrad check {path}\n"
+        atomic_write(path, header + yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write a file whole or not at all: a temp file beside it, then rename over it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # float32 networks checked against float64 differences: what is left is the float32
@@ -112,7 +155,7 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
             c.note = "; ".join(filter(None, [c.note, f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"]))
 
 
-def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | None = None,
+def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: float | None = None,
           samples: int | None = None, method: str | None = None, plugins: bool = False,
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False) -> Report:
@@ -130,7 +173,9 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
     to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one."""
-    if not isinstance(config, cfg.Config):
+    if isinstance(config, dict):
+        config = cfg.validate(config, plugins=plugins)
+    elif not isinstance(config, cfg.Config):
         config = cfg.load(str(config), plugins=plugins)
     fd_dtype = config.dtype if fd_dtype in (None, "float64") and config.dtype == "float64" or fd_dtype == "native" \
         else "float64"
@@ -160,7 +205,8 @@ def check(config: cfg.Config | str, *, eps: float | None = None, tol: float | No
         fd_net, fd_x, fd_y = upcast(net, x, y) if fd_dtype != config.dtype else (net, x, y)
         fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, progress=advance, workers=workers)
         report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
-                        fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence)
+                        fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence,
+                        source=config.source or config.name, digest=config.digest(), raw=config.raw)
         rows, kinds = targets(net, delta_x, grads)
         picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
         checks: list[TensorCheck | None] = [None] * len(rows)
@@ -213,12 +259,6 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
             arrays[f"numgrad.layers.{i}.{name}"] = report.numeric[f"layers.{i}.{name}"]
     arrays["grad.input"] = report.analytic["input"]
     arrays["numgrad.input"] = report.numeric["input"]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())

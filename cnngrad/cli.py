@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import functools
+import io
+import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -15,8 +20,10 @@ from rich.text import Text
 from . import __version__
 from . import config as cfg
 from . import report as render
+from . import baseline as baseline_mod
+from .checker import Report, atomic_write, save_npz
 from .checker import check as run_check
-from .checker import save_npz
+from .formats import FORMATS
 from .finite_diff import METHODS
 
 
@@ -129,54 +136,180 @@ def main() -> None:
     """Prove a CNN's backpropagation right or wrong against finite differences."""
 
 
-@main.command()
-@click.argument("config")
-@click.option("--eps", type=PositiveFloat(), default=None,
-              help="Finite-difference step h [default: config's for its method, else the method's: "
-                   "central 1e-6 (float32 1e-2), forward 1e-8, richardson 1e-3, complex 1e-20].")
-@click.option("--tol", type=PositiveFloat(), default=None,
-              help="Pass when norm rel <= TOL [default: config's, else the method's: 1e-6 "
-                   "(forward 1e-5, complex 1e-9); float32 1e-2].")
-@click.option("--samples", type=Samples(), default=None,
-              help="Check N random entries per tensor [default: all].")
-@click.option("--method", type=click.Choice(list(METHODS)), default=None,
-              help="Finite-difference formula: " + "; ".join(f"{m.name} {m.order}" for m in METHODS.values())
-              + " [default: config's check.method, else central].")
-@click.option("--directions", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Compare v·∇C along K random unit directions per tensor (2 passes each) instead of "
-                   "every entry; a tensor that fails is then checked entry by entry.")
-@click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default="float64", show_default=True,
-              help="Dtype of the numeric side: float64 (a float32 network's parameters cast up exactly) "
-                   "or the network's own.")
-@click.option("--convergence", is_flag=True,
-              help="Difference every tensor again at h/2 and show how the error moved (failing tensors "
-                   "always are): a wrong gradient does not shrink with h.")
-@click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write x, y, parameters and both gradients to FILE.npz.")
-@config_option
-@guarded
-def check(config: str, eps: float | None, tol: float | None, samples: int | None, method: str | None,
-          directions: int | None, fd_dtype: str, convergence: bool, save: str | None, seed: int | None,
-          plugins: bool, debug: bool) -> None:
-    """Check every gradient of CONFIG (a YAML file, or a shipped config's name)."""
-    conf = load_config(config, seed, plugins)
-    bar = LazyProgress()
+def check_options(f: Callable) -> Callable:
+    """How to check: shared by ``check`` and ``baseline record``."""
+    for option in reversed([
+        click.option("--eps", type=PositiveFloat(), default=None,
+                     help="Finite-difference step h [default: config's for its method, else the method's: "
+                          "central 1e-6 (float32 1e-2), forward 1e-8, richardson 5e-3, complex 1e-20]."),
+        click.option("--tol", type=PositiveFloat(), default=None,
+                     help="Pass when norm rel <= TOL [default: config's, else the method's: 1e-6 "
+                          "(forward 1e-5, complex 1e-9); float32 1e-4 (1e-2 native)]."),
+        click.option("--samples", type=Samples(), default=None,
+                     help="Check N random entries per tensor [default: all]."),
+        click.option("--method", type=click.Choice(list(METHODS)), default=None,
+                     help="Finite-difference formula: " + "; ".join(f"{m.name} {m.order}" for m in METHODS.values())
+                     + " [default: config's check.method, else central]."),
+        click.option("--directions", type=click.IntRange(min=1), default=None, metavar="K",
+                     help="Compare v·∇C along K random unit directions per tensor (2 passes each) instead "
+                          "of every entry; a tensor that fails is then checked entry by entry."),
+        click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default="float64", show_default=True,
+                     help="Dtype of the numeric side: float64 (a float32 network's parameters cast up "
+                          "exactly) or the network's own."),
+        click.option("--convergence", is_flag=True,
+                     help="Difference every tensor again at h/2 and show how the error moved (failing "
+                          "tensors always are): a wrong gradient does not shrink with h."),
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Check this many configs at once, in separate processes (same numbers as one)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def expand(refs: tuple[str, ...]) -> list[str]:
+    """Paths and shipped names; a directory stands for its *.yaml / *.yml files, sorted."""
+    out: list[str] = []
+    for ref in refs:
+        p = Path(ref)
+        if p.is_dir():
+            files = sorted(str(f) for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+            if not files:
+                raise UsageFailure(f"{ref}: no .yaml configs in this directory")
+            out += files
+        else:
+            out.append(ref)
+    return out
+
+
+def _check_one(ref: str, seed: int | None, plugins: bool, options: dict[str, Any],
+               progress: Callable | None = None) -> Report:
+    """One config's report; a config that cannot be loaded becomes a report saying why."""
     try:
-        report = run_check(conf, eps=eps, tol=tol, samples=samples, method=method, progress=bar,
-                           directions=directions, fd_dtype=fd_dtype, convergence=convergence)
-    finally:
-        bar.close()
-    out = stdout()
-    out.print(render.table(report))
-    for line in render.failure_lines(report):  # whole lines, never wrapped: CI logs get grepped
-        out.print(line, markup=False, highlight=False, soft_wrap=True)
-    out.print(render.summary(report), markup=False, highlight=False, soft_wrap=True)
-    if save:
+        config = cfg.load(ref, plugins=plugins)
+        if seed is not None:
+            config.seed = seed
+        return run_check(config, progress=progress, **options)
+    except cfg.ConfigError as e:
+        return Report.failed_to_load(ref, str(e))
+
+
+def _check_one_slim(args: tuple) -> Report:
+    """In a --jobs worker: the report without what cannot or need not travel back."""
+    report = _check_one(*args)
+    report.problem, report.analytic, report.numeric = None, {}, {}
+    return report
+
+
+def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str, Any], jobs: int,
+            debug: bool) -> list[Report]:
+    if jobs > 1 and len(refs) > 1:
+        options = {**options, "workers": 1}  # the configs share the cores, not each config's chunks
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            return list(pool.map(_check_one_slim, [(ref, seed, plugins, options) for ref in refs]))
+    reports = []
+    for ref in refs:
+        bar = LazyProgress()
         try:
-            save_npz(report, save)
+            reports.append(_check_one(ref, seed, plugins, options, progress=bar))
+        finally:
+            bar.close()
+    return reports
+
+
+@main.command()
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
+@check_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "junit", "markdown"]), default="table",
+              show_default=True, help="Report format (on stdout, or into --output).")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the report to FILE (whole or not at all) instead of stdout.")
+@click.option("--quiet", is_flag=True, help="Print only failures and the summary.")
+@click.option("--baseline", "baseline_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fail a tensor whose error grew past --baseline-factor times its baseline.")
+@click.option("--baseline-factor", type=PositiveFloat(), default=baseline_mod.DEFAULT_FACTOR, show_default=True,
+              help="How much an error may grow over its baseline.")
+@click.option("--reproducer", type=click.Path(file_okay=False, writable=True), default=None, metavar="DIR",
+              help="Write each failing config into DIR as a YAML reproducer.")
+@click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write x, y, parameters and both gradients to FILE.npz (one config).")
+@config_option
+def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, baseline_file: str | None,
+          baseline_factor: float, reproducer: str | None, save: str | None, seed: int | None, plugins: bool,
+          debug: bool, jobs: int, **options: Any) -> None:
+    """Check every gradient of each CONFIG (a YAML file, a folder of them, or a shipped
+    config's name); exit with the worst verdict of all."""
+    refs = expand(configs)
+    if save and len(refs) > 1:
+        raise click.BadParameter("--save takes a single config", param_hint="--save")
+    baseline = None
+    if baseline_file:
+        try:
+            baseline = baseline_mod.load(baseline_file)
+        except (ValueError, OSError) as e:
+            raise UsageFailure(f"--baseline {baseline_file}: {e}") from None
+    reports = run_all(refs, seed, plugins, options, jobs, debug)
+    for rep in reports:
+        if rep.error:
+            click.echo(f"Error: {rep.error}", err=True)
+        if baseline is not None:
+            baseline_mod.compare(rep, baseline, baseline_factor)
+        if reproducer and not rep.error and not rep.passed:
+            path = rep.write_reproducer(reproducer)
+            click.echo(f"reproducer: {path}", err=True)
+    if fmt == "table":
+        out = stdout() if output is None else Console(file=io.StringIO(), width=160, no_color=True, highlight=False)
+        for rep in reports:
+            if rep.error:
+                continue
+            if not quiet:
+                out.print(render.table(rep))
+            for line in render.failure_lines(rep):  # whole lines, never wrapped: CI logs get grepped
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
+        if len(reports) > 1:
+            out.print(render.summary_table(reports))
+        text = out.file.getvalue() if output is not None else None
+    else:
+        text = FORMATS[fmt](reports)
+        if output is None:
+            click.echo(text, nl=False)
+    if output is not None:
+        try:
+            atomic_write(output, text)
+        except OSError as e:
+            raise UsageFailure(f"--output {output}: {e.strerror or e}") from None
+    if save and reports and not reports[0].error:
+        try:
+            save_npz(reports[0], save)
         except OSError as e:
             raise UsageFailure(f"--save {save}: {e.strerror or e}") from None
-    sys.exit(report.return_code)
+    sys.exit(max(rep.return_code for rep in reports))
+
+
+@main.group()
+def baseline() -> None:
+    """Record the errors of a run, to fail later runs whose errors grow."""
+
+
+@baseline.command("record")
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
+@check_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), required=True,
+              help="The baseline file to write (JSON).")
+@config_option
+def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plugins: bool, debug: bool,
+                    jobs: int, **options: Any) -> None:
+    """Check CONFIG... and store each tensor's errors, keyed by the config's digest."""
+    reports = run_all(expand(configs), seed, plugins, options, jobs, debug)
+    for rep in reports:
+        if rep.error:
+            click.echo(f"Error: {rep.error}", err=True)
+    failing = [rep.name for rep in reports if not rep.error and not rep.passed]
+    atomic_write(output, json.dumps(baseline_mod.record(reports), indent=2, sort_keys=True) + "\n")
+    click.echo(f"recorded {sum(len(r.rows) for r in reports)} tensors of {len(reports)} configs in {output}"
+               + (f"; these fail their check: {', '.join(failing)}" if failing else ""), err=True)
+    sys.exit(max(rep.return_code for rep in reports))
 
 
 @main.command()

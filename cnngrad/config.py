@@ -6,7 +6,9 @@ Every problem raises :class:`ConfigError` with one line naming its place
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -65,6 +67,12 @@ class Config:
     loss: str
     check: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    raw: Any = None  # the mapping as loaded, for hashing and reproducers
+
+    def digest(self) -> str:
+        """A hash of what the config says (with the seed in force): baselines key on it."""
+        text = json.dumps({"config": self.raw, "seed": self.seed}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- YAML
@@ -441,4 +449,4 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
         chk["tol"] = _float("check.tol", check["tol"])
     if "samples" in check and check["samples"] != "all":
         chk["samples"] = _int("check.samples", check["samples"])
-    return Config(name, seed, dtype, batch, in_shape, init, specs, loss, chk, source)
+    return Config(name, seed, dtype, batch, in_shape, init, specs, loss, chk, source, raw)

@@ -59,6 +59,10 @@ def failure_lines(report: Report) -> list[str]:
             continue
         lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
         lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
+    for (layer, tensor), why in report.regressions.items():
+        lines.append(f"layers[{layer}] {'δ input' if tensor == 'input' else tensor}: {why}")
+    if report.baseline_note:
+        lines.append(f"  baseline: {report.baseline_note}")
     if not np.isfinite(report.loss):
         lines.append(f"the loss is {report.loss}: the forward pass overflowed or produced NaN")
     return lines
@@ -70,7 +74,11 @@ def summary(report: Report) -> str:
     worst = max((r.metrics.norm_rel for r in report.rows), default=0.0, key=lambda v: np.inf if v != v else v)
     kinks = sum(r.kinks for r in report.rows)
     verdict = "PASSED" if report.passed else "FAILED"
-    parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}",
+    if report.regressions:
+        parts_regressed = f" ({len(report.regressions)} grew past the baseline)"
+    else:
+        parts_regressed = ""
+    parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}{parts_regressed}",
              f"worst norm rel {_num(worst)}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"
@@ -79,6 +87,24 @@ def summary(report: Report) -> str:
     if kinks:
         parts.insert(2, f"{kinks} entries skipped at kinks")
     return " · ".join(parts)
+
+
+def summary_table(reports: list[Report]) -> Table:
+    """One row per config: tensors, worst norm rel, verdict, time."""
+    t = Table(title="cnngrad: all configs", title_justify="left", header_style="bold")
+    for col, justify in (("config", "left"), ("tensors", "right"), ("worst norm rel", "right"),
+                         ("verdict", "left"), ("time", "right")):
+        t.add_column(col, justify=justify)
+    for rep in reports:
+        if rep.error:
+            t.add_row(rep.name, "", "", Text("ERROR", style="bold red"), "")
+            continue
+        worst = max((r.metrics.norm_rel for r in rep.rows), default=0.0, key=lambda v: np.inf if v != v else v)
+        verdict = Text("PASS", style="bold green") if rep.passed else Text("FAIL", style="bold red")
+        if rep.regressions:
+            verdict.append(f" ({len(rep.regressions)} grew past baseline)", style="red")
+        t.add_row(rep.name, str(len(rep.rows)), _num(worst), verdict, f"{rep.seconds:.2f} s")
+    return t
 
 
 def shapes(config: Config) -> Table:
