@@ -120,7 +120,7 @@ def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]]) -> tupl
     rows = [("input", 0, "input", delta_x, "input")] + [
         (f"layers.{i}.{name}", i, name, grads[i][name], (i, name))
         for i, layer in enumerate(net.layers) for name in layer.params]
-    kinds = [net.specs[layer].kind if net.specs[layer].kind != "custom" else type(net.layers[layer]).__name__
+    kinds = [net.specs[layer].kind if net.specs[layer].kind != "custom" else net.layers[layer].kind
              for _, layer, *_ in rows]
     return rows, kinds
 
@@ -141,7 +141,7 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
     try:
         exact = fd_cls(*problem, get_method("complex").default_eps[fd_dtype], "complex", workers=workers)
         results = exact.numeric([(rows[r][4], checks[r].indices) for r in failing])
-    except (TypeError, ValueError, FloatingPointError):  # a plugin that is real-only
+    except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
         return
     for r, num in zip(failing, results):
         c = checks[r]

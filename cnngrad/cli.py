@@ -182,14 +182,17 @@ def expand(refs: tuple[str, ...]) -> list[str]:
 
 
 def _check_one(ref: str, seed: int | None, plugins: bool, options: dict[str, Any],
-               progress: Callable | None = None) -> Report:
-    """One config's report; a config that cannot be loaded becomes a report saying why."""
+               progress: Callable | None = None, debug: bool = False) -> Report:
+    """One config's report; a config that cannot be loaded, or whose plugin breaks the layer
+    protocol, becomes a report saying why (with --debug: the traceback)."""
     try:
         config = cfg.load(ref, plugins=plugins)
         if seed is not None:
             config.seed = seed
         return run_check(config, progress=progress, **options)
     except cfg.ConfigError as e:
+        if debug:
+            raise
         return Report.failed_to_load(ref, str(e))
 
 
@@ -206,12 +209,12 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
         options = {**options, "workers": 1}  # the configs share the cores, not each config's chunks
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            return list(pool.map(_check_one_slim, [(ref, seed, plugins, options) for ref in refs]))
+            return list(pool.map(_check_one_slim, [(ref, seed, plugins, options, None, debug) for ref in refs]))
     reports = []
     for ref in refs:
         bar = LazyProgress()
         try:
-            reports.append(_check_one(ref, seed, plugins, options, progress=bar))
+            reports.append(_check_one(ref, seed, plugins, options, progress=bar, debug=debug))
         finally:
             bar.close()
     return reports

@@ -34,9 +34,13 @@ MAX_ELEMENTS = 100_000_000
 class ConfigError(ValueError):
     """A bad config; ``str()`` is the one-line message, place first."""
 
-    def __init__(self, place: str, message: str) -> None:
-        text = f"{place}: {message}" if place else message
+    def __init__(self, place: str, message: str | None = None) -> None:
+        text = place if message is None else f"{place}: {message}" if place else message
         super().__init__(" ".join(text.split("\n")))  # one line, whatever a key or plugin said
+
+
+class PluginError(ConfigError):
+    """A plugin layer broke the protocol (raised, returned the wrong shape or keys): exit 2."""
 
 
 @dataclass
@@ -325,7 +329,7 @@ def _dense(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[i
 
 
 def instantiate(place: str, cls: Any, in_shape: tuple[int, ...], rng: Any, options: dict) -> Any:
-    """Build a plugin layer; whatever it raises, or an unusable out_shape, is a ConfigError."""
+    """Build a plugin layer; whatever it raises, or an unusable out_shape, is a PluginError."""
     name = getattr(cls, "__name__", str(cls))
     try:
         layer = cls(tuple(in_shape), rng, **options)
@@ -333,9 +337,9 @@ def instantiate(place: str, cls: Any, in_shape: tuple[int, ...], rng: Any, optio
         if not isinstance(layer.params, dict):
             raise TypeError("params must be a dict of arrays")
     except Exception as e:  # user code: say which layer, not a traceback
-        raise ConfigError(place, f"plugin {name} failed to build: {type(e).__name__}: {e}") from None
+        raise PluginError(place, f"plugin {name} failed to build: {type(e).__name__}: {e}") from e
     if not out_shape or any(s <= 0 for s in out_shape):
-        raise ConfigError(place, f"plugin {name} has an unusable out_shape {out_shape}")
+        raise PluginError(place, f"plugin {name} has an unusable out_shape {out_shape}")
     return layer
 
 

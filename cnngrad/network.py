@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, LayerSpec, instantiate
+from .config import Config, LayerSpec, PluginError, instantiate
 from .layers import LAYERS
 from .losses import LOSSES
 
@@ -48,6 +48,17 @@ class Network:
         y_rep = np.broadcast_to(y, (groups,) + y.shape).reshape((groups * n,) + y.shape[1:])
         return self.loss.per_sample(out, y_rep).reshape(groups, n).mean(axis=1)
 
+    def deltas(self, x: Array, y: Array) -> list[Array]:
+        """δ at every layer boundary: ``deltas[l] = ∂C/∂(input of layer l)`` (the analytic
+        backward's, as each layer passed it down)."""
+        out, caches = self.forward(x)
+        delta = self.loss.gradient(out, y)
+        found: list[Array] = [None] * len(self.layers)  # type: ignore[list-item]
+        for i in range(len(self.layers) - 1, -1, -1):
+            delta, _ = self.layers[i].backward(delta, caches[i])
+            found[i] = delta
+        return found
+
     def gradients(self, x: Array, y: Array) -> tuple[float, Array, list[dict[str, Array]]]:
         """Analytic pass: loss C, ∂C/∂x and every layer's parameter gradients."""
         out, caches = self.forward(x)
@@ -74,7 +85,7 @@ def build(config: Config) -> Problem:
     shape: tuple[int, ...] = config.in_shape
     for spec in config.layers:
         if spec.kind == "custom":
-            layer = instantiate(spec.place, spec.cls, shape, rng, spec.options)
+            layer = PluginLayer(instantiate(spec.place, spec.cls, shape, rng, spec.options), spec.place, shape)
         else:
             layer = LAYERS[spec.kind](shape, rng, dtype=dtype, **spec.options)
         layers.append(layer)
@@ -85,3 +96,60 @@ def build(config: Config) -> Problem:
     if config.loss == "mse":
         y = y.astype(dtype)
     return Problem(config, Network(layers, config.layers, loss), x, y, rng)
+
+
+class PluginLayer:
+    """A user's layer behind the protocol's checks.  Each call's result is checked — forward
+    returns ``(out, cache)`` with out of shape (n, *out_shape); backward returns
+    ``(delta_prev, grads)`` with delta_prev of the input's shape and one gradient of the
+    right shape per parameter — and whatever goes wrong is a PluginError naming the layer."""
+
+    def __init__(self, layer: Any, place: str, in_shape: tuple[int, ...]) -> None:
+        self.layer, self.place, self.in_shape = layer, place, tuple(in_shape)
+        self.kind = type(layer).__name__
+        self.out_shape = tuple(int(s) for s in layer.out_shape)
+        if hasattr(layer, "kink_state"):
+            self.kink_state = self._kink_state
+
+    @property
+    def params(self) -> dict[str, Array]:
+        return self.layer.params
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            result = fn(*args)
+        except PluginError:
+            raise
+        except Exception as e:  # the user's code: say which layer and what, not a traceback
+            raise PluginError(self.place, f"{self.kind}.{what} raised {type(e).__name__}: {e}") from e
+        if what != "kink_state" and not (isinstance(result, tuple) and len(result) == 2):
+            raise PluginError(self.place, f"{self.kind}.{what} must return a pair "
+                                          f"{'(out, cache)' if what == 'forward' else '(delta_prev, grads)'}, "
+                                          f"got {type(result).__name__}")
+        return result
+
+    def forward(self, a: Array) -> tuple[Array, Any]:
+        out, cache = self._call("forward", self.layer.forward, a)
+        want = (a.shape[0],) + self.out_shape
+        if np.shape(out) != want:
+            raise PluginError(self.place, f"{self.kind}.forward returned shape {np.shape(out)}, expected {want}")
+        return np.asarray(out), cache
+
+    def backward(self, delta: Array, cache: Any) -> tuple[Array, dict[str, Array]]:
+        delta_prev, grads = self._call("backward", self.layer.backward, delta, cache)
+        want = (delta.shape[0],) + self.in_shape
+        if np.shape(delta_prev) != want:
+            raise PluginError(self.place, f"{self.kind}.backward returned δ of shape {np.shape(delta_prev)}, "
+                                          f"expected the input's {want}")
+        if not isinstance(grads, dict) or set(grads) != set(self.params):
+            got = sorted(grads) if isinstance(grads, dict) else type(grads).__name__
+            raise PluginError(self.place, f"{self.kind}.backward returned gradients for {got}, "
+                                          f"expected one per parameter: {sorted(self.params)}")
+        for name, g in grads.items():
+            if np.shape(g) != self.params[name].shape:
+                raise PluginError(self.place, f"{self.kind}.backward returned ∂C/∂{name} of shape {np.shape(g)}, "
+                                              f"expected {self.params[name].shape}")
+        return np.asarray(delta_prev), {k: np.asarray(v) for k, v in grads.items()}
+
+    def _kink_state(self, cache: Any) -> Array | None:
+        return self._call("kink_state", self.layer.kink_state, cache)
