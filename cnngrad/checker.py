@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from . import config as cfg
+from . import diagnose as diagnose_mod
 from .compare import TensorCheck, judge, metrics
 from .finite_diff import FiniteDifferences, get_method, select
 from .network import Network, Problem, build
@@ -47,6 +48,7 @@ class Report:
     error: str = ""  # the config could not be checked (bad config, bad plugin): exit 2
     regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
+    localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
 
@@ -120,8 +122,7 @@ def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]]) -> tupl
     rows = [("input", 0, "input", delta_x, "input")] + [
         (f"layers.{i}.{name}", i, name, grads[i][name], (i, name))
         for i, layer in enumerate(net.layers) for name in layer.params]
-    kinds = [net.specs[layer].kind if net.specs[layer].kind != "custom" else net.layers[layer].kind
-             for _, layer, *_ in rows]
+    kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
     return rows, kinds
 
 
@@ -155,10 +156,60 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
             c.note = "; ".join(filter(None, [c.note, f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"]))
 
 
+DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
+
+
+def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: list, kinds: list, picks: list,
+              checks: list, samples: int | None, rng: np.random.Generator, tol: float) -> None:
+    """Add δ at every inner layer boundary to the rows, name the first layer whose own
+    backward is wrong, and test that layer's failing tensors against the usual bugs."""
+    deltas = net.deltas(x, y)
+    extra = [(f"delta.{l}", l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers))]
+    extra_picks = [select(rng, d.size, samples) for *_, d, _ in extra]
+    for (key, l, tensor, d, target), idx, num in zip(extra, extra_picks,
+                                                    fd.numeric([(e[4], i) for e, i in zip(extra, extra_picks)])):
+        rows.append((key, l, tensor, d, target))
+        kinds.append(kinds_of(net)[l])
+        picks.append(idx)
+        checks.append(judge(l, kinds[-1], tensor, d.shape, idx, d.reshape(-1)[idx].astype(np.float64),
+                            num.values, num.kinks, tol))
+    order = sorted(range(len(rows)), key=lambda r: (rows[r][1], rows[r][2] != "input", r))
+    for seq in (rows, kinds, picks, checks):
+        seq[:] = [seq[r] for r in order]
+    report.localisation = diagnose_mod.localise(checks, len(net.layers), kinds_of(net))
+    culprit = next((r.layer for r in checks if not r.passed and report.localisation.startswith(f"layer {r.layer} ")),
+                   None)
+    if culprit is None:
+        return
+
+    def full(target: Any, g: Array) -> Array | None:
+        if g.size > DIAGNOSE_MAX:
+            return None
+        return fd.numeric([(target, np.arange(g.size))])[0].values.reshape(g.shape)
+
+    for r, c in enumerate(checks):
+        if c.layer != culprit or c.passed or c.mode != "entries":
+            continue
+        key, layer, tensor, g, target = rows[r]
+        numeric = full(target, g)
+        if numeric is None:
+            continue
+        above = None
+        if tensor == "input":
+            above = full((layer + 1, "input"), deltas[layer + 1]) if layer + 1 < len(net.layers) else \
+                net.loss.gradient(net.forward(x)[0], y)
+        c.diagnosis = diagnose_mod.diagnose(g, numeric, tensor, net.layers[layer], x.shape[0], above)
+
+
+def kinds_of(net: Network) -> list[str]:
+    return [spec.kind if spec.kind != "custom" else layer.kind for spec, layer in zip(net.specs, net.layers)]
+
+
 def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: float | None = None,
           samples: int | None = None, method: str | None = None, plugins: bool = False,
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
-          directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False) -> Report:
+          directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
+          localize: bool = False) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -169,7 +220,9 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     float32 backward is compared with the exact derivative of the same function) or
     ``"native"``.  ``directions=K`` compares ``v·∇C`` along K random unit directions per
     tensor instead of every entry, and checks a failing tensor entry by entry.
-    ``convergence``: difference every tensor again at h/2 (failing tensors always are),
+    ``localize``: also check δ at every layer boundary and name the first layer whose own
+    backward is wrong (done anyway when a tensor fails).  ``convergence``: difference every
+    tensor again at h/2 (failing tensors always are),
     to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one."""
@@ -237,6 +290,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not m.is_complex:
             _confirm_failures(checks, rows, kinds, FiniteDifferences, (fd_net, fd_x, fd_y), fd_dtype, method, tol, workers)
+        if localize or any(not c.passed for c in checks):
+            _localise(report, net, x, y, fd, rows, kinds, picks, checks, samples, problem.rng, tol)
         for (key, *_, g, _), idx, row in zip(rows, picks, checks):
             report.rows.append(row)
             report.analytic[key] = g

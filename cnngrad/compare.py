@@ -66,6 +66,7 @@ class TensorCheck:
     mode: str = "entries"  # "entries": entry by entry; "directions": along random unit directions
     norm_rel_half: float | None = None  # the same entries differenced at h/2 (a convergence check)
     note: str = ""  # e.g. why a directional row became an entry-wise one
+    diagnosis: list = field(default_factory=list)  # the bug transforms that explain the mismatch
     indices: Array = field(repr=False, default=None)  # flat indices checked
     analytic: Array = field(repr=False, default=None)  # at those indices
     numeric: Array = field(repr=False, default=None)
@@ -115,4 +116,4 @@ def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: A
     m = metrics(analytic[ok], numeric[ok])
     passed = np.isfinite(m.norm_rel) and m.norm_rel <= tol and np.all(np.isfinite(analytic))
     return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
-                       "pass" if passed else "fail", tol, mode, None, "", indices, analytic, numeric, kinks)
+                       "pass" if passed else "fail", tol, mode, None, "", [], indices, analytic, numeric, kinks)

@@ -212,9 +212,11 @@ class FiniteDifferences:
         return self.numeric([((layer_index, name), indices)])[0]
 
     def numeric(self, targets: list[tuple[Any, Array]]) -> list[Numeric]:
-        """Numeric gradients of several tensors: each target is ``("input", indices)`` or
-        ``((layer_index, name), indices)``.  Their chunks all go to the workers together."""
-        plans = [self._plan_input() if t == "input" else self._plan_param(*t) for t, _ in targets]
+        """Numeric gradients of several tensors: each target is ``("input", indices)``,
+        ``((layer_index, name), indices)`` or, for δ at the input of a layer,
+        ``((layer_index, "input"), indices)``.  Their chunks all go to the workers together."""
+        plans = [self._plan_input() if t == "input" else self._plan_input(t[0]) if t[1] == "input"
+                 else self._plan_param(*t) for t, _ in targets]
         jobs = [(ti, lo, min(lo + plan.chunk, len(idx)))
                 for ti, ((_, idx), plan) in enumerate(zip(targets, plans))
                 for lo in range(0, len(idx), plan.chunk)]
@@ -275,33 +277,35 @@ class FiniteDifferences:
             for ti, lo, hi in jobs:
                 yield (ti, lo, hi), fns[ti](targets[ti][1][lo:hi])
 
-    def _plan_input(self) -> Plan:
-        """Entry k of x belongs to sample ``k // size``; only that sample is run, from the
-        first layer's ``forward_perturbed_input`` where it has one (and it passes the spot
-        check), else from a perturbed copy of the sample."""
-        x_flat = self.x.reshape(self.n, -1)
-        per = x_flat.shape[1]
+    def _plan_input(self, layer_index: int = 0) -> Plan:
+        """δ at the input of layer ``layer_index`` (for 0, ∂C/∂x): its input a is perturbed
+        with the layers from it on run as they are.  Entry k of a belongs to sample
+        ``k // size``; only that sample is run, from the layer's ``forward_perturbed_input``
+        where it has one (and it passes the spot check), else from a perturbed copy of it."""
+        a_in = self.inputs[layer_index]
+        a_flat = a_in.reshape(self.n, -1)
+        per = a_flat.shape[1]
         m = len(self.method.offsets)
-        fast = getattr(self.net.layers[0], "forward_perturbed_input", None)
-        if fast is not None and not self._spot_check_input():
-            self.fast_fallbacks.append("input")
+        fast = getattr(self.net.layers[layer_index], "forward_perturbed_input", None)
+        if fast is not None and not self._spot_check_input(layer_index):
+            self.fast_fallbacks.append("input" if layer_index == 0 else f"layers[{layer_index}].input")
             fast = None
-        start = 1 if fast is not None else 0
+        start = layer_index + 1 if fast is not None else layer_index
 
         def run(idx: Array) -> tuple[Array, Array]:
             n_of, pos = np.divmod(idx, per)
             samples, positions = np.tile(n_of, m), np.tile(pos, m)
             if fast is not None:
                 steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(self.work)
-                a = fast(self.inputs[1], self.caches[0], samples, positions, steps.ravel())
+                a = fast(self.inputs[layer_index + 1], self.caches[layer_index], samples, positions, steps.ravel())
                 steps = steps.astype(np.result_type(steps, np.float64))  # exactly the steps added
             else:
-                theta = x_flat[n_of, pos]
-                new = (theta[None, :] + self._offsets()).astype(self.work)  # (M, K)
+                theta = a_flat[n_of, pos]
+                new = (theta[None, :] + self._offsets()).astype(np.result_type(a_in, self.work))  # (M, K)
                 steps = self._taken(new, theta)
-                a = x_flat[samples].astype(self.work)
+                a = a_flat[samples].astype(new.dtype)
                 a[np.arange(a.shape[0]), positions] = new.ravel()
-                a = a.reshape((-1,) + self.x.shape[1:])
+                a = a.reshape((-1,) + a_in.shape[1:])
             losses, crossed = self._losses(a, start, samples)
             return self._combine(losses, steps, samples, crossed)
 
@@ -430,17 +434,19 @@ class FiniteDifferences:
         scale = np.max(np.abs(real)) + np.max(np.abs(z0)) + 1.0
         return bool(np.all(np.abs(fast - real) <= np.sqrt(np.finfo(real.dtype).eps) * scale))
 
-    def _spot_check_input(self) -> bool:
+    def _spot_check_input(self, layer_index: int = 0) -> bool:
         """``forward_perturbed_input`` against a real forward pass of the perturbed sample,
-        on the first and last entry of x with a step of 0.5."""
-        layer, x_flat = self.net.layers[0], self.x.reshape(self.n, -1)
-        samples, positions = np.array([0, self.n - 1]), np.array([0, x_flat.shape[1] - 1])
-        steps = np.full(2, 0.5, dtype=self.x.dtype)
-        fast = layer.forward_perturbed_input(self.inputs[1], self.caches[0], samples, positions, steps)
-        moved = x_flat[samples].copy()
+        on the first and last entry of the layer's input with a step of 0.5."""
+        layer, a_in = self.net.layers[layer_index], self.inputs[layer_index]
+        a_flat = a_in.reshape(self.n, -1)
+        samples, positions = np.array([0, self.n - 1]), np.array([0, a_flat.shape[1] - 1])
+        steps = np.full(2, 0.5, dtype=a_in.dtype)
+        fast = layer.forward_perturbed_input(self.inputs[layer_index + 1], self.caches[layer_index],
+                                             samples, positions, steps)
+        moved = a_flat[samples].copy()
         moved[[0, 1], positions] += steps
-        real, _ = layer.forward(moved.reshape((2,) + self.x.shape[1:]))
-        return self._agrees(fast, real, self.inputs[1])
+        real, _ = layer.forward(moved.reshape((2,) + a_in.shape[1:]))
+        return self._agrees(fast, real, self.inputs[layer_index + 1])
 
     def _spot_check(self, layer_index: int, name: str) -> bool:
         """Does ``forward_perturbed`` agree with a real forward pass with the parameter

@@ -59,6 +59,9 @@ def failure_lines(report: Report) -> list[str]:
             continue
         lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
         lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
+        lines += [f"    diagnosis: {text}" for text in r.diagnosis]
+    if report.localisation:
+        lines.append(report.localisation)
     for (layer, tensor), why in report.regressions.items():
         lines.append(f"layers[{layer}] {'δ input' if tensor == 'input' else tensor}: {why}")
     if report.baseline_note:

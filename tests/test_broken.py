@@ -218,7 +218,8 @@ def test_directional_mode_catches_each_core_bug(monkeypatch, bug, name, rows):
     assert report.return_code == 1
     assert rows <= failing(report)
     for r in report.failures:
-        assert r.mode == "entries" and "failed along 4 directions" in r.note
+        if r.tensor != "input" or r.layer == 0:  # δ rows of inner layers come from localisation
+            assert r.mode == "entries" and "failed along 4 directions" in r.note
     result = run_cli(name, "--directions", "4")
     assert result.exit_code == 1 and "failed along 4 directions" in result.output
 

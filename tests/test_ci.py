@@ -121,11 +121,12 @@ def test_junit_parses_with_a_real_junit_parser(tmp_path: Path, monkeypatch):
     suites = {s.name: s for s in xml}
     assert set(suites) == {"seed", "strided"}
     cases = {c.name: c for c in suites["seed"]}
-    assert len(cases) == 5 and "layers[0] conv W" in cases
+    # 5 tensors, and the δ at each inner layer boundary that the failure's localisation adds
+    assert len(cases) == 8 and "layers[0] conv W" in cases and "layers[3] activation δ input" in cases
     failed = [c for c in suites["seed"] if not c.is_passed]
     assert failed and all(isinstance(c.result[0], junitparser.Failure) for c in failed)
     assert "norm_rel=" in failed[0].result[0].text
-    assert suites["seed"].failures == len(failed) and suites["seed"].tests == 5
+    assert suites["seed"].failures == len(failed) and suites["seed"].tests == 8
 
 
 def test_markdown_renders_tables():
