@@ -116,12 +116,18 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
-def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]]) -> tuple[list[tuple], list[str]]:
+def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]],
+            net_deltas: Callable[[], list[Array]] = lambda: []) -> tuple[list[tuple], list[str]]:
     """The rows to check, the input δ first, then layer by layer: (key, layer, tensor,
-    analytic gradient, finite-difference target), and each row's kind for the table."""
-    rows = [("input", 0, "input", delta_x, "input")] + [
-        (f"layers.{i}.{name}", i, name, grads[i][name], (i, name))
-        for i, layer in enumerate(net.layers) for name in layer.params]
+    analytic gradient, finite-difference target), and each row's kind for the table.  A
+    plugin layer also gets the δ at its input (``net_deltas()`` gives them)."""
+    rows = [("input", 0, "input", delta_x, "input")]
+    deltas = None
+    for i, layer in enumerate(net.layers):
+        if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
+            deltas = deltas or net_deltas()
+            rows.append((f"delta.{i}", i, "input", deltas[i], (i, "input")))
+        rows += [(f"layers.{i}.{name}", i, name, grads[i][name], (i, name)) for name in layer.params]
     kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
     return rows, kinds
 
@@ -164,7 +170,8 @@ def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: l
     """Add δ at every inner layer boundary to the rows, name the first layer whose own
     backward is wrong, and test that layer's failing tensors against the usual bugs."""
     deltas = net.deltas(x, y)
-    extra = [(f"delta.{l}", l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers))]
+    have = {r[1] for r in rows if r[2] == "input"}
+    extra = [(f"delta.{l}", l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers)) if l not in have]
     extra_picks = [select(rng, d.size, samples) for *_, d, _ in extra]
     for (key, l, tensor, d, target), idx, num in zip(extra, extra_picks,
                                                     fd.numeric([(e[4], i) for e, i in zip(extra, extra_picks)])):
@@ -260,7 +267,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
                         fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence,
                         source=config.source or config.name, digest=config.digest(), raw=config.raw)
-        rows, kinds = targets(net, delta_x, grads)
+        rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
         picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
         checks: list[TensorCheck | None] = [None] * len(rows)
         if directions:

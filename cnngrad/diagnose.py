@@ -64,12 +64,19 @@ def diagnose(analytic: Array, numeric: Array, tensor: str, layer: Any, batch: in
         if a.shape[0] == a.shape[1]:
             check(n.swapaxes(0, 1), "{what} matches numeric with in/out channels swapped to {err}: W[o, c] "
                                     "read as W[c, o]")
-    if a.ndim >= 2:
-        for axis, name in ((-2, "down"), (-1, "right")):
-            for shift in (1, -1):
-                moved = np.roll(n, shift, axis=axis)
-                check(moved, f"{{what}} matches numeric shifted one pixel {name if shift == 1 else 'back'} to "
-                             "{err}: a one-pixel offset — padding or crop off by one")
+    if a.ndim == 4 and tensor == "input":
+        for axis, (fwd, back) in ((2, ("down", "up")), (3, ("right", "left"))):
+            size = a.shape[axis]
+            if size < 3:
+                continue
+            for shift, name in ((1, fwd), (-1, back)):
+                # analytic[i] = numeric[i + shift] wherever both exist
+                mine = np.take(a, range(0, size - 1) if shift == 1 else range(1, size), axis=axis)
+                theirs = np.take(n, range(1, size) if shift == 1 else range(0, size - 1), axis=axis)
+                err = _close(mine, theirs)
+                if err < MATCH:
+                    found.append(f"δ matches the numeric δ one pixel {name} (to {err:.0e}): a one-pixel "
+                                 "offset — padding or crop off by one")
     if numeric_out is not None and numeric_out.shape == a.shape:
         check(numeric_out, "δ below the layer equals the numeric δ above it to {err}: the layer passed δ down "
                            "unchanged — σ' (its ⊙ σ'(z)) is missing")
