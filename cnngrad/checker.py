@@ -49,6 +49,7 @@ class Report:
     regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
+    redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
 
@@ -162,6 +163,7 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
             c.note = "; ".join(filter(None, [c.note, f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"]))
 
 
+MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
 
@@ -216,7 +218,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           samples: int | None = None, method: str | None = None, plugins: bool = False,
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
-          localize: bool = False) -> Report:
+          localize: bool = False, avoid_kinks: bool = False) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -231,6 +233,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     backward is wrong (done anyway when a tensor fails).  ``convergence``: difference every
     tensor again at h/2 (failing tensors always are),
     to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
+    ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
+    stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one."""
     if isinstance(config, dict):
@@ -250,62 +254,72 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     samples = samples if samples is not None else config.check.get("samples")
     t0 = time.perf_counter()
     problem = build(config)
-    net, x, y = problem.net, problem.x, problem.y
-    with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
-        loss, delta_x, grads = net.gradients(x, y)
-        tensors = [delta_x] + [g for gl in grads for g in gl.values()]
-        total = sum(g.size if samples is None else min(samples, g.size) for g in tensors)
-        done = [0]
 
-        def advance(n: int) -> None:
-            done[0] += n
-            if progress is not None:
-                progress(done[0], total)
+    def run(problem: Problem) -> Report:
+        net, x, y = problem.net, problem.x, problem.y
+        with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
+            loss, delta_x, grads = net.gradients(x, y)
+            tensors = [delta_x] + [g for gl in grads for g in gl.values()]
+            total = sum(g.size if samples is None else min(samples, g.size) for g in tensors)
+            done = [0]
 
-        fd_net, fd_x, fd_y = upcast(net, x, y) if fd_dtype != config.dtype else (net, x, y)
-        fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, progress=advance, workers=workers)
-        report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
-                        fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence,
-                        source=config.source or config.name, digest=config.digest(), raw=config.raw)
-        rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
-        picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
-        checks: list[TensorCheck | None] = [None] * len(rows)
-        if directions:
-            for r, ((key, layer, tensor, g, target), kind) in enumerate(zip(rows, kinds)):
-                V = problem.rng.standard_normal((directions, g.size))
-                V /= np.linalg.norm(V, axis=1, keepdims=True)
-                num, kinks = fd.directional(target, V)
-                checks[r] = judge(layer, kind, tensor, g.shape, np.arange(directions),
-                                  V @ g.reshape(-1).astype(np.float64), num, kinks, tol, mode="directions")
-                advance(min(g.size, samples or g.size))
-        todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
-        numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
-        for r, num in zip(todo, numeric):
-            key, layer, tensor, g, _ = rows[r]
-            row = judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
-                        num.values, num.kinks, tol)
-            if checks[r] is not None:
-                row.note = (f"failed along {directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
-                            "checked entry by entry")
-            checks[r] = row
-        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (convergence or not c.passed)]
-        if again:  # the same entries at h/2
-            half = FiniteDifferences(fd_net, fd_x, fd_y, eps / 2, method, workers=workers)
-            for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
-                c = checks[r]
-                ok = ~(c.kink_mask | num.kinks)
-                c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-        if not m.is_complex:
-            _confirm_failures(checks, rows, kinds, FiniteDifferences, (fd_net, fd_x, fd_y), fd_dtype, method, tol, workers)
-        if localize or any(not c.passed for c in checks):
-            _localise(report, net, x, y, fd, rows, kinds, picks, checks, samples, problem.rng, tol)
-        for (key, *_, g, _), idx, row in zip(rows, picks, checks):
-            report.rows.append(row)
-            report.analytic[key] = g
-            full = np.full(g.size, np.nan)
-            if row.mode == "entries":
-                full[row.indices] = row.numeric
-            report.numeric[key] = full.reshape(g.shape)
+            def advance(n: int) -> None:
+                done[0] += n
+                if progress is not None:
+                    progress(done[0], total)
+
+            fd_net, fd_x, fd_y = upcast(net, x, y) if fd_dtype != config.dtype else (net, x, y)
+            fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, progress=advance, workers=workers)
+            report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
+                            fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence,
+                            source=config.source or config.name, digest=config.digest(), raw=config.raw)
+            rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
+            picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
+            checks: list[TensorCheck | None] = [None] * len(rows)
+            if directions:
+                for r, ((key, layer, tensor, g, target), kind) in enumerate(zip(rows, kinds)):
+                    V = problem.rng.standard_normal((directions, g.size))
+                    V /= np.linalg.norm(V, axis=1, keepdims=True)
+                    num, kinks = fd.directional(target, V)
+                    checks[r] = judge(layer, kind, tensor, g.shape, np.arange(directions),
+                                      V @ g.reshape(-1).astype(np.float64), num, kinks, tol, mode="directions")
+                    advance(min(g.size, samples or g.size))
+            todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
+            numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
+            for r, num in zip(todo, numeric):
+                key, layer, tensor, g, _ = rows[r]
+                row = judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
+                            num.values, num.kinks, tol)
+                if checks[r] is not None:
+                    row.note = (f"failed along {directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
+                                "checked entry by entry")
+                checks[r] = row
+            again = [r for r, c in enumerate(checks) if c.mode == "entries" and (convergence or not c.passed)]
+            if again:  # the same entries at h/2
+                half = FiniteDifferences(fd_net, fd_x, fd_y, eps / 2, method, workers=workers)
+                for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
+                    c = checks[r]
+                    ok = ~(c.kink_mask | num.kinks)
+                    c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+            if not m.is_complex:
+                _confirm_failures(checks, rows, kinds, FiniteDifferences, (fd_net, fd_x, fd_y), fd_dtype, method, tol, workers)
+            if localize or any(not c.passed for c in checks):
+                _localise(report, net, x, y, fd, rows, kinds, picks, checks, samples, problem.rng, tol)
+            for (key, *_, g, _), idx, row in zip(rows, picks, checks):
+                report.rows.append(row)
+                report.analytic[key] = g
+                full = np.full(g.size, np.nan)
+                if row.mode == "entries":
+                    full[row.indices] = row.numeric
+                report.numeric[key] = full.reshape(g.shape)
+        return report
+
+    report = run(problem)
+    while avoid_kinks and any(r.kinks for r in report.rows) and report.redraws < MAX_REDRAWS:
+        problem.x = problem.rng.normal(0.0, 1.0, size=problem.x.shape).astype(problem.x.dtype)
+        redraws = report.redraws + 1
+        report = run(problem)
+        report.redraws = redraws
     report.seconds = time.perf_counter() - t0
     return report
 

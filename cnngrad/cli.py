@@ -159,6 +159,12 @@ def check_options(f: Callable) -> Callable:
         click.option("--convergence", is_flag=True,
                      help="Difference every tensor again at h/2 and show how the error moved (failing "
                           "tensors always are): a wrong gradient does not shrink with h."),
+        click.option("--avoid-kinks", is_flag=True,
+                     help="Draw the input again until no checked entry's stencil crosses a ReLU or "
+                          "max-pool kink (up to 10 times)."),
+        click.option("--localize", is_flag=True,
+                     help="Check δ at every layer boundary and name the first layer whose backward is "
+                          "wrong (done anyway when a tensor fails)."),
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Check this many configs at once, in separate processes (same numbers as one)."),
     ]):

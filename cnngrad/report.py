@@ -89,6 +89,8 @@ def summary(report: Report) -> str:
              f"{report.seconds:.2f} s"]
     if kinks:
         parts.insert(2, f"{kinks} entries skipped at kinks")
+    if report.redraws:
+        parts.insert(2, f"input drawn {report.redraws} more time{'s' if report.redraws > 1 else ''} to avoid kinks")
     return " · ".join(parts)
 
 

@@ -1,0 +1,68 @@
+"""ReLU, leaky ReLU and max pooling: a stencil that crosses a kink is a kink, not a failure."""
+from __future__ import annotations
+
+import numpy as np
+
+from cnngrad import check, config as cfg
+from cnngrad.finite_diff import FiniteDifferences
+from cnngrad.network import build
+
+
+def test_maxpool_config_never_fails_on_a_kink_over_100_seeds():
+    config = cfg.load("maxpool")
+    failed, kinks = [], 0
+    for seed in range(100):
+        config.seed = seed
+        report = check(config)
+        kinks += sum(r.kinks for r in report.rows)
+        if not report.passed:
+            failed.append(seed)
+    assert failed == []
+    assert kinks > 0  # some stencils did cross (seed 85: 33 entries), and were counted apart
+
+
+def test_kink_rows_say_so():
+    config = cfg.load("maxpool")
+    config.seed = 85
+    report = check(config)
+    crossed = [r for r in report.rows if r.kinks]
+    assert crossed and all(r.passed for r in crossed)
+    assert all(r.checked + r.kinks == int(np.prod(r.shape)) for r in crossed)
+    from cnngrad.report import summary, table
+    assert "entries skipped at kinks" in summary(report)
+    from rich.console import Console
+    console = Console(width=200, record=True)
+    console.print(table(report))
+    assert "kinks)" in console.export_text()
+
+
+def test_flagged_entries_are_where_the_difference_quotient_broke():
+    """With a large step, many stencils cross; those flagged are exactly where the central
+    difference is far off, and the rest agree with the analytic gradient."""
+    config = cfg.load("maxpool")
+    p = build(config)
+    _, dx, grads = p.net.gradients(p.x, p.y)
+    fd = FiniteDifferences(p.net, p.x, p.y, 1e-2)
+    num = fd.param(3, "W", np.arange(grads[3]["W"].size))
+    g = grads[3]["W"].ravel()
+    assert num.kinks.any() and not num.kinks.all()
+    err = np.abs(num.values - g) / np.max(np.abs(g))
+    assert np.max(err[~num.kinks]) < 1e-3  # smooth stencils: only truncation, small
+    assert np.max(err[num.kinks]) > 10 * np.max(err[~num.kinks])  # crossing ones: broken
+
+
+def test_avoid_kinks_redraws_the_input_deterministically():
+    config = cfg.load("maxpool")
+    config.seed = 85
+    first = check(config, avoid_kinks=True)
+    again = check(config, avoid_kinks=True)
+    assert first.passed and first.redraws >= 1
+    assert sum(r.kinks for r in first.rows) == 0
+    assert np.array_equal(first.problem.x, again.problem.x)
+    assert not np.array_equal(first.problem.x, check(config).problem.x)
+
+
+def test_complex_step_branches_on_the_real_part():
+    """Relu and max pool under the complex step: no crossing, exact derivatives."""
+    report = check("maxpool", method="complex")
+    assert report.passed and max(r.metrics.norm_rel for r in report.rows) < 1e-12
