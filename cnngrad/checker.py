@@ -50,6 +50,7 @@ class Report:
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
+    numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
 
@@ -208,6 +209,7 @@ def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: l
             above = full((layer + 1, "input"), deltas[layer + 1]) if layer + 1 < len(net.layers) else \
                 net.loss.gradient(net.forward(x)[0], y)
         c.diagnosis = diagnose_mod.diagnose(g, numeric, tensor, net.layers[layer], x.shape[0], above)
+        report.numeric_full[key] = numeric
 
 
 def kinds_of(net: Network) -> list[str]:
@@ -311,7 +313,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                 full = np.full(g.size, np.nan)
                 if row.mode == "entries":
                     full[row.indices] = row.numeric
-                report.numeric[key] = full.reshape(g.shape)
+                report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
         return report
 
     report = run(problem)

@@ -240,12 +240,13 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
               help="How much an error may grow over its baseline.")
 @click.option("--reproducer", type=click.Path(file_okay=False, writable=True), default=None, metavar="DIR",
               help="Write each failing config into DIR as a YAML reproducer.")
+@click.option("--heatmap", is_flag=True, help="Draw each failing tensor's per-entry error as coloured cells.")
 @click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write x, y, parameters and both gradients to FILE.npz (one config).")
 @config_option
 def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, baseline_file: str | None,
-          baseline_factor: float, reproducer: str | None, save: str | None, seed: int | None, plugins: bool,
-          debug: bool, jobs: int, **options: Any) -> None:
+          baseline_factor: float, reproducer: str | None, heatmap: bool, save: str | None, seed: int | None,
+          plugins: bool, debug: bool, jobs: int, **options: Any) -> None:
     """Check every gradient of each CONFIG (a YAML file, a folder of them, or a shipped
     config's name); exit with the worst verdict of all."""
     refs = expand(configs)
@@ -275,6 +276,12 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
                 out.print(render.table(rep))
             for line in render.failure_lines(rep):  # whole lines, never wrapped: CI logs get grepped
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
+            if heatmap:
+                keyed = {(r.layer, r.tensor): r for r in rep.rows}
+                for key in rep.analytic:
+                    row = keyed.get(_row_of(key))
+                    if row is not None and not row.passed and row.mode == "entries":
+                        out.print(render.heatmap(rep, (key, row)))
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:
             out.print(render.summary_table(reports))
@@ -294,6 +301,14 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         except OSError as e:
             raise UsageFailure(f"--save {save}: {e.strerror or e}") from None
     sys.exit(max(rep.return_code for rep in reports))
+
+
+def _row_of(key: str) -> tuple[int, str]:
+    """Report.analytic's key -> (layer, tensor): "input", "layers.3.W", "delta.2"."""
+    if key == "input":
+        return 0, "input"
+    parts = key.split(".")
+    return (int(parts[1]), parts[2]) if parts[0] == "layers" else (int(parts[1]), "input")
 
 
 @main.group()
@@ -365,6 +380,21 @@ def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
     """Validate CONFIG and print the inferred shape after every layer; no maths."""
     conf = load_config(config, seed, plugins)
     stdout().print(render.shapes(conf))
+
+
+@main.command()
+@click.argument("config")
+@click.option("--layer", "layer_index", type=int, required=True, help="Index of a conv layer in the config.")
+@click.option("--size", type=click.IntRange(min=2, max=12), default=5, show_default=True,
+              help="Height and width of the tiny input.")
+@config_option
+@guarded
+def explain(config: str, layer_index: int, size: int, seed: int | None, plugins: bool, debug: bool) -> None:
+    """Show, step by step on a tiny input, how a conv layer's δ comes from ROT180(W)."""
+    from .explain import explain as explain_layer
+
+    conf = load_config(config, seed, plugins)
+    stdout().print(explain_layer(conf, layer_index, size))
 
 
 @main.command()

@@ -177,3 +177,50 @@ def sweep_plot(result, height: int = 14) -> Text:
         out.append(f" {label}  (best h {best:.0e})\n")
     out.append(f"best step for every tensor at once: {result.best():.0e}")
     return out
+
+
+# --------------------------------------------------------------------------- heatmap
+
+# (upper bound of the relative error, colour, cell): readable in colour and without
+_HEAT = [(1e-9, "green4", "··"), (1e-7, "green3", "░░"), (1e-5, "yellow3", "▒▒"), (1e-3, "dark_orange", "▓▓"),
+         (1e-1, "red3", "██"), (float("inf"), "bright_red", "██")]
+
+
+def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24, max_cols: int = 40) -> Text:
+    """Per-entry error |analytic − numeric| / max|numeric| of one tensor as coloured cells, so
+    a border, stride or shift pattern shows at a glance.  A 4-D tensor shows its worst 2-D
+    slice; entries not checked are dots."""
+    key, row = key_row
+    g = np.asarray(report.analytic[key], dtype=np.float64)
+    n = np.asarray(report.numeric[key], dtype=np.float64)
+    scale = np.nanmax(np.abs(n)) if np.any(np.isfinite(n)) else 1.0
+    err = np.abs(g - n) / (scale if scale > 0 else 1.0)
+    where = ""
+    if err.ndim >= 3:
+        lead = err.reshape((-1,) + err.shape[-2:])
+        worst = int(np.nanargmax(np.nan_to_num(lead, nan=-1).max(axis=(1, 2))))
+        idx = np.unravel_index(worst, err.shape[:-2])
+        err = lead[worst]
+        where = "[" + ", ".join(map(str, idx)) + ", :, :]"
+    elif err.ndim == 1:
+        err = err[None, :]
+    h, w = err.shape
+    label = "δ input" if row.tensor == "input" else row.tensor
+    out = Text(f"layers[{row.layer}] {row.kind} {label}{where}: |analytic − numeric| / max|numeric|"
+               + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
+                  else "") + "\n", style="bold")
+    for i in range(min(h, max_rows)):
+        for j in range(min(w, max_cols)):
+            e = err[i, j]
+            if not np.isfinite(e):
+                out.append("  ")  # not checked
+                continue
+            _, colour, cell = next(level for level in _HEAT if e <= level[0])
+            out.append(cell, style=colour)
+        out.append("\n")
+    out.append("scale:")
+    for k, (bound, colour, cell) in enumerate(_HEAT):
+        out.append(" ")
+        out.append(cell, style=colour)
+        out.append(f" ≤{bound:.0e}" if k < len(_HEAT) - 1 else f" >{_HEAT[-2][0]:.0e}")
+    return out
