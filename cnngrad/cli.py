@@ -165,6 +165,10 @@ def check_options(f: Callable) -> Callable:
         click.option("--localize", is_flag=True,
                      help="Check δ at every layer boundary and name the first layer whose backward is "
                           "wrong (done anyway when a tensor fails)."),
+        click.option("--max-params", type=PositiveFloat(), default=None, metavar="N",
+                     help="Refuse a check that would difference more than N entries [default: 1e7]."),
+        click.option("--max-memory", "max_memory_mb", type=PositiveFloat(), default=None, metavar="MB",
+                     help="Refuse a check estimated to need more memory [default: a quarter of the available]."),
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Check this many configs at once, in separate processes (same numbers as one)."),
     ]):

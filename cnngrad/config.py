@@ -26,9 +26,10 @@ DTYPES = ("float64", "float32")
 FD_METHODS = ("central", "forward", "richardson", "complex")  # = finite_diff.METHODS (a test says so)
 INITS = ("lecun", "he", "xavier")
 MAX_CONFIG_BYTES = 1 << 20
-# A bound on what a check may build: entries of all activations of one batch, and of all
-# parameters. Far above any network a finite-difference check can finish, far below RAM.
-MAX_ELEMENTS = 100_000_000
+# A sanity bound on what a config may describe (entries of all activations of one batch,
+# of all parameters): beyond it numbers overflow int32 indexing.  What a run may actually
+# use is decided later, against --max-memory and --max-params (checker.guard).
+MAX_ELEMENTS = 2**31 - 1
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,7 @@ class Config:
     check: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     raw: Any = None  # the mapping as loaded, for hashing and reproducers
+    size: dict[str, int] = field(default_factory=dict)  # params, activations, im2col entries (batch included)
 
     def digest(self) -> str:
         """A hash of what the config says (with the seed in force): baselines key on it."""
@@ -102,6 +104,19 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _no_aliases(self: yaml.composer.Composer, parent: Any, index: Any) -> Any:
+    """Refuse ``*alias`` references: a config never needs them, and nested ones expand
+    exponentially ("billion laughs") when anything walks the result."""
+    if self.check_event(yaml.events.AliasEvent):
+        event = self.peek_event()
+        raise ConfigError(f"line {event.start_mark.line + 1}",
+                          f"YAML aliases (*{event.anchor}) are not allowed in a config; write the value out")
+    return yaml.composer.Composer.compose_node(self, parent, index)
+
+
+_UniqueKeyLoader.compose_node = _no_aliases
 # YAML 1.1 reads `1e-6` (no dot) as a string; read it as the float everyone means (YAML 1.2)
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -401,7 +416,7 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
     if not isinstance(layers_raw, list) or not layers_raw:
         raise ConfigError("layers", f"expected a non-empty list of layers, got {_show(layers_raw)}")
     specs: list[LayerSpec] = []
-    activations, n_params = batch * _prod(in_shape), 0
+    activations, n_params, n_cols = batch * _prod(in_shape), 0, 0
     if activations > MAX_ELEMENTS:
         raise ConfigError("input", f"too large: {batch}x{_fmt(in_shape)} is more than {MAX_ELEMENTS:,} entries")
     for i, entry in enumerate(layers_raw):
@@ -430,6 +445,9 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
                 raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
             specs.append(LayerSpec(i, kind, options, shape, out))
             n_params += _param_count(kind, options, shape, out)
+            if kind in ("conv", "pool"):
+                taps = _prod(options.get("kernel", options.get("size")))
+                n_cols += batch * shape[0] * taps * _prod(out[1:])
         activations += batch * _prod(out)
         if activations > MAX_ELEMENTS or n_params > MAX_ELEMENTS:
             what = "activations" if activations > MAX_ELEMENTS else "parameters"
@@ -453,4 +471,5 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
         chk["tol"] = _float("check.tol", check["tol"])
     if "samples" in check and check["samples"] != "all":
         chk["samples"] = _int("check.samples", check["samples"])
-    return Config(name, seed, dtype, batch, in_shape, init, specs, loss, chk, source, raw)
+    size = {"params": n_params, "activations": activations, "cols": n_cols, "input": batch * _prod(in_shape)}
+    return Config(name, seed, dtype, batch, in_shape, init, specs, loss, chk, source, raw, size)

@@ -8,6 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Write shared values out again: cnngrad refuses YAML aliases in configs."""
+
+    def ignore_aliases(self, data):
+        return True
 from click.testing import CliRunner
 
 from cnngrad import config as cfg
@@ -34,7 +41,7 @@ DROP = object()
 
 
 def dump(d: Any) -> str:
-    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+    return yaml.dump(d, Dumper=_NoAliases, sort_keys=False, allow_unicode=True)
 
 
 BASE_TEXT = dump(BASE)
