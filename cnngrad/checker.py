@@ -50,6 +50,7 @@ class Report:
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
+    faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
@@ -65,7 +66,7 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return not (self.error or self.failures or self.regressions) and bool(np.isfinite(self.loss))
+        return not (self.error or self.failures or self.regressions or self.faults) and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
@@ -271,6 +272,27 @@ def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: l
         report.numeric_full[key] = numeric
 
 
+def numerical_faults(net: Network, x: Array, y: Array, loss: float, delta_x: Array,
+                     grads: list[dict[str, Array]]) -> list[str]:
+    """Where the forward or backward pass first produced inf or NaN, named by layer."""
+    faults = []
+    a = x
+    for i, (layer, kind) in enumerate(zip(net.layers, kinds_of(net))):
+        a, _ = layer.forward(a)
+        if not np.all(np.isfinite(a)):
+            faults.append(f"layers[{i}] {kind}: the forward pass gives inf or NaN here (overflow)")
+            break
+    if not np.isfinite(loss):
+        faults.append(f"the loss is {loss}")
+    for i, (g, kind) in enumerate(zip(grads, kinds_of(net))):
+        for name, arr in g.items():
+            if not np.all(np.isfinite(arr)):
+                faults.append(f"layers[{i}] {kind} {name}: the analytic gradient has inf or NaN")
+    if not np.all(np.isfinite(delta_x)):
+        faults.append("δ input: the analytic gradient has inf or NaN")
+    return faults
+
+
 def kinds_of(net: Network) -> list[str]:
     return [spec.kind if spec.kind != "custom" else layer.kind for spec, layer in zip(net.specs, net.layers)]
 
@@ -324,6 +346,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         net, x, y = problem.net, problem.x, problem.y
         with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
             loss, delta_x, grads = net.gradients(x, y)
+            faults = numerical_faults(net, x, y, loss, delta_x, grads)
             tensors = [delta_x] + [g for gl in grads for g in gl.values()]
             total = sum(g.size if samples is None else min(samples, g.size) for g in tensors)
             done = [0]
@@ -337,7 +360,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
             fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, progress=advance, workers=workers)
             report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
                             fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence,
-                            source=config.source or config.name, digest=config.digest(), raw=config.raw)
+                            source=config.source or config.name, digest=config.digest(), raw=config.raw,
+                            faults=faults)
             rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
             picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
             checks: list[TensorCheck | None] = [None] * len(rows)

@@ -218,13 +218,23 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
     if jobs > 1 and len(refs) > 1:
         options = {**options, "workers": 1}  # the configs share the cores, not each config's chunks
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            return list(pool.map(_check_one_slim, [(ref, seed, plugins, options, None, debug) for ref in refs]))
-    reports = []
+        done: list[Report] = []
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        try:
+            for report in pool.map(_check_one_slim, [(ref, seed, plugins, options, None, debug) for ref in refs]):
+                done.append(report)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            return done
+        pool.shutdown()
+        return done
+    reports: list[Report] = []
     for ref in refs:
         bar = LazyProgress()
         try:
             reports.append(_check_one(ref, seed, plugins, options, progress=bar, debug=debug))
+        except KeyboardInterrupt:  # Ctrl-C: stop here; the caller reports what finished
+            break
         finally:
             bar.close()
     return reports
@@ -263,6 +273,14 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         except (ValueError, OSError) as e:
             raise UsageFailure(f"--baseline {baseline_file}: {e}") from None
     reports = run_all(refs, seed, plugins, options, jobs, debug)
+    if len(reports) < len(refs):  # interrupted: what finished, then say so
+        out = stdout()
+        for rep in reports:
+            out.print(render.summary(rep) if not rep.error else f"{rep.name}: {rep.error}", markup=False,
+                      highlight=False, soft_wrap=True)
+        click.echo(f"interrupted: {len(reports)} of {len(refs)} configs checked; no report or .npz written",
+                   err=True)
+        sys.exit(130)
     for rep in reports:
         if rep.error:
             click.echo(f"Error: {rep.error}", err=True)

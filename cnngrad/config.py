@@ -152,6 +152,8 @@ def resolve(ref: str) -> tuple[str, str, Path | None]:
     path = Path(ref)
     if path.is_dir():
         raise ConfigError(ref, "is a directory, not a config file")
+    if path.exists() and not path.is_file():
+        raise ConfigError(ref, "is not a regular file")
     if path.is_file():
         try:
             if path.stat().st_size > MAX_CONFIG_BYTES:

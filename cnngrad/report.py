@@ -66,8 +66,7 @@ def failure_lines(report: Report) -> list[str]:
         lines.append(f"layers[{layer}] {'δ input' if tensor == 'input' else tensor}: {why}")
     if report.baseline_note:
         lines.append(f"  baseline: {report.baseline_note}")
-    if not np.isfinite(report.loss):
-        lines.append(f"the loss is {report.loss}: the forward pass overflowed or produced NaN")
+    lines += [f"numerical fault: {fault}" for fault in report.faults]
     return lines
 
 

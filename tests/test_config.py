@@ -350,3 +350,19 @@ def test_strided_shapes() -> None:
     conf = cfg.load("strided")
     assert [s.out_shape for s in conf.layers] == [
         (4, 9, 8), (4, 9, 8), (5, 5, 8), (5, 5, 8), (2, 3, 2), (12,), (6,)]
+
+
+def test_every_bad_config_message_snapshot(tmp_path: Path) -> None:
+    """The whole corpus's one-line messages, as users see them (a snapshot: reviewing its
+    diff is reviewing every error message cnngrad gives for a bad config)."""
+    from test_pictures import snapshot
+
+    lines = []
+    for case_id, text, _ in CASES:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text, encoding="utf-8")
+        result = invoke("check", str(path))
+        assert result.exit_code == 2, case_id
+        lines.append(f"{case_id}: {result.stderr.strip().replace(str(path), 'bad.yaml')}")
+    assert len(lines) >= 30
+    snapshot("bad_configs.txt", "\n".join(lines))

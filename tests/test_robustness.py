@@ -1,0 +1,187 @@
+"""Robustness: hostile and broken input, huge networks, numerical faults, Ctrl-C,
+determinism across processes."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnngrad.cli import main
+from cnngrad.config import shipped_configs
+
+SHIPPED = {name: yaml.safe_load(res.read_text(encoding="utf-8")) for name, res in shipped_configs().items()}
+
+
+def invoke(*args: str):
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, list(args))
+    return result, time.perf_counter() - start
+
+
+def assert_calm(result, elapsed: float, codes=(0, 1, 2), limit: float = 1.0) -> None:
+    """An exit code of the contract, never a traceback, and quick."""
+    assert result.exit_code in codes, (result.exit_code, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert elapsed < limit, f"took {elapsed:.2f} s"
+    if result.exit_code == 2:
+        assert result.stderr.count("\n") >= 1 and all(ln.startswith("Error: ") for ln in result.stderr.splitlines())
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+YAML_BITS = st.sampled_from([
+    "input:", "layers:", "loss:", "- conv:", "- dense:", "{filters: 2, kernel: 3}", "[", "]", "{", "}", ": ", "- ",
+    "&a", "*a", "!!python/object:os.system", "!!binary", "'", '"', "\t", "\n", "  ", "1e999", "-1", "0x10",
+    "~", "null", "true", ".nan", "%YAML 1.2", "---", "...", "#", "? ", "|", ">", "\\x00", "é", "😀",
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(max_size=200), st.lists(YAML_BITS, max_size=30).map("".join),
+                 st.binary(max_size=200)))
+def test_random_yaml_never_tracebacks(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    result, elapsed = invoke("validate", str(path))
+    assert_calm(result, elapsed, codes=(0, 2))
+
+
+MUTANTS = st.sampled_from([-1, 0, 1, 2, 1.5, -2.5, "x", "", None, [], {}, True, False, 10**30, 1e300,
+                           [1, 2, 3], {"a": 1}, "tanh", "avg", "conv", [3, 3], "float16", "nan"])
+
+
+@st.composite
+def near_valid(draw):
+    """A shipped config with one value somewhere replaced, one key dropped or one added."""
+    raw = copy.deepcopy(SHIPPED[draw(st.sampled_from(sorted(SHIPPED)))])
+    node = raw
+    path = []
+    while isinstance(node, (dict, list)) and node and draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node)))))
+        path.append(key)
+        parent, node = node, node[key]
+    if not path:
+        parent, key = raw, draw(st.sampled_from(sorted(raw)))
+    else:
+        key = path[-1]
+    action = draw(st.sampled_from(["replace", "drop", "add"]))
+    if action == "replace":
+        parent[key] = draw(MUTANTS)
+    elif action == "drop" and isinstance(parent, dict):
+        del parent[key]
+    elif isinstance(parent, dict):
+        parent[draw(st.sampled_from(["kernal", "units", "stride", "bias", "extra"]))] = draw(MUTANTS)
+    return raw
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_valid())
+def test_near_valid_configs_never_traceback(tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("mut") / "c.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result, elapsed = invoke("check", str(path), "--samples", "2", "--max-params", "100000")
+    assert_calm(result, elapsed, limit=2.0)
+
+
+# --------------------------------------------------------------------------- hostile and huge
+
+
+def test_billion_laughs_is_refused_fast(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    lines += ["input: {batch: 1, channels: 1, height: 4, width: 4}", "layers: *i"]
+    (tmp_path / "lol.yaml").write_text("\n".join(lines) + "\n")
+    result, elapsed = invoke("check", str(tmp_path / "lol.yaml"))
+    assert_calm(result, elapsed, codes=(2,), limit=2.0)
+    assert "aliases" in result.stderr
+
+
+def test_a_billion_parameters_is_refused_fast_with_the_estimate_and_the_flag(tmp_path):
+    (tmp_path / "big.yaml").write_text("input: {batch: 1, channels: 100, height: 100, width: 100}\n"
+                                       "layers: [{flatten: {}}, {dense: {units: 1000}}]\nloss: mse\n")
+    result, elapsed = invoke("check", str(tmp_path / "big.yaml"))
+    assert_calm(result, elapsed, codes=(2,), limit=2.0)
+    assert "1,000,001,000 parameters" in result.stderr and "--max-memory" in result.stderr
+    result, elapsed = invoke("check", str(tmp_path / "big.yaml"), "--max-memory", "1e9")
+    assert_calm(result, elapsed, codes=(2,), limit=2.0)
+    assert "more than --max-params 10,000,000" in result.stderr and "--samples" in result.stderr
+
+
+def test_python_tags_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.yaml").write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
+    result, elapsed = invoke("check", str(tmp_path / "evil.yaml"))
+    assert_calm(result, elapsed, codes=(2,))
+    assert not marker.exists()
+
+
+def test_overflow_is_a_failed_check_naming_the_layer(tmp_path):
+    (tmp_path / "of.yaml").write_text(
+        "input: {batch: 2, channels: 1, height: 6, width: 6}\ninit: {normal: 1.0e+200}\nlayers:\n"
+        "  - conv: {filters: 2, kernel: 3}\n  - activation: softplus\n  - conv: {filters: 2, kernel: 3}\n"
+        "  - flatten: {}\n  - dense: {units: 3}\nloss: softmax_cross_entropy\n")
+    result, elapsed = invoke("check", str(tmp_path / "of.yaml"))
+    assert_calm(result, elapsed, codes=(1,), limit=5.0)
+    assert "numerical fault: layers[2] conv: the forward pass gives inf or NaN" in result.stdout
+    assert result.stderr == ""  # no RuntimeWarning noise
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnngrad", *args], capture_output=True, text=True, **kw)
+
+
+def without_timings(text: str) -> str:
+    data = json.loads(text)
+    for c in data["configs"]:
+        c.pop("seconds")
+    return json.dumps(data)
+
+
+def test_same_json_in_separate_processes_and_job_counts():
+    configs = str(Path(__file__).resolve().parent.parent / "configs")
+    runs = [cli("check", configs, "--format", "json", "--samples", "50", *jobs).stdout
+            for jobs in ([], [], ["--jobs", "2"])]
+    assert len({without_timings(r) for r in runs}) == 1
+
+
+SLOW = """input: {batch: 8, channels: 3, height: 32, width: 32}
+layers:
+  - conv: {filters: 16, kernel: 5, padding: 2}
+  - activation: tanh
+  - conv: {filters: 16, kernel: 5, padding: 2}
+  - activation: tanh
+  - flatten: {}
+  - dense: {units: 10}
+loss: softmax_cross_entropy
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a child process")
+def test_ctrl_c_leaves_no_partial_files(tmp_path):
+    (tmp_path / "slow.yaml").write_text(SLOW)
+    out, npz = tmp_path / "report.json", tmp_path / "run.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "cnngrad", "check", str(tmp_path / "slow.yaml"),
+                             "--method", "richardson", "--format", "json", "--output", str(out), "--save", str(npz)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.yaml"]  # no report, no .npz, no temp file
