@@ -9,9 +9,10 @@ import io
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -56,7 +57,7 @@ class Report:
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def failed_to_load(cls, source: str, message: str) -> "Report":
+    def failed_to_load(cls, source: str, message: str) -> Report:
         return cls(name=source, rows=[], loss=None, eps=None, tol=None, method="", dtype="", seed=None,
                    source=source, error=message)
 
@@ -162,7 +163,8 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
                          f"the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}")
             checks[r] = redo
         else:
-            c.note = "; ".join(filter(None, [c.note, f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"]))
+            confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
+            c.note = "; ".join(filter(None, [c.note, confirmed]))
 
 
 DEFAULT_MAX_PARAMS = 10_000_000  # entries a full, entry-by-entry check may difference
@@ -199,7 +201,8 @@ def estimate(config: cfg.Config, samples: int | None, directions: int | None) ->
         checked = min(entries, samples * (2 * len(config.layers) + 1))
     else:
         checked = entries
-    mb = (item * (3 * size["params"] + 3 * size["activations"] + 2 * size["cols"]) + (16 << 20) * 2 + (50 << 20)) / 2**20
+    arrays = item * (3 * size["params"] + 3 * size["activations"] + 2 * size["cols"])
+    mb = (arrays + (16 << 20) * 2 + (50 << 20)) / 2**20  # + two workers' chunks + the interpreter
     return {"params": size["params"], "entries": checked, "passes": 2 * checked, "memory_mb": mb}
 
 
@@ -218,7 +221,8 @@ def guard(config: cfg.Config, samples: int | None, directions: int | None, max_p
     cap = DEFAULT_MAX_PARAMS if max_params is None else max_params
     if est["entries"] > cap:
         raise cfg.ConfigError("config", f"{config.name} has {est['entries']:,} entries to difference "
-                                        f"({est['passes']:,} partial forward passes), more than --max-params {cap:,.0f}; "
+                                        f"({est['passes']:,} partial forward passes), "
+                                        f"more than --max-params {cap:,.0f}; "
                                         "check a sample (--samples N), random directions (--directions K), "
                                         "or raise --max-params")
     return est
@@ -366,7 +370,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
             picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
             checks: list[TensorCheck | None] = [None] * len(rows)
             if directions:
-                for r, ((key, layer, tensor, g, target), kind) in enumerate(zip(rows, kinds)):
+                for r, ((_, layer, tensor, g, target), kind) in enumerate(zip(rows, kinds)):
                     V = problem.rng.standard_normal((directions, g.size))
                     V /= np.linalg.norm(V, axis=1, keepdims=True)
                     num, kinks = fd.directional(target, V)
@@ -391,10 +395,11 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                     ok = ~(c.kink_mask | num.kinks)
                     c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
             if not m.is_complex:
-                _confirm_failures(checks, rows, kinds, FiniteDifferences, (fd_net, fd_x, fd_y), fd_dtype, method, tol, workers)
+                _confirm_failures(checks, rows, kinds, FiniteDifferences, (fd_net, fd_x, fd_y), fd_dtype, method,
+                                  tol, workers)
             if localize or any(not c.passed for c in checks):
                 _localise(report, net, x, y, fd, rows, kinds, picks, checks, samples, problem.rng, tol)
-            for (key, *_, g, _), idx, row in zip(rows, picks, checks):
+            for (key, *_, g, _), row in zip(rows, checks):
                 report.rows.append(row)
                 report.analytic[key] = g
                 full = np.full(g.size, np.nan)

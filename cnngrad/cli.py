@@ -7,24 +7,24 @@ import json
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from . import __version__
+from . import baseline as baseline_mod
 from . import config as cfg
 from . import report as render
-from . import baseline as baseline_mod
 from .checker import Report, atomic_write, save_npz
 from .checker import check as run_check
-from .formats import FORMATS
 from .finite_diff import METHODS
+from .formats import FORMATS
 
 
 class UsageFailure(click.ClickException):

@@ -96,7 +96,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         try:
             hash(key)
         except TypeError:
-            raise ConfigError(f"line {key_node.start_mark.line + 1}", "a mapping key must be a plain value")
+            raise ConfigError(f"line {key_node.start_mark.line + 1}", "a mapping key must be a plain value") from None
         if key in seen:
             raise ConfigError(f"line {key_node.start_mark.line + 1}", f"duplicate key {key!r}")
         seen[key] = loader.construct_object(value_node, deep=deep)

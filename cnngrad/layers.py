@@ -14,7 +14,8 @@ to tell a stencil that crossed a kink from a wrong gradient.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -84,7 +84,8 @@ def summary(report: Report) -> str:
              f"worst norm rel {_num(worst)}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"
-             + (f" (numeric in {report.fd_dtype})" if report.fd_dtype != report.dtype else "") + f", seed {report.seed}",
+             + (f" (numeric in {report.fd_dtype})" if report.fd_dtype != report.dtype else "")
+             + f", seed {report.seed}",
              f"{report.seconds:.2f} s"]
     if kinks:
         parts.insert(2, f"{kinks} entries skipped at kinks")

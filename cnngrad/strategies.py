@@ -13,7 +13,8 @@ so every drawn config validates, and shrinking stays within valid configs.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hypothesis import strategies as st
 

@@ -39,11 +39,38 @@ def broken_delta(monkeypatch, wrong_delta) -> None:
     monkeypatch.setattr(Conv, "backward", backward)
 
 
+# the core bugs, each put in the way it is usually made by hand
+
+
+def _no_rotation(mp):
+    broken_delta(mp, lambda layer, delta, a_pad: C.full_convolve(
+        delta, C.rot180(layer._kernel()), a_pad.shape[-2:], layer.s, layer.d))
+
+
+def _no_sigma_prime(mp):
+    mp.setattr(Activation, "backward", lambda self, delta, cache: (delta, {}))
+
+
+def _no_stride_zeros(mp):
+    broken_delta(mp, lambda layer, delta, a_pad: C.full_convolve(
+        delta, layer._kernel(), a_pad.shape[-2:], (1, 1), layer.d))
+
+
+def _bias_mean(mp):
+    original = Conv.backward
+
+    def backward(self, delta, cache):
+        delta_prev, grads = original(self, delta, cache)
+        grads["b"] = delta.mean(axis=(0, 2, 3))
+        return delta_prev, grads
+
+    mp.setattr(Conv, "backward", backward)
+
+
 def test_kernel_not_rotated(monkeypatch):
     """δ as the full *correlation* of δ with the kernel: the seed's ROT180 left out
     (``full_convolve`` of a pre-rotated kernel correlates with the kernel itself)."""
-    broken_delta(monkeypatch, lambda layer, delta, a_pad: C.full_convolve(
-        delta, C.rot180(layer._kernel()), a_pad.shape[-2:], layer.s, layer.d))
+    _no_rotation(monkeypatch)
     result = run_cli("lenet", "--samples", "60")
     assert result.exit_code == 1, result.output
     report = check("lenet", samples=60)
@@ -70,7 +97,7 @@ def test_kernel_rotated_in_the_weight_gradient_too(monkeypatch):
 
 def test_delta_not_multiplied_by_sigma_prime(monkeypatch):
     """The activation passes δ straight through: ``δ^l = δ^{l+1} * ROT180(w)`` without ⊙ σ'(z)."""
-    monkeypatch.setattr(Activation, "backward", lambda self, delta, cache: (delta, {}))
+    _no_sigma_prime(monkeypatch)
     result = run_cli("seed")
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output and "analytic" in result.output and "numeric" in result.output
@@ -81,8 +108,7 @@ def test_delta_not_multiplied_by_sigma_prime(monkeypatch):
 
 def test_stride_zeros_not_inserted(monkeypatch):
     """δ of a strided layer spread as if the layer had stride 1 (no zeros between entries)."""
-    broken_delta(monkeypatch, lambda layer, delta, a_pad: C.full_convolve(
-        delta, layer._kernel(), a_pad.shape[-2:], (1, 1), layer.d))
+    _no_stride_zeros(monkeypatch)
     result = run_cli("strided")
     assert result.exit_code == 1, result.output
     report = check("strided")
@@ -106,14 +132,7 @@ def test_the_bugs_above_change_delta(monkeypatch):
 
 def test_bias_gradient_not_summed_over_the_batch(monkeypatch):
     """∂C/∂b taken as the batch mean of δ instead of its sum."""
-    original = Conv.backward
-
-    def backward(self, delta, cache):
-        delta_prev, grads = original(self, delta, cache)
-        grads["b"] = delta.mean(axis=(0, 2, 3))
-        return delta_prev, grads
-
-    monkeypatch.setattr(Conv, "backward", backward)
+    _bias_mean(monkeypatch)
     result = run_cli("lenet", "--samples", "60")
     assert result.exit_code == 1, result.output
     report = check("lenet", samples=60)
@@ -170,34 +189,6 @@ def test_a_tiny_wrong_factor_is_caught(monkeypatch, method):
                         lambda self, delta, cache: (original(self, delta, cache)[0] * (1 + 1e-4), {}))
     report = check("seed", method=method, tol=1e-6 if method == "central" else 1e-5)  # forward: O(h) ~1e-7
     assert (0, "W") in failing(report)
-
-
-# --------------------------------------------------------------------------- the same bugs, other modes
-
-
-def _no_rotation(mp):
-    broken_delta(mp, lambda layer, delta, a_pad: C.full_convolve(
-        delta, C.rot180(layer._kernel()), a_pad.shape[-2:], layer.s, layer.d))
-
-
-def _no_sigma_prime(mp):
-    mp.setattr(Activation, "backward", lambda self, delta, cache: (delta, {}))
-
-
-def _no_stride_zeros(mp):
-    broken_delta(mp, lambda layer, delta, a_pad: C.full_convolve(
-        delta, layer._kernel(), a_pad.shape[-2:], (1, 1), layer.d))
-
-
-def _bias_mean(mp):
-    original = Conv.backward
-
-    def backward(self, delta, cache):
-        delta_prev, grads = original(self, delta, cache)
-        grads["b"] = delta.mean(axis=(0, 2, 3))
-        return delta_prev, grads
-
-    mp.setattr(Conv, "backward", backward)
 
 
 # (bug, config, rows it must make fail)

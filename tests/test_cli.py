@@ -375,7 +375,8 @@ def test_validate_bad_config_exits_2(tmp_path: Path) -> None:
                     encoding="utf-8")
     result = invoke("validate", str(path))
     assert result.exit_code == 2
-    assert result.stderr.strip() == "Error: layers[0].conv.kernel: 5x5 kernel does not fit a 4x4 input (after padding 0)"
+    want = "Error: layers[0].conv.kernel: 5x5 kernel does not fit a 4x4 input (after padding 0)"
+    assert result.stderr.strip() == want
 
 
 def test_examples() -> None:

@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
+
+from cnngrad import config as cfg
+from cnngrad.cli import main
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -15,10 +19,7 @@ class _NoAliases(yaml.SafeDumper):
 
     def ignore_aliases(self, data):
         return True
-from click.testing import CliRunner
 
-from cnngrad import config as cfg
-from cnngrad.cli import main
 
 # A small valid network; every case below mutates a copy of it.
 #   layers[0] conv 2x6x6 · [1] activation · [2] pool 2x3x3 · [3] flatten 18 · [4] dense 3

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnngrad import check, config as cfg
+from cnngrad import check
+from cnngrad import config as cfg
 from cnngrad.finite_diff import FiniteDifferences
 from cnngrad.network import build
 

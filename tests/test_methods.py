@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 
-from cnngrad import check, config as cfg
+from cnngrad import check
+from cnngrad import config as cfg
 from cnngrad.cli import main
 from cnngrad.compare import metrics
 from cnngrad.config import validate
