@@ -70,6 +70,7 @@ class TensorCheck:
     indices: Array = field(repr=False, default=None)  # flat indices checked
     analytic: Array = field(repr=False, default=None)  # at those indices
     numeric: Array = field(repr=False, default=None)
+    kink_mask: Array = field(repr=False, default=None)  # which of those stencils crossed a kink
 
     @property
     def passed(self) -> bool:
@@ -105,7 +106,6 @@ class TensorCheck:
         where = ", ".join(str(int(i)) for i in np.unravel_index(idx, self.shape))
         return f"analytic {self.analytic[ok][w]:.10g} numeric {self.numeric[ok][w]:.10g} at [{where}]"
 
-    kink_mask: Array = field(repr=False, default=None)
 
 
 def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: Array,
