@@ -20,7 +20,7 @@ import yaml
 from . import config as cfg
 from . import diagnose as diagnose_mod
 from .compare import TensorCheck, judge, metrics
-from .finite_diff import FiniteDifferences, get_method, select
+from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
 
 Array = np.ndarray
@@ -52,6 +52,7 @@ class Report:
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
+    interrupted: bool = False  # Ctrl-C: rows holds only the tensors finished before it
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
@@ -378,7 +379,18 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                                       V @ g.reshape(-1).astype(np.float64), num, kinks, tol, mode="directions")
                     advance(min(g.size, samples or g.size))
             todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
-            numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
+            try:
+                numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
+            except Interrupted as stop:  # Ctrl-C: the rows finished so far travel with it
+                for r, num in zip(todo, stop.finished):
+                    if num is not None:
+                        key, layer, tensor, g, _ = rows[r]
+                        report.rows.append(judge(layer, kinds[r], tensor, g.shape, picks[r],
+                                                 g.reshape(-1)[picks[r]].astype(np.float64),
+                                                 num.values, num.kinks, tol))
+                report.interrupted = True
+                stop.report = report
+                raise
             for r, num in zip(todo, numeric):
                 key, layer, tensor, g, _ = rows[r]
                 row = judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),

@@ -233,7 +233,10 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
         bar = LazyProgress()
         try:
             reports.append(_check_one(ref, seed, plugins, options, progress=bar, debug=debug))
-        except KeyboardInterrupt:  # Ctrl-C: stop here; the caller reports what finished
+        except KeyboardInterrupt as stop:  # Ctrl-C: stop here; the caller reports what finished
+            partial = getattr(stop, "report", None)
+            if partial is not None:
+                reports.append(partial)
             break
         finally:
             bar.close()
@@ -273,13 +276,20 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         except (ValueError, OSError) as e:
             raise UsageFailure(f"--baseline {baseline_file}: {e}") from None
     reports = run_all(refs, seed, plugins, options, jobs, debug)
-    if len(reports) < len(refs):  # interrupted: what finished, then say so
+    if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # Ctrl-C: what finished
         out = stdout()
         for rep in reports:
-            out.print(render.summary(rep) if not rep.error else f"{rep.name}: {rep.error}", markup=False,
-                      highlight=False, soft_wrap=True)
-        click.echo(f"interrupted: {len(reports)} of {len(refs)} configs checked; no report or .npz written",
-                   err=True)
+            if rep.error:
+                out.print(f"{rep.name}: {rep.error}", markup=False, highlight=False, soft_wrap=True)
+            elif rep.interrupted:
+                if rep.rows:
+                    out.print(render.table(rep))
+                out.print(f"{rep.name}: interrupted after {len(rep.rows)} finished tensors", markup=False,
+                          highlight=False, soft_wrap=True)
+            else:
+                out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
+        done = sum(not rep.interrupted for rep in reports)
+        click.echo(f"interrupted: {done} of {len(refs)} configs checked; no report or .npz written", err=True)
         sys.exit(130)
     for rep in reports:
         if rep.error:

@@ -44,6 +44,15 @@ def _work(job: tuple[int, int, int]) -> tuple[tuple[int, int, int], tuple[Array,
     return job, fns[ti](indices[ti][lo:hi])
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``numeric``: ``finished[t]`` is target t's result if all of it was
+    done, else None."""
+
+    def __init__(self, finished: list) -> None:
+        super().__init__("interrupted")
+        self.finished = finished
+
+
 @dataclass
 class Plan:
     """How to difference one tensor: entries per chunk, bytes of work per entry, and the
@@ -218,15 +227,22 @@ class FiniteDifferences:
         ``((layer_index, "input"), indices)``.  Their chunks all go to the workers together."""
         plans = [self._plan_input() if t == "input" else self._plan_input(t[0]) if t[1] == "input"
                  else self._plan_param(*t) for t, _ in targets]
-        jobs = [(ti, lo, min(lo + plan.chunk, len(idx)))
-                for ti, ((_, idx), plan) in enumerate(zip(targets, plans))
-                for lo in range(0, len(idx), plan.chunk)]
+        # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
+        order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
+        jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
+                for ti in order for lo in range(0, len(targets[ti][1]), plans[ti].chunk)]
         work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
         results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
-        with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
-            for (ti, lo, hi), (v, k) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
-                results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
-                self.progress(hi - lo)
+        left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
+        try:
+            with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
+                for (ti, lo, hi), (v, k) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
+                    results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
+                    left[ti] -= 1
+                    self.progress(hi - lo)
+        except KeyboardInterrupt:
+            finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
+            raise Interrupted(finished) from None
         return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
 
     def directional(self, target: Any, V: Array) -> tuple[Array, Array]:
