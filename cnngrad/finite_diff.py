@@ -1,6 +1,6 @@
 """Finite differences of the scalar loss C, entry by entry, many entries per pass.
 
-Three things make a full check cheap without changing what is computed:
+Five things make a full check cheap without changing what is computed:
 
 * **Prefix reuse.** A parameter of layer l only changes layers l…, so the input of layer
   l (``a^{l-1}``) is computed once and reused.
@@ -12,6 +12,11 @@ Three things make a full check cheap without changing what is computed:
   ``z(θ + t·e_k) = z(θ) + t·∂z/∂θ_k`` is written down directly (``forward_perturbed``)
   instead of re-running the layer; each run spot-checks that against a real forward
   pass with the parameter changed, and falls back to real forward passes if they differ.
+* **One channel.** Such a perturbation moves one output channel only; activations and
+  pooling see just that channel, and the next linear layer adds its response to the
+  change to its unperturbed output (``_sparse_forward``, ``forward_input_delta``).
+* **Worker processes.** A large check's chunks are shared among forked processes, with
+  one BLAS thread each, so the numbers are the same bit for bit as in one process.
 
 The quotient uses the step the dtype actually took, and differences are taken per sample
 before the batch mean, so a sample the perturbation does not reach adds an exact zero.
