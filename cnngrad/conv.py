@@ -122,6 +122,43 @@ def col2im(cols: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1), d: Pair =
     return out
 
 
+# --------------------------------------------------------------------------- windows of rows
+
+
+def crop_at(x: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int,
+            rows: np.ndarray | None = None) -> np.ndarray:
+    """Row g's window ``x[rows[g], :, y0[g]:y0[g]+h, x0[g]:x0[g]+w]`` for every g at once
+    (``rows`` defaults to 0, 1, …).  x of shape (N, c, H, W) -> of shape (G, c, h, w), a copy."""
+    v = sliding_window_view(x, (h, w), axis=(-2, -1))  # (N, c, H−h+1, W−w+1, h, w)
+    return v[np.arange(len(y0)) if rows is None else rows, :, y0, x0]
+
+
+def paste_at(x: np.ndarray, patch: np.ndarray, y0: np.ndarray, x0: np.ndarray) -> None:
+    """In place: ``x[g, :, y0[g]+a, x0[g]+b] = patch[g, :, a, b]`` for every g, a, b that
+    falls inside x (the rest of the patch is dropped)."""
+    g, _, h, w = patch.shape
+    H, W = x.shape[-2:]
+    rows = np.broadcast_to(y0[:, None, None] + np.arange(h)[None, :, None], (g, h, w))
+    cols = np.broadcast_to(x0[:, None, None] + np.arange(w)[None, None, :], (g, h, w))
+    inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
+    which = np.broadcast_to(np.arange(g)[:, None, None], (g, h, w))
+    x.transpose(0, 2, 3, 1)[which[inside], rows[inside], cols[inside]] = patch.transpose(0, 2, 3, 1)[inside]
+
+
+def window_after(y0: np.ndarray, h: int, size: int, k: int, s: int = 1, p: int = 0,
+                 d: int = 1) -> tuple[np.ndarray, int]:
+    """The outputs of a sliding layer (kernel k, stride s, padding p, dilation d) that an
+    input change confined to rows [y0, y0 + h) can reach: the window [i0, i0 + n) of its
+    ``size`` outputs, n the same for every row, kept inside the map.
+
+    Output i reads padded rows i·s … i·s + (k−1)·d, so it changes only if
+    ``⌈(y0 + p − (k−1)d)/s⌉ ≤ i ≤ ⌊(y0 + p + h − 1)/s⌋`` — at most ``⌊(h − 1 + (k−1)d)/s⌋ + 1`` of them.
+    """
+    n = min(size, (h - 1 + (k - 1) * d) // s + 1)
+    first = -((-(y0 + p - (k - 1) * d)) // s)  # ceil division
+    return np.clip(first, 0, size - n), n
+
+
 # --------------------------------------------------------------------------- correlation
 
 

@@ -1,6 +1,6 @@
 """Finite differences of the scalar loss C, entry by entry, many entries per pass.
 
-Five things make a full check cheap without changing what is computed:
+Six things make a full check cheap without changing what is computed:
 
 * **Prefix reuse.** A parameter of layer l only changes layers l…, so the input of layer
   l (``a^{l-1}``) is computed once and reused.
@@ -15,6 +15,8 @@ Five things make a full check cheap without changing what is computed:
 * **One channel.** Such a perturbation moves one output channel only; activations and
   pooling see just that channel, and the next linear layer adds its response to the
   change to its unperturbed output (``_sparse_forward``, ``forward_input_delta``).
+* **Windows.** An input entry reaches only a window of each map through conv, pooling and
+  activations; only the window is carried until a layer mixes the whole map (``_windowed``).
 * **Worker processes.** A large check's chunks are shared among forked processes, with
   one BLAS thread each, so the numbers are the same bit for bit as in one process.
 
@@ -33,6 +35,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import _malloc
+from . import conv as C
 from .network import Network
 
 Array = np.ndarray
@@ -302,36 +305,90 @@ class FiniteDifferences:
     def _plan_input(self, layer_index: int = 0) -> Plan:
         """δ at the input of layer ``layer_index`` (for 0, ∂C/∂x): its input a is perturbed
         with the layers from it on run as they are.  Entry k of a belongs to sample
-        ``k // size``; only that sample is run, from the layer's ``forward_perturbed_input``
-        where it has one (and it passes the spot check), else from a perturbed copy of it."""
+        ``k // size``: only that sample is run.  While the layers are local (conv, pooling,
+        activations) the change stays in a small window, and only the window is carried
+        (``_windowed``: a linear layer adds its response to the change, pooling re-pools
+        the window's region); from the first layer that mixes everything on, whole rows."""
         a_in = self.inputs[layer_index]
         a_flat = a_in.reshape(self.n, -1)
         per = a_flat.shape[1]
         m = len(self.method.offsets)
-        fast = getattr(self.net.layers[layer_index], "forward_perturbed_input", None)
-        if fast is not None and not self._spot_check_input(layer_index):
+        end = self._local_end(layer_index)
+        if end > layer_index and not self._spot_check_windows(layer_index, end):
             self.fast_fallbacks.append("input" if layer_index == 0 else f"layers[{layer_index}].input")
-            fast = None
-        start = layer_index + 1 if fast is not None else layer_index
+            end = layer_index
 
         def run(idx: Array) -> tuple[Array, Array]:
             n_of, pos = np.divmod(idx, per)
             samples, positions = np.tile(n_of, m), np.tile(pos, m)
-            if fast is not None:
-                steps = np.broadcast_to(self._offsets(), (m, len(idx))).astype(self.work)
-                a = fast(self.inputs[layer_index + 1], self.caches[layer_index], samples, positions, steps.ravel())
-                steps = steps.astype(np.result_type(steps, np.float64))  # exactly the steps added
-            else:
-                theta = a_flat[n_of, pos]
-                new = (theta[None, :] + self._offsets()).astype(np.result_type(a_in, self.work))  # (M, K)
-                steps = self._taken(new, theta)
-                a = a_flat[samples].astype(new.dtype)
-                a[np.arange(a.shape[0]), positions] = new.ravel()
-                a = a.reshape((-1,) + a_in.shape[1:])
-            losses, crossed = self._losses(a, start, samples)
-            return self._combine(losses, steps, samples, crossed)
+            theta = a_flat[n_of, pos]
+            new = (theta[None, :] + self._offsets()).astype(np.result_type(a_in, self.work))  # (M, K)
+            steps = self._taken(new, theta)
+            a, crossed = self._windowed(layer_index, end, samples, positions, new.ravel())
+            losses, crossed_after = self._losses(a, end, samples)
+            return self._combine(losses, steps, samples, crossed | crossed_after)
 
-        return self._plan(start, m, run)
+        return self._plan(end, m, run)
+
+    def _local_end(self, start: int) -> int:
+        """Where carrying a window stops paying: the first layer from ``start`` on that mixes a
+        whole map (not conv, pooling or an activation on a (c, h, w) input), or whose output
+        window would cover more than half its map (recomputing it whole is then cheaper)."""
+        end, h, w = start, 1, 1
+        zero = np.zeros(1, dtype=int)
+        for layer in self.net.layers[start:]:
+            if self.inputs[end].ndim != 4 or not (hasattr(layer, "window_delta") or hasattr(layer, "region")
+                                                  or getattr(layer, "elementwise", False)):
+                break
+            if not getattr(layer, "elementwise", False):
+                _, _, h, w = layer.window(zero, zero, h, w)
+                if h * w > 0.5 * np.prod(layer.out_shape[1:]):
+                    break
+            end += 1
+        return end
+
+    def _windowed(self, start: int, end: int, samples: Array, positions: Array,
+                  values: Array) -> tuple[Array, Array]:
+        """Rows g = sample ``samples[g]`` of the input of layer ``start`` with entry
+        ``positions[g]`` set to ``values[g]``, carried through layers start … end−1 as a
+        window that holds every entry the change can reach; returns whole rows of the input
+        of layer ``end`` and whether any unit crossed a kink on the way."""
+        g = len(samples)
+        base_in = self.inputs[start]
+        crossed = np.zeros(g, dtype=bool)
+        dtype = np.result_type(base_in, values)
+        if end == start:
+            a = base_in.reshape(self.n, -1)[samples].astype(dtype)
+            a[np.arange(g), positions] = values
+            return a.reshape((g,) + base_in.shape[1:]), crossed
+        ch, y0, x0 = np.unravel_index(positions, base_in.shape[1:])
+        win = base_in[samples, :, y0, x0][:, :, None, None].astype(dtype)  # (G, c, 1, 1): the moved pixel
+        win[np.arange(g), ch, 0, 0] = values
+        h = w = 1
+        for l in range(start, end):
+            layer, a_prev, base = self.net.layers[l], self.inputs[l], self.base_kinks[l]
+            if getattr(layer, "elementwise", False):
+                out, cache = layer.forward(win)
+                i0, j0, wh, ww = y0, x0, h, w
+            elif hasattr(layer, "window_delta"):  # linear: z moves by K ⋆ (the change)
+                i0, j0, wh, ww = layer.window(y0, x0, h, w)
+                delta = win - C.crop_at(a_prev, y0, x0, h, w, samples)
+                out = C.crop_at(self.inputs[l + 1], i0, j0, wh, ww, samples) + \
+                    layer.window_delta(delta, y0, x0, i0, j0, wh, ww)
+                cache = None
+            else:  # pooling: re-pool the region the window's outputs read
+                i0, j0, wh, ww = layer.window(y0, x0, h, w)
+                ry, rx, rh, rw = layer.region(i0, j0, wh, ww)
+                region = C.crop_at(a_prev, ry, rx, rh, rw, samples).astype(dtype)
+                C.paste_at(region, win, y0 - ry, x0 - rx)
+                out, cache = layer.forward(region)
+            if base is not None and cache is not None:
+                moved = _kink_state(layer, cache) != C.crop_at(base, i0, j0, wh, ww, samples)
+                crossed |= np.any(moved.reshape(g, -1), axis=1)
+            win, y0, x0, h, w = out, i0, j0, wh, ww
+        a = self.inputs[end][samples].astype(np.result_type(self.inputs[end], win))
+        C.paste_at(a, win, y0, x0)
+        return a, crossed
 
     def _plan_param(self, layer_index: int, name: str) -> Plan:
         """The layer's perturbed outputs come from ``forward_perturbed`` where it has one
@@ -456,19 +513,18 @@ class FiniteDifferences:
         scale = np.max(np.abs(real)) + np.max(np.abs(z0)) + 1.0
         return bool(np.all(np.abs(fast - real) <= np.sqrt(np.finfo(real.dtype).eps) * scale))
 
-    def _spot_check_input(self, layer_index: int = 0) -> bool:
-        """``forward_perturbed_input`` against a real forward pass of the perturbed sample,
-        on the first and last entry of the layer's input with a step of 0.5."""
-        layer, a_in = self.net.layers[layer_index], self.inputs[layer_index]
-        a_flat = a_in.reshape(self.n, -1)
-        samples, positions = np.array([0, self.n - 1]), np.array([0, a_flat.shape[1] - 1])
-        steps = np.full(2, 0.5, dtype=a_in.dtype)
-        fast = layer.forward_perturbed_input(self.inputs[layer_index + 1], self.caches[layer_index],
-                                             samples, positions, steps)
-        moved = a_flat[samples].copy()
-        moved[[0, 1], positions] += steps
-        real, _ = layer.forward(moved.reshape((2,) + a_in.shape[1:]))
-        return self._agrees(fast, real, self.inputs[layer_index + 1])
+    def _spot_check_windows(self, start: int, end: int) -> bool:
+        """The windowed pass against whole forward passes of the perturbed samples, at the
+        first, a middle and the last entry of the input of layer ``start``, step 0.5."""
+        a_flat = self.inputs[start].reshape(self.n, -1)
+        samples = np.array([0, self.n // 2, self.n - 1])
+        positions = np.array([0, a_flat.shape[1] // 2, a_flat.shape[1] - 1])
+        values = a_flat[samples, positions] + np.asarray(0.5, dtype=a_flat.dtype)
+        windowed, _ = self._windowed(start, end, samples, positions, values)
+        real, _ = self._windowed(start, start, samples, positions, values)
+        for layer in self.net.layers[start:end]:
+            real, _ = layer.forward(real)
+        return self._agrees(windowed, real, self.inputs[end])
 
     def _spot_check(self, layer_index: int, name: str) -> bool:
         """Does ``forward_perturbed`` agree with a real forward pass with the parameter

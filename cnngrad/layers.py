@@ -132,25 +132,23 @@ class Conv:
         K = self._kernel()[:, channel : channel + 1]
         return C.correlate(C.pad(delta[:, None], self.p), K, self.s, self.d)
 
-    def forward_perturbed_input(self, z: Array, cache: tuple, samples: Array, positions: Array,
-                                steps: Array) -> Array:
-        """z of single samples with one input entry moved, of shape (G, filters, ho, wo):
-        sample ``samples[g]`` with entry ``positions[g]`` (flat in (c, h, w)) + ``steps[g]``.
-        z is linear in ã too: the entry at padded (y, x) reaches ``z[:, i, j]`` through tap
-        (u, v) wherever ``i·s + u·d = y`` and ``j·s + v·d = x``, adding ``steps[g]·K[:, c, u, v]``.
-        A loop over the kh·kw taps, each vectorised over all G perturbations."""
-        c, y, x = np.unravel_index(positions, self.in_shape)
-        y, x = y + self.p[0], x + self.p[1]
-        ho, wo = self.out_shape[1:]
-        K = self._kernel()
-        zb = z[samples].astype(np.result_type(z, steps))  # a copy
-        for u in range(self.k[0]):
-            i, ri = np.divmod(y - u * self.d[0], self.s[0])
-            for v in range(self.k[1]):
-                j, rj = np.divmod(x - v * self.d[1], self.s[1])
-                g = np.flatnonzero((ri == 0) & (rj == 0) & (i >= 0) & (i < ho) & (j >= 0) & (j < wo))
-                zb[g, :, i[g], j[g]] += steps[g, None] * K[:, c[g], u, v].T
-        return zb
+    def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
+        """The output window (i0, j0, wh, ww) an input change inside the h×w windows at
+        (y0, x0) can reach (``conv.window_after``)."""
+        i0, wh = C.window_after(y0, h, self.out_shape[1], self.k[0], self.s[0], self.p[0], self.d[0])
+        j0, ww = C.window_after(x0, w, self.out_shape[2], self.k[1], self.s[1], self.p[1], self.d[1])
+        return i0, j0, wh, ww
+
+    def window_delta(self, delta: Array, y0: Array, x0: Array, i0: Array, j0: Array, wh: int,
+                     ww: int) -> Array:
+        """How z moves in its wh×ww window at (i0, j0) when the input moves by delta (of
+        shape (G, c, h, w)) inside the window at (y0, x0), and nowhere else.  z is linear in
+        its input: ``Δz = K ⋆ Δ`` over just the padded input rows and columns the window reads."""
+        rh = (wh - 1) * self.s[0] + (self.k[0] - 1) * self.d[0] + 1
+        rw = (ww - 1) * self.s[1] + (self.k[1] - 1) * self.d[1] + 1
+        region = np.zeros((len(y0), delta.shape[1], rh, rw), dtype=delta.dtype)
+        C.paste_at(region, delta, y0 + self.p[0] - i0 * self.s[0], x0 + self.p[1] - j0 * self.s[1])
+        return C.correlate(region, self._kernel(), self.s, self.d)
 
 
 # --------------------------------------------------------------------------- activations
@@ -245,7 +243,7 @@ class Pool:
         """Each tap (u, v) of every window at once: ``a[..., i·s+u, j·s+v]`` for all (i, j),
         a strided slice of shape (n, c, ho, wo)."""
         (kh, kw), (sh, sw) = self.k, self.s
-        ho, wo = self.out_shape[1:]
+        ho, wo = C.out_size(a.shape[-2], kh, sh), C.out_size(a.shape[-1], kw, sw)
         for u in range(kh):
             for v in range(kw):
                 yield u * kw + v, a[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw]
@@ -287,6 +285,16 @@ class Pool:
 
     def kink_state(self, cache: tuple) -> Array | None:
         return cache[1]
+
+    def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
+        """The output window an input change inside the h×w windows at (y0, x0) can reach."""
+        i0, wh = C.window_after(y0, h, self.out_shape[1], self.k[0], self.s[0])
+        j0, ww = C.window_after(x0, w, self.out_shape[2], self.k[1], self.s[1])
+        return i0, j0, wh, ww
+
+    def region(self, i0: Array, j0: Array, wh: int, ww: int) -> tuple[Array, Array, int, int]:
+        """The input rows and columns the outputs in the wh×ww window at (i0, j0) read."""
+        return i0 * self.s[0], j0 * self.s[1], (wh - 1) * self.s[0] + self.k[0], (ww - 1) * self.s[1] + self.k[1]
 
 
 # --------------------------------------------------------------------------- flatten, dense

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 import cnngrad.finite_diff as fdm
 from cnngrad.config import validate
 from cnngrad.finite_diff import FiniteDifferences
-from cnngrad.layers import Conv, Dense
+from cnngrad.layers import Conv, Dense, Pool
 from cnngrad.network import build
 from cnngrad.strategies import configs
 
@@ -82,7 +82,8 @@ def test_engine_without_linear_shortcuts_equals_the_naive_loop(raw):
     with pytest.MonkeyPatch.context() as mp:
         for cls in (Conv, Dense):
             mp.delattr(cls, "forward_perturbed")
-        mp.delattr(Conv, "forward_perturbed_input")
+        mp.delattr(Conv, "window_delta")  # and no windows: whole rows from the input on
+        mp.delattr(Pool, "region")
         got, want, _ = engine_and_naive(raw)
     assert_same_to_rounding(got, want)
 
@@ -128,14 +129,22 @@ def test_conv_shortcuts_equal_real_forward_passes(mode, bias):
         moved[:, c] += delta
         np.testing.assert_allclose(layer.forward_input_delta(delta, c), layer.forward(moved)[0] - z,
                                    rtol=1e-11, atol=1e-11)
-    samples = positions % 2
-    steps = rng.standard_normal(positions.size)
-    fast = layer.forward_perturbed_input(z, cache, samples, positions, steps)
-    for g, (n, pos) in enumerate(zip(samples, positions)):
-        moved = a[n].copy()
-        moved.reshape(-1)[pos] += steps[g]
-        real, _ = layer.forward(moved[None])
-        np.testing.assert_allclose(fast[g], real[0], rtol=1e-12, atol=1e-12)
+    # a change inside a window moves z only inside layer.window(...), by window_delta
+    c, y0, x0 = np.unravel_index(positions, a.shape[1:])
+    for h, w in ((1, 1), (2, 3)):
+        y0c, x0c = np.minimum(y0, 9 - h), np.minimum(x0, 8 - w)
+        delta = rng.standard_normal((len(positions), 2, h, w))
+        i0, j0, wh, ww = layer.window(y0c, x0c, h, w)
+        got = layer.window_delta(delta, y0c, x0c, i0, j0, wh, ww)
+        for g in range(0, len(positions), 7):
+            moved = a[:1].copy()
+            moved[0, :, y0c[g]:y0c[g] + h, x0c[g]:x0c[g] + w] += delta[g]
+            change = layer.forward(moved)[0][0] - z[0]
+            inside = np.zeros(change.shape[1:], dtype=bool)
+            inside[i0[g]:i0[g] + wh, j0[g]:j0[g] + ww] = True
+            np.testing.assert_allclose(got[g], change[:, inside].reshape(change.shape[0], wh, ww),
+                                       rtol=1e-11, atol=1e-11)
+            np.testing.assert_allclose(change[:, ~inside], 0, atol=1e-12)  # nothing moves outside
 
 
 def test_dense_shortcuts_equal_real_forward_passes():
@@ -163,3 +172,42 @@ def test_chunking_does_not_change_the_numbers():
     for a, b in zip(big, small):
         np.testing.assert_allclose(a.values, b.values, rtol=1e-9, atol=1e-12)
     assert_same_to_rounding(small, want)
+
+
+@pytest.mark.parametrize("layers", [
+    [{"conv": {"filters": 3, "kernel": 3, "padding": 1}}, {"activation": "relu"},
+     {"pool": {"kind": "max", "size": 3, "stride": 2}}, {"conv": {"filters": 2, "kernel": 3, "dilation": 2}}],
+    [{"conv": {"filters": 2, "kernel": [3, 2], "stride": 2, "padding": [2, 1], "mode": "convolution",
+               "bias": "untied"}}, {"activation": "softplus"}, {"pool": {"kind": "avg", "size": 2}}],
+    [{"activation": "tanh"}, {"conv": {"filters": 2, "kernel": 5, "padding": 2, "bias": "none"}},
+     {"activation": {"leaky_relu": 0.1}}, {"conv": {"filters": 2, "kernel": 3, "stride": [1, 2]}}],
+])
+def test_windows_on_large_maps_equal_the_naive_loop(layers):
+    """On 16x16 maps an input entry reaches a small window: the engine carries just the
+    window through the local layers (checked to be in use), with the naive loop's numbers."""
+    raw = {"seed": 11, "input": {"batch": 2, "channels": 2, "height": 16, "width": 16},
+           "layers": layers + [{"flatten": {}}, {"dense": {"units": 3}}], "loss": "softmax_cross_entropy"}
+    problem = build(validate(raw))
+    net, x, y = problem.net, problem.x, problem.y
+    fd = FiniteDifferences(net, x, y, 1e-6, workers=1)
+    assert fd._local_end(0) >= 2
+    targets = [("input", np.arange(x.size))] + [((l, "input"), np.arange(fd.inputs[l].size)) for l in (1, 2)]
+    got = fd.numeric(targets)
+    assert fd.fast_fallbacks == []
+    want = [naive_numeric(net, x, y, 1e-6, x, np.arange(x.size))]
+    for l in (1, 2):  # δ at the input of layer l: perturb that input with the layers from l on
+        def tail(a, l=l):
+            return net.losses(net.forward(a, l)[0], y)[0]
+        a_l = fd.inputs[l].copy()
+        flat = a_l.reshape(-1)
+        col = []
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + 1e-6
+            up = tail(a_l)
+            flat[i] = old - 1e-6
+            down = tail(a_l)
+            flat[i] = old
+            col.append((up - down) / ((old + 1e-6) - (old - 1e-6)))
+        want.append(np.array(col))
+    assert_same_to_rounding(got, want)
