@@ -138,8 +138,7 @@ def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]],
     return rows, kinds
 
 
-def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, problem: tuple, fd_dtype: str,
-                      method: str, tol: float, workers: int | None) -> None:
+def _confirm_failures(checks: list, rows: list, fd_cls: Any, problem: tuple, how: Settings) -> None:
     """Check each failing tensor again with the complex step, which has no rounding floor.
 
     A real bug fails there too, and the row says the failure is confirmed.  A tensor whose
@@ -150,9 +149,10 @@ def _confirm_failures(checks: list, rows: list, kinds: list, fd_cls: Any, proble
     failing = [r for r, c in enumerate(checks) if c.mode == "entries" and not c.passed]
     if not failing:
         return
+    method, tol = how.method, how.tol
     order = {"forward": 1, "richardson": 4}.get(method, 2)
     try:
-        exact = fd_cls(*problem, get_method("complex").default_eps[fd_dtype], "complex", workers=workers)
+        exact = fd_cls(*problem, get_method("complex").default_eps[how.fd_dtype], "complex", workers=how.workers)
         results = exact.numeric([(rows[r][4], checks[r].indices) for r in failing])
     except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
         return
@@ -272,8 +272,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         config = cfg.validate(config, plugins=plugins)
     elif not isinstance(config, cfg.Config):
         config = cfg.load(str(config), plugins=plugins)
-    fd_dtype = config.dtype if fd_dtype in (None, "float64") and config.dtype == "float64" or fd_dtype == "native" \
-        else "float64"
+    fd_dtype = config.dtype if fd_dtype == "native" else "float64"
     config_method = config.check.get("method", "central")
     method = method or config_method
     m = get_method(method)
@@ -284,89 +283,104 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                                else m.default_tol[config.dtype])
     samples = samples if samples is not None else config.check.get("samples")
     guard(config, samples, directions, max_params, max_memory_mb)
+    how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress)
     t0 = time.perf_counter()
     problem = build(config)
-
-    def run(problem: Problem) -> Report:
-        net, x, y = problem.net, problem.x, problem.y
-        with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
-            loss, delta_x, grads = net.gradients(x, y)
-            faults = numerical_faults(net, x, y, loss, delta_x, grads)
-            tensors = [delta_x] + [g for gl in grads for g in gl.values()]
-            total = sum(g.size if samples is None else min(samples, g.size) for g in tensors)
-            done = [0]
-
-            def advance(n: int) -> None:
-                done[0] += n
-                if progress is not None:
-                    progress(done[0], total)
-
-            fd_net, fd_x, fd_y = upcast(net, x, y) if fd_dtype != config.dtype else (net, x, y)
-            fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, progress=advance, workers=workers)
-            report = Report(config.name, [], loss, eps, tol, method, config.dtype, config.seed, problem=problem,
-                            fd_dtype=fd_dtype, directions=directions or 0, convergence=convergence,
-                            source=config.source or config.name, digest=config.digest(), raw=config.raw,
-                            faults=faults)
-            rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
-            picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
-            checks: list[TensorCheck | None] = [None] * len(rows)
-            if directions:
-                for r, ((_, layer, tensor, g, target), kind) in enumerate(zip(rows, kinds)):
-                    V = problem.rng.standard_normal((directions, g.size))
-                    V /= np.linalg.norm(V, axis=1, keepdims=True)
-                    num, kinks = fd.directional(target, V)
-                    checks[r] = judge(layer, kind, tensor, g.shape, np.arange(directions),
-                                      V @ g.reshape(-1).astype(np.float64), num, kinks, tol, mode="directions")
-                    advance(min(g.size, samples or g.size))
-            todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
-            try:
-                numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
-            except Interrupted as stop:  # Ctrl-C: the rows finished so far travel with it
-                for r, num in zip(todo, stop.finished):
-                    if num is not None:
-                        key, layer, tensor, g, _ = rows[r]
-                        report.rows.append(judge(layer, kinds[r], tensor, g.shape, picks[r],
-                                                 g.reshape(-1)[picks[r]].astype(np.float64),
-                                                 num.values, num.kinks, tol))
-                report.interrupted = True
-                stop.report = report
-                raise
-            for r, num in zip(todo, numeric):
-                key, layer, tensor, g, _ = rows[r]
-                row = judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
-                            num.values, num.kinks, tol)
-                if checks[r] is not None:
-                    row.note = (f"failed along {directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
-                                "checked entry by entry")
-                checks[r] = row
-            again = [r for r, c in enumerate(checks) if c.mode == "entries" and (convergence or not c.passed)]
-            if again:  # the same entries at h/2
-                half = FiniteDifferences(fd_net, fd_x, fd_y, eps / 2, method, workers=workers)
-                for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
-                    c = checks[r]
-                    ok = ~(c.kink_mask | num.kinks)
-                    c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-            if not m.is_complex:
-                _confirm_failures(checks, rows, kinds, FiniteDifferences, (fd_net, fd_x, fd_y), fd_dtype, method,
-                                  tol, workers)
-            if localize or any(not c.passed for c in checks):
-                _localise(report, net, x, y, fd, rows, kinds, picks, checks, samples, problem.rng, tol)
-            for (key, *_, g, _), row in zip(rows, checks):
-                report.rows.append(row)
-                report.analytic[key] = g
-                full = np.full(g.size, np.nan)
-                if row.mode == "entries":
-                    full[row.indices] = row.numeric
-                report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
-        return report
-
-    report = run(problem)
+    report = _run(config, problem, how)
     while avoid_kinks and any(r.kinks for r in report.rows) and report.redraws < MAX_REDRAWS:
         problem.x = problem.rng.normal(0.0, 1.0, size=problem.x.shape).astype(problem.x.dtype)
         redraws = report.redraws + 1
-        report = run(problem)
+        report = _run(config, problem, how)
         report.redraws = redraws
     report.seconds = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class Settings:
+    """How to check, every default settled (``check``'s arguments)."""
+
+    eps: float
+    tol: float
+    samples: int | None
+    method: str
+    fd_dtype: str
+    directions: int
+    convergence: bool
+    localize: bool
+    workers: int | None
+    progress: Callable[[int, int], None] | None
+
+
+def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
+    """One pass of the check over a built problem: analytic side, numeric side, verdicts."""
+    net, x, y = problem.net, problem.x, problem.y
+    with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
+        loss, delta_x, grads = net.gradients(x, y)
+        report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
+                        problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
+                        convergence=how.convergence, source=config.source or config.name,
+                        digest=config.digest(), raw=config.raw,
+                        faults=numerical_faults(net, x, y, loss, delta_x, grads))
+        rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
+        picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
+        total = sum(len(idx) for idx in picks)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            if how.progress is not None:
+                how.progress(done[0], total)
+
+        numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
+        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
+
+        def entry_row(r: int, num: Any) -> TensorCheck:
+            _, layer, tensor, g, _ = rows[r]
+            return judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
+                         num.values, num.kinks, how.tol)
+
+        checks: list[TensorCheck | None] = [None] * len(rows)
+        if how.directions:
+            for r, (_, layer, tensor, g, target) in enumerate(rows):
+                V = problem.rng.standard_normal((how.directions, g.size))
+                V /= np.linalg.norm(V, axis=1, keepdims=True)
+                num, kinks = fd.directional(target, V)
+                checks[r] = judge(layer, kinds[r], tensor, g.shape, np.arange(how.directions),
+                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions")
+                advance(len(picks[r]))
+        todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
+        try:
+            numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
+        except Interrupted as stop:  # Ctrl-C: the rows finished so far travel with it
+            report.rows = [entry_row(r, num) for r, num in zip(todo, stop.finished) if num is not None]
+            report.interrupted = True
+            stop.report = report
+            raise
+        for r, num in zip(todo, numeric):
+            row = entry_row(r, num)
+            if checks[r] is not None:
+                row.note = (f"failed along {how.directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
+                            "checked entry by entry")
+            checks[r] = row
+        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or not c.passed)]
+        if again:  # the same entries at h/2
+            half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
+            for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
+                c = checks[r]
+                ok = ~(c.kink_mask | num.kinks)
+                c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+        if not get_method(how.method).is_complex:
+            _confirm_failures(checks, rows, FiniteDifferences, numeric_side, how)
+        if how.localize or any(not c.passed for c in checks):
+            _localise(report, net, x, y, fd, rows, kinds, picks, checks, how.samples, problem.rng, how.tol)
+        for (key, *_, g, _), row in zip(rows, checks):
+            report.rows.append(row)
+            report.analytic[key] = g
+            full = np.full(g.size, np.nan)
+            if row.mode == "entries":
+                full[row.indices] = row.numeric
+            report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
     return report
 
 
