@@ -41,12 +41,9 @@ class Network:
             delta, grads[i] = self.layers[i].backward(delta, caches[i])
         return delta, grads
 
-    def losses(self, out: Array, y: Array, groups: int = 1) -> Array:
-        """Loss of each of ``groups`` stacked copies of the batch: out holds groups·N samples,
-        group-major; returns of shape (groups,).  With groups=1, ``[C]``."""
-        n = y.shape[0]
-        y_rep = np.broadcast_to(y, (groups,) + y.shape).reshape((groups * n,) + y.shape[1:])
-        return self.loss.per_sample(out, y_rep).reshape(groups, n).mean(axis=1)
+    def cost(self, out: Array, y: Array) -> float:
+        """C: the batch mean of the per-sample loss of the last layer's output."""
+        return float(np.mean(self.loss.per_sample(out, y)))
 
     def deltas(self, x: Array, y: Array) -> list[Array]:
         """δ at every layer boundary: ``deltas[l] = ∂C/∂(input of layer l)`` (the analytic
@@ -63,7 +60,7 @@ class Network:
         """Analytic pass: loss C, ∂C/∂x and every layer's parameter gradients."""
         out, caches = self.forward(x)
         delta_x, grads = self.backward(self.loss.gradient(out, y), caches)
-        return float(self.losses(out, y)[0]), delta_x, grads
+        return self.cost(out, y), delta_x, grads
 
 
 @dataclass

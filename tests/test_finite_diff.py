@@ -38,9 +38,9 @@ def naive_numeric(net, x, y, eps, array, idx):
     for i in idx:
         old = flat[i]
         flat[i] = old + eps
-        c_plus = net.losses(net.forward(x)[0], y)[0]
+        c_plus = net.cost(net.forward(x)[0], y)
         flat[i] = old - eps
-        c_minus = net.losses(net.forward(x)[0], y)[0]
+        c_minus = net.cost(net.forward(x)[0], y)
         flat[i] = old
         out.append((c_plus - c_minus) / ((old + eps) - (old - eps)))
     return np.array(out)
@@ -197,7 +197,7 @@ def test_windows_on_large_maps_equal_the_naive_loop(layers):
     want = [naive_numeric(net, x, y, 1e-6, x, np.arange(x.size))]
     for l in (1, 2):  # δ at the input of layer l: perturb that input with the layers from l on
         def tail(a, l=l):
-            return net.losses(net.forward(a, l)[0], y)[0]
+            return net.cost(net.forward(a, l)[0], y)
         a_l = fd.inputs[l].copy()
         flat = a_l.reshape(-1)
         col = []
