@@ -217,19 +217,17 @@ def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: l
         report.numeric_full[key] = numeric
 
 
-def numerical_faults(net: Network, x: Array, y: Array, loss: float, delta_x: Array,
+def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
                      grads: list[dict[str, Array]]) -> list[str]:
     """Where the forward or backward pass first produced inf or NaN, named by layer."""
     faults = []
-    a = x
-    for i, (layer, kind) in enumerate(zip(net.layers, kinds_of(net))):
-        a, _ = layer.forward(a)
+    for i, (a, kind) in enumerate(zip(outputs, kinds)):
         if not np.all(np.isfinite(a)):
             faults.append(f"layers[{i}] {kind}: the forward pass gives inf or NaN here (overflow)")
             break
     if not np.isfinite(loss):
         faults.append(f"the loss is {loss}")
-    for i, (g, kind) in enumerate(zip(grads, kinds_of(net))):
+    for i, (g, kind) in enumerate(zip(grads, kinds)):
         for name, arr in g.items():
             if not np.all(np.isfinite(arr)):
                 faults.append(f"layers[{i}] {kind} {name}: the analytic gradient has inf or NaN")
@@ -316,12 +314,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     """One pass of the check over a built problem: analytic side, numeric side, verdicts."""
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
-        loss, delta_x, grads = net.gradients(x, y)
+        loss, delta_x, grads, outputs = net.trace(x, y)
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
-                        faults=numerical_faults(net, x, y, loss, delta_x, grads))
+                        faults=numerical_faults(outputs, kinds_of(net), loss, delta_x, grads))
         rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
         total = sum(len(idx) for idx in picks)

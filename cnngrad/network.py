@@ -56,11 +56,21 @@ class Network:
             found[i] = delta
         return found
 
+    def trace(self, x: Array, y: Array) -> tuple[float, Array, list[dict[str, Array]], list[Array]]:
+        """One forward and one backward pass: C, ∂C/∂x, every layer's parameter gradients,
+        and every layer's output (to look for inf and NaN in)."""
+        a, outputs, caches = x, [], []
+        for layer in self.layers:
+            a, cache = layer.forward(a)
+            outputs.append(a)
+            caches.append(cache)
+        delta_x, grads = self.backward(self.loss.gradient(a, y), caches)
+        return self.cost(a, y), delta_x, grads, outputs
+
     def gradients(self, x: Array, y: Array) -> tuple[float, Array, list[dict[str, Array]]]:
         """Analytic pass: loss C, ∂C/∂x and every layer's parameter gradients."""
-        out, caches = self.forward(x)
-        delta_x, grads = self.backward(self.loss.gradient(out, y), caches)
-        return self.cost(out, y), delta_x, grads
+        loss, delta_x, grads, _ = self.trace(x, y)
+        return loss, delta_x, grads
 
 
 @dataclass
