@@ -138,7 +138,7 @@ def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]],
     return rows, kinds
 
 
-def _confirm_failures(checks: list, rows: list, fd_cls: Any, problem: tuple, how: Settings) -> None:
+def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings) -> None:
     """Check each failing tensor again with the complex step, which has no rounding floor.
 
     A real bug fails there too, and the row says the failure is confirmed.  A tensor whose
@@ -150,9 +150,10 @@ def _confirm_failures(checks: list, rows: list, fd_cls: Any, problem: tuple, how
     if not failing:
         return
     method, tol = how.method, how.tol
-    order = {"forward": 1, "richardson": 4}.get(method, 2)
+    order = get_method(method).power
     try:
-        exact = fd_cls(*problem, get_method("complex").default_eps[how.fd_dtype], "complex", workers=how.workers)
+        step = get_method("complex").default_eps[how.fd_dtype]
+        exact = FiniteDifferences(*problem, step, "complex", workers=how.workers)
         results = exact.numeric([(rows[r][4], checks[r].indices) for r in failing])
     except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
         return
@@ -369,7 +370,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not get_method(how.method).is_complex:
-            _confirm_failures(checks, rows, FiniteDifferences, numeric_side, how)
+            _confirm_failures(checks, rows, numeric_side, how)
         if how.localize or any(not c.passed for c in checks):
             _localise(report, net, x, y, fd, rows, kinds, picks, checks, how.samples, problem.rng, how.tol)
         for (key, *_, g, _), row in zip(rows, checks):

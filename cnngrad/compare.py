@@ -24,6 +24,11 @@ TINY = np.finfo(np.float64).tiny
 # 1e-3 … 1; tol 1e-6 sits between with orders of margin either side.
 
 
+def tensor_label(tensor: str) -> str:
+    """How a row's tensor is shown: a parameter's name, or "δ input" for ∂C/∂(layer input)."""
+    return "δ input" if tensor == "input" else tensor
+
+
 @dataclass
 class Metrics:
     max_abs: float

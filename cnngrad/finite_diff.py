@@ -81,6 +81,7 @@ class Method:
 
     name: str
     offsets: tuple[complex, ...]
+    power: int  # the error falls as h^power: what halving h should do to it
     # (per-sample losses (M, K, S), steps taken (M, K), losses at θ (K, S)) -> N·∂C/∂θ (K,)
     combine: Callable[[Array, Array, Array], Array]
     order: str
@@ -99,17 +100,18 @@ def _central(c: Array, s: Array) -> Array:
 
 
 METHODS: dict[str, Method] = {
-    "central": Method("central", (1.0, -1.0), lambda c, s, c0: _central(c, s), "O(h²)",
+    "central": Method("central", (1.0, -1.0), 2, lambda c, s, c0: _central(c, s), "O(h²)",
                       "(C(θ+h) − C(θ−h)) / 2h; best h ≈ ε^(1/3)", {"float64": 1e-6, "float32": 1e-2},
                       {"float64": 1e-6, "float32": 1e-2}),
-    "forward": Method("forward", (1.0,), lambda c, s, c0: (c[0] - c0).sum(axis=-1) / s[0], "O(h)",
+    "forward": Method("forward", (1.0,), 1, lambda c, s, c0: (c[0] - c0).sum(axis=-1) / s[0], "O(h)",
                       "(C(θ+h) − C(θ)) / h; best h ≈ ε^(1/2)", {"float64": 1e-8, "float32": 1e-3},
                       {"float64": 1e-5, "float32": 5e-2}),
-    "richardson": Method("richardson", (1.0, -1.0, 0.5, -0.5),
+    "richardson": Method("richardson", (1.0, -1.0, 0.5, -0.5), 4,
                          lambda c, s, c0: (4.0 * _central(c[2:], s[2:]) - _central(c[:2], s[:2])) / 3.0,
                          "O(h⁴)", "(4·D(h/2) − D(h)) / 3 with D the central difference; best h ≈ ε^(1/5)",
                          {"float64": 5e-3, "float32": 5e-2}, {"float64": 1e-6, "float32": 1e-2}),
-    "complex": Method("complex", (1j,), lambda c, s, c0: c[0].imag.sum(axis=-1) / s[0].imag, "O(h²), no cancellation",
+    "complex": Method("complex", (1j,), 2, lambda c, s, c0: c[0].imag.sum(axis=-1) / s[0].imag,
+                      "O(h²), no cancellation",
                       "Im C(θ + ih) / h: no difference of nearly equal numbers, so h can be tiny; "
                       "the forward pass runs in complex arithmetic", {"float64": 1e-20, "float32": 1e-20},
                       {"float64": 1e-9, "float32": 1e-2}),

@@ -10,6 +10,7 @@ from xml.etree import ElementTree as ET
 
 from . import __version__
 from .checker import Report
+from .compare import tensor_label
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +73,7 @@ def to_junit(reports: list[Report]) -> str:
             ET.SubElement(case, "error", message=rep.error, type="ConfigError").text = rep.error
             n_err = 1
         for r in rep.rows:
-            label = "δ input" if r.tensor == "input" else r.tensor
+            label = tensor_label(r.tensor)
             case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.layers[{r.layer}].{r.kind}",
                                  name=f"layers[{r.layer}] {r.kind} {label}", time="0")
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
@@ -117,7 +118,7 @@ def to_markdown(reports: list[Report]) -> str:
                   "|---:|---|---|---|---:|---:|---:|---:|---|"]
         for r in rep.rows:
             status = "pass" if r.passed and (r.layer, r.tensor) not in rep.regressions else "**FAIL**"
-            label = "δ input" if r.tensor == "input" else r.tensor
+            label = tensor_label(r.tensor)
             lines.append(f"| {r.layer} | {r.kind} | {label} | {'x'.join(map(str, r.shape))} | {r.checked} | "
                          f"{r.metrics.max_abs:.2e} | {r.metrics.max_rel:.2e} | {r.metrics.norm_rel:.2e} | {status} |")
         for (layer, tensor), why in rep.regressions.items():

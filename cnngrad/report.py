@@ -6,16 +6,13 @@ from rich.table import Table
 from rich.text import Text
 
 from .checker import Report
-from .compare import TensorCheck
+from .compare import TensorCheck, tensor_label
 from .config import Config
+from .finite_diff import get_method
 
 
 def _num(v: float) -> str:
     return "nan" if not np.isfinite(v) else f"{v:.2e}"
-
-
-def tensor_label(row: TensorCheck) -> str:
-    return "δ input" if row.tensor == "input" else row.tensor
 
 
 def table(report: Report) -> Table:
@@ -35,7 +32,7 @@ def table(report: Report) -> Table:
         if r.kinks:
             status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        cells = [str(r.layer), r.kind, tensor_label(r), "x".join(map(str, r.shape)), checked,
+        cells = [str(r.layer), r.kind, tensor_label(r.tensor), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
         if halves:
             e2 = r.norm_rel_half
@@ -49,10 +46,10 @@ def failure_lines(report: Report) -> list[str]:
     """For each failing row: where, and both numbers at the worst entry; indented under it,
     what halving h did and what the complex step said.  Rows that passed only after a
     second look get an indented line of their own."""
-    order = {"forward": 1, "richardson": 4}.get(report.method, 2)
+    order = get_method(report.method).power
     lines = []
     for r in report.rows:
-        where = f"layers[{r.layer}] {r.kind} {tensor_label(r)}"
+        where = f"layers[{r.layer}] {r.kind} {tensor_label(r.tensor)}"
         if r.passed:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
@@ -63,7 +60,7 @@ def failure_lines(report: Report) -> list[str]:
     if report.localisation:
         lines.append(report.localisation)
     for (layer, tensor), why in report.regressions.items():
-        lines.append(f"layers[{layer}] {'δ input' if tensor == 'input' else tensor}: {why}")
+        lines.append(f"layers[{layer}] {tensor_label(tensor)}: {why}")
     if report.baseline_note:
         lines.append(f"  baseline: {report.baseline_note}")
     lines += [f"numerical fault: {fault}" for fault in report.faults]
@@ -205,7 +202,7 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
     elif err.ndim == 1:
         err = err[None, :]
     h, w = err.shape
-    label = "δ input" if row.tensor == "input" else row.tensor
+    label = tensor_label(row.tensor)
     out = Text(f"layers[{row.layer}] {row.kind} {label}{where}: |analytic − numeric| / max|numeric|"
                + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
                   else "") + "\n", style="bold")

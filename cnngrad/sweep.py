@@ -12,7 +12,7 @@ import numpy as np
 
 from . import config as cfg
 from .checker import targets, upcast
-from .compare import metrics
+from .compare import metrics, tensor_label
 from .finite_diff import FiniteDifferences, select
 from .network import build
 
@@ -57,7 +57,7 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
                 g = rows[t][3].reshape(-1)[picks[t]].astype(np.float64)
                 ok = ~num.kinks
                 errors[t, e] = metrics(g[ok], num.values[ok]).norm_rel
-    labels = [f"{layer} {kind} {'δ input' if tensor == 'input' else tensor}"
+    labels = [f"{layer} {kind} {tensor_label(tensor)}"
               for (_, layer, tensor, *_), kind in zip(rows, kinds)]
     return Sweep(config.name, method, list(eps_values), labels, errors)
 
