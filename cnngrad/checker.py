@@ -122,16 +122,13 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
-def targets(net: Network, delta_x: Array, grads: list[dict[str, Array]],
-            net_deltas: Callable[[], list[Array]] = lambda: []) -> tuple[list[tuple], list[str]]:
+def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> tuple[list[tuple], list[str]]:
     """The rows to check, the input δ first, then layer by layer: (key, layer, tensor,
     analytic gradient, finite-difference target), and each row's kind for the table.  A
-    plugin layer also gets the δ at its input (``net_deltas()`` gives them)."""
-    rows = [("input", 0, "input", delta_x, "input")]
-    deltas = None
+    plugin layer also gets the δ at its input (``deltas[l]``, from ``Network.backward``)."""
+    rows = [("input", 0, "input", deltas[0], "input")]
     for i, layer in enumerate(net.layers):
         if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
-            deltas = deltas or net_deltas()
             rows.append((f"delta.{i}", i, "input", deltas[i], (i, "input")))
         rows += [(f"layers.{i}.{name}", i, name, grads[i][name], (i, name)) for name in layer.params]
     kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
@@ -174,11 +171,12 @@ MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
 
-def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: list, kinds: list, picks: list,
-              checks: list, samples: int | None, rng: np.random.Generator, tol: float) -> None:
-    """Add δ at every inner layer boundary to the rows, name the first layer whose own
-    backward is wrong, and test that layer's failing tensors against the usual bugs."""
-    deltas = net.deltas(x, y)
+def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list,
+              kinds: list, picks: list, checks: list, samples: int | None, rng: np.random.Generator,
+              tol: float) -> None:
+    """Add δ at every inner layer boundary (``deltas``) to the rows, name the first layer whose
+    own backward is wrong, and test that layer's failing tensors against the usual bugs
+    (``out_delta``: ∂C/∂ the last layer's output)."""
     have = {r[1] for r in rows if r[2] == "input"}
     extra = [(f"delta.{l}", l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers)) if l not in have]
     extra_picks = [select(rng, d.size, samples) for *_, d, _ in extra]
@@ -192,9 +190,7 @@ def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: l
     order = sorted(range(len(rows)), key=lambda r: (rows[r][1], rows[r][2] != "input", r))
     for seq in (rows, kinds, picks, checks):
         seq[:] = [seq[r] for r in order]
-    report.localisation = diagnose_mod.localise(checks, len(net.layers), kinds_of(net))
-    culprit = next((r.layer for r in checks if not r.passed and report.localisation.startswith(f"layer {r.layer} ")),
-                   None)
+    culprit, report.localisation = diagnose_mod.localise(checks, len(net.layers), kinds_of(net))
     if culprit is None:
         return
 
@@ -212,9 +208,8 @@ def _localise(report: Report, net: Network, x: Array, y: Array, fd: Any, rows: l
             continue
         above = None
         if tensor == "input":
-            above = full((layer + 1, "input"), deltas[layer + 1]) if layer + 1 < len(net.layers) else \
-                net.loss.gradient(net.forward(x)[0], y)
-        c.diagnosis = diagnose_mod.diagnose(g, numeric, tensor, net.layers[layer], x.shape[0], above)
+            above = full((layer + 1, "input"), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
+        c.diagnosis = diagnose_mod.diagnose(g, numeric, tensor, net.layers[layer], out_delta.shape[0], above)
         report.numeric_full[key] = numeric
 
 
@@ -315,13 +310,13 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     """One pass of the check over a built problem: analytic side, numeric side, verdicts."""
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
-        loss, delta_x, grads, outputs = net.trace(x, y)
+        loss, deltas, grads, outputs = net.trace(x, y)
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
-                        faults=numerical_faults(outputs, kinds_of(net), loss, delta_x, grads))
-        rows, kinds = targets(net, delta_x, grads, lambda: net.deltas(x, y))
+                        faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads))
+        rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
         total = sum(len(idx) for idx in picks)
         done = [0]
@@ -372,7 +367,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if not get_method(how.method).is_complex:
             _confirm_failures(checks, rows, numeric_side, how)
         if how.localize or any(not c.passed for c in checks):
-            _localise(report, net, x, y, fd, rows, kinds, picks, checks, how.samples, problem.rng, how.tol)
+            _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
+                      how.samples, problem.rng, how.tol)
         for (key, *_, g, _), row in zip(rows, checks):
             report.rows.append(row)
             report.analytic[key] = g

@@ -21,8 +21,8 @@ def _close(a: Array, b: Array) -> float:
     return metrics(a.ravel(), b.ravel()).norm_rel
 
 
-def localise(rows: list, n_layers: int, kinds: list[str]) -> str:
-    """One line naming the first layer whose own backward is wrong, or "" if none is."""
+def localise(rows: list, n_layers: int, kinds: list[str]) -> tuple[int | None, str]:
+    """The first layer whose own backward is wrong and a line saying so, or (None, "")."""
     by_layer: dict[int, list] = {}
     for r in rows:
         by_layer.setdefault(r.layer, []).append(r)
@@ -33,8 +33,8 @@ def localise(rows: list, n_layers: int, kinds: list[str]) -> str:
         if out_ok and not own_ok:
             after = f"layers {l + 1}-{n_layers - 1} check out" if l + 1 < n_layers - 1 else \
                 f"layer {l + 1} checks out" if l + 1 == n_layers - 1 else "it is the last layer"
-            return f"layer {l} ({kinds[l]}): backward is wrong; {after}"
-    return ""
+            return l, f"layer {l} ({kinds[l]}): backward is wrong; {after}"
+    return None, ""
 
 
 def diagnose(analytic: Array, numeric: Array, tensor: str, layer: Any, batch: int,

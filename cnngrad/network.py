@@ -33,44 +33,36 @@ class Network:
             caches.append(cache)
         return a, caches
 
-    def backward(self, delta: Array, caches: list[tuple]) -> tuple[Array, list[dict[str, Array]]]:
-        """Backpropagate ``δ = ∂C/∂out`` through every layer (the seed's step 4);
-        return ∂C/∂x and each layer's ``{name: ∂C/∂param}``."""
+    def backward(self, delta: Array, caches: list[tuple]) -> tuple[list[Array], list[dict[str, Array]]]:
+        """Backpropagate ``δ = ∂C/∂out`` through every layer (the seed's step 4); return δ at
+        every layer boundary — ``deltas[l] = ∂C/∂(input of layer l)``, as each layer passed
+        it down, so ``deltas[0] = ∂C/∂x`` — and each layer's ``{name: ∂C/∂param}``."""
+        deltas: list[Array] = [None] * len(self.layers)  # type: ignore[list-item]
         grads: list[dict[str, Array]] = [{} for _ in self.layers]
         for i in range(len(self.layers) - 1, -1, -1):
             delta, grads[i] = self.layers[i].backward(delta, caches[i])
-        return delta, grads
+            deltas[i] = delta
+        return deltas, grads
 
     def cost(self, out: Array, y: Array) -> float:
         """C: the batch mean of the per-sample loss of the last layer's output."""
         return float(np.mean(self.loss.per_sample(out, y)))
 
-    def deltas(self, x: Array, y: Array) -> list[Array]:
-        """δ at every layer boundary: ``deltas[l] = ∂C/∂(input of layer l)`` (the analytic
-        backward's, as each layer passed it down)."""
-        out, caches = self.forward(x)
-        delta = self.loss.gradient(out, y)
-        found: list[Array] = [None] * len(self.layers)  # type: ignore[list-item]
-        for i in range(len(self.layers) - 1, -1, -1):
-            delta, _ = self.layers[i].backward(delta, caches[i])
-            found[i] = delta
-        return found
-
-    def trace(self, x: Array, y: Array) -> tuple[float, Array, list[dict[str, Array]], list[Array]]:
-        """One forward and one backward pass: C, ∂C/∂x, every layer's parameter gradients,
-        and every layer's output (to look for inf and NaN in)."""
+    def trace(self, x: Array, y: Array) -> tuple[float, list[Array], list[dict[str, Array]], list[Array]]:
+        """One forward and one backward pass: C, δ at every layer boundary (``backward``),
+        every layer's parameter gradients, and every layer's output."""
         a, outputs, caches = x, [], []
         for layer in self.layers:
             a, cache = layer.forward(a)
             outputs.append(a)
             caches.append(cache)
-        delta_x, grads = self.backward(self.loss.gradient(a, y), caches)
-        return self.cost(a, y), delta_x, grads, outputs
+        deltas, grads = self.backward(self.loss.gradient(a, y), caches)
+        return self.cost(a, y), deltas, grads, outputs
 
     def gradients(self, x: Array, y: Array) -> tuple[float, Array, list[dict[str, Array]]]:
         """Analytic pass: loss C, ∂C/∂x and every layer's parameter gradients."""
-        loss, delta_x, grads, _ = self.trace(x, y)
-        return loss, delta_x, grads
+        loss, deltas, grads, _ = self.trace(x, y)
+        return loss, deltas[0], grads
 
 
 @dataclass

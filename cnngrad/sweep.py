@@ -46,8 +46,8 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
     problem = build(config)
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):
-        _, delta_x, grads = net.gradients(x, y)
-        rows, kinds = targets(net, delta_x, grads)
+        _, deltas, grads, _ = net.trace(x, y)
+        rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
         fd_net, fd_x, fd_y = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
         errors = np.full((len(rows), len(eps_values)), np.nan)
