@@ -9,6 +9,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from . import __version__
+from . import report as render
 from .checker import Report
 from .compare import tensor_label
 
@@ -107,7 +108,7 @@ def to_markdown(reports: list[Report]) -> str:
     lines = [f"## cnngrad: {'all gradients check out' if ok else 'gradient check FAILED'}", "",
              "| config | tensors | worst norm rel | verdict | time |", "|---|---:|---:|---|---:|"]
     for rep in reports:
-        worst = max((r.metrics.norm_rel for r in rep.rows), default=float("nan"))
+        worst = render.worst(rep) if rep.rows else float("nan")
         verdict = "error: " + rep.error if rep.error else ("✅ pass" if rep.passed else "❌ fail")
         lines.append(f"| {rep.name} | {len(rep.rows)} | {worst:.2e} | {verdict} | {rep.seconds:.2f} s |")
     for rep in reports:

@@ -67,18 +67,19 @@ def failure_lines(report: Report) -> list[str]:
     return lines
 
 
+def worst(report: Report) -> float:
+    """The largest norm rel of a report's rows; NaN (a non-finite row) counts as the worst."""
+    return max((r.metrics.norm_rel for r in report.rows), default=0.0, key=lambda v: np.inf if np.isnan(v) else v)
+
+
 def summary(report: Report) -> str:
     """The one-line verdict under the table."""
     n, bad = len(report.rows), len(report.failures)
-    worst = max((r.metrics.norm_rel for r in report.rows), default=0.0, key=lambda v: np.inf if v != v else v)
     kinks = sum(r.kinks for r in report.rows)
     verdict = "PASSED" if report.passed else "FAILED"
-    if report.regressions:
-        parts_regressed = f" ({len(report.regressions)} grew past the baseline)"
-    else:
-        parts_regressed = ""
-    parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}{parts_regressed}",
-             f"worst norm rel {_num(worst)}", f"loss {report.loss:.6g}",
+    grew = f" ({len(report.regressions)} grew past the baseline)" if report.regressions else ""
+    parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}{grew}",
+             f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"
              + (f" (numeric in {report.fd_dtype})" if report.fd_dtype != report.dtype else "")
@@ -101,11 +102,10 @@ def summary_table(reports: list[Report]) -> Table:
         if rep.error:
             t.add_row(rep.name, "", "", Text("ERROR", style="bold red"), "")
             continue
-        worst = max((r.metrics.norm_rel for r in rep.rows), default=0.0, key=lambda v: np.inf if v != v else v)
         verdict = Text("PASS", style="bold green") if rep.passed else Text("FAIL", style="bold red")
         if rep.regressions:
             verdict.append(f" ({len(rep.regressions)} grew past baseline)", style="red")
-        t.add_row(rep.name, str(len(rep.rows)), _num(worst), verdict, f"{rep.seconds:.2f} s")
+        t.add_row(rep.name, str(len(rep.rows)), _num(worst(rep)), verdict, f"{rep.seconds:.2f} s")
     return t
 
 
