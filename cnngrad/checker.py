@@ -122,15 +122,23 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
+def key_of(layer: int, tensor: str) -> str:
+    """Where a row's arrays live in Report.analytic / Report.numeric: "input" (∂C/∂x),
+    "layers.{i}.{name}" (a parameter, as in the .npz), "delta.{i}" (δ at layer i's input)."""
+    if tensor == "input":
+        return "input" if layer == 0 else f"delta.{layer}"
+    return f"layers.{layer}.{tensor}"
+
+
 def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> tuple[list[tuple], list[str]]:
     """The rows to check, the input δ first, then layer by layer: (key, layer, tensor,
     analytic gradient, finite-difference target), and each row's kind for the table.  A
     plugin layer also gets the δ at its input (``deltas[l]``, from ``Network.backward``)."""
-    rows = [("input", 0, "input", deltas[0], "input")]
+    rows = [(key_of(0, "input"), 0, "input", deltas[0], "input")]
     for i, layer in enumerate(net.layers):
         if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
-            rows.append((f"delta.{i}", i, "input", deltas[i], (i, "input")))
-        rows += [(f"layers.{i}.{name}", i, name, grads[i][name], (i, name)) for name in layer.params]
+            rows.append((key_of(i, "input"), i, "input", deltas[i], (i, "input")))
+        rows += [(key_of(i, name), i, name, grads[i][name], (i, name)) for name in layer.params]
     kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
     return rows, kinds
 
@@ -178,7 +186,8 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     own backward is wrong, and test that layer's failing tensors against the usual bugs
     (``out_delta``: ∂C/∂ the last layer's output)."""
     have = {r[1] for r in rows if r[2] == "input"}
-    extra = [(f"delta.{l}", l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers)) if l not in have]
+    extra = [(key_of(l, "input"), l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers))
+             if l not in have]
     extra_picks = [select(rng, d.size, samples) for *_, d, _ in extra]
     for (key, l, tensor, d, target), idx, num in zip(extra, extra_picks,
                                                     fd.numeric([(e[4], i) for e, i in zip(extra, extra_picks)])):
@@ -386,8 +395,8 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
     for i, layer in enumerate(p.net.layers):
         for name, P in layer.params.items():
             arrays[f"layers.{i}.{name}"] = P
-            arrays[f"grad.layers.{i}.{name}"] = report.analytic[f"layers.{i}.{name}"]
-            arrays[f"numgrad.layers.{i}.{name}"] = report.numeric[f"layers.{i}.{name}"]
+            arrays[f"grad.layers.{i}.{name}"] = report.analytic[key_of(i, name)]
+            arrays[f"numgrad.layers.{i}.{name}"] = report.numeric[key_of(i, name)]
     arrays["grad.input"] = report.analytic["input"]
     arrays["numgrad.input"] = report.numeric["input"]
     buf = io.BytesIO()

@@ -21,7 +21,7 @@ from . import __version__
 from . import baseline as baseline_mod
 from . import config as cfg
 from . import report as render
-from .checker import Report, atomic_write, save_npz
+from .checker import Report, atomic_write, key_of, save_npz
 from .checker import check as run_check
 from .finite_diff import METHODS
 from .formats import FORMATS
@@ -309,11 +309,9 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             for line in render.failure_lines(rep):  # whole lines, never wrapped: CI logs get grepped
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
             if heatmap:
-                keyed = {(r.layer, r.tensor): r for r in rep.rows}
-                for key in rep.analytic:
-                    row = keyed.get(_row_of(key))
-                    if row is not None and not row.passed and row.mode == "entries":
-                        out.print(render.heatmap(rep, (key, row)))
+                for row in rep.rows:
+                    if not row.passed and row.mode == "entries":
+                        out.print(render.heatmap(rep, (key_of(row.layer, row.tensor), row)))
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:
             out.print(render.summary_table(reports))
@@ -333,14 +331,6 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         except OSError as e:
             raise UsageFailure(f"--save {save}: {e.strerror or e}") from None
     sys.exit(max(rep.return_code for rep in reports))
-
-
-def _row_of(key: str) -> tuple[int, str]:
-    """Report.analytic's key -> (layer, tensor): "input", "layers.3.W", "delta.2"."""
-    if key == "input":
-        return 0, "input"
-    parts = key.split(".")
-    return (int(parts[1]), parts[2]) if parts[0] == "layers" else (int(parts[1]), "input")
 
 
 @main.group()
