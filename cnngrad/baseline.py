@@ -112,7 +112,8 @@ def load(path: str) -> dict[str, Any]:
     return data
 
 
-_TYPES = {"object": dict, "string": str, "null": type(None), "number": (int, float)}
+_TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "string": (str,), "null": (type(None),),
+                                       "number": (int, float)}
 
 
 def _invalid(value: Any, rule: dict[str, Any], where: str) -> str:
@@ -124,7 +125,7 @@ def _invalid(value: Any, rule: dict[str, Any], where: str) -> str:
     types = rule.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else types
-        if isinstance(value, bool) or not isinstance(value, tuple(_TYPES[t] for t in names)):
+        if isinstance(value, bool) or not isinstance(value, tuple(c for t in names for c in _TYPES[t])):
             return f"{place}: expected {' or '.join(names)}, got {type(value).__name__} {json.dumps(value)[:40]}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"{place}: expected a finite number, got {value}"

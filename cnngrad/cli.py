@@ -274,14 +274,17 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
     return reports
 
 
-def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, str | None]) -> None:
-    """Before any maths: every output file and folder can be written, and none is an input."""
-    inputs = survey(refs).files
-    todo = [(option, path, out_files.preflight, (inputs,)) for option, path in files.items() if path]
-    todo += [(option, path, out_files.preflight_folder, ()) for option, path in folders.items() if path]
-    for option, path, check_path, args in todo:
+def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, str | None],
+              also: tuple[str | None, ...] = ()) -> None:
+    """Before any maths: every output file and folder can be written, and none is an input
+    (a config, a plugin module, or ``also``: e.g. the --baseline file)."""
+    inputs = survey(refs).files + [Path(p) for p in also if p]
+    for option, path in [*files.items(), *folders.items()]:
         try:
-            check_path(path, *args)
+            if path and option in files:
+                out_files.preflight(path, inputs)
+            elif path:
+                out_files.preflight_folder(path)
         except out_files.OutputError as e:
             raise UsageFailure(f"{option} {e}") from None
 
@@ -332,7 +335,7 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
     refs = expand(configs)
     if save and len(refs) > 1:
         raise click.BadParameter("--save takes a single config", param_hint="--save")
-    preflight(refs, {"--output": output, "--save": save}, {"--reproducer": reproducer})
+    preflight(refs, {"--output": output, "--save": save}, {"--reproducer": reproducer}, (baseline_file,))
     baseline = None
     if baseline_file:
         try:

@@ -198,6 +198,11 @@ def test_an_input_is_never_an_output(tmp_path: Path):
     assert (config.read_text(), (tmp_path / "c" / "hostile.py").read_text()) == before
     record = cnngrad("baseline", "record", str(config), "--plugins", "-o", str(config), cwd=tmp_path)
     assert "is an input of this run" in one_line_error(record)
+    baseline = tmp_path / "b.json"
+    assert cnngrad("baseline", "record", "seed", "-o", str(baseline), cwd=tmp_path).returncode == 0
+    kept = baseline.read_text()
+    result = cnngrad("check", "seed", "--baseline", str(baseline), "--output", str(baseline), cwd=tmp_path)
+    assert "is an input of this run" in one_line_error(result) and baseline.read_text() == kept
 
 
 def test_a_missing_folder_is_refused_before_the_check(tmp_path: Path):
