@@ -460,18 +460,21 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Also draw the curves into FILE.png or FILE.svg (needs the `plot` extra: matplotlib).")
 @config_option
+@quiet_on_broken_pipe
 @guarded
 def sweep(config: str, samples: int | None, method: str, start: int, stop: int, plot_file: str | None,
           seed: int | None, plugins: bool, debug: bool) -> None:
     """Run the check over steps h = 1e-FROM … 1e-TO: error against h per tensor, the best h."""
+    verdict(0)  # no verdict to keep: a closed pipe is not a failure
     from . import sweep as sw
 
     if stop < start:
         raise click.BadParameter(f"--to {stop} is before --from {start}", param_hint="--to")
     if plot_file and not plot_file.lower().endswith((".png", ".svg")):
         raise click.BadParameter(f"{plot_file}: write a .png or .svg", param_hint="--plot")
-    conf = load_config(config, seed, plugins)
-    result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
+    with out_files.stdout_to_stderr():  # a plugin's print() is not the table's
+        conf = load_config(config, seed, plugins)
+        result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
     out = stdout()
     out.print(render.sweep_table(result))
     out.print(render.sweep_plot(result))
@@ -487,10 +490,13 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
 @main.command()
 @click.argument("config")
 @config_option
+@quiet_on_broken_pipe
 @guarded
 def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
     """Validate CONFIG and print the inferred shape after every layer; no maths."""
-    conf = load_config(config, seed, plugins)
+    verdict(0)
+    with out_files.stdout_to_stderr():
+        conf = load_config(config, seed, plugins)
     stdout().print(render.shapes(conf))
 
 
@@ -500,9 +506,11 @@ def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
 @click.option("--size", type=click.IntRange(min=2, max=12), default=5, show_default=True,
               help="Height and width of the tiny input.")
 @config_option
+@quiet_on_broken_pipe
 @guarded
 def explain(config: str, layer_index: int, size: int, seed: int | None, plugins: bool, debug: bool) -> None:
     """Show, step by step on a tiny input, how a conv layer's δ comes from ROT180(W)."""
+    verdict(0)
     from .explain import explain as explain_layer
 
     conf = load_config(config, seed, plugins)

@@ -102,7 +102,12 @@ def _same(st: os.stat_result, inputs: Iterable[str | os.PathLike]) -> str | None
 def preflight(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
     """Refuse now what ``atomic_write(path, ...)`` would fail at, or must not do, later."""
     name = os.fspath(path)
-    if _descriptor(name) is not None:
+    fd = _descriptor(name)
+    if fd is not None:
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise OutputError(f"{name}: descriptor {fd} is not open") from None
         return
     real, st = resolve(name)
     if st is not None:
