@@ -28,6 +28,7 @@ TIMEOUT = 180
 SEED = (resources.files("cnngrad") / "configs" / "seed.yaml").read_text(encoding="utf-8")
 
 PLUGIN = '''
+import os
 import sys
 
 KEY = "w\\x1b[31m[/x]|\\n<b>"
@@ -46,6 +47,7 @@ class Scale:
 
     def forward(self, a):
         print("plugin says hello on stdout")
+        os.write(1, b"and C code writes to descriptor 1\\n")
         sys.stderr.write("FORWARD RAN\\n")
         return a * self.params[KEY], a
 
@@ -392,6 +394,7 @@ def test_a_plugins_print_does_not_corrupt_json(tmp_path: Path):
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["passed"] is True
         assert "plugin says hello on stdout" in result.stderr
+        assert "and C code writes to descriptor 1" in result.stderr
 
 
 @pytest.mark.parametrize("bug, code", [(False, 0), (True, 1)])
