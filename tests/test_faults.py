@@ -21,8 +21,11 @@ from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnngrad import baseline as baseline_mod
+from cnngrad import escape
 
 TIMEOUT = 180
 SEED = (resources.files("cnngrad") / "configs" / "seed.yaml").read_text(encoding="utf-8")
@@ -421,3 +424,23 @@ def test_a_symlink_loop_is_called_one(tmp_path: Path):
     assert "symlink loop" in line and "no such file" not in line, line
     line = one_line_error(cnngrad("check", "seed", "--output", "a.yaml", cwd=tmp_path))
     assert "symlink loop" in line, line
+
+
+# --------------------------------------------------------------------------- the escapes themselves
+
+
+@settings(max_examples=300)
+@given(st.text())
+def test_escapes_hold_for_any_string(s: str):
+    shown = escape.printable(s)
+    assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", shown)
+    if not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", s):
+        assert shown == s  # only control characters change
+    element = ET.Element("e", name=escape.xml(s))
+    element.text = escape.xml(s)
+    ET.fromstring(ET.tostring(element))  # well-formed XML whatever s held
+    cell = escape.markdown(s)
+    assert "\n" not in cell and not re.search(r"(?<!\\)\|", cell)
+    name = escape.file_name(s)
+    assert name and "/" not in name and not name.startswith(".") and name not in ("..", ".")
+    assert len(name) <= 80
