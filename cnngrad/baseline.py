@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from typing import Any
 
 from . import __version__
@@ -21,9 +22,24 @@ DEFAULT_FACTOR = 10.0
 FLOOR = 1e-14
 
 
+class DuplicateName(ValueError):
+    """Two configs of one baseline share a name: one would silently replace the other."""
+
+
+def duplicates(named: list[tuple[str, str]]) -> None:
+    """Refuse two (name, source) pairs with the same name, naming both sources."""
+    seen: dict[str, str] = {}
+    for name, source in named:
+        if name in seen:
+            raise DuplicateName(f"two configs are named {name!r}: {seen[name]} and {source}; "
+                                "a baseline keys on the name, give each its own `name:`")
+        seen[name] = source
+
+
 def record(reports: list[Report]) -> dict[str, Any]:
     """The worst errors per (config, layer, tensor) of these reports."""
     configs = {}
+    duplicates([(rep.name, rep.source) for rep in reports if not rep.error])
     for rep in reports:
         if rep.error:
             continue
@@ -72,9 +88,68 @@ def compare(report: Report, baseline: dict[str, Any], factor: float = DEFAULT_FA
                 f"the limit is {factor:g}x), though still {'under' if r.passed else 'over'} tol {r.tol:.0e}")
 
 
+def schema() -> dict[str, Any]:
+    """The baseline file's JSON schema (shipped as cnngrad/schemas/baseline.schema.json)."""
+    text = (resources.files("cnngrad") / "schemas" / "baseline.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
 def load(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or data.get("baseline_version") != BASELINE_VERSION:
-        raise ValueError(f"not a cnngrad baseline (version {BASELINE_VERSION})")
+    """A baseline file, read and checked against its schema; ValueError (one line, the
+    place in the file first) if it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError:
+        raise ValueError("not a text file (not UTF-8)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON at line {e.lineno}: {e.msg}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a baseline") from None
+    problem = _invalid(data, schema(), "")
+    if problem:
+        raise ValueError(f"not a cnngrad baseline (version {BASELINE_VERSION}): {problem}")
     return data
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "string": (str,), "null": (type(None),),
+                                       "number": (int, float)}
+
+
+def _invalid(value: Any, rule: dict[str, Any], where: str) -> str:
+    """The first way ``value`` breaks ``rule`` (the subset of JSON Schema the baseline
+    schema uses), as "place: problem"; "" when it conforms."""
+    place = where or "the file"
+    if "const" in rule and value != rule["const"]:
+        return f"{place}: expected {rule['const']!r}, got {json.dumps(value)[:40]}"
+    types = rule.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else types
+        if isinstance(value, bool) or not isinstance(value, tuple(c for t in names for c in _TYPES[t])):
+            return f"{place}: expected {' or '.join(names)}, got {type(value).__name__} {json.dumps(value)[:40]}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{place}: expected a finite number, got {value}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in rule and value < rule["minimum"]:
+            return f"{place}: expected a number >= {rule['minimum']}, got {value}"
+        if "exclusiveMinimum" in rule and value <= rule["exclusiveMinimum"]:
+            return f"{place}: expected a number > {rule['exclusiveMinimum']}, got {value}"
+    if isinstance(value, dict):
+        for key in rule.get("required", ()):
+            if key not in value:
+                return f"{place}: missing {key!r}"
+        props, extra = rule.get("properties", {}), rule.get("additionalProperties", True)
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if key in props:
+                sub = props[key]
+            elif extra is False:
+                return f"{inner}: unknown key; allowed: {', '.join(props)}"
+            elif isinstance(extra, dict):
+                sub = extra
+            else:
+                continue
+            problem = _invalid(item, sub, inner)
+            if problem:
+                return problem
+    return ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from . import config as cfg
 from . import diagnose as diagnose_mod
 from .compare import TensorCheck, judge, metrics
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
+from .output import atomic_write  # noqa: F401  re-exported: it lived here before
 from .resources import guard
 
 Array = np.ndarray
@@ -54,6 +53,8 @@ class Report:
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
     interrupted: bool = False  # Ctrl-C: rows holds only the tensors finished before it
+    samples: int | None = None  # entries checked per tensor (None: all), as the check was asked
+    avoid_kinks: bool = False  # the input was drawn again to keep stencils off kinks
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
@@ -80,31 +81,10 @@ class Report:
         return 0 if self.passed else 1
 
     def write_reproducer(self, directory: str | os.PathLike) -> Path:
-        """The config as a YAML file in ``directory``, with the failure and the command to
-        rerun it in a comment on top; named after the config and its digest."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}-{self.digest}.yaml"
-        raw = dict(self.raw)
-        raw["seed"] = self.seed
-        why = "; ".join(f"layers[{r.layer}] {r.tensor}: norm rel {r.metrics.norm_rel:.2e}" for r in self.failures) \
-            or "; ".join(self.regressions.values()) or "passed"
-        header = f"# cnngrad reproducer: {why}\n# rerun: cnngrad check {path}\n"
-        atomic_write(path, header + yaml.safe_dump(raw, sort_keys=False))
-        return path
+        """This check as a config that reproduces it, in ``directory`` (see reproducer.write)."""
+        from .reproducer import write
 
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a file whole or not at all: a temp file beside it, then rename over it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return write(self, directory)
 
 
 # float32 networks checked against float64 differences: what is left is the float32
@@ -275,7 +255,9 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         config = cfg.validate(config, plugins=plugins)
     elif not isinstance(config, cfg.Config):
         config = cfg.load(str(config), plugins=plugins)
-    fd_dtype = config.dtype if fd_dtype == "native" else "float64"
+    fd_dtype = config.dtype if (fd_dtype or config.check.get("fd_dtype")) == "native" else "float64"
+    directions = directions if directions is not None else config.check.get("directions")
+    avoid_kinks = avoid_kinks or config.check.get("avoid_kinks", False)
     config_method = config.check.get("method", "central")
     method = method or config_method
     m = get_method(method)
@@ -296,6 +278,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         report = _run(config, problem, how)
         report.redraws = redraws
     report.seconds = time.perf_counter() - t0
+    report.samples, report.avoid_kinks = samples, avoid_kinks
     return report
 
 

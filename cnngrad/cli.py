@@ -20,17 +20,39 @@ from rich.text import Text
 from . import __version__
 from . import baseline as baseline_mod
 from . import config as cfg
+from . import output as out_files
 from . import report as render
-from .checker import Report, atomic_write, key_of, save_npz
+from .checker import Report, key_of, save_npz
 from .checker import check as run_check
+from .escape import printable
 from .finite_diff import METHODS
 from .formats import FORMATS
+from .sources import survey
 
 
 class UsageFailure(click.ClickException):
     """A bad config, file or option: one line on stderr, exit 2 (CONVENTIONS.md)."""
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        return printable(self.message)  # paths, names, plugin messages: no control characters
+
+
+class Seed(click.ParamType):
+    """The config's `seed:` rule (config.seed_value), same range, same message."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            pass
+        try:
+            return cfg.seed_value("--seed", value)
+        except cfg.ConfigError as e:
+            self.fail(str(e).removeprefix("--seed: "), param, ctx)
 
 
 class PositiveFloat(click.ParamType):
@@ -92,15 +114,24 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:,.0f}/s" if task.speed else "")
 
 
+class ReportConsole(Console):
+    """The report's console: a closed pipe is a BrokenPipeError for quiet_on_broken_pipe
+    to end with the verdict's code (rich's own handler exits 1, the "failed" code)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout() -> Console:
-    out = Console()
-    return out if out.is_terminal else Console(width=160, no_color=True, highlight=False)
+    out = ReportConsole()
+    return out if out.is_terminal else ReportConsole(width=160, no_color=True, highlight=False)
 
 
 def config_option(f: Callable) -> Callable:
     """Options shared by every command that reads a config."""
     f = click.option("--plugins", is_flag=True, help="Allow `custom:` layers to import code next to the config.")(f)
-    f = click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the config's seed.")(f)
+    f = click.option("--seed", type=Seed(), default=None, help="Override the config's seed.")(f)
     f = click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")(f)
     return f
 
@@ -153,9 +184,9 @@ def check_options(f: Callable) -> Callable:
         click.option("--directions", type=click.IntRange(min=1), default=None, metavar="K",
                      help="Compare v·∇C along K random unit directions per tensor (2 passes each) instead "
                           "of every entry; a tensor that fails is then checked entry by entry."),
-        click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default="float64", show_default=True,
+        click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default=None,
                      help="Dtype of the numeric side: float64 (a float32 network's parameters cast up "
-                          "exactly) or the network's own."),
+                          "exactly) or the network's own [default: config's check.fd_dtype, else float64]."),
         click.option("--convergence", is_flag=True,
                      help="Difference every tensor again at h/2 and show how the error moved (failing "
                           "tensors always are): a wrong gradient does not shrink with h."),
@@ -243,6 +274,40 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
     return reports
 
 
+def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, str | None],
+              also: tuple[str | None, ...] = ()) -> None:
+    """Before any maths: every output file and folder can be written, and none is an input
+    (a config, a plugin module, or ``also``: e.g. the --baseline file)."""
+    inputs = survey(refs).files + [Path(p) for p in also if p]
+    for option, path in [*files.items(), *folders.items()]:
+        try:
+            if path and option in files:
+                out_files.preflight(path, inputs)
+            elif path:
+                out_files.preflight_folder(path)
+        except out_files.OutputError as e:
+            raise UsageFailure(f"{option} {e}") from None
+
+
+def verdict(code: int) -> None:
+    """Remember the exit code the verdict deserves, for quiet_on_broken_pipe."""
+    click.get_current_context().meta["cnngrad.verdict"] = code
+
+
+def quiet_on_broken_pipe(f: Callable) -> Callable:
+    """`cnngrad check ... | head -1`: when the reader goes away, end quietly with the code
+    the verdict deserves (0 if it passed), not a traceback nor click's exit 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except BrokenPipeError:
+            out_files.quiet_broken_pipe(click.get_current_context().meta.get("cnngrad.verdict", 1))
+
+    return wrapper
+
+
 @main.command()
 @click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
 @check_options
@@ -261,6 +326,7 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
 @click.option("--save", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write x, y, parameters and both gradients to FILE.npz (one config).")
 @config_option
+@quiet_on_broken_pipe
 def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, baseline_file: str | None,
           baseline_factor: float, reproducer: str | None, heatmap: bool, save: str | None, seed: int | None,
           plugins: bool, debug: bool, jobs: int, **options: Any) -> None:
@@ -269,36 +335,44 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
     refs = expand(configs)
     if save and len(refs) > 1:
         raise click.BadParameter("--save takes a single config", param_hint="--save")
+    preflight(refs, {"--output": output, "--save": save}, {"--reproducer": reproducer}, (baseline_file,))
     baseline = None
     if baseline_file:
         try:
             baseline = baseline_mod.load(baseline_file)
         except (ValueError, OSError) as e:
             raise UsageFailure(f"--baseline {baseline_file}: {e}") from None
-    reports = run_all(refs, seed, plugins, options, jobs, debug)
+    with out_files.stdout_to_stderr():  # a plugin's print() must not corrupt the report
+        reports = run_all(refs, seed, plugins, options, jobs, debug)
+    verdict(130 if len(reports) < len(refs) or any(rep.interrupted for rep in reports)
+            else max(rep.return_code for rep in reports))
     if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # Ctrl-C: what finished
         out = stdout()
         for rep in reports:
             if rep.error:
-                out.print(f"{rep.name}: {rep.error}", markup=False, highlight=False, soft_wrap=True)
+                out.print(printable(f"{rep.name}: {rep.error}"), markup=False, highlight=False, soft_wrap=True)
             elif rep.interrupted:
                 if rep.rows:
                     out.print(render.table(rep))
-                out.print(f"{rep.name}: interrupted after {len(rep.rows)} finished tensors", markup=False,
+                out.print(printable(f"{rep.name}: interrupted after {len(rep.rows)} finished tensors"), markup=False,
                           highlight=False, soft_wrap=True)
             else:
                 out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         done = sum(not rep.interrupted for rep in reports)
         click.echo(f"interrupted: {done} of {len(refs)} configs checked; no report or .npz written", err=True)
+        sys.stdout.flush()
         sys.exit(130)
     for rep in reports:
         if rep.error:
-            click.echo(f"Error: {rep.error}", err=True)
+            click.echo(printable(f"Error: {rep.error}"), err=True)
         if baseline is not None:
             baseline_mod.compare(rep, baseline, baseline_factor)
         if reproducer and not rep.error and not rep.passed:
-            path = rep.write_reproducer(reproducer)
-            click.echo(f"reproducer: {path}", err=True)
+            try:
+                path = rep.write_reproducer(reproducer)
+            except (OSError, out_files.OutputError) as e:
+                raise UsageFailure(f"--reproducer {reproducer}: {getattr(e, 'strerror', None) or e}") from None
+            click.echo(printable(f"reproducer: {path}"), err=True)
     if fmt == "table":
         out = stdout() if output is None else Console(file=io.StringIO(), width=160, no_color=True, highlight=False)
         for rep in reports:
@@ -322,14 +396,15 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             click.echo(text, nl=False)
     if output is not None:
         try:
-            atomic_write(output, text)
-        except OSError as e:
-            raise UsageFailure(f"--output {output}: {e.strerror or e}") from None
+            out_files.atomic_write(output, text)
+        except (OSError, out_files.OutputError) as e:
+            raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
     if save and reports and not reports[0].error:
         try:
             save_npz(reports[0], save)
-        except OSError as e:
-            raise UsageFailure(f"--save {save}: {e.strerror or e}") from None
+        except (OSError, out_files.OutputError) as e:
+            raise UsageFailure(f"--save {save}: {getattr(e, 'strerror', None) or e}") from None
+    sys.stdout.flush()  # a closed pipe shows here, inside the caller's BrokenPipeError guard
     sys.exit(max(rep.return_code for rep in reports))
 
 
@@ -347,14 +422,29 @@ def baseline() -> None:
 def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plugins: bool, debug: bool,
                     jobs: int, **options: Any) -> None:
     """Check CONFIG... and store each tensor's errors, keyed by the config's digest."""
-    reports = run_all(expand(configs), seed, plugins, options, jobs, debug)
+    refs = expand(configs)
+    preflight(refs, {"--output": output}, {})
+    try:
+        baseline_mod.duplicates(survey(refs).names)
+    except baseline_mod.DuplicateName as e:
+        raise UsageFailure(str(e)) from None
+    with out_files.stdout_to_stderr():
+        reports = run_all(refs, seed, plugins, options, jobs, debug)
     for rep in reports:
         if rep.error:
-            click.echo(f"Error: {rep.error}", err=True)
+            click.echo(printable(f"Error: {rep.error}"), err=True)
     failing = [rep.name for rep in reports if not rep.error and not rep.passed]
-    atomic_write(output, json.dumps(baseline_mod.record(reports), indent=2, sort_keys=True) + "\n")
-    click.echo(f"recorded {sum(len(r.rows) for r in reports)} tensors of {len(reports)} configs in {output}"
-               + (f"; these fail their check: {', '.join(failing)}" if failing else ""), err=True)
+    try:
+        data = baseline_mod.record(reports)
+    except baseline_mod.DuplicateName as e:
+        raise UsageFailure(str(e)) from None
+    try:
+        out_files.atomic_write(output, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except (OSError, out_files.OutputError) as e:
+        raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
+    click.echo(printable(f"recorded {sum(len(r.rows) for r in reports)} tensors of {len(reports)} configs in "
+                         f"{output}" + (f"; these fail their check: {', '.join(failing)}" if failing else "")),
+               err=True)
     sys.exit(max(rep.return_code for rep in reports))
 
 
@@ -370,18 +460,21 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Also draw the curves into FILE.png or FILE.svg (needs the `plot` extra: matplotlib).")
 @config_option
+@quiet_on_broken_pipe
 @guarded
 def sweep(config: str, samples: int | None, method: str, start: int, stop: int, plot_file: str | None,
           seed: int | None, plugins: bool, debug: bool) -> None:
     """Run the check over steps h = 1e-FROM … 1e-TO: error against h per tensor, the best h."""
+    verdict(0)  # no verdict to keep: a closed pipe is not a failure
     from . import sweep as sw
 
     if stop < start:
         raise click.BadParameter(f"--to {stop} is before --from {start}", param_hint="--to")
     if plot_file and not plot_file.lower().endswith((".png", ".svg")):
         raise click.BadParameter(f"{plot_file}: write a .png or .svg", param_hint="--plot")
-    conf = load_config(config, seed, plugins)
-    result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
+    with out_files.stdout_to_stderr():  # a plugin's print() is not the table's
+        conf = load_config(config, seed, plugins)
+        result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
     out = stdout()
     out.print(render.sweep_table(result))
     out.print(render.sweep_plot(result))
@@ -397,10 +490,13 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
 @main.command()
 @click.argument("config")
 @config_option
+@quiet_on_broken_pipe
 @guarded
 def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
     """Validate CONFIG and print the inferred shape after every layer; no maths."""
-    conf = load_config(config, seed, plugins)
+    verdict(0)
+    with out_files.stdout_to_stderr():
+        conf = load_config(config, seed, plugins)
     stdout().print(render.shapes(conf))
 
 
@@ -410,9 +506,11 @@ def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
 @click.option("--size", type=click.IntRange(min=2, max=12), default=5, show_default=True,
               help="Height and width of the tiny input.")
 @config_option
+@quiet_on_broken_pipe
 @guarded
 def explain(config: str, layer_index: int, size: int, seed: int | None, plugins: bool, debug: bool) -> None:
     """Show, step by step on a tiny input, how a conv layer's δ comes from ROT180(W)."""
+    verdict(0)
     from .explain import explain as explain_layer
 
     conf = load_config(config, seed, plugins)

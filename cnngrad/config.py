@@ -6,9 +6,11 @@ Every problem raises :class:`ConfigError` with one line naming its place
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import importlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ MAX_CONFIG_BYTES = 1 << 20
 # of all parameters): beyond it numbers overflow int32 indexing.  What a run may actually
 # use is decided later, against --max-memory and --max-params (checker.guard).
 MAX_ELEMENTS = 2**31 - 1
+SEED_MAX = 2**63 - 1  # one rule for `seed:` and --seed: what numpy's generators take, and JSON keeps
 
 
 class ConfigError(ValueError):
@@ -150,6 +153,11 @@ def shipped_configs() -> dict[str, Any]:
 def resolve(ref: str) -> tuple[str, str, Path | None]:
     """A path or a shipped config's name -> (name, text, folder of the file or None)."""
     path = Path(ref)
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(ref, "is a symlink loop (too many levels of symbolic links)") from None
     if path.is_dir():
         raise ConfigError(ref, "is a directory, not a config file")
     if path.exists() and not path.is_file():
@@ -220,6 +228,11 @@ def _int(place: str, v: Any, minimum: int = 1, maximum: int = 1 << 31) -> int:
     if v < minimum or v > maximum:
         raise ConfigError(place, f"expected an integer from {minimum} to {maximum}, got {v}")
     return v
+
+
+def seed_value(place: str, v: Any) -> int:
+    """A seed, in the one range the config's `seed:` and the CLI's --seed share."""
+    return _int(place, v, 0, SEED_MAX)
 
 
 def _float(place: str, v: Any, positive: bool = True) -> float:
@@ -398,7 +411,7 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
     name = top.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise ConfigError("name", f"expected a non-empty string, got {_show(name)}")
-    seed = _int("seed", top.get("seed", 0), 0, 2**63 - 1)
+    seed = seed_value("seed", top.get("seed", 0))
     dtype = _choice("dtype", top.get("dtype", "float64"), DTYPES)
 
     inp = _mapping("input", top["input"])
@@ -463,7 +476,7 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
 
     check = top.get("check")
     check = _mapping("check", {} if check is None else check)
-    _keys("check", check, ("eps", "samples", "tol", "method"))
+    _keys("check", check, ("eps", "samples", "tol", "method", "directions", "fd_dtype", "avoid_kinks"))
     chk: dict[str, Any] = {}
     if "method" in check:
         chk["method"] = _choice("check.method", check["method"], FD_METHODS)
@@ -473,5 +486,13 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
         chk["tol"] = _float("check.tol", check["tol"])
     if "samples" in check and check["samples"] != "all":
         chk["samples"] = _int("check.samples", check["samples"])
+    if "directions" in check:
+        chk["directions"] = _int("check.directions", check["directions"])
+    if "fd_dtype" in check:
+        chk["fd_dtype"] = _choice("check.fd_dtype", check["fd_dtype"], ("float64", "native"))
+    if "avoid_kinks" in check:
+        if not isinstance(check["avoid_kinks"], bool):
+            raise ConfigError("check.avoid_kinks", f"expected true or false, got {_show(check['avoid_kinks'])}")
+        chk["avoid_kinks"] = check["avoid_kinks"]
     size = {"params": n_params, "activations": activations, "cols": n_cols, "input": batch * _prod(in_shape)}
     return Config(name, seed, dtype, batch, in_shape, init, specs, loss, chk, source, raw, size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -12,6 +13,8 @@ from . import __version__
 from . import report as render
 from .checker import Report
 from .compare import tensor_label
+from .escape import markdown as md
+from .escape import xml
 
 SCHEMA_VERSION = 1
 
@@ -58,7 +61,9 @@ def to_dict(reports: list[Report], timings: bool = True) -> dict[str, Any]:
 
 
 def to_json(reports: list[Report], timings: bool = True) -> str:
-    return json.dumps(to_dict(reports, timings), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(to_dict(reports, timings), indent=2, ensure_ascii=False) + "\n"
+    # JSON escapes C0 controls itself; DEL, C1 (a CSI) and bidi overrides as \uXXXX too
+    return re.sub("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def to_junit(reports: list[Report]) -> str:
@@ -98,6 +103,10 @@ def to_junit(reports: list[Report]) -> str:
     suites.set("tests", str(total))
     suites.set("failures", str(failures))
     suites.set("errors", str(errors))
+    for element in suites.iter():  # names and messages are data: XML 1.0 forbids most control characters
+        element.text = element.text and xml(element.text)
+        for key, value in element.attrib.items():
+            element.set(key, xml(value))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
@@ -109,23 +118,23 @@ def to_markdown(reports: list[Report]) -> str:
              "| config | tensors | worst norm rel | verdict | time |", "|---|---:|---:|---|---:|"]
     for rep in reports:
         worst = render.worst(rep) if rep.rows else float("nan")
-        verdict = "error: " + rep.error if rep.error else ("✅ pass" if rep.passed else "❌ fail")
-        lines.append(f"| {rep.name} | {len(rep.rows)} | {worst:.2e} | {verdict} | {rep.seconds:.2f} s |")
+        verdict = "error: " + md(rep.error) if rep.error else ("✅ pass" if rep.passed else "❌ fail")
+        lines.append(f"| {md(rep.name)} | {len(rep.rows)} | {worst:.2e} | {verdict} | {rep.seconds:.2f} s |")
     for rep in reports:
         if not rep.rows:
             continue
-        lines += ["", f"### {rep.name}", "",
+        lines += ["", f"### {md(rep.name)}", "",
                   "| layer | kind | tensor | shape | checked | max abs | max rel | norm rel | status |",
                   "|---:|---|---|---|---:|---:|---:|---:|---|"]
         for r in rep.rows:
             status = "pass" if r.passed and (r.layer, r.tensor) not in rep.regressions else "**FAIL**"
-            label = tensor_label(r.tensor)
-            lines.append(f"| {r.layer} | {r.kind} | {label} | {'x'.join(map(str, r.shape))} | {r.checked} | "
+            label = md(tensor_label(r.tensor))
+            lines.append(f"| {md(r.layer)} | {md(r.kind)} | {label} | {'x'.join(map(str, r.shape))} | {r.checked} | "
                          f"{r.metrics.max_abs:.2e} | {r.metrics.max_rel:.2e} | {r.metrics.norm_rel:.2e} | {status} |")
         for (layer, tensor), why in rep.regressions.items():
-            lines.append(f"\n- layers[{layer}] {tensor}: {why}")
+            lines.append(f"\n- layers[{md(layer)}] {md(tensor)}: {md(why)}")
         if rep.baseline_note:
-            lines.append(f"\n- {rep.baseline_note}")
+            lines.append(f"\n- {md(rep.baseline_note)}")
     return "\n".join(lines) + "\n"
 
 

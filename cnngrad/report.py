@@ -8,6 +8,8 @@ from rich.text import Text
 from .checker import Report
 from .compare import TensorCheck, tensor_label
 from .config import Config
+from .escape import printable
+from .escape import text as safe
 from .finite_diff import get_method
 
 
@@ -17,7 +19,7 @@ def _num(v: float) -> str:
 
 def table(report: Report) -> Table:
     """One row per (layer, tensor): kind, shape, entries checked, the three errors, status."""
-    t = Table(title=f"cnngrad check: {report.name}", title_justify="left", header_style="bold")
+    t = Table(title=Text("cnngrad check: ") + safe(report.name), title_justify="left", header_style="bold")
     for col, justify in (("layer", "right"), ("kind", "left"), ("tensor", "left"), ("shape", "left"),
                          ("checked", "right"), ("max abs", "right"), ("max rel", "right"),
                          ("norm rel", "right"), ("status", "left")):
@@ -32,7 +34,7 @@ def table(report: Report) -> Table:
         if r.kinks:
             status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        cells = [str(r.layer), r.kind, tensor_label(r.tensor), "x".join(map(str, r.shape)), checked,
+        cells = [safe(r.layer), safe(r.kind), safe(tensor_label(r.tensor)), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
         if halves:
             e2 = r.norm_rel_half
@@ -64,7 +66,7 @@ def failure_lines(report: Report) -> list[str]:
     if report.baseline_note:
         lines.append(f"  baseline: {report.baseline_note}")
     lines += [f"numerical fault: {fault}" for fault in report.faults]
-    return lines
+    return [printable(line) for line in lines]  # names and plugin messages are data: no control characters
 
 
 def worst(report: Report) -> float:
@@ -100,24 +102,24 @@ def summary_table(reports: list[Report]) -> Table:
         t.add_column(col, justify=justify)
     for rep in reports:
         if rep.error:
-            t.add_row(rep.name, "", "", Text("ERROR", style="bold red"), "")
+            t.add_row(safe(rep.name), "", "", Text("ERROR", style="bold red"), "")
             continue
         verdict = Text("PASS", style="bold green") if rep.passed else Text("FAIL", style="bold red")
         if rep.regressions:
             verdict.append(f" ({len(rep.regressions)} grew past baseline)", style="red")
-        t.add_row(rep.name, str(len(rep.rows)), _num(worst(rep)), verdict, f"{rep.seconds:.2f} s")
+        t.add_row(safe(rep.name), str(len(rep.rows)), _num(worst(rep)), verdict, f"{rep.seconds:.2f} s")
     return t
 
 
 def shapes(config: Config) -> Table:
     """The inferred shape after every layer (``cnngrad validate``)."""
-    t = Table(title=f"{config.name}: input {config.batch}x" + "x".join(map(str, config.in_shape)),
+    t = Table(title=safe(f"{config.name}: input {config.batch}x" + "x".join(map(str, config.in_shape))),
               title_justify="left", header_style="bold")
     for col in ("layer", "kind", "options", "output"):
         t.add_column(col)
     for s in config.layers:
         opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k != "init")
-        t.add_row(str(s.index), s.kind, opts, "x".join(map(str, s.out_shape)) or "?")
+        t.add_row(str(s.index), safe(s.kind), safe(opts), "x".join(map(str, s.out_shape)) or "?")
     return t
 
 
@@ -129,7 +131,7 @@ _COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", 
 
 def sweep_table(result) -> Table:
     """norm rel per tensor (rows) and step (columns); each tensor's best step in bold."""
-    t = Table(title=f"cnngrad sweep: {result.name} ({result.method} differences), norm rel error by step h",
+    t = Table(title=safe(f"cnngrad sweep: {result.name} ({result.method} differences), norm rel error by step h"),
               title_justify="left", header_style="bold")
     t.add_column("tensor")
     for eps in result.eps:
@@ -138,7 +140,7 @@ def sweep_table(result) -> Table:
     for label, row, best in zip(result.labels, result.errors, result.best_per_tensor()):
         cells = [Text(f"{v:.0e}" if np.isfinite(v) else "nan", style="bold" if e == best else "")
                  for v, e in zip(row, result.eps)]
-        t.add_row(label, *cells, f"{best:.0e}")
+        t.add_row(safe(label), *cells, f"{best:.0e}")
     return t
 
 
@@ -171,7 +173,7 @@ def sweep_plot(result, height: int = 14) -> Text:
     out.append("  h: 1e" + "".join(f"{round(np.log10(e)):^{width}d}" for e in result.eps) + "\n", style="dim")
     for t, (label, best) in enumerate(zip(result.labels, result.best_per_tensor())):
         out.append(f"  {_MARKERS[t % 26]}", style=_COLOURS[t % len(_COLOURS)])
-        out.append(f" {label}  (best h {best:.0e})\n")
+        out.append(f" {printable(label)}  (best h {best:.0e})\n")
     out.append(f"best step for every tensor at once: {result.best():.0e}")
     return out
 
@@ -203,7 +205,7 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
         err = err[None, :]
     h, w = err.shape
     label = tensor_label(row.tensor)
-    out = Text(f"layers[{row.layer}] {row.kind} {label}{where}: |analytic − numeric| / max|numeric|"
+    out = Text(printable(f"layers[{row.layer}] {row.kind} {label}{where}") + ": |analytic − numeric| / max|numeric|"
                + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
                   else "") + "\n", style="bold")
     for i in range(min(h, max_rows)):
