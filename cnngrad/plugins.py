@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 _OS_IMPL: Any = sys.modules[os.name]  # posix (or nt): os._exit is its _exit, reachable from there too
 _MODULES: dict[Path, ModuleType] = {}  # resolved file -> its one module object
@@ -47,8 +47,8 @@ class ExitCalled(SystemExit):
     how = "os._exit"
 
 
-def _refuse_exit(code: int = 0) -> None:
-    raise ExitCalled(code)
+def _refuse_exit(status: int) -> NoReturn:
+    raise ExitCalled(status)
 
 
 @contextmanager
