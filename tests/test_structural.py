@@ -92,7 +92,7 @@ def test_the_correct_twins_pass(tmp_path, cls, extra):
     assert "structural" not in result.stdout
 
 
-def test_json_and_junit_carry_the_structural_failure(tmp_path):
+def test_json_junit_and_markdown_carry_the_structural_failure(tmp_path):
     path = str(config_for(tmp_path, "TanhCache", "cache_in_place"))
     result = CliRunner().invoke(main, ["check", path, "--plugins", "--format", "json"])
     data = json.loads(result.stdout)
@@ -103,6 +103,9 @@ def test_json_and_junit_carry_the_structural_failure(tmp_path):
     assert all(r["status"] == "pass" for r in data["configs"][0]["records"])  # the numbers alone pass
     result = CliRunner().invoke(main, ["check", path, "--plugins", "--format", "junit"])
     assert 'type="StructuralFailure"' in result.stdout and 'failures="1"' in result.stdout
+    result = CliRunner().invoke(main, ["check", path, "--plugins", "--format", "markdown"])
+    assert "- structural: layers[1] TanhCache: backward changes its cache" in result.stdout
+    assert "❌ fail" in result.stdout
 
 
 def test_a_layer_that_reuses_its_output_buffer_is_not_mistaken_for_nondeterministic():
