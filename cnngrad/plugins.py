@@ -5,17 +5,19 @@ Loading.  ``custom: {class: "mylayers:Cls"}`` in a config in folder F names the 
 ``F/pkg/mod.py`` (or ``F/pkg/mod/__init__.py``).  The file is executed once per process,
 with ``importlib.util.spec_from_file_location``, as a module whose name is made from its
 resolved path (``cnngrad_plugin_<hash>_<stem>``): two configs in two folders, each with its
-own ``mylayers.py``, get two modules, and neither shadows the other nor anything installed.
+own ``mylayers.py``, get two modules, and neither shadows the other nor anything installed
+(``pkg.mod`` in a package is imported as a submodule of ``pkg``, itself loaded that way).
 ``sys.path`` is never changed.  The module is entered in ``sys.modules`` under that unique
 name (dataclasses, pickling and a package's relative imports need it).  What the code may
-import: installed packages (numpy, …) and, from a package's ``__init__.py``, its own
-submodules by relative import (``from . import helpers``); not a sibling file by a plain
-``import helpers`` — the config's folder is not on ``sys.path``.
+import: installed packages (numpy, …) and, inside a package (a folder with
+``__init__.py``: ``pkg:Cls`` or ``pkg.mod:Cls``), the package's own modules by relative
+import (``from . import helpers``); not a sibling file by a plain ``import helpers`` — the
+config's folder is not on ``sys.path``.
 
 Guarding.  Every call into plugin code (import, build, forward, backward, kink_state) runs
 inside :func:`no_exit`: ``sys.exit()`` / ``exit()`` raise SystemExit, which the caller turns
 into a PluginError naming the layer (exit 2 for that config; later configs go on), and
-``os._exit`` is replaced, for the duration of the call, by a function that raises
+``os._exit`` is replaced, while any such call is under way, by a function that raises
 :class:`ExitCalled` (a SystemExit) instead of ending the process.  A module that does
 ``from os import _exit`` at import time binds the stand-in, since its import is guarded too.
 
@@ -31,6 +33,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +41,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 _OS_IMPL: Any = sys.modules[os.name]  # posix (or nt): os._exit is its _exit, reachable from there too
+_REAL_EXIT = os._exit
 _MODULES: dict[Path, ModuleType] = {}  # resolved file -> its one module object
 
 
@@ -51,16 +55,26 @@ def _refuse_exit(status: int) -> NoReturn:
     raise ExitCalled(status)
 
 
+_GUARD = threading.Lock()
+_guarded = 0  # plugin calls under way (any thread): the stand-in is in place while > 0
+
+
 @contextmanager
 def no_exit() -> Iterator[None]:
     """Run plugin code with ``os._exit`` (and ``posix._exit``) raising :class:`ExitCalled`;
-    the real functions are back afterwards, whatever happened (re-entrant)."""
-    saved = os._exit, _OS_IMPL._exit
-    os._exit = _OS_IMPL._exit = _refuse_exit
+    the real function is back once the last call under way (in any thread) is over."""
+    global _guarded
+    with _GUARD:
+        _guarded += 1
+        if _guarded == 1:
+            os._exit = _OS_IMPL._exit = _refuse_exit
     try:
         yield
     finally:
-        os._exit, _OS_IMPL._exit = saved
+        with _GUARD:
+            _guarded -= 1
+            if _guarded == 0:
+                os._exit = _OS_IMPL._exit = _REAL_EXIT
 
 
 def describe_exit(e: SystemExit) -> str:
@@ -113,14 +127,28 @@ def load_file(path: Path) -> ModuleType:
     return module
 
 
+def load_module(module_name: str, folder: Path) -> tuple[ModuleType, Path]:
+    """The module that ``module_name`` names in ``folder``, and its file.  ``pkg.mod`` inside
+    a package (``pkg/__init__.py`` exists) is imported as a submodule of that package, so
+    that its relative imports work; otherwise the file is loaded on its own."""
+    path = locate(module_name, folder)
+    parts = module_name.split(".")
+    top = folder / parts[0] / "__init__.py"
+    if len(parts) == 1 or not top.is_file():
+        return load_file(path), path
+    package = load_file(top.resolve())
+    with no_exit():
+        return importlib.import_module(".".join([package.__name__, *parts[1:]])), path
+
+
 def load_class(spec: str, folder: Path | None) -> Any:
     """``"module:Class"`` -> the class: from the file beside the config when ``folder`` is
     given; else (a config given as a mapping, with no folder) by an ordinary import."""
     module_name, _, attr = spec.partition(":")
     try:
         if folder is not None:
-            path = locate(module_name, folder)
-            module, where = load_file(path), f" ({path})"
+            module, path = load_module(module_name, folder)
+            where = f" ({path})"
         else:
             with no_exit():
                 module, where = importlib.import_module(module_name), ""

@@ -104,6 +104,8 @@ IDENTITY = "class Same:\n    def __init__(self, s, rng):\n        self.out_shape
 @pytest.mark.parametrize("files, cls", [
     ({"pkg/mod.py": IDENTITY}, "pkg.mod:Same"),  # a dotted name is a path below the folder
     ({"lib/__init__.py": "from .impl import Same\n", "lib/impl.py": IDENTITY}, "lib:Same"),  # a package
+    ({"pkg/__init__.py": "", "pkg/mod.py": "from .helpers import Same\n", "pkg/helpers.py": IDENTITY},
+     "pkg.mod:Same"),  # a module of a package, importing its sibling relatively
 ])
 def test_dotted_names_and_packages_resolve_beside_the_config(tmp_path, files, cls):
     result = CliRunner().invoke(main, ["check", str(with_plugin(tmp_path, files, cls)), "--plugins"])
@@ -189,4 +191,30 @@ def test_os_exit_is_itself_again_after_plugin_code_ran(tmp_path):
 
     real = os._exit
     cfg.load(str(exiting_config(tmp_path, ", how: os")), plugins=True)
+    assert os._exit is real
+
+
+def test_os_exit_comes_back_when_the_last_of_overlapping_guarded_calls_ends():
+    """Two threads in plugin code at once, leaving in the other order than they came."""
+    import os
+    import threading
+
+    from cnngrad.plugins import ExitCalled, no_exit
+
+    real = os._exit
+    inside, leave_first = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with no_exit():
+            inside.set()
+            leave_first.wait(60)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(60)
+    with no_exit():
+        leave_first.set()
+        t.join(60)
+        with pytest.raises(ExitCalled):
+            os._exit(5)  # the first has left, this call is still under way: still guarded
     assert os._exit is real
