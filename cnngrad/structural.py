@@ -124,9 +124,11 @@ def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[
     if not _same_result(r1, r2):
         why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")
     z_prev, z_grads = layer.backward(np.zeros_like(delta), cache)
-    nonzero = [name for name, g in (("δ", z_prev), *z_grads.items()) if np.any(np.asarray(g) != 0)]
+    zero = {"δ": np.asarray(z_prev), **{k: np.asarray(g) for k, g in z_grads.items()}}
+    nonzero = [name for name, g in zero.items() if np.any(g != 0)]
     if nonzero:
-        why.append(f"an all-zero δ gives non-zero gradients ({', '.join(nonzero)})")
+        what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
+        why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
     return why, out
 
 

@@ -215,17 +215,18 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path):
                              "--method", "richardson", "--format", "json", "--output", str(out), "--save", str(npz)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        reached, err_lines, pump = wait_for_line(proc.stderr, "reached", timeout=300)
+        _, out_lines, out_pump = wait_for_line(proc.stdout, "", timeout=0)  # stdout: collected meanwhile
+        reached, err_lines, err_pump = wait_for_line(proc.stderr, "reached", timeout=300)
         assert reached, "".join(err_lines)
         proc.send_signal(signal.SIGINT)
-        stdout = proc.stdout.read()
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    pump.join(timeout=60)  # the stream has ended with the process
-    stderr = "".join(err_lines)
+    out_pump.join(timeout=60)  # the streams end with the process
+    err_pump.join(timeout=60)
+    stdout, stderr = "".join(out_lines), "".join(err_lines)
     assert proc.returncode == 130, (stdout, stderr)
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert "slow: interrupted after" in stdout  # the tensors finished so far are shown above it
