@@ -17,6 +17,7 @@ import numpy as np
 
 from . import config as cfg
 from . import diagnose as diagnose_mod
+from . import structural
 from .compare import TensorCheck, judge, metrics
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
@@ -52,6 +53,7 @@ class Report:
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
+    structural: list[str] = field(default_factory=list)  # structural.check: "layers[2] X: backward changes its cache"
     interrupted: bool = False  # Ctrl-C: rows holds only the tensors finished before it
     samples: int | None = None  # entries checked per tensor (None: all), as the check was asked
     avoid_kinks: bool = False  # the input was drawn again to keep stencils off kinks
@@ -70,7 +72,8 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return not (self.error or self.failures or self.regressions or self.faults) and bool(np.isfinite(self.loss))
+        return not (self.error or self.failures or self.regressions or self.faults or self.structural) \
+            and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
@@ -302,12 +305,13 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     """One pass of the check over a built problem: analytic side, numeric side, verdicts."""
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
+        broken = structural.check(net.layers, x, kinds_of(net), config.seed)  # first: the trace has the last word
         loss, deltas, grads, outputs = net.trace(x, y)
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
-                        faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads))
+                        faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken)
         rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
         total = sum(len(idx) for idx in picks)

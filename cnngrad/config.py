@@ -8,11 +8,9 @@ from __future__ import annotations
 import difflib
 import errno
 import hashlib
-import importlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +21,7 @@ import yaml
 from . import conv as C
 from .layers import ACTIVATIONS
 from .losses import LOSSES
+from .plugins import PluginImportError, describe_exit, load_class, no_exit
 
 DTYPES = ("float64", "float32")
 FD_METHODS = ("central", "forward", "richardson", "complex")  # = finite_diff.METHODS (a test says so)
@@ -359,13 +358,17 @@ def _dense(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[i
 
 
 def instantiate(place: str, cls: Any, in_shape: tuple[int, ...], rng: Any, options: dict) -> Any:
-    """Build a plugin layer; whatever it raises, or an unusable out_shape, is a PluginError."""
+    """Build a plugin layer; whatever it raises (SystemExit and os._exit included: see
+    plugins.no_exit), or an unusable out_shape, is a PluginError."""
     name = getattr(cls, "__name__", str(cls))
     try:
-        layer = cls(tuple(in_shape), rng, **options)
-        out_shape = tuple(int(s) for s in layer.out_shape)
-        if not isinstance(layer.params, dict):
-            raise TypeError("params must be a dict of arrays")
+        with no_exit():
+            layer = cls(tuple(in_shape), rng, **options)
+            out_shape = tuple(int(s) for s in layer.out_shape)
+            if not isinstance(layer.params, dict):
+                raise TypeError("params must be a dict of arrays")
+    except SystemExit as e:
+        raise PluginError(place, f"plugin {name} {describe_exit(e)} while being built") from e
     except Exception as e:  # user code: say which layer, not a traceback
         raise PluginError(place, f"plugin {name} failed to build: {type(e).__name__}: {e}") from e
     if not out_shape or any(s <= 0 for s in out_shape):
@@ -380,13 +383,10 @@ def _custom(place: str, o: Any, in_shape: tuple[int, ...], plugins: bool, folder
     spec = o.get("class")
     if not isinstance(spec, str) or ":" not in spec:
         raise ConfigError(f"{place}.class", f"expected \"module.path:ClassName\", got {_show(spec)}")
-    module, _, attr = spec.partition(":")
-    if folder is not None and str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except Exception as e:  # an import error in user code: report it, never a traceback
-        raise ConfigError(f"{place}.class", f"cannot import {spec}: {type(e).__name__}: {e}") from None
+    try:  # the file beside the config, one module per file (plugins.py)
+        cls = load_class(spec, folder)
+    except PluginImportError as e:  # never a traceback
+        raise ConfigError(f"{place}.class", f"cannot import {spec}: {e}") from None
     options = {k: v for k, v in o.items() if k != "class"}
     import numpy as np  # a throwaway build, only to learn the plugin's out_shape
 

@@ -52,6 +52,7 @@ def to_dict(reports: list[Report], timings: bool = True) -> dict[str, Any]:
             "tol": rep.tol, "seed": rep.seed, "dtype": rep.dtype, "fd_dtype": rep.fd_dtype,
             "directions": rep.directions, "loss": _num(rep.loss) if rep.loss is not None else None,
             "baseline": rep.baseline_note, "records": records(rep),
+            "structural": list(rep.structural),
         }
         if timings:
             entry["seconds"] = round(rep.seconds, 4)
@@ -92,12 +93,16 @@ def to_junit(reports: list[Report]) -> str:
                     "\n".join(filter(None, [metrics, r.worst_entry(), r.note]))
             else:
                 ET.SubElement(case, "system-out").text = metrics
-        suite.set("tests", str(len(rep.rows) + (1 if rep.error else 0)))
+        for why in rep.structural:  # a layer that is not a function (structural.py)
+            case = ET.SubElement(suite, "testcase", classname=rep.name, name=f"structural {why}", time="0")
+            ET.SubElement(case, "failure", message=why, type="StructuralFailure").text = why
+        n_fail += len(rep.structural)
+        suite.set("tests", str(len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)))
         suite.set("failures", str(n_fail))
         suite.set("errors", str(n_err))
         suite.set("skipped", "0")
         suite.set("time", f"{rep.seconds:.3f}")
-        total += len(rep.rows) + (1 if rep.error else 0)
+        total += len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)
         failures += n_fail
         errors += n_err
     suites.set("tests", str(total))
@@ -135,6 +140,7 @@ def to_markdown(reports: list[Report]) -> str:
             lines.append(f"\n- layers[{md(layer)}] {md(tensor)}: {md(why)}")
         if rep.baseline_note:
             lines.append(f"\n- {md(rep.baseline_note)}")
+        lines += [f"\n- structural: {md(why)}" for why in rep.structural]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from .config import Config, LayerSpec, PluginError, instantiate
 from .layers import LAYERS
 from .losses import LOSSES
+from .plugins import describe_exit, no_exit
 
 Array = np.ndarray
 
@@ -115,10 +116,15 @@ class PluginLayer:
         return self.layer.params
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, behind ``plugins.no_exit``: an exception, ``sys.exit`` or
+        ``os._exit`` in the user's code is a PluginError naming the layer (Ctrl-C passes)."""
         try:
-            result = fn(*args)
+            with no_exit():
+                result = fn(*args)
         except PluginError:
             raise
+        except SystemExit as e:  # sys.exit / os._exit: this config stops, the command goes on
+            raise PluginError(self.place, f"{self.kind}.{what} {describe_exit(e)}") from e
         except Exception as e:  # the user's code: say which layer and what, not a traceback
             raise PluginError(self.place, f"{self.kind}.{what} raised {type(e).__name__}: {e}") from e
         if what != "kink_state" and not (isinstance(result, tuple) and len(result) == 2):

@@ -66,6 +66,7 @@ def failure_lines(report: Report) -> list[str]:
     if report.baseline_note:
         lines.append(f"  baseline: {report.baseline_note}")
     lines += [f"numerical fault: {fault}" for fault in report.faults]
+    lines += [f"structural: {why}" for why in report.structural]
     return [printable(line) for line in lines]  # names and plugin messages are data: no control characters
 
 
@@ -89,6 +90,8 @@ def summary(report: Report) -> str:
              f"{report.seconds:.2f} s"]
     if kinks:
         parts.insert(2, f"{kinks} entries skipped at kinks")
+    if report.structural:
+        parts.insert(1, f"{len(report.structural)} structural failure{'s' if len(report.structural) > 1 else ''}")
     if report.redraws:
         parts.insert(2, f"input drawn {report.redraws} more time{'s' if report.redraws > 1 else ''} to avoid kinks")
     return " · ".join(parts)

@@ -1,0 +1,149 @@
+"""Structural checks of every layer, before any number is differenced.
+
+Finite differences compare one backward call with many forward calls; they assume both are
+functions — same inputs, same outputs, nothing changed behind the caller's back.  A layer
+that breaks this can pass a gradient check and still corrupt a real network (the next layer,
+or a second backward, sees different numbers: PyTorch's gradcheck calls it "not reentrant").
+So each layer l (built-in or plugin) is run on its real input a^{l-1} (the seeded x, through
+the layers before it) and a random δ of its output's shape:
+
+* forward, twice on copies of a^{l-1}: the same output bit for bit ("forward is not
+  deterministic"), and the input untouched ("forward changes its input");
+* backward(δ, cache), twice, each on its own copy of δ: neither the cache (every array in
+  its tuples, lists and dicts, copied before and compared after) nor δ changed ("backward
+  changes its cache", "backward changes the δ it is given"), nor the layer's parameters;
+  then, only if nothing was changed, the same result both times, bit for bit ("backward is
+  not reentrant: …");
+* backward(0, cache): δ = 0 gives ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0, since both are
+  linear in δ ("an all-zero δ gives non-zero gradients", e.g. a weight decay folded in).
+
+Cost: two forwards and three backwards per layer, no finite differences.  A layer whose
+input or output is not finite is skipped: the numerical-fault report already names it.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+Array = np.ndarray
+MAX_DEPTH = 6  # how deep into nested tuples/lists/dicts of a cache arrays are looked for
+
+
+class Layer(Protocol):
+    """What the structural checks call: the layer protocol (CONVENTIONS.md)."""
+
+    params: dict[str, Array]
+
+    def forward(self, a: Array) -> tuple[Array, Any]: ...
+
+    def backward(self, delta: Array, cache: Any) -> tuple[Array, dict[str, Array]]: ...
+
+
+class _Opaque:
+    """Stands for a cache entry that is not an array or a container of them: not compared."""
+
+
+_OPAQUE = _Opaque()
+
+
+def snapshot(obj: Any, depth: int = 0) -> Any:
+    """A deep copy of the arrays in ``obj`` and its tuples, lists and dicts; anything
+    else is left out (``_OPAQUE``)."""
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if depth >= MAX_DEPTH:
+        return _OPAQUE
+    if isinstance(obj, (tuple, list)):
+        return (type(obj), [snapshot(v, depth + 1) for v in obj])
+    if isinstance(obj, dict):
+        return (dict, {k: snapshot(v, depth + 1) for k, v in obj.items()})
+    return _OPAQUE
+
+
+def unchanged(before: Any, now: Any) -> bool:
+    """Whether ``now`` still matches its ``snapshot`` ``before``, bit for bit."""
+    if before is _OPAQUE:
+        return True
+    if isinstance(before, np.ndarray):
+        return isinstance(now, np.ndarray) and identical(before, now)
+    kind, items = before
+    if not isinstance(now, kind) or len(now) != len(items):
+        return False
+    if kind is dict:
+        return set(now) == set(items) and all(unchanged(items[k], now[k]) for k in items)
+    return all(unchanged(b, n) for b, n in zip(items, now))
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Same shape, dtype and bytes (NaN payloads and the sign of 0 included)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _result(pair: tuple[Array, dict[str, Array]]) -> tuple[Array, dict[str, Array]]:
+    """A copy of what backward returned, safe from what a later call does to its buffers."""
+    delta_prev, grads = pair
+    return np.array(delta_prev, copy=True), {k: np.array(v, copy=True) for k, v in grads.items()}
+
+
+def _same_result(r1: tuple[Array, dict[str, Array]], r2: tuple[Array, dict[str, Array]]) -> bool:
+    return identical(r1[0], r2[0]) and set(r1[1]) == set(r2[1]) and all(identical(r1[1][k], r2[1][k])
+                                                                        for k in r1[1])
+
+
+def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[str], Array | None]:
+    """The reasons ``layer`` fails on its input ``a`` of shape (n, *in_shape) (none: []),
+    and its output (a copy), the next layer's input; None where it is not finite."""
+    if not np.all(np.isfinite(a)):
+        return [], None
+    params = snapshot(layer.params)
+    a1, a2 = a.copy(), a.copy()
+    out, cache = layer.forward(a1)
+    out = np.array(out, copy=True)  # safe from a buffer the second call reuses
+    if not np.all(np.isfinite(out)):
+        return [], None
+    out2, _ = layer.forward(a2)
+    why = []
+    if not identical(a1, a):
+        why.append("forward changes its input")
+    if not identical(out, out2):
+        why.append("forward is not deterministic: a second call on the same input gives different numbers")
+    if not unchanged(params, layer.params):
+        return why + ["forward changes the layer's parameters"], out
+    delta = rng.standard_normal(out.shape).astype(out.dtype)
+    d1, d2 = delta.copy(), delta.copy()
+    before = snapshot(cache)
+    r1 = _result(layer.backward(d1, cache))
+    changed = [what for what, same in (("its cache", unchanged(before, cache)), ("the δ it is given",
+                                       identical(d1, delta)), ("the layer's parameters",
+                                       unchanged(params, layer.params))) if not same]
+    if changed:  # a second call would differ because of it: the cause is the reason
+        return why + [f"backward changes {what}" for what in changed], out
+    r2 = _result(layer.backward(d2, cache))
+    if not _same_result(r1, r2):
+        why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")
+    z_prev, z_grads = layer.backward(np.zeros_like(delta), cache)
+    zero = {"δ": np.asarray(z_prev), **{k: np.asarray(g) for k, g in z_grads.items()}}
+    nonzero = [name for name, g in zero.items() if np.any(g != 0)]
+    if nonzero:
+        what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
+        why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
+    return why, out
+
+
+def check(layers: list[Any], x: Array, kinds: list[str], seed: int) -> list[str]:
+    """Every layer's structural failures, as ``"layers[l] kind: reason"``, from x of shape
+    (n, c, h, w) through the layers in order (layer l's input is layer l−1's output).  Run
+    before the analytic pass, so that what these calls leave behind (a reused buffer) is
+    overwritten by it; δ comes from a generator of its own (``seed``), so the entries drawn
+    for the numbers do not change."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    failures: list[str] = []
+    a: Array | None = x
+    for i, layer in enumerate(layers):
+        if a is None:  # not finite from here on: a numerical fault, reported as such
+            break
+        why, a = check_layer(layer, a, rng)
+        failures += [f"layers[{i}] {kinds[i]}: {reason}" for reason in why]
+    return failures

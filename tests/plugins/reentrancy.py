@@ -1,0 +1,123 @@
+"""Layers whose backward is right the first time it is called and still breaks the network:
+each ``bug`` below, and ``bug: null`` its correct twin.  Finite differences compare one
+backward call with many forwards, so only the structural checks see these.
+
+* TanhCache, ``bug: cache_in_place``: backward squares the cached a in place (saves a copy),
+  so a second backward — or anything else holding that cache — sees 1 − a² for a.
+* TanhDelta, ``bug: delta_in_place``: backward multiplies the δ it is given in place and
+  returns it, so the caller's δ (the layer above's ∂C/∂input) changes.
+* GainAccumulate, ``bug: accumulate``: ∂C/∂g is added into a buffer kept on the layer and
+  the buffer returned, so every call adds the last one's gradient again.  (Its twin with
+  ``reuse_buffer: true`` overwrites that buffer and returns it: correct, and must pass.)
+* DropoutRedraw, ``bug: redraw``: draws a fresh mask on every forward (the correct twin
+  draws one, when built): forward is not a function of its input.
+* GainDecay, ``bug: decay``: a weight decay λ·g folded into ∂C/∂g: not a gradient of C,
+  and an all-zero δ gives non-zero gradients.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class TanhCache:
+    """a = tanh(z); δ_in = δ ⊙ (1 − a²)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug
+
+    def forward(self, z):
+        a = np.tanh(z)
+        return a, (a.copy(),)
+
+    def backward(self, delta, cache):
+        (a,) = cache
+        if self.bug == "cache_in_place":
+            np.multiply(a, a, out=a)
+            return delta * (1 - a), {}
+        return delta * (1 - a * a), {}
+
+
+class TanhDelta:
+    """a = tanh(z); δ_in = δ ⊙ (1 − a²)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug
+
+    def forward(self, z):
+        a = np.tanh(z)
+        return a, a
+
+    def backward(self, delta, a):
+        if self.bug == "delta_in_place":
+            delta *= 1 - a * a
+            return delta, {}
+        return delta * (1 - a * a), {}
+
+
+class GainAccumulate:
+    """z = g[c] · a; δ_in = g[c] · δ; ∂C/∂g[c] = Σ_{n,i,j} δ ⊙ a."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None, reuse_buffer=False):
+        self.out_shape, self.bug, self.reuse = tuple(in_shape), bug, reuse_buffer
+        self.params = {"g": 1.0 + rng.normal(0.0, 0.1, in_shape[0])}
+        self.grad_g = np.zeros(in_shape[0])
+
+    def forward(self, a):
+        return a * self.params["g"][:, None, None], a
+
+    def backward(self, delta, a):
+        dg = (delta * a).sum(axis=(0, 2, 3))
+        if self.bug == "accumulate":
+            self.grad_g += dg
+            dg = self.grad_g
+        elif self.reuse:  # correct: the buffer is overwritten, and returned (callers copy if they keep it)
+            self.grad_g[...] = dg
+            dg = self.grad_g
+        return delta * self.params["g"][:, None, None], {"g": dg}
+
+
+class DropoutRedraw:
+    """a = m ⊙ z / (1 − rate) with a 0/1 mask m of the per-sample shape, drawn when built;
+    δ_in = m ⊙ δ / (1 − rate)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, rate=0.5, bug=None):
+        self.out_shape, self.params, self.rate, self.bug = tuple(in_shape), {}, rate, bug
+        self.rng = np.random.default_rng(7)
+        self.mask = self._mask(self.out_shape)
+
+    def _mask(self, shape):
+        return (self.rng.random(shape) >= self.rate) / (1 - self.rate)
+
+    def forward(self, z):
+        mask = self._mask(z.shape) if self.bug == "redraw" else self.mask
+        return z * mask, mask
+
+    def backward(self, delta, mask):
+        return delta * mask, {}
+
+
+class GainDecay:
+    """z = g[c] · a; δ_in = g[c] · δ; ∂C/∂g[c] = Σ_{n,i,j} δ ⊙ a (+ λ·g with the bug)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None, decay=0.01):
+        self.out_shape, self.bug, self.decay = tuple(in_shape), bug, decay
+        self.params = {"g": 1.0 + rng.normal(0.0, 0.1, in_shape[0])}
+
+    def forward(self, a):
+        return a * self.params["g"][:, None, None], a
+
+    def backward(self, delta, a):
+        dg = (delta * a).sum(axis=(0, 2, 3))
+        if self.bug == "decay":
+            dg = dg + self.decay * self.params["g"]
+        return delta * self.params["g"][:, None, None], {"g": dg}

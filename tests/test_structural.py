@@ -1,0 +1,154 @@
+"""Structural checks before the numbers: a backward that changes its cache or its δ, is not
+reentrant, or gives gradients for δ = 0; a forward that is not a function of its input.
+tests/plugins/reentrancy.py holds each bug beside its correct twin.  Each test first shows
+the bug with its own calls (not cnngrad's), then that cnngrad FAILs the config at that layer
+with the reason in words, and that the twin PASSes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+
+from cnngrad import config as cfg
+from cnngrad import structural
+from cnngrad.checker import kinds_of
+from cnngrad.cli import main
+from cnngrad.network import build
+from cnngrad.strategies import configs
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+spec = importlib.util.spec_from_file_location("reentrancy_for_the_test", PLUGINS / "reentrancy.py")
+R = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(R)
+
+
+def observe(cls: type, **options) -> set[str]:
+    """What the test's own calls see, on a (2, 3, 4, 4) input and a random δ."""
+    rng = np.random.default_rng(0)
+    layer = cls((3, 4, 4), rng, **options)
+    a = rng.normal(size=(2, 3, 4, 4))
+    seen = set()
+    out, cache = layer.forward(a.copy())
+    if not np.array_equal(out, layer.forward(a.copy())[0]):
+        seen.add("two forwards differ")
+    delta = rng.normal(size=out.shape)
+    given_delta = delta.copy()
+    first = [np.array(g) for g in (lambda r: (r[0], *r[1].values()))(layer.backward(given_delta, cache))]
+    if not np.array_equal(given_delta, delta):
+        seen.add("the δ passed in changed")
+    second = [np.array(g) for g in (lambda r: (r[0], *r[1].values()))(layer.backward(delta.copy(), cache))]
+    if not all(np.array_equal(f, s) for f, s in zip(first, second)):
+        seen.add("two backwards differ")
+    zero = layer.backward(np.zeros_like(delta), cache)
+    if np.any(zero[0] != 0) or any(np.any(g != 0) for g in zero[1].values()):
+        seen.add("zero δ gives non-zero gradients")
+    return seen
+
+
+CASES = [  # class, bug, what the test's own calls see, cnngrad's reason
+    ("TanhCache", "cache_in_place", {"two backwards differ"}, "backward changes its cache"),
+    ("TanhDelta", "delta_in_place", {"the δ passed in changed"}, "backward changes the δ it is given"),
+    ("GainAccumulate", "accumulate", {"two backwards differ", "zero δ gives non-zero gradients"},
+     "backward is not reentrant: a second call on the same cache and δ gives different numbers"),
+    ("DropoutRedraw", "redraw", {"two forwards differ"},
+     "forward is not deterministic: a second call on the same input gives different numbers"),
+    ("GainDecay", "decay", {"zero δ gives non-zero gradients"}, "an all-zero δ gives non-zero gradients (g)"),
+]
+
+
+def config_for(tmp_path: Path, cls: str, bug: str | None, extra: str = "") -> Path:
+    (tmp_path / "reentrancy.py").write_text((PLUGINS / "reentrancy.py").read_text())
+    path = tmp_path / f"{cls}_{bug}.yaml"
+    path.write_text(f"name: {cls}_{bug}\nseed: 1\ninput: {{batch: 3, channels: 2, height: 6, width: 6}}\nlayers:\n"
+                    f"  - conv: {{filters: 3, kernel: 3}}\n"
+                    f"  - custom: {{class: \"reentrancy:{cls}\", bug: {bug or 'null'}{extra}}}\n"
+                    f"  - flatten: {{}}\n  - dense: {{units: 4}}\nloss: softmax_cross_entropy\n")
+    return path
+
+
+@pytest.mark.parametrize("cls, bug, seen, reason", CASES)
+def test_each_bug_fails_at_its_layer_with_the_reason(tmp_path, cls, bug, seen, reason):
+    assert observe(getattr(R, cls), bug=bug) == seen  # the bug, shown without cnngrad
+    result = CliRunner().invoke(main, ["check", str(config_for(tmp_path, cls, bug)), "--plugins"])
+    assert result.exit_code == 1, result.output
+    assert f"structural: layers[1] {cls}: {reason}\n" in result.stdout
+    assert "structural failure" in result.stdout.splitlines()[-1]  # the summary says why it failed
+    assert not any(ln.startswith("structural: layers[0]") or ln.startswith("structural: layers[3]")
+                   for ln in result.stdout.splitlines())  # the built-in layers around it are fine
+
+
+@pytest.mark.parametrize("cls, extra", [(c[0], "") for c in CASES] + [("GainAccumulate", ", reuse_buffer: true")])
+def test_the_correct_twins_pass(tmp_path, cls, extra):
+    options = {"reuse_buffer": True} if extra else {}
+    assert observe(getattr(R, cls), bug=None, **options) == set()
+    result = CliRunner().invoke(main, ["check", str(config_for(tmp_path, cls, None, extra)), "--plugins"])
+    assert result.exit_code == 0, result.output
+    assert "structural" not in result.stdout
+
+
+def test_json_junit_and_markdown_carry_the_structural_failure(tmp_path):
+    path = str(config_for(tmp_path, "TanhCache", "cache_in_place"))
+    result = CliRunner().invoke(main, ["check", path, "--plugins", "--format", "json"])
+    data = json.loads(result.stdout)
+    schema = json.loads((Path(cfg.__file__).parent / "schemas" / "report.schema.json").read_text())
+    jsonschema.validate(data, schema)
+    assert data["configs"][0]["structural"] == ["layers[1] TanhCache: backward changes its cache"]
+    assert data["configs"][0]["passed"] is False and data["configs"][0]["return_code"] == 1
+    assert all(r["status"] == "pass" for r in data["configs"][0]["records"])  # the numbers alone pass
+    result = CliRunner().invoke(main, ["check", path, "--plugins", "--format", "junit"])
+    assert 'type="StructuralFailure"' in result.stdout and 'failures="1"' in result.stdout
+    result = CliRunner().invoke(main, ["check", path, "--plugins", "--format", "markdown"])
+    assert "- structural: layers[1] TanhCache: backward changes its cache" in result.stdout
+    assert "❌ fail" in result.stdout
+
+
+def test_a_layer_that_reuses_its_output_buffer_is_not_mistaken_for_nondeterministic():
+    class Buffered:  # correct: the same output array, overwritten by each call
+        params: dict = {}
+
+        def __init__(self):
+            self.out = None
+
+        def forward(self, a):
+            if self.out is None or self.out.shape != a.shape:
+                self.out = np.empty_like(a)
+            np.tanh(a, out=self.out)
+            return self.out, self.out
+
+        def backward(self, delta, a):
+            return delta * (1 - a * a), {}
+
+    class Noisy(Buffered):  # the same buffer, but a different number each call
+        calls = 0
+
+        def forward(self, a):
+            out, cache = super().forward(a)
+            Noisy.calls += 1
+            out += 1e-12 * Noisy.calls
+            return out, cache
+
+    x = np.random.default_rng(0).normal(size=(2, 3))
+    assert structural.check([Buffered()], x, ["Buffered"], 0) == []
+    assert structural.check([Noisy()], x, ["Noisy"], 0) == [
+        "layers[0] Noisy: forward is not deterministic: a second call on the same input gives different numbers"]
+
+
+def test_every_shipped_config_is_structurally_sound():
+    for name in cfg.shipped_configs():
+        problem = build(cfg.load(name))
+        assert structural.check(problem.net.layers, problem.x, kinds_of(problem.net), 0) == [], name
+
+
+@settings(max_examples=60)
+@given(configs(max_layers=5, dtypes=("float64", "float32")))
+def test_random_valid_configs_of_built_in_layers_are_structurally_sound(raw):
+    """No false FAIL: every built-in layer (relu, max pool, float32 included) passes."""
+    problem = build(cfg.validate(raw))
+    with np.errstate(all="ignore"):
+        assert structural.check(problem.net.layers, problem.x, kinds_of(problem.net), 0) == []
