@@ -19,9 +19,12 @@ import yaml
 
 from . import config as cfg
 from . import diagnose as diagnose_mod
+from . import resolution
 from .compare import TensorCheck, judge, metrics
+from .complex_probe import ComplexProbe
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
+from .refs import TensorRef
 from .resources import guard
 
 Array = np.ndarray
@@ -57,6 +60,8 @@ class Report:
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
+    strict: bool = False  # --strict: an unresolved tensor fails the config too
+    floor: resolution.Floor | None = field(default=None, repr=False)  # the smallest gradient the method resolves
 
     @classmethod
     def failed_to_load(cls, source: str, message: str) -> Report:
@@ -65,16 +70,23 @@ class Report:
 
     @property
     def failures(self) -> list[TensorCheck]:
-        return [r for r in self.rows if not r.passed]
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def unresolved(self) -> list[TensorCheck]:
+        """Tensors below the resolution of the differences: neither passed nor failed."""
+        return [r for r in self.rows if r.unresolved]
 
     @property
     def passed(self) -> bool:
-        return not (self.error or self.failures or self.regressions or self.faults) and bool(np.isfinite(self.loss))
+        return not (self.error or self.failures or self.regressions or self.faults
+                    or (self.strict and self.unresolved)) and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
-        """0 every check passed, 1 a gradient check failed (or grew past its baseline),
-        2 the config could not be checked (CONVENTIONS.md)."""
+        """0 every check passed, 1 a gradient check failed (or grew past its baseline; with
+        --strict, or a tensor was unresolved), 2 the config could not be checked
+        (CONVENTIONS.md).  An unresolved tensor alone leaves 0."""
         if self.error:
             return 2
         return 0 if self.passed else 1
@@ -143,36 +155,72 @@ def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) ->
     return rows, kinds
 
 
-def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings) -> None:
-    """Check each failing tensor again with the complex step, which has no rounding floor.
+def _start_of(target: Any) -> tuple[int, str | None]:
+    """The layer a row's perturbation enters, and the parameter perturbed (None for a δ)."""
+    if target == "input":
+        return 0, None
+    if isinstance(target, TensorRef):
+        return target.index, None if target.is_delta else target.name
+    layer, name = target
+    return layer, None if name == "input" else name
 
-    A real bug fails there too, and the row says the failure is confirmed.  A tensor whose
-    difference quotient only drowned in rounding (tiny gradients beside a large loss) passes
-    there, and its row becomes the complex step's, saying why.  Skipped for layers that cannot
-    run in complex arithmetic.
+
+def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings, floor: resolution.Floor) -> None:
+    """Check each failing or unresolved tensor again with the complex step, which has no
+    rounding floor of central differences (``floor``: its own, far lower).
+
+    Only where every layer from the perturbed one on can carry an imaginary part (declared
+    ``complex_safe``, or shown by ``complex_probe``); elsewhere the row says "complex step
+    not available for layer i (Class)" and keeps its status.  A real bug fails there too,
+    and the row says the failure is confirmed.  A tensor whose difference quotient only
+    drowned in rounding passes there, and its row becomes the complex step's, saying why.
+    An unresolved tensor stays so if the complex step cannot resolve it either.
     """
-    failing = [r for r, c in enumerate(checks) if c.mode == "entries" and not c.passed]
-    if not failing:
+    todo = [r for r, c in enumerate(checks) if c.mode == "entries" and (c.mismatch or c.unresolved)]
+    if not todo:
         return
     method, tol = how.method, how.tol
     order = get_method(method).power
+    probe = ComplexProbe(problem[0], problem[1])
+    usable = []
+    for r in todo:
+        why = probe.unavailable(*_start_of(rows[r][4]))
+        if why:  # never a confirmation from a lost imaginary part
+            checks[r].note = "; ".join(filter(None, [checks[r].note, why]))
+        else:
+            usable.append(r)
+    if not usable:
+        return
     try:
         step = get_method("complex").default_eps[how.fd_dtype]
         exact = FiniteDifferences(*problem, step, "complex", workers=how.workers)
-        results = exact.numeric([(rows[r][4], checks[r].indices) for r in failing])
-    except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
+        results = exact.numeric([(rows[r][4], checks[r].indices) for r in usable])
+    except (TypeError, ValueError, FloatingPointError, cfg.PluginError) as e:  # the probe missed a real-only path
+        for r in usable:
+            checks[r].note = "; ".join(filter(None, [checks[r].note, f"complex step not available: {e}"]))
         return
-    for r, num in zip(failing, results):
+    for r, num in zip(usable, results):
         c = checks[r]
-        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol)
+        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol,
+                     floor=floor)
         why = c.convergence(order)
+        first = c.reason.split(": ")[0] if c.unresolved else \
+            f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'})"
         if redo.passed:
-            redo.note = (f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'}); "
-                         f"the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}")
+            redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
             checks[r] = redo
-        else:
+        elif redo.failed and c.failed:
             confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
             c.note = "; ".join(filter(None, [c.note, confirmed]))
+        elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step
+            redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
+            checks[r] = redo
+        elif c.unresolved:
+            c.note = "; ".join(filter(None, [c.note, f"the complex step gives ~0 too (below its resolution "
+                                                      f"{floor.value:.0e})"]))
+        else:  # central differences saw more than rounding, the complex step and the backward see ~0
+            redo.note = f"{first}; the complex step and the backward both give ~0"
+            checks[r] = redo
 
 
 MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
@@ -195,7 +243,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         kinds.append(kinds_of(net)[l])
         picks.append(idx)
         checks.append(judge(l, kinds[-1], tensor, d.shape, idx, d.reshape(-1)[idx].astype(np.float64),
-                            num.values, num.kinks, tol))
+                            num.values, num.kinks, tol, floor=report.floor))
     order = sorted(range(len(rows)), key=lambda r: (rows[r][1], rows[r][2] != "input", r))
     for seq in (rows, kinds, picks, checks):
         seq[:] = [seq[r] for r in order]
@@ -209,7 +257,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         return fd.numeric([(target, np.arange(g.size))])[0].values.reshape(g.shape)
 
     for r, c in enumerate(checks):
-        if c.layer != culprit or c.passed or c.mode != "entries":
+        if c.layer != culprit or not c.mismatch or c.mode != "entries":
             continue
         key, layer, tensor, g, target = rows[r]
         numeric = full(target, g)
@@ -250,7 +298,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
           localize: bool = False, avoid_kinks: bool = False, max_params: float | None = None,
-          max_memory_mb: float | None = None) -> Report:
+          max_memory_mb: float | None = None, strict: bool = False) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -270,7 +318,11 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
-    share a large check (default: up to 2), with the same numbers as one."""
+    share a large check (default: up to 2), with the same numbers as one.
+    ``strict``: an unresolved tensor (below the resolution of the differences) fails the
+    config too.  The complex step (``method="complex"``) needs every layer to carry an
+    imaginary part (``complex_probe``): else ConfigError "complex step not available for
+    layer i (Class)"."""
     if isinstance(config, dict):
         config = cfg.validate(config, plugins=plugins)
     elif not isinstance(config, cfg.Config):
@@ -289,6 +341,12 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress)
     t0 = time.perf_counter()
     problem = build(config)
+    if m.is_complex:
+        net, x, _ = upcast(problem.net, problem.x, problem.y) if fd_dtype != config.dtype else \
+            (problem.net, problem.x, problem.y)
+        why = ComplexProbe(net, x).network()
+        if why:
+            raise cfg.ConfigError(f"method {method}: {why}; use --method central or richardson")
     report = _run(config, problem, how)
     while avoid_kinks and any(r.kinks for r in report.rows) and report.redraws < MAX_REDRAWS:
         problem.x = problem.rng.normal(0.0, 1.0, size=problem.x.shape).astype(problem.x.dtype)
@@ -296,6 +354,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         report = _run(config, problem, how)
         report.redraws = redraws
     report.seconds = time.perf_counter() - t0
+    report.strict = strict
     return report
 
 
@@ -325,6 +384,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads))
+        is_complex = get_method(how.method).is_complex
+        report.floor = resolution.floor(how.method, is_complex, how.eps, how.fd_dtype, loss, outputs[-1], y)
         rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
         total = sum(len(idx) for idx in picks)
@@ -341,7 +402,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         def entry_row(r: int, num: Any) -> TensorCheck:
             _, layer, tensor, g, _ = rows[r]
             return judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
-                         num.values, num.kinks, how.tol)
+                         num.values, num.kinks, how.tol, floor=report.floor)
 
         checks: list[TensorCheck | None] = [None] * len(rows)
         if how.directions:
@@ -350,7 +411,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 V /= np.linalg.norm(V, axis=1, keepdims=True)
                 num, kinks = fd.directional(target, V)
                 checks[r] = judge(layer, kinds[r], tensor, g.shape, np.arange(how.directions),
-                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions")
+                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions",
+                                  floor=report.floor)
                 advance(len(picks[r]))
         todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
         try:
@@ -373,9 +435,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 c = checks[r]
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-        if not get_method(how.method).is_complex:
-            _confirm_failures(checks, rows, numeric_side, how)
-        if how.localize or any(not c.passed for c in checks):
+        if not is_complex:
+            _confirm_failures(checks, rows, numeric_side, how,
+                              resolution.floor("complex", True, how.eps, how.fd_dtype, loss, outputs[-1], y))
+        if how.localize or any(c.mismatch for c in checks):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
                       how.samples, problem.rng, how.tol)
         for (key, *_, g, _), row in zip(rows, checks):

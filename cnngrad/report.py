@@ -15,6 +15,20 @@ def _num(v: float) -> str:
     return "nan" if not np.isfinite(v) else f"{v:.2e}"
 
 
+# how each status of compare.STATUSES is shown
+STATUS_TEXT = {"pass": ("PASS", "bold green"), "fail": ("FAIL", "bold red"),
+               "unresolved": ("UNRESOLVED", "bold yellow")}
+
+
+def status_text(row: TensorCheck) -> Text:
+    """PASS / FAIL / UNRESOLVED, and the kinks skipped."""
+    label, style = STATUS_TEXT[row.status]
+    status = Text(label, style=style)
+    if row.kinks:
+        status.append(f" ({row.kinks} kink{'s' if row.kinks > 1 else ''})", style="yellow")
+    return status
+
+
 def table(report: Report) -> Table:
     """One row per (layer, tensor): kind, shape, entries checked, the three errors, status."""
     t = Table(title=f"cnngrad check: {report.name}", title_justify="left", header_style="bold")
@@ -28,9 +42,7 @@ def table(report: Report) -> Table:
         t.add_column("at h/2", justify="right")
         t.add_column("ratio", justify="right")
     for r in report.rows:
-        status = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
-        if r.kinks:
-            status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
+        status = status_text(r)
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
         cells = [str(r.layer), r.kind, tensor_label(r.tensor), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
@@ -43,9 +55,10 @@ def table(report: Report) -> Table:
 
 
 def failure_lines(report: Report) -> list[str]:
-    """For each failing row: where, and both numbers at the worst entry; indented under it,
-    what halving h did and what the complex step said.  Rows that passed only after a
-    second look get an indented line of their own."""
+    """For each failing row: where, and both numbers at the worst entry (or why nothing was
+    compared); indented under it, what halving h did and what the complex step said.  An
+    unresolved row: why, and what would help.  Rows that passed only after a second look get
+    an indented line of their own."""
     order = get_method(report.method).power
     lines = []
     for r in report.rows:
@@ -54,7 +67,12 @@ def failure_lines(report: Report) -> list[str]:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
             continue
-        lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
+        if r.unresolved:
+            lines.append(f"{where}: UNRESOLVED: {r.reason}")
+        elif r.reason:  # failed without a comparison: every entry a kink
+            lines.append(f"{where}: {r.reason}")
+        else:
+            lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
         lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
         lines += [f"    diagnosis: {text}" for text in r.diagnosis]
     if report.localisation:
@@ -74,11 +92,13 @@ def worst(report: Report) -> float:
 
 def summary(report: Report) -> str:
     """The one-line verdict under the table."""
-    n, bad = len(report.rows), len(report.failures)
+    n, good, unsure = len(report.rows), sum(r.passed for r in report.rows), len(report.unresolved)
     kinks = sum(r.kinks for r in report.rows)
     verdict = "PASSED" if report.passed else "FAILED"
     grew = f" ({len(report.regressions)} grew past the baseline)" if report.regressions else ""
-    parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}{grew}",
+    if unsure:
+        grew += f", {unsure} unresolved (below the resolution{'; --strict fails them' if report.strict else ''})"
+    parts = [f"{verdict}: {good}/{n} tensors within tol {report.tol:.0e}{grew}",
              f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"
@@ -103,6 +123,8 @@ def summary_table(reports: list[Report]) -> Table:
             t.add_row(rep.name, "", "", Text("ERROR", style="bold red"), "")
             continue
         verdict = Text("PASS", style="bold green") if rep.passed else Text("FAIL", style="bold red")
+        if rep.unresolved:
+            verdict.append(f" ({len(rep.unresolved)} unresolved)", style="yellow")
         if rep.regressions:
             verdict.append(f" ({len(rep.regressions)} grew past baseline)", style="red")
         t.add_row(rep.name, str(len(rep.rows)), _num(worst(rep)), verdict, f"{rep.seconds:.2f} s")
