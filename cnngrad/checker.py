@@ -428,7 +428,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 row.note = (f"failed along {how.directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
                             "checked entry by entry")
             checks[r] = row
-        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or not c.passed)]
+        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or c.mismatch)]
         if again:  # the same entries at h/2
             half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
             for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):

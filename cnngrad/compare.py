@@ -100,7 +100,7 @@ class TensorCheck:
     def convergence(self, order: int = 2) -> str:
         """What halving h did to the error, and what that means (needs ``norm_rel_half``)."""
         e1, e2 = self.metrics.norm_rel, self.norm_rel_half
-        if e2 is None or not (np.isfinite(e1) and np.isfinite(e2)):
+        if e2 is None or self.checked == 0 or not (np.isfinite(e1) and np.isfinite(e2)):
             return ""
         if e1 == 0 or e2 == 0:
             return "exact at h and h/2"

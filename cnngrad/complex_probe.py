@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .config import PluginError
 from .network import Network, PluginLayer
 
 Array = np.ndarray
@@ -50,7 +51,8 @@ def carries(fn: Callable[[Array], Array], base: Array, rng: np.random.Generator)
             f0 = np.asarray(fn(base))
             fc = np.asarray(fn(base + 1j * STEP * v.astype(real_dtype)))
         except Exception as e:  # a plugin that is real-only: any error on complex input
-            return f"its forward raised {type(e).__name__} on complex input"
+            cause = e.__cause__ if isinstance(e, PluginError) and e.__cause__ is not None else e
+            return f"its forward raised {type(cause).__name__} on complex input"
         if not np.iscomplexobj(fc):
             return "its forward returns a real array for complex input (np.real, a float buffer?)"
         if not (np.all(np.isfinite(fc)) and np.all(np.isfinite(f0))):
@@ -62,10 +64,13 @@ def carries(fn: Callable[[Array], Array], base: Array, rng: np.random.Generator)
         up, down = np.asarray(fn(base + t * v), dtype=np.float64), np.asarray(fn(base - t * v), dtype=np.float64)
         d_real = (up - down) / (2 * t)
         d_imag = fc.imag.astype(np.float64) / STEP
-    if not np.any(d_imag):
-        return "its forward drops the imaginary part (np.real, a float buffer, rfft2?)"
     gap = np.linalg.norm(d_imag - d_real)
     rounding = 10 * unit * np.linalg.norm(f0.astype(np.float64)) / t
+    if not np.any(d_imag):
+        if np.linalg.norm(d_real) <= rounding:
+            return "its output does not move along a random direction here, so the probe cannot show it keeps " \
+                   "an imaginary part (declare complex_safe = True if it does)"
+        return "its forward drops the imaginary part (np.real, a float buffer, rfft2?)"
     if not gap <= AGREE * (np.linalg.norm(d_real) + np.linalg.norm(d_imag)) + rounding:
         return "its imaginary part does not follow the derivative"
     return ""
