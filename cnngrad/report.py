@@ -86,8 +86,10 @@ def failure_lines(report: Report) -> list[str]:
 
 
 def worst(report: Report) -> float:
-    """The largest norm rel of a report's rows; NaN (a non-finite row) counts as the worst."""
-    return max((r.metrics.norm_rel for r in report.rows), default=0.0, key=lambda v: np.inf if np.isnan(v) else v)
+    """The largest norm rel of a report's judged rows (an unresolved row's is no verdict); NaN
+    (a non-finite row) counts as the worst."""
+    return max((r.metrics.norm_rel for r in report.rows if not r.unresolved), default=0.0,
+               key=lambda v: np.inf if np.isnan(v) else v)
 
 
 def summary(report: Report) -> str:
