@@ -143,6 +143,9 @@ def test_method_complex_on_a_real_only_layer_exits_2_with_one_line(tmp_path, how
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "complex step not available for layer 1 (FourierBlur)" in lines[0], lines
     assert "Traceback" not in result.output
+    if how == "flag":  # the step sweep's --method complex too
+        sweep = CliRunner().invoke(main, ["sweep", str(tmp_path / "net.yaml"), "--plugins", "--method", "complex"])
+        assert sweep.exit_code == 2 and "complex step not available for layer 1 (FourierBlur)" in sweep.stderr
     # a layer that carries it: the complex step runs, and agrees
     ok = run(str(write(tmp_path, net(custom("SatTanh")), "ok")), "--plugins", "--method", "complex")
     assert ok.exit_code == 0, ok.output
