@@ -385,7 +385,13 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         digest=config.digest(), raw=config.raw,
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads))
         is_complex = get_method(how.method).is_complex
-        report.floor = resolution.floor(how.method, is_complex, how.eps, how.fd_dtype, loss, outputs[-1], y)
+        biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
+
+        def floor_of(method: str, complex_step: bool) -> resolution.Floor:
+            return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
+                                    config.dtype, biggest)
+
+        report.floor = floor_of(how.method, is_complex)
         rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
         total = sum(len(idx) for idx in picks)
@@ -436,8 +442,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not is_complex:
-            _confirm_failures(checks, rows, numeric_side, how,
-                              resolution.floor("complex", True, how.eps, how.fd_dtype, loss, outputs[-1], y))
+            _confirm_failures(checks, rows, numeric_side, how, floor_of("complex", True))
         if how.localize or any(c.mismatch for c in checks):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
                       how.samples, problem.rng, how.tol)

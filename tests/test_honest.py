@@ -242,6 +242,24 @@ def test_a_large_analytic_gradient_against_a_numeric_zero_fails(tmp_path):
     assert np.abs(row.numeric).max() < 1e-12
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_gradient_zero_in_truth_is_not_a_failure(tmp_path, dtype):
+    """A tied conv bias right before Center (z − its map mean): adding a constant to a map
+    changes nothing, so ∂C/∂b = 0 exactly (closed form; a plain central loop agrees). The
+    backward's sum of δ − mean δ is rounding (~1e-8 in float32): both ~0, not a failure."""
+    raw = {"seed": 4, "dtype": dtype, "input": {"batch": 2, "channels": 1, "height": 5, "width": 5},
+           "layers": [{"conv": {"filters": 2, "kernel": 3}}, custom("Center"), {"activation": "tanh"},
+                      {"flatten": {}}, {"dense": {"units": 3}}], "loss": "mse"}
+    path = write(tmp_path, raw)
+    wide = build(cfg.load(str(write(tmp_path, {**raw, "dtype": "float64"}, "wide")), plugins=True))
+    assert np.abs(naive_central(lambda: loss_of(wide), wide.net.layers[0].params["b"])).max() < 1e-9
+    report = check(str(path), plugins=True)
+    row = next(r for r in report.rows if r.layer == 0 and r.tensor == "b")
+    assert row.status == "unresolved" and "below the resolution" in row.reason
+    assert report.return_code == 0 and report.localisation == ""
+    assert all(r.passed for r in report.rows if r is not row)
+
+
 def test_judge_statuses_against_the_floor():
     floor = Floor(1e-9, "central differences", 0.0)
     idx, none = np.arange(3), np.zeros(3, dtype=bool)
@@ -257,6 +275,12 @@ def test_judge_statuses_against_the_floor():
     assert status([1e-30, 2e-30, 0], [1e-30, 2e-30, 0]) == "pass"  # agreement is agreement
     assert status([np.nan, 0, 0], [0, 0, 0]) == "fail"  # NaN is never below a floor
     assert judge(0, "dense", "W", (3,), idx, np.zeros(3), np.ones(3), none, 1e-6).status == "fail"  # no floor
+    # a float32 backward's own rounding: the analytic side is ~0 up to it, the numeric one is not
+    floor = Floor(1e-9, "central differences", 0.5, rounding=1e-6)
+    assert status([1e-7, 0, 0], [1e-12, 0, 0]) == "unresolved"
+    assert status([1e-7, 0, 0], [1e-7, 0, 0]) == "pass"
+    assert status([1e-7, 0, 0], [3e-8, 0, 0]) == "fail"  # the numeric side resolves it
+    assert status([1e-5, 0, 0], [0, 0, 0]) == "fail"
 
 
 # --------------------------------------------------------------------------- every entry a kink

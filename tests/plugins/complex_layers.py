@@ -100,3 +100,18 @@ class SatTanh:
         if self.bug == "identity":
             return delta, {}
         return delta * self.k * (1 - a * a), {}
+
+
+class Center:
+    """a = z − mean of z over each map (h, w): a constant added to a map changes nothing, so
+    a tied conv bias right before it has a true gradient of exactly 0.
+    δ_in = δ − mean of δ over each map."""
+
+    def __init__(self, in_shape, rng):
+        self.out_shape, self.params = tuple(in_shape), {}
+
+    def forward(self, z):
+        return z - z.mean(axis=(2, 3), keepdims=True), None
+
+    def backward(self, delta, cache):
+        return delta - delta.mean(axis=(2, 3), keepdims=True), {}
