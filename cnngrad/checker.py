@@ -22,9 +22,9 @@ from . import diagnose as diagnose_mod
 from . import resolution
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
+from .confirm import confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
-from .refs import TensorRef
 from .resources import guard
 
 Array = np.ndarray
@@ -153,74 +153,6 @@ def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) ->
         rows += [(key_of(i, name), i, name, grads[i][name], (i, name)) for name in layer.params]
     kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
     return rows, kinds
-
-
-def _start_of(target: Any) -> tuple[int, str | None]:
-    """The layer a row's perturbation enters, and the parameter perturbed (None for a δ)."""
-    if target == "input":
-        return 0, None
-    if isinstance(target, TensorRef):
-        return target.index, None if target.is_delta else target.name
-    layer, name = target
-    return layer, None if name == "input" else name
-
-
-def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings, floor: resolution.Floor) -> None:
-    """Check each failing or unresolved tensor again with the complex step, which has no
-    rounding floor of central differences (``floor``: its own, far lower).
-
-    Only where every layer from the perturbed one on can carry an imaginary part (declared
-    ``complex_safe``, or shown by ``complex_probe``); elsewhere the row says "complex step
-    not available for layer i (Class)" and keeps its status.  A real bug fails there too,
-    and the row says the failure is confirmed.  A tensor whose difference quotient only
-    drowned in rounding passes there, and its row becomes the complex step's, saying why.
-    An unresolved tensor stays so if the complex step cannot resolve it either.
-    """
-    todo = [r for r, c in enumerate(checks) if c.mode == "entries" and (c.mismatch or c.unresolved)]
-    if not todo:
-        return
-    method, tol = how.method, how.tol
-    order = get_method(method).power
-    probe = ComplexProbe(problem[0], problem[1])
-    usable = []
-    for r in todo:
-        why = probe.unavailable(*_start_of(rows[r][4]))
-        if why:  # never a confirmation from a lost imaginary part
-            checks[r].note = "; ".join(filter(None, [checks[r].note, why]))
-        else:
-            usable.append(r)
-    if not usable:
-        return
-    try:
-        step = get_method("complex").default_eps[how.fd_dtype]
-        exact = FiniteDifferences(*problem, step, "complex", workers=how.workers)
-        results = exact.numeric([(rows[r][4], checks[r].indices) for r in usable])
-    except (TypeError, ValueError, FloatingPointError, cfg.PluginError) as e:  # the probe missed a real-only path
-        for r in usable:
-            checks[r].note = "; ".join(filter(None, [checks[r].note, f"complex step not available: {e}"]))
-        return
-    for r, num in zip(usable, results):
-        c = checks[r]
-        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol,
-                     floor=floor)
-        why = c.convergence(order)
-        first = c.reason.split(": ")[0] if c.unresolved else \
-            f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'})"
-        if redo.passed:
-            redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
-            checks[r] = redo
-        elif redo.failed and c.failed:
-            confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
-            c.note = "; ".join(filter(None, [c.note, confirmed]))
-        elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step
-            redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
-            checks[r] = redo
-        elif c.unresolved:
-            c.note = "; ".join(filter(None, [c.note, f"the complex step gives ~0 too (below its resolution "
-                                                      f"{floor.value:.0e})"]))
-        else:  # central differences saw more than rounding, the complex step and the backward see ~0
-            redo.note = f"{first}; the complex step and the backward both give ~0"
-            checks[r] = redo
 
 
 MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
@@ -442,7 +374,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not is_complex:
-            _confirm_failures(checks, rows, numeric_side, how, floor_of("complex", True))
+            confirm_failures(checks, [row[4] for row in rows], numeric_side, how.method, how.tol, how.fd_dtype,
+                             how.workers, floor_of("complex", True))
         if how.localize or any(c.mismatch for c in checks):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
                       how.samples, problem.rng, how.tol)
