@@ -7,6 +7,7 @@ only used where every layer from the perturbed one on carries an imaginary part
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -62,8 +63,11 @@ def confirm_failures(checks: list[TensorCheck], targets: list[Any], problem: tup
     try:
         step = get_method("complex").default_eps[fd_dtype]
         exact = FiniteDifferences(*problem, step, "complex", workers=workers)
-        results = exact.numeric([(targets[r], checks[r].indices) for r in usable])
-    except (TypeError, ValueError, FloatingPointError, PluginError) as e:  # the probe missed a real-only path
+        with warnings.catch_warnings():  # an imaginary part dropped on a path the probe missed
+            warnings.simplefilter("error", np.exceptions.ComplexWarning)
+            results = exact.numeric([(targets[r], checks[r].indices) for r in usable])
+    except (TypeError, ValueError, FloatingPointError, PluginError, np.exceptions.ComplexWarning) as e:
+        # the probe missed a real-only path
         for r in usable:
             checks[r].note = "; ".join(filter(None, [checks[r].note, f"complex step not available: {e}"]))
         return

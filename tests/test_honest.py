@@ -127,6 +127,16 @@ def test_a_lost_imaginary_part_is_never_a_confirmation(tmp_path, cls):
     assert check(str(twin), plugins=True).return_code == 0
 
 
+def test_a_false_declaration_that_warns_is_caught_in_the_run(tmp_path):
+    """complex_safe is trusted (no probe), but numpy's ComplexWarning in the complex run
+    itself still means: not available, never a confirmation."""
+    report = check(str(write(tmp_path, net(custom("Scale", bug="double"), custom("DeclaredFloatBuffer")))),
+                   plugins=True)
+    row = next(r for r in report.rows if r.tensor == "s")
+    assert row.failed and "complex step not available" in row.note and "ComplexWarning" in row.note
+    assert "confirms" not in row.note
+
+
 def test_the_complex_step_still_confirms_through_layers_that_carry_it(tmp_path):
     report = check(str(write(tmp_path, net(custom("Scale", bug="double"), custom("SatTanh")))), plugins=True)
     row = next(r for r in report.rows if r.tensor == "s")

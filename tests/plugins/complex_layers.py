@@ -115,3 +115,9 @@ class Center:
 
     def backward(self, delta, cache):
         return delta - delta.mean(axis=(2, 3), keepdims=True), {}
+
+
+class DeclaredFloatBuffer(FloatBuffer):
+    """FloatBuffer that declares complex_safe (falsely): it is trusted, not probed."""
+
+    complex_safe = True
