@@ -135,6 +135,8 @@ def test_a_false_declaration_that_warns_is_caught_in_the_run(tmp_path):
     row = next(r for r in report.rows if r.tensor == "s")
     assert row.failed and "complex step not available" in row.note and "ComplexWarning" in row.note
     assert "confirms" not in row.note
+    result = run(str(tmp_path / "net.yaml"), "--plugins", "--method", "complex")
+    assert result.exit_code == 2 and "DeclaredFloatBuffer.forward raised ComplexWarning" in result.stderr
 
 
 def test_the_complex_step_still_confirms_through_layers_that_carry_it(tmp_path):
