@@ -202,6 +202,17 @@ def test_a_saturated_softmax_is_unresolved_not_blamed():
     assert check(cfg.validate(SATURATED), method="complex").rows[0].status == "unresolved"
 
 
+def test_unresolved_stays_so_where_the_complex_step_is_not_available(tmp_path):
+    raw = {**SATURATED, "layers": [custom("RealPart"), *SATURATED["layers"]]}
+    report = check(str(write(tmp_path, raw)), plugins=True)
+    first = report.rows[0]
+    assert first.tensor == "input" and first.unresolved
+    assert "complex step not available for layer 0 (RealPart)" in first.note
+    dense = [r for r in report.rows if r.layer == 2]
+    assert dense and all(r.passed and "the complex step, free of rounding, agrees" in r.note for r in dense)
+    assert report.return_code == 0
+
+
 def test_unresolved_in_every_format_and_exit_codes(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     path = tmp_path / "saturated.yaml"
