@@ -8,6 +8,7 @@ import copy
 import io
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ import numpy as np
 
 from . import config as cfg
 from . import diagnose as diagnose_mod
-from . import structural
+from . import resolution, structural
 from .compare import TensorCheck, judge, metrics
+from .complex_probe import ComplexProbe
+from .confirm import confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
@@ -60,6 +63,8 @@ class Report:
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
+    strict: bool = False  # --strict: an unresolved tensor fails the config too
+    floor: resolution.Floor | None = field(default=None, repr=False)  # the smallest gradient the method resolves
 
     @classmethod
     def failed_to_load(cls, source: str, message: str) -> Report:
@@ -68,17 +73,23 @@ class Report:
 
     @property
     def failures(self) -> list[TensorCheck]:
-        return [r for r in self.rows if not r.passed]
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def unresolved(self) -> list[TensorCheck]:
+        """Tensors below the resolution of the differences: neither passed nor failed."""
+        return [r for r in self.rows if r.unresolved]
 
     @property
     def passed(self) -> bool:
-        return not (self.error or self.failures or self.regressions or self.faults or self.structural) \
-            and bool(np.isfinite(self.loss))
+        return not (self.error or self.failures or self.regressions or self.faults or self.structural
+                    or (self.strict and self.unresolved)) and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
-        """0 every check passed, 1 a gradient check failed (or grew past its baseline),
-        2 the config could not be checked (CONVENTIONS.md)."""
+        """0 every check passed, 1 a gradient check failed (or grew past its baseline; with
+        --strict, or a tensor was unresolved), 2 the config could not be checked
+        (CONVENTIONS.md).  An unresolved tensor alone leaves 0."""
         if self.error:
             return 2
         return 0 if self.passed else 1
@@ -126,38 +137,6 @@ def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) ->
     return rows, kinds
 
 
-def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings) -> None:
-    """Check each failing tensor again with the complex step, which has no rounding floor.
-
-    A real bug fails there too, and the row says the failure is confirmed.  A tensor whose
-    difference quotient only drowned in rounding (tiny gradients beside a large loss) passes
-    there, and its row becomes the complex step's, saying why.  Skipped for layers that cannot
-    run in complex arithmetic.
-    """
-    failing = [r for r, c in enumerate(checks) if c.mode == "entries" and not c.passed]
-    if not failing:
-        return
-    method, tol = how.method, how.tol
-    order = get_method(method).power
-    try:
-        step = get_method("complex").default_eps[how.fd_dtype]
-        exact = FiniteDifferences(*problem, step, "complex", workers=how.workers)
-        results = exact.numeric([(rows[r][4], checks[r].indices) for r in failing])
-    except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
-        return
-    for r, num in zip(failing, results):
-        c = checks[r]
-        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol)
-        why = c.convergence(order)
-        if redo.passed:
-            redo.note = (f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'}); "
-                         f"the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}")
-            checks[r] = redo
-        else:
-            confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
-            c.note = "; ".join(filter(None, [c.note, confirmed]))
-
-
 MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
@@ -178,7 +157,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         kinds.append(kinds_of(net)[l])
         picks.append(idx)
         checks.append(judge(l, kinds[-1], tensor, d.shape, idx, d.reshape(-1)[idx].astype(np.float64),
-                            num.values, num.kinks, tol))
+                            num.values, num.kinks, tol, floor=report.floor))
     order = sorted(range(len(rows)), key=lambda r: (rows[r][1], rows[r][2] != "input", r))
     for seq in (rows, kinds, picks, checks):
         seq[:] = [seq[r] for r in order]
@@ -192,7 +171,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         return fd.numeric([(target, np.arange(g.size))])[0].values.reshape(g.shape)
 
     for r, c in enumerate(checks):
-        if c.layer != culprit or c.passed or c.mode != "entries":
+        if c.layer != culprit or not c.mismatch or c.mode != "entries":
             continue
         key, layer, tensor, g, target = rows[r]
         numeric = full(target, g)
@@ -233,7 +212,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
           localize: bool = False, avoid_kinks: bool = False, max_params: float | None = None,
-          max_memory_mb: float | None = None) -> Report:
+          max_memory_mb: float | None = None, strict: bool = False) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -253,7 +232,11 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
-    share a large check (default: up to 2), with the same numbers as one."""
+    share a large check (default: up to 2), with the same numbers as one.
+    ``strict``: an unresolved tensor (below the resolution of the differences) fails the
+    config too.  The complex step (``method="complex"``) needs every layer to carry an
+    imaginary part (``complex_probe``): else ConfigError "complex step not available for
+    layer i (Class)"."""
     if isinstance(config, dict):
         config = cfg.validate(config, plugins=plugins)
     elif not isinstance(config, cfg.Config):
@@ -274,14 +257,24 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress)
     t0 = time.perf_counter()
     problem = build(config)
-    report = _run(config, problem, how)
-    while avoid_kinks and any(r.kinks for r in report.rows) and report.redraws < MAX_REDRAWS:
-        problem.x = problem.rng.normal(0.0, 1.0, size=problem.x.shape).astype(problem.x.dtype)
-        redraws = report.redraws + 1
+    if m.is_complex:
+        net, x, _ = upcast(problem.net, problem.x, problem.y) if fd_dtype != config.dtype else \
+            (problem.net, problem.x, problem.y)
+        why = ComplexProbe(net, x).network()
+        if why:
+            raise cfg.ConfigError(f"method {method}: {why}; use --method central or richardson")
+    with warnings.catch_warnings():
+        if m.is_complex:  # a layer that drops Im after all (a false complex_safe): a plugin error, exit 2
+            warnings.simplefilter("error", np.exceptions.ComplexWarning)
         report = _run(config, problem, how)
-        report.redraws = redraws
+        while avoid_kinks and any(r.kinks for r in report.rows) and report.redraws < MAX_REDRAWS:
+            problem.x = problem.rng.normal(0.0, 1.0, size=problem.x.shape).astype(problem.x.dtype)
+            redraws = report.redraws + 1
+            report = _run(config, problem, how)
+            report.redraws = redraws
     report.seconds = time.perf_counter() - t0
     report.samples, report.avoid_kinks = samples, avoid_kinks
+    report.strict = strict
     return report
 
 
@@ -312,6 +305,14 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken)
+        is_complex = get_method(how.method).is_complex
+        biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
+
+        def floor_of(method: str, complex_step: bool) -> resolution.Floor:
+            return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
+                                    config.dtype, biggest)
+
+        report.floor = floor_of(how.method, is_complex)
         rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
         total = sum(len(idx) for idx in picks)
@@ -328,7 +329,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         def entry_row(r: int, num: Any) -> TensorCheck:
             _, layer, tensor, g, _ = rows[r]
             return judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
-                         num.values, num.kinks, how.tol)
+                         num.values, num.kinks, how.tol, floor=report.floor)
 
         checks: list[TensorCheck | None] = [None] * len(rows)
         if how.directions:
@@ -337,7 +338,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 V /= np.linalg.norm(V, axis=1, keepdims=True)
                 num, kinks = fd.directional(target, V)
                 checks[r] = judge(layer, kinds[r], tensor, g.shape, np.arange(how.directions),
-                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions")
+                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions",
+                                  floor=report.floor)
                 advance(len(picks[r]))
         todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
         try:
@@ -353,16 +355,17 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 row.note = (f"failed along {how.directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
                             "checked entry by entry")
             checks[r] = row
-        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or not c.passed)]
+        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or c.mismatch)]
         if again:  # the same entries at h/2
             half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
             for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
                 c = checks[r]
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-        if not get_method(how.method).is_complex:
-            _confirm_failures(checks, rows, numeric_side, how)
-        if how.localize or any(not c.passed for c in checks):
+        if not is_complex:
+            confirm_failures(checks, [row[4] for row in rows], numeric_side, how.method, how.tol, how.fd_dtype,
+                             how.workers, floor_of("complex", True))
+        if how.localize or any(c.mismatch for c in checks):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
                       how.samples, problem.rng, how.tol)
         for (key, *_, g, _), row in zip(rows, checks):

@@ -193,6 +193,9 @@ def check_options(f: Callable) -> Callable:
         click.option("--avoid-kinks", is_flag=True,
                      help="Draw the input again until no checked entry's stencil crosses a ReLU or "
                           "max-pool kink (up to 10 times)."),
+        click.option("--strict", is_flag=True,
+                     help="Fail (exit 1) a config with an unresolved tensor too: one whose gradients are "
+                          "below what the differences can resolve at its loss scale (by default reported, exit 0)."),
         click.option("--localize", is_flag=True,
                      help="Check δ at every layer boundary and name the first layer whose backward is "
                           "wrong (done anyway when a tensor fails)."),
@@ -384,7 +387,7 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
             if heatmap:
                 for row in rep.rows:
-                    if not row.passed and row.mode == "entries":
+                    if row.mismatch and row.mode == "entries":
                         out.print(render.heatmap(rep, (key_of(row.layer, row.tensor), row)))
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:

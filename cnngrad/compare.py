@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .resolution import Floor
+
 Array = np.ndarray
 TINY = np.finfo(np.float64).tiny
 
@@ -66,7 +68,7 @@ class TensorCheck:
     checked: int
     kinks: int
     metrics: Metrics
-    status: str  # "pass" | "fail"
+    status: str  # one of STATUSES: "pass" | "fail" | "unresolved"
     tol: float
     mode: str = "entries"  # "entries": entry by entry; "directions": along random unit directions
     norm_rel_half: float | None = None  # the same entries differenced at h/2 (a convergence check)
@@ -76,15 +78,29 @@ class TensorCheck:
     analytic: Array = field(repr=False, default=None)  # at those indices
     numeric: Array = field(repr=False, default=None)
     kink_mask: Array = field(repr=False, default=None)  # which of those stencils crossed a kink
+    reason: str = ""  # why the status is not norm rel against tol: every entry a kink, below the floor
 
     @property
     def passed(self) -> bool:
         return self.status == "pass"
 
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    @property
+    def unresolved(self) -> bool:
+        return self.status == "unresolved"
+
+    @property
+    def mismatch(self) -> bool:
+        """Failed on its numbers (not because nothing could be compared): what localisation blames."""
+        return self.failed and self.checked > 0
+
     def convergence(self, order: int = 2) -> str:
         """What halving h did to the error, and what that means (needs ``norm_rel_half``)."""
         e1, e2 = self.metrics.norm_rel, self.norm_rel_half
-        if e2 is None or not (np.isfinite(e1) and np.isfinite(e2)):
+        if e2 is None or self.checked == 0 or not (np.isfinite(e1) and np.isfinite(e2)):
             return ""
         if e1 == 0 or e2 == 0:
             return "exact at h and h/2"
@@ -97,6 +113,8 @@ class TensorCheck:
             return f"{said}: grows as h shrinks — rounding error dominates: use a larger --eps"
         if self.passed:
             return f"{said}: at the rounding floor"
+        if self.unresolved:
+            return said
         return f"{said}: does not shrink with h — the analytic gradient is wrong, not the step"
 
     def worst_entry(self) -> str:
@@ -113,12 +131,31 @@ class TensorCheck:
 
 
 
+STATUSES = ("pass", "fail", "unresolved")
+
+
 def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: Array,
-          analytic: Array, numeric: Array, kinks: Array, tol: float, mode: str = "entries") -> TensorCheck:
+          analytic: Array, numeric: Array, kinks: Array, tol: float, mode: str = "entries",
+          floor: Floor | None = None) -> TensorCheck:
     """Compare analytic and numeric at the checked entries (or directions), leaving kink
-    crossings out."""
+    crossings out.  The status:
+
+    * ``"pass"``: norm rel ≤ tol, everything finite;
+    * ``"fail"``: norm rel > tol (or not finite) — or no entry could be compared at all,
+      every stencil having crossed a kink (nothing checked is not a pass);
+    * ``"unresolved"``: norm rel > tol, but both sides are at most ``floor`` (the smallest
+      gradient the differences can resolve at this loss scale): neither right nor wrong."""
     ok = ~kinks
-    m = metrics(analytic[ok], numeric[ok])
+    g, n = analytic[ok], numeric[ok]
+    m = metrics(g, n)
     passed = np.isfinite(m.norm_rel) and m.norm_rel <= tol and np.all(np.isfinite(analytic))
-    return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
-                       "pass" if passed else "fail", tol, mode, None, "", [], indices, analytic, numeric, kinks)
+    status, reason = ("pass" if passed else "fail"), ""
+    if not ok.any() and kinks.any():
+        status = "fail"
+        what = "directions" if mode == "directions" else "entries"
+        reason = (f"not checked: every one of its {int(kinks.sum())} {what}' stencils crossed a kink, so nothing "
+                  f"was compared — use a smaller --eps, or --avoid-kinks")
+    elif status == "fail" and floor is not None and floor.covers(g, n):
+        status, reason = "unresolved", floor.reason(g, n)
+    return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m, status, tol, mode,
+                       indices=indices, analytic=analytic, numeric=numeric, kink_mask=kinks, reason=reason)

@@ -26,10 +26,10 @@ def localise(rows: list, n_layers: int, kinds: list[str]) -> tuple[int | None, s
     by_layer: dict[int, list] = {}
     for r in rows:
         by_layer.setdefault(r.layer, []).append(r)
-    delta_ok = {r.layer: r.passed for r in rows if r.tensor == "input"}
+    delta_ok = {r.layer: not r.mismatch for r in rows if r.tensor == "input"}  # unresolved: no blame
     for l in range(n_layers - 1, -1, -1):
         out_ok = l == n_layers - 1 or delta_ok.get(l + 1, True)
-        own_ok = all(r.passed for r in by_layer.get(l, []))
+        own_ok = all(not r.mismatch for r in by_layer.get(l, []))
         if out_ok and not own_ok:
             after = f"layers {l + 1}-{n_layers - 1} check out" if l + 1 < n_layers - 1 else \
                 f"layer {l + 1} checks out" if l + 1 == n_layers - 1 else "it is the last layer"

@@ -34,7 +34,7 @@ def records(report: Report) -> list[dict[str, Any]]:
             "max_abs": _num(r.metrics.max_abs), "max_rel": _num(r.metrics.max_rel),
             "norm_rel": _num(r.metrics.norm_rel),
             "norm_rel_half_step": None if r.norm_rel_half is None else _num(r.norm_rel_half),
-            "tol": r.tol, "status": r.status, "note": r.note,
+            "tol": r.tol, "status": r.status, "note": "; ".join(filter(None, [r.reason, r.note])),
             "regression": report.regressions.get((r.layer, r.tensor), ""),
             "method": report.method, "eps": report.eps, "seed": report.seed, "dtype": report.dtype,
             "cnngrad_version": __version__,
@@ -69,12 +69,13 @@ def to_json(reports: list[Report], timings: bool = True) -> str:
 
 def to_junit(reports: list[Report]) -> str:
     """JUnit XML: a testsuite per config, a testcase per (layer, tensor); a failing tensor
-    carries its metrics in <failure>, a config that could not be checked an <error>."""
+    carries its metrics in <failure>, an unresolved one its reason in <skipped>, a config
+    that could not be checked an <error>."""
     suites = ET.Element("testsuites", name="cnngrad")
-    total = failures = errors = 0
+    total = failures = errors = skipped = 0
     for rep in reports:
         suite = ET.SubElement(suites, "testsuite", name=rep.name)
-        n_fail = n_err = 0
+        n_fail = n_err = n_skip = 0
         if rep.error:
             case = ET.SubElement(suite, "testcase", name="config", classname=rep.name, time="0")
             ET.SubElement(case, "error", message=rep.error, type="ConfigError").text = rep.error
@@ -86,9 +87,14 @@ def to_junit(reports: list[Report]) -> str:
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
                        f"max_rel={r.metrics.max_rel:.3e} tol={r.tol:.0e} checked={r.checked} kinks={r.kinks}")
             regression = rep.regressions.get((r.layer, r.tensor))
-            if not r.passed or regression:
+            if r.unresolved and not regression:
+                n_skip += 1
+                ET.SubElement(case, "skipped", message=f"{label}: unresolved: {r.reason}").text = \
+                    "\n".join(filter(None, [metrics, r.note]))
+            elif not r.passed or regression:
                 n_fail += 1
-                message = f"{label}: " + (regression or f"norm rel {r.metrics.norm_rel:.3e} > tol {r.tol:.0e}")
+                message = f"{label}: " + (regression or r.reason
+                                          or f"norm rel {r.metrics.norm_rel:.3e} > tol {r.tol:.0e}")
                 ET.SubElement(case, "failure", message=message, type="GradientMismatch").text = \
                     "\n".join(filter(None, [metrics, r.worst_entry(), r.note]))
             else:
@@ -100,11 +106,12 @@ def to_junit(reports: list[Report]) -> str:
         suite.set("tests", str(len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)))
         suite.set("failures", str(n_fail))
         suite.set("errors", str(n_err))
-        suite.set("skipped", "0")
+        suite.set("skipped", str(n_skip))
         suite.set("time", f"{rep.seconds:.3f}")
         total += len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)
         failures += n_fail
         errors += n_err
+        skipped += n_skip
     suites.set("tests", str(total))
     suites.set("failures", str(failures))
     suites.set("errors", str(errors))
@@ -112,6 +119,7 @@ def to_junit(reports: list[Report]) -> str:
         element.text = element.text and xml(element.text)
         for key, value in element.attrib.items():
             element.set(key, xml(value))
+    suites.set("skipped", str(skipped))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
@@ -124,6 +132,8 @@ def to_markdown(reports: list[Report]) -> str:
     for rep in reports:
         worst = render.worst(rep) if rep.rows else float("nan")
         verdict = "error: " + md(rep.error) if rep.error else ("✅ pass" if rep.passed else "❌ fail")
+        if rep.unresolved and not rep.error:
+            verdict += f" ({len(rep.unresolved)} unresolved)"
         lines.append(f"| {md(rep.name)} | {len(rep.rows)} | {worst:.2e} | {verdict} | {rep.seconds:.2f} s |")
     for rep in reports:
         if not rep.rows:
@@ -132,10 +142,14 @@ def to_markdown(reports: list[Report]) -> str:
                   "| layer | kind | tensor | shape | checked | max abs | max rel | norm rel | status |",
                   "|---:|---|---|---|---:|---:|---:|---:|---|"]
         for r in rep.rows:
-            status = "pass" if r.passed and (r.layer, r.tensor) not in rep.regressions else "**FAIL**"
+            status = "**FAIL**" if r.failed or (r.layer, r.tensor) in rep.regressions else \
+                "UNRESOLVED" if r.unresolved else "pass"
             label = md(tensor_label(r.tensor))
             lines.append(f"| {md(r.layer)} | {md(r.kind)} | {label} | {'x'.join(map(str, r.shape))} | {r.checked} | "
                          f"{r.metrics.max_abs:.2e} | {r.metrics.max_rel:.2e} | {r.metrics.norm_rel:.2e} | {status} |")
+        for r in rep.rows:
+            if r.reason:
+                lines.append(f"\n- layers[{md(r.layer)}] {md(tensor_label(r.tensor))}: {md(r.reason)}")
         for (layer, tensor), why in rep.regressions.items():
             lines.append(f"\n- layers[{md(layer)}] {md(tensor)}: {md(why)}")
         if rep.baseline_note:

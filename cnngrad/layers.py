@@ -56,6 +56,7 @@ class Conv:
     """
 
     kind = "conv"
+    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, filters: int,
                  kernel: Any = 3, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
@@ -194,6 +195,7 @@ class Activation:
     """``a^l = σ(z^l)``, elementwise; any in_shape, out_shape = in_shape."""
 
     kind = "activation"
+    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
     channelwise = True  # each output channel depends on the same input channel only
     elementwise = True  # and each output entry on the same input entry only
 
@@ -229,6 +231,7 @@ class Pool:
     """Max or average pooling, no padding. a of shape (n, c, h, w) -> (n, c, ho, wo)."""
 
     kind = "pool"
+    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
     channelwise = True  # each output channel depends on the same input channel only
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, kind: str = "max",
@@ -304,6 +307,7 @@ class Flatten:
     """(n, c, h, w) -> (n, c·h·w), C order."""
 
     kind = "flatten"
+    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.float64) -> None:
         self.in_shape = tuple(in_shape)
@@ -321,6 +325,7 @@ class Dense:
     """``z = W a + b``: a_prev of shape (n, k) -> z of shape (n, units); W (units, k)."""
 
     kind = "dense"
+    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, units: int,
                  bias: bool = True, init: str | dict = "lecun", dtype: Any = np.float64) -> None:

@@ -17,6 +17,20 @@ def _num(v: float) -> str:
     return "nan" if not np.isfinite(v) else f"{v:.2e}"
 
 
+# how each status of compare.STATUSES is shown
+STATUS_TEXT = {"pass": ("PASS", "bold green"), "fail": ("FAIL", "bold red"),
+               "unresolved": ("UNRESOLVED", "bold yellow")}
+
+
+def status_text(row: TensorCheck) -> Text:
+    """PASS / FAIL / UNRESOLVED, and the kinks skipped."""
+    label, style = STATUS_TEXT[row.status]
+    status = Text(label, style=style)
+    if row.kinks:
+        status.append(f" ({row.kinks} kink{'s' if row.kinks > 1 else ''})", style="yellow")
+    return status
+
+
 def table(report: Report) -> Table:
     """One row per (layer, tensor): kind, shape, entries checked, the three errors, status."""
     t = Table(title=Text("cnngrad check: ") + safe(report.name), title_justify="left", header_style="bold")
@@ -30,9 +44,7 @@ def table(report: Report) -> Table:
         t.add_column("at h/2", justify="right")
         t.add_column("ratio", justify="right")
     for r in report.rows:
-        status = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
-        if r.kinks:
-            status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
+        status = status_text(r)
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
         cells = [safe(r.layer), safe(r.kind), safe(tensor_label(r.tensor)), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
@@ -45,9 +57,10 @@ def table(report: Report) -> Table:
 
 
 def failure_lines(report: Report) -> list[str]:
-    """For each failing row: where, and both numbers at the worst entry; indented under it,
-    what halving h did and what the complex step said.  Rows that passed only after a
-    second look get an indented line of their own."""
+    """For each failing row: where, and both numbers at the worst entry (or why nothing was
+    compared); indented under it, what halving h did and what the complex step said.  An
+    unresolved row: why, and what would help.  Rows that passed only after a second look get
+    an indented line of their own."""
     order = get_method(report.method).power
     lines = []
     for r in report.rows:
@@ -56,7 +69,12 @@ def failure_lines(report: Report) -> list[str]:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
             continue
-        lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
+        if r.unresolved:
+            lines.append(f"{where}: UNRESOLVED: {r.reason}")
+        elif r.reason:  # failed without a comparison: every entry a kink
+            lines.append(f"{where}: {r.reason}")
+        else:
+            lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
         lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
         lines += [f"    diagnosis: {text}" for text in r.diagnosis]
     if report.localisation:
@@ -71,17 +89,21 @@ def failure_lines(report: Report) -> list[str]:
 
 
 def worst(report: Report) -> float:
-    """The largest norm rel of a report's rows; NaN (a non-finite row) counts as the worst."""
-    return max((r.metrics.norm_rel for r in report.rows), default=0.0, key=lambda v: np.inf if np.isnan(v) else v)
+    """The largest norm rel of a report's judged rows (an unresolved row's is no verdict); NaN
+    (a non-finite row) counts as the worst."""
+    return max((r.metrics.norm_rel for r in report.rows if not r.unresolved), default=0.0,
+               key=lambda v: np.inf if np.isnan(v) else v)
 
 
 def summary(report: Report) -> str:
     """The one-line verdict under the table."""
-    n, bad = len(report.rows), len(report.failures)
+    n, good, unsure = len(report.rows), sum(r.passed for r in report.rows), len(report.unresolved)
     kinks = sum(r.kinks for r in report.rows)
     verdict = "PASSED" if report.passed else "FAILED"
     grew = f" ({len(report.regressions)} grew past the baseline)" if report.regressions else ""
-    parts = [f"{verdict}: {n - bad}/{n} tensors within tol {report.tol:.0e}{grew}",
+    if unsure:
+        grew += f", {unsure} unresolved (below the resolution{'; --strict fails them' if report.strict else ''})"
+    parts = [f"{verdict}: {good}/{n} tensors within tol {report.tol:.0e}{grew}",
              f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"
@@ -108,6 +130,8 @@ def summary_table(reports: list[Report]) -> Table:
             t.add_row(safe(rep.name), "", "", Text("ERROR", style="bold red"), "")
             continue
         verdict = Text("PASS", style="bold green") if rep.passed else Text("FAIL", style="bold red")
+        if rep.unresolved:
+            verdict.append(f" ({len(rep.unresolved)} unresolved)", style="yellow")
         if rep.regressions:
             verdict.append(f" ({len(rep.regressions)} grew past baseline)", style="red")
         t.add_row(safe(rep.name), str(len(rep.rows)), _num(worst(rep)), verdict, f"{rep.seconds:.2f} s")

@@ -13,7 +13,8 @@ import numpy as np
 from . import config as cfg
 from .checker import targets, upcast
 from .compare import metrics, tensor_label
-from .finite_diff import FiniteDifferences, select
+from .complex_probe import ComplexProbe
+from .finite_diff import FiniteDifferences, get_method, select
 from .network import build
 
 Array = np.ndarray
@@ -50,6 +51,9 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
         rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
         fd_net, fd_x, fd_y = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
+        why = ComplexProbe(fd_net, fd_x).network() if get_method(method).is_complex else ""
+        if why:  # a lost imaginary part would read as a derivative
+            raise cfg.ConfigError(f"method {method}: {why}")
         errors = np.full((len(rows), len(eps_values)), np.nan)
         for e, eps in enumerate(eps_values):
             fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, workers=workers)

@@ -1,0 +1,138 @@
+"""Can the complex step run through a layer?  Declared, or shown by a probe — never assumed.
+
+The complex step ``Im C(θ + ih) / h`` is only right if every layer from the perturbed one
+on carries the imaginary part.  A layer that writes into a float buffer, calls ``np.real``
+or ``rfft2``, drops it: the imaginary part of the loss is then 0 or wrong, and reading that
+as a derivative would "confirm" anything.  So a layer is usable when
+
+* it declares ``complex_safe = True`` (CONVENTIONS.md, "Layers of your own"; built-ins do), or
+* a probe shows it: forward on its real input ``a + i·h·v`` (v random, h = 1e-20) gives a
+  complex, finite output whose real part is the real forward's to rounding and whose
+  imaginary part, divided by h, is nonzero and matches a real central difference along v
+  to a loose tolerance; the same for each parameter, perturbed the same way.
+
+A numpy ComplexWarning (turned into an error here), a TypeError or anything else the layer
+raises on complex input means: not available.  The probe draws from its own generator,
+never the check's, so the check's numbers stay the same bit for bit.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from .config import PluginError
+from .network import Network, PluginLayer
+
+Array = np.ndarray
+STEP = 1e-20  # the imaginary step of the probe
+AGREE = 1e-2  # loose: the real difference has truncation and rounding error of its own
+
+
+def declares(layer: object) -> bool:
+    """Does the layer (or, behind a PluginLayer, the user's class) declare complex_safe?"""
+    inner = layer.layer if isinstance(layer, PluginLayer) else layer
+    return getattr(layer, "complex_safe", False) is True or getattr(inner, "complex_safe", False) is True
+
+
+def class_name(layer: object) -> str:
+    return layer.kind if isinstance(layer, PluginLayer) else type(layer).__name__
+
+
+def carries(fn: Callable[[Array], Array], base: Array, rng: np.random.Generator) -> str:
+    """Whether ``fn`` keeps an imaginary part put on ``base``: "" if it does, else why not."""
+    v = rng.standard_normal(base.shape)
+    real_dtype = np.result_type(base.dtype, np.float32)
+    unit = float(np.finfo(real_dtype).eps)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        try:
+            f0 = np.asarray(fn(base))
+            fc = np.asarray(fn(base + 1j * STEP * v.astype(real_dtype)))
+        except Exception as e:  # a plugin that is real-only: any error on complex input
+            cause = e.__cause__ if isinstance(e, PluginError) and e.__cause__ is not None else e
+            return f"its forward raised {type(cause).__name__} on complex input"
+        if not np.iscomplexobj(fc):
+            return "its forward returns a real array for complex input (np.real, a float buffer?)"
+        if not (np.all(np.isfinite(fc)) and np.all(np.isfinite(f0))):
+            return "its forward is not finite on complex input"
+        scale = float(np.max(np.abs(f0), initial=0.0)) + 1.0
+        if np.max(np.abs(fc.real - f0), initial=0.0) > np.sqrt(unit) * scale:
+            return "the real part of its complex output is not its real output"
+        t = unit ** (1 / 3) * (1.0 + float(np.max(np.abs(base), initial=0.0)))
+        up, down = np.asarray(fn(base + t * v), dtype=np.float64), np.asarray(fn(base - t * v), dtype=np.float64)
+        d_real = (up - down) / (2 * t)
+        d_imag = fc.imag.astype(np.float64) / STEP
+    gap = np.linalg.norm(d_imag - d_real)
+    rounding = 10 * unit * np.linalg.norm(f0.astype(np.float64)) / t
+    if not np.any(d_imag):
+        if np.linalg.norm(d_real) <= rounding:
+            return "its output does not move along a random direction here, so the probe cannot show it keeps " \
+                   "an imaginary part (declare complex_safe = True if it does)"
+        return "its forward drops the imaginary part (np.real, a float buffer, rfft2?)"
+    if not gap <= AGREE * (np.linalg.norm(d_real) + np.linalg.norm(d_imag)) + rounding:
+        return "its imaginary part does not follow the derivative"
+    return ""
+
+
+class ComplexProbe:
+    """Which layers of ``net`` (on input x) can carry the complex step, probed once each."""
+
+    def __init__(self, net: Network, x: Array) -> None:
+        self.net, self.x = net, x
+        self._inputs: list[Array] = [x]
+        self._said: dict[tuple[int, str | None], str] = {}
+
+    def _input(self, i: int) -> Array:
+        while len(self._inputs) <= i:
+            self._inputs.append(self.net.layers[len(self._inputs) - 1].forward(self._inputs[-1])[0])
+        return self._inputs[i]
+
+    def why_not(self, i: int, param: str | None = None) -> str:
+        """Why layer i cannot carry an imaginary part on its input (``param`` None) or on
+        that parameter; "" if it can (declared, or shown by the probe)."""
+        key = (i, param)
+        if key not in self._said:
+            layer = self.net.layers[i]
+            rng = np.random.default_rng([i, 0 if param is None else 1 + sorted(layer.params).index(param)])
+            if declares(layer):
+                self._said[key] = ""
+            elif param is None:
+                self._said[key] = carries(lambda a: layer.forward(a)[0], self._input(i), rng)
+            else:
+                self._said[key] = carries(self._with_param(i, param), layer.params[param], rng)
+        return self._said[key]
+
+    def _with_param(self, i: int, name: str) -> Callable[[Array], Array]:
+        layer, a = self.net.layers[i], self._input(i)
+
+        def run(P: Array) -> Array:
+            original = layer.params[name]
+            layer.params[name] = P
+            try:
+                return layer.forward(a)[0]
+            finally:
+                layer.params[name] = original
+
+        return run
+
+    def unavailable(self, start: int, param: str | None = None) -> str:
+        """For a tensor of layer ``start`` (a parameter, or δ at its input with ``param``
+        None): "complex step not available for layer i (Class): why" for the first layer on
+        its way to the loss that cannot carry the imaginary part, or ""."""
+        for i in range(start, len(self.net.layers)):
+            why = self.why_not(i, param if i == start else None)
+            if why:
+                return f"complex step not available for layer {i} ({class_name(self.net.layers[i])}): {why}"
+        return ""
+
+    def network(self) -> str:
+        """The same sentence for the first layer that cannot carry it on its input or on
+        any of its parameters (``--method complex`` needs every one), or ""."""
+        for i, layer in enumerate(self.net.layers):
+            for param in [None, *layer.params]:
+                why = self.why_not(i, param)
+                if why:
+                    return f"complex step not available for layer {i} ({class_name(layer)}): {why}"
+        return ""

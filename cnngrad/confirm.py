@@ -1,0 +1,95 @@
+"""A second look at a failing or unresolved tensor: the complex step, where it is available.
+
+Central (forward, Richardson) differences cancel two nearly equal losses; the complex step
+``Im C(θ + ih) / h`` does not, so it sees gradients far below their rounding floor.  It is
+only used where every layer from the perturbed one on carries an imaginary part
+(``complex_probe``); a lost imaginary part is never read as a confirmation.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .compare import TensorCheck, judge
+from .complex_probe import ComplexProbe
+from .config import PluginError
+from .finite_diff import FiniteDifferences, get_method
+from .network import Network
+from .refs import TensorRef
+from .resolution import Floor
+
+Array = np.ndarray
+
+
+def start_of(target: Any) -> tuple[int, str | None]:
+    """The layer a row's perturbation enters, and the parameter perturbed (None for a δ)."""
+    if target == "input":
+        return 0, None
+    if isinstance(target, TensorRef):
+        return target.index, None if target.is_delta else target.name
+    layer, name = target
+    return layer, None if name == "input" else name
+
+
+def confirm_failures(checks: list[TensorCheck], targets: list[Any], problem: tuple[Network, Array, Array],
+                     method: str, tol: float, fd_dtype: str, workers: int | None, floor: Floor) -> None:
+    """Check each failing or unresolved tensor (``checks[r]``, differenced at ``targets[r]``)
+    again with the complex step, which has no rounding floor of ``method``'s differences
+    (``floor``: its own, far lower).
+
+    Only where every layer from the perturbed one on can carry an imaginary part (declared
+    ``complex_safe``, or shown by ``complex_probe``); elsewhere the row says "complex step
+    not available for layer i (Class)" and keeps its status.  A real bug fails there too,
+    and the row says the failure is confirmed.  A tensor whose difference quotient only
+    drowned in rounding passes there, and its row becomes the complex step's, saying why.
+    An unresolved tensor stays so if the complex step cannot resolve it either.
+    """
+    todo = [r for r, c in enumerate(checks) if c.mode == "entries" and (c.mismatch or c.unresolved)]
+    if not todo:
+        return
+    order = get_method(method).power
+    probe = ComplexProbe(problem[0], problem[1])
+    usable = []
+    for r in todo:
+        why = probe.unavailable(*start_of(targets[r]))
+        if why:  # never a confirmation from a lost imaginary part
+            checks[r].note = "; ".join(filter(None, [checks[r].note, why]))
+        else:
+            usable.append(r)
+    if not usable:
+        return
+    try:
+        step = get_method("complex").default_eps[fd_dtype]
+        exact = FiniteDifferences(*problem, step, "complex", workers=workers)
+        with warnings.catch_warnings():  # an imaginary part dropped on a path the probe missed
+            warnings.simplefilter("error", np.exceptions.ComplexWarning)
+            results = exact.numeric([(targets[r], checks[r].indices) for r in usable])
+    except (TypeError, ValueError, FloatingPointError, PluginError, np.exceptions.ComplexWarning) as e:
+        # the probe missed a real-only path
+        for r in usable:
+            checks[r].note = "; ".join(filter(None, [checks[r].note, f"complex step not available: {e}"]))
+        return
+    for r, num in zip(usable, results):
+        c = checks[r]
+        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol,
+                     floor=floor)
+        why = c.convergence(order)
+        first = c.reason.split(": ")[0] if c.unresolved else \
+            f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'})"
+        if redo.passed:
+            redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
+            checks[r] = redo
+        elif redo.failed and c.failed:
+            confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
+            c.note = "; ".join(filter(None, [c.note, confirmed]))
+        elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step
+            redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
+            checks[r] = redo
+        elif c.unresolved:
+            c.note = "; ".join(filter(None, [c.note, f"the complex step gives ~0 too (below its resolution "
+                                                      f"{floor.value:.0e})"]))
+        else:  # central differences saw more than rounding, the complex step and the backward see ~0
+            redo.note = f"{first}; the complex step and the backward both give ~0"
+            checks[r] = redo

@@ -1,0 +1,92 @@
+"""The resolution floor: how small a gradient the differences can still tell from zero.
+
+A difference quotient divides a change of the loss by the step.  The loss is computed to
+rounding, ``ε·S`` with ``S`` the size of the numbers it is made of (the loss itself, the
+last layer's output a^L and, for MSE, the targets y); divided by the step ``h``, that leaves
+
+    resolution = K · ε · S / h          (K = 10, a margin over the constant)
+
+for central, forward and Richardson differences.  The complex step has no cancellation
+between two losses, but the imaginary parts it carries are still added to each other and
+rounded, so it resolves down to ``K · ε · S`` (as if h were 1) — far lower, not zero: a
+saturated softmax (loss exactly 0, gradients ~1e-65) loses its imaginary part too.
+
+The backward has a rounding of its own: ``K · ε · G`` in the network's dtype, G the largest
+gradient entry of the network, so a float32 backward's "zero" is ~1e-6·G (a bias right before
+a batch norm has a true gradient of 0).  The analytic side counts as ~0 below the larger
+of the two.
+
+A tensor whose analytic and numeric gradients are both at most the resolution (and that
+does not agree) cannot be judged: ``compare.judge`` calls it ``unresolved``, never a pass
+and never a failure.  A gradient above the resolution on either side still decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Array = np.ndarray
+MARGIN = 10.0  # K: the rounding of a forward pass adds up over its layers
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What the differences of one check can resolve: gradients at most ``value`` (in
+    max-norm over the checked entries) are indistinguishable from 0; an analytic gradient
+    is, too, up to ``rounding`` (the backward's own).  ``method`` ("central differences",
+    "the complex step") and ``loss`` are for the reason shown in the report."""
+
+    value: float
+    method: str
+    loss: float
+    rounding: float = 0.0
+
+    def covers(self, analytic: Array, numeric: Array) -> bool:
+        """Both sides at most the resolution, and finite (a NaN is a failure, not a floor)."""
+        g = np.abs(np.asarray(analytic, dtype=np.float64))
+        n = np.abs(np.asarray(numeric, dtype=np.float64))
+        if g.size == 0 or not (np.all(np.isfinite(g)) and np.all(np.isfinite(n))):
+            return False
+        return bool(g.max() <= max(self.value, self.rounding) and n.max() <= self.value)
+
+    def reason(self, analytic: Array, numeric: Array) -> str:
+        """Why a row is unresolved, and what would help."""
+        size = max(float(np.max(np.abs(analytic))), float(np.max(np.abs(numeric))))
+        magnitude = f"~{size:.0e}" if size > 0 else "0"
+        if float(np.max(np.abs(analytic))) > self.value:  # the analytic side is ~0 to its own rounding
+            magnitude += f" (analytic ~0 to the backward's rounding {self.rounding:.0e})"
+        return (f"gradients {magnitude} below the resolution {self.value:.0e} of {self.method} at "
+                f"loss {self.loss:.3g}: rescale the loss / inputs, or check this layer in a non-saturated regime")
+
+
+def loss_scale(loss: float, out: Array, y: Array) -> float:
+    """S: the size of the numbers the loss is computed from — |C|, max |a^L| and, for
+    float targets (MSE), max |y|."""
+    scale = abs(float(loss)) if np.isfinite(loss) else 0.0
+    with np.errstate(all="ignore"):
+        a = np.abs(np.asarray(out, dtype=np.float64))
+        scale += float(a.max()) if a.size and np.all(np.isfinite(a)) else 0.0
+        if np.asarray(y).dtype.kind == "f" and np.asarray(y).size:
+            scale += float(np.abs(np.asarray(y, dtype=np.float64)).max())
+    return scale
+
+
+def largest(arrays: list[Array]) -> float:
+    """G: the largest finite |entry| of the network's gradients."""
+    with np.errstate(all="ignore"):
+        return max((float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0)) for a in arrays if a.size),
+                   default=0.0)
+
+
+def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, loss: float, out: Array,
+          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0) -> Floor:
+    """The resolution of ``method`` (a method name; ``complex_step`` for the complex step)
+    with step ``eps``, the numeric side running in ``dtype``; the backward runs in
+    ``net_dtype`` and its largest gradient entry is ``gradients`` (G)."""
+    unit = float(np.finfo(np.dtype(dtype)).eps)
+    scale = loss_scale(loss, out, y)
+    value = MARGIN * unit * scale / (1.0 if complex_step else eps)
+    label = "the complex step" if complex_step else f"{method} differences"
+    rounding = MARGIN * float(np.finfo(np.dtype(net_dtype)).eps) * gradients
+    return Floor(value, label, float(loss), rounding)
