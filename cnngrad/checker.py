@@ -22,6 +22,7 @@ from . import diagnose as diagnose_mod
 from .compare import TensorCheck, judge, metrics
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
+from .refs import TensorRef
 from .resources import guard
 
 Array = np.ndarray
@@ -54,6 +55,7 @@ class Report:
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
     interrupted: bool = False  # Ctrl-C: rows holds only the tensors finished before it
+    fallbacks: list[str] = field(default_factory=list)  # where a shortcut gave way to plain passes, and why
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
@@ -122,28 +124,37 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
-def key_of(layer: int, tensor: str) -> str:
-    """Where a row's arrays live in Report.analytic / Report.numeric: "input" (∂C/∂x),
-    "layers.{i}.{name}" (a parameter, as in the .npz), "delta.{i}" (δ at layer i's input)."""
-    if tensor == "input":
-        return "input" if layer == 0 else f"delta.{layer}"
-    return f"layers.{layer}.{tensor}"
+@dataclass
+class Row:
+    """One tensor to check: its ref (which also names its arrays: ``ref.key``), its layer's
+    kind, the analytic gradient, the flat indices picked, and the verdict once judged."""
+
+    ref: TensorRef
+    kind: str
+    grad: Array
+    picks: Array = field(default=None, repr=False)  # type: ignore[assignment]
+    check: TensorCheck | None = None
+
+    def judge(self, numeric: Any, tol: float, indices: Array | None = None) -> TensorCheck:
+        """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks)."""
+        idx = self.picks if indices is None else indices
+        return judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
+                     numeric.values, numeric.kinks, tol)
 
 
-def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> tuple[list[tuple], list[str]]:
-    """The rows to check, the input δ first, then layer by layer: (key, layer, tensor,
-    analytic gradient, finite-difference target), and each row's kind for the table.  A
-    plugin layer also gets the δ at its input (``deltas[l]``, from ``Network.backward``)."""
-    rows = [(key_of(0, "input"), 0, "input", deltas[0], "input")]
+def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> list[Row]:
+    """The rows to check, the input δ first, then layer by layer.  A plugin layer also gets
+    the δ at its input (``deltas[l]``, from ``Network.backward``)."""
+    kinds = kinds_of(net)
+    rows = [Row(TensorRef.delta(0), kinds[0], deltas[0])]
     for i, layer in enumerate(net.layers):
         if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
-            rows.append((key_of(i, "input"), i, "input", deltas[i], (i, "input")))
-        rows += [(key_of(i, name), i, name, grads[i][name], (i, name)) for name in layer.params]
-    kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
-    return rows, kinds
+            rows.append(Row(TensorRef.delta(i), kinds[i], deltas[i]))
+        rows += [Row(TensorRef.param(i, name), kinds[i], grads[i][name]) for name in layer.params]
+    return rows
 
 
-def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings) -> None:
+def _confirm_failures(rows: list[Row], problem: tuple, how: Settings) -> None:
     """Check each failing tensor again with the complex step, which has no rounding floor.
 
     A real bug fails there too, and the row says the failure is confirmed.  A tensor whose
@@ -151,7 +162,7 @@ def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings) -
     there, and its row becomes the complex step's, saying why.  Skipped for layers that cannot
     run in complex arithmetic.
     """
-    failing = [r for r, c in enumerate(checks) if c.mode == "entries" and not c.passed]
+    failing = [row for row in rows if row.check.mode == "entries" and not row.check.passed]
     if not failing:
         return
     method, tol = how.method, how.tol
@@ -159,17 +170,17 @@ def _confirm_failures(checks: list, rows: list, problem: tuple, how: Settings) -
     try:
         step = get_method("complex").default_eps[how.fd_dtype]
         exact = FiniteDifferences(*problem, step, "complex", workers=how.workers)
-        results = exact.numeric([(rows[r][4], checks[r].indices) for r in failing])
+        results = exact.numeric([(row.ref, row.check.indices) for row in failing])
     except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
         return
-    for r, num in zip(failing, results):
-        c = checks[r]
-        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol)
+    for row, num in zip(failing, results):
+        c = row.check
+        redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, num.values, num.kinks, tol)
         why = c.convergence(order)
         if redo.passed:
             redo.note = (f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'}); "
                          f"the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}")
-            checks[r] = redo
+            row.check = redo
         else:
             confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
             c.note = "; ".join(filter(None, [c.note, confirmed]))
@@ -179,47 +190,45 @@ MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
 
-def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list,
-              kinds: list, picks: list, checks: list, samples: int | None, rng: np.random.Generator,
-              tol: float) -> None:
+def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
+              samples: int | None, rng: np.random.Generator, tol: float) -> None:
     """Add δ at every inner layer boundary (``deltas``) to the rows, name the first layer whose
     own backward is wrong, and test that layer's failing tensors against the usual bugs
     (``out_delta``: ∂C/∂ the last layer's output)."""
-    have = {r[1] for r in rows if r[2] == "input"}
-    extra = [(key_of(l, "input"), l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers))
-             if l not in have]
-    extra_picks = [select(rng, d.size, samples) for *_, d, _ in extra]
-    for (key, l, tensor, d, target), idx, num in zip(extra, extra_picks,
-                                                    fd.numeric([(e[4], i) for e, i in zip(extra, extra_picks)])):
-        rows.append((key, l, tensor, d, target))
-        kinds.append(kinds_of(net)[l])
-        picks.append(idx)
-        checks.append(judge(l, kinds[-1], tensor, d.shape, idx, d.reshape(-1)[idx].astype(np.float64),
-                            num.values, num.kinks, tol))
-    order = sorted(range(len(rows)), key=lambda r: (rows[r][1], rows[r][2] != "input", r))
-    for seq in (rows, kinds, picks, checks):
-        seq[:] = [seq[r] for r in order]
-    culprit, report.localisation = diagnose_mod.localise(checks, len(net.layers), kinds_of(net))
+    have = {row.ref for row in rows}
+    kinds = kinds_of(net)
+    extra = [Row(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(net.layers))
+             if TensorRef.delta(l) not in have]
+    for row in extra:
+        row.picks = select(rng, row.grad.size, samples)
+    for row, num in zip(extra, fd.numeric([(row.ref, row.picks) for row in extra])):
+        row.check = row.judge(num, tol)
+        rows.append(row)
+    # layer by layer, δ first; the sort is stable, so the order within a layer stays
+    rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
+    culprit, report.localisation = diagnose_mod.localise([row.check for row in rows], len(net.layers), kinds)
     if culprit is None:
         return
 
-    def full(target: Any, g: Array) -> Array | None:
+    def full(ref: TensorRef, g: Array) -> Array | None:
         if g.size > DIAGNOSE_MAX:
             return None
-        return fd.numeric([(target, np.arange(g.size))])[0].values.reshape(g.shape)
+        return fd.numeric([(ref, np.arange(g.size))])[0].values.reshape(g.shape)
 
-    for r, c in enumerate(checks):
+    for row in rows:
+        c = row.check
         if c.layer != culprit or c.passed or c.mode != "entries":
             continue
-        key, layer, tensor, g, target = rows[r]
-        numeric = full(target, g)
+        numeric = full(row.ref, row.grad)
         if numeric is None:
             continue
         above = None
-        if tensor == "input":
-            above = full((layer + 1, "input"), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
-        c.diagnosis = diagnose_mod.diagnose(g, numeric, tensor, net.layers[layer], out_delta.shape[0], above)
-        report.numeric_full[key] = numeric
+        if row.ref.is_delta:
+            layer = row.ref.index
+            above = full(TensorRef.delta(layer + 1), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
+        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, net.layers[row.ref.index],
+                                            out_delta.shape[0], above)
+        report.numeric_full[row.ref.key] = numeric
 
 
 def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
@@ -325,9 +334,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads))
-        rows, kinds = targets(net, deltas, grads)
-        picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
-        total = sum(len(idx) for idx in picks)
+        rows = targets(net, deltas, grads)
+        for row in rows:
+            row.picks = select(problem.rng, row.grad.size, how.samples)
+        total = sum(len(row.picks) for row in rows)
         done = [0]
 
         def advance(n: int) -> None:
@@ -337,53 +347,49 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
         fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
-
-        def entry_row(r: int, num: Any) -> TensorCheck:
-            _, layer, tensor, g, _ = rows[r]
-            return judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
-                         num.values, num.kinks, how.tol)
-
-        checks: list[TensorCheck | None] = [None] * len(rows)
         if how.directions:
-            for r, (_, layer, tensor, g, target) in enumerate(rows):
+            for row in rows:
+                g = row.grad
                 V = problem.rng.standard_normal((how.directions, g.size))
                 V /= np.linalg.norm(V, axis=1, keepdims=True)
-                num, kinks = fd.directional(target, V)
-                checks[r] = judge(layer, kinds[r], tensor, g.shape, np.arange(how.directions),
+                num, kinks = fd.directional(row.ref, V)
+                row.check = judge(row.ref, row.kind, g.shape, np.arange(how.directions),
                                   V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions")
-                advance(len(picks[r]))
-        todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
+                advance(len(row.picks))
+        todo = [row for row in rows if row.check is None or not row.check.passed]  # entry by entry
         try:
-            numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
+            numeric = fd.numeric([(row.ref, row.picks) for row in todo])
         except Interrupted as stop:  # Ctrl-C: the rows finished so far travel with it
-            report.rows = [entry_row(r, num) for r, num in zip(todo, stop.finished) if num is not None]
+            report.rows = [row.judge(num, how.tol) for row, num in zip(todo, stop.finished) if num is not None]
             report.interrupted = True
             stop.report = report
             raise
-        for r, num in zip(todo, numeric):
-            row = entry_row(r, num)
-            if checks[r] is not None:
-                row.note = (f"failed along {how.directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
-                            "checked entry by entry")
-            checks[r] = row
-        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or not c.passed)]
+        for row, num in zip(todo, numeric):
+            check = row.judge(num, how.tol)
+            if row.check is not None:
+                check.note = (f"failed along {how.directions} directions "
+                              f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
+            row.check = check
+        again = [row for row in rows if row.check.mode == "entries" and (how.convergence or not row.check.passed)]
         if again:  # the same entries at h/2
             half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
-            for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
-                c = checks[r]
+            for row, num in zip(again, half.numeric([(row.ref, row.check.indices) for row in again])):
+                c = row.check
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not get_method(how.method).is_complex:
-            _confirm_failures(checks, rows, numeric_side, how)
-        if how.localize or any(not c.passed for c in checks):
-            _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
-                      how.samples, problem.rng, how.tol)
-        for (key, *_, g, _), row in zip(rows, checks):
-            report.rows.append(row)
+            _confirm_failures(rows, numeric_side, how)
+        if how.localize or any(not row.check.passed for row in rows):
+            _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
+                      how.tol)
+        report.fallbacks = list(fd.fast_fallbacks)
+        for row in rows:
+            check, g, key = row.check, row.grad, row.ref.key
+            report.rows.append(check)
             report.analytic[key] = g
             full = np.full(g.size, np.nan)
-            if row.mode == "entries":
-                full[row.indices] = row.numeric
+            if check.mode == "entries":
+                full[check.indices] = check.numeric
             report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
     return report
 
@@ -394,11 +400,13 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
     arrays: dict[str, Array] = {"x": p.x, "y": p.y, "loss": np.asarray(report.loss)}
     for i, layer in enumerate(p.net.layers):
         for name, P in layer.params.items():
-            arrays[f"layers.{i}.{name}"] = P
-            arrays[f"grad.layers.{i}.{name}"] = report.analytic[key_of(i, name)]
-            arrays[f"numgrad.layers.{i}.{name}"] = report.numeric[key_of(i, name)]
-    arrays["grad.input"] = report.analytic["input"]
-    arrays["numgrad.input"] = report.numeric["input"]
+            key = TensorRef.param(i, name).key  # layers.{i}.{name}
+            arrays[key] = P
+            arrays[f"grad.{key}"] = report.analytic[key]
+            arrays[f"numgrad.{key}"] = report.numeric[key]
+    x_key = TensorRef.delta(0).key  # "input": ∂C/∂x
+    arrays[f"grad.{x_key}"] = report.analytic[x_key]
+    arrays[f"numgrad.{x_key}"] = report.numeric[x_key]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(path, buf.getvalue())

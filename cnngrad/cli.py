@@ -21,7 +21,7 @@ from . import __version__
 from . import baseline as baseline_mod
 from . import config as cfg
 from . import report as render
-from .checker import Report, atomic_write, key_of, save_npz
+from .checker import Report, atomic_write, save_npz
 from .checker import check as run_check
 from .finite_diff import METHODS
 from .formats import FORMATS
@@ -311,7 +311,7 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             if heatmap:
                 for row in rep.rows:
                     if not row.passed and row.mode == "entries":
-                        out.print(render.heatmap(rep, (key_of(row.layer, row.tensor), row)))
+                        out.print(render.heatmap(rep, (row.ref.key, row)))
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:
             out.print(render.summary_table(reports))

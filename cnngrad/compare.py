@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .refs import TensorRef
+
 Array = np.ndarray
 TINY = np.finfo(np.float64).tiny
 
@@ -57,11 +59,10 @@ def metrics(g: Array, n: Array) -> Metrics:
 
 @dataclass
 class TensorCheck:
-    """One row of the report: one tensor of one layer."""
+    """One row of the report: one tensor of one layer, named by ``ref``."""
 
-    layer: int
+    ref: TensorRef  # a parameter, or δ w.r.t. the layer's input
     kind: str
-    tensor: str  # "W", "b", … or "input" (δ w.r.t. the layer's input)
     shape: tuple[int, ...]
     checked: int
     kinks: int
@@ -80,6 +81,16 @@ class TensorCheck:
     @property
     def passed(self) -> bool:
         return self.status == "pass"
+
+    @property
+    def layer(self) -> int:
+        """The top-level layer index (JSON ``layer``)."""
+        return self.ref.index
+
+    @property
+    def tensor(self) -> str:
+        """The JSON ``tensor``: the parameter's name, or "input" for a δ row (see ``ref.role``)."""
+        return self.ref.tensor
 
     def convergence(self, order: int = 2) -> str:
         """What halving h did to the error, and what that means (needs ``norm_rel_half``)."""
@@ -113,12 +124,12 @@ class TensorCheck:
 
 
 
-def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: Array,
+def judge(ref: TensorRef, kind: str, shape: tuple[int, ...], indices: Array,
           analytic: Array, numeric: Array, kinks: Array, tol: float, mode: str = "entries") -> TensorCheck:
     """Compare analytic and numeric at the checked entries (or directions), leaving kink
     crossings out."""
     ok = ~kinks
     m = metrics(analytic[ok], numeric[ok])
     passed = np.isfinite(m.norm_rel) and m.norm_rel <= tol and np.all(np.isfinite(analytic))
-    return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
+    return TensorCheck(ref, kind, tuple(shape), int(ok.sum()), int(kinks.sum()), m,
                        "pass" if passed else "fail", tol, mode, None, "", [], indices, analytic, numeric, kinks)

@@ -11,7 +11,6 @@ from xml.etree import ElementTree as ET
 from . import __version__
 from . import report as render
 from .checker import Report
-from .compare import tensor_label
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +26,7 @@ def records(report: Report) -> list[dict[str, Any]]:
     for r in report.rows:
         out.append({
             "config": report.name, "layer": r.layer, "kind": r.kind, "tensor": r.tensor,
+            "role": r.ref.role,
             "shape": list(r.shape), "mode": r.mode, "checked": r.checked, "kinks": r.kinks,
             "max_abs": _num(r.metrics.max_abs), "max_rel": _num(r.metrics.max_rel),
             "norm_rel": _num(r.metrics.norm_rel),
@@ -74,7 +74,7 @@ def to_junit(reports: list[Report]) -> str:
             ET.SubElement(case, "error", message=rep.error, type="ConfigError").text = rep.error
             n_err = 1
         for r in rep.rows:
-            label = tensor_label(r.tensor)
+            label = r.ref.label
             case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.layers[{r.layer}].{r.kind}",
                                  name=f"layers[{r.layer}] {r.kind} {label}", time="0")
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
@@ -119,7 +119,7 @@ def to_markdown(reports: list[Report]) -> str:
                   "|---:|---|---|---|---:|---:|---:|---:|---|"]
         for r in rep.rows:
             status = "pass" if r.passed and (r.layer, r.tensor) not in rep.regressions else "**FAIL**"
-            label = tensor_label(r.tensor)
+            label = r.ref.label
             lines.append(f"| {r.layer} | {r.kind} | {label} | {'x'.join(map(str, r.shape))} | {r.checked} | "
                          f"{r.metrics.max_abs:.2e} | {r.metrics.max_rel:.2e} | {r.metrics.norm_rel:.2e} | {status} |")
         for (layer, tensor), why in rep.regressions.items():

@@ -32,7 +32,7 @@ def table(report: Report) -> Table:
         if r.kinks:
             status.append(f" ({r.kinks} kink{'s' if r.kinks > 1 else ''})", style="yellow")
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        cells = [str(r.layer), r.kind, tensor_label(r.tensor), "x".join(map(str, r.shape)), checked,
+        cells = [str(r.layer), r.kind, r.ref.label, "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
         if halves:
             e2 = r.norm_rel_half
@@ -49,7 +49,7 @@ def failure_lines(report: Report) -> list[str]:
     order = get_method(report.method).power
     lines = []
     for r in report.rows:
-        where = f"layers[{r.layer}] {r.kind} {tensor_label(r.tensor)}"
+        where = f"layers[{r.layer}] {r.kind} {r.ref.label}"
         if r.passed:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
@@ -63,6 +63,7 @@ def failure_lines(report: Report) -> list[str]:
         lines.append(f"layers[{layer}] {tensor_label(tensor)}: {why}")
     if report.baseline_note:
         lines.append(f"  baseline: {report.baseline_note}")
+    lines += [f"  note: {why}" for why in report.fallbacks]
     lines += [f"numerical fault: {fault}" for fault in report.faults]
     return lines
 
@@ -202,7 +203,7 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
     elif err.ndim == 1:
         err = err[None, :]
     h, w = err.shape
-    label = tensor_label(row.tensor)
+    label = row.ref.label
     out = Text(f"layers[{row.layer}] {row.kind} {label}{where}: |analytic − numeric| / max|numeric|"
                + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
                   else "") + "\n", style="bold")
