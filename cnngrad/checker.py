@@ -132,8 +132,15 @@ class Row:
     ref: TensorRef
     kind: str
     grad: Array
-    picks: Array = field(default=None, repr=False)  # type: ignore[assignment]
+    picks: Array = field(default=None, repr=False)  # type: ignore[arg-type]
     check: TensorCheck | None = None
+
+    @property
+    def verdict(self) -> TensorCheck:
+        """The check, once the row has been judged."""
+        if self.check is None:
+            raise RuntimeError(f"{self.ref} has not been judged yet")
+        return self.check
 
     def judge(self, numeric: Any, tol: float, indices: Array | None = None) -> TensorCheck:
         """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks)."""
@@ -162,7 +169,7 @@ def _confirm_failures(rows: list[Row], problem: tuple, how: Settings) -> None:
     there, and its row becomes the complex step's, saying why.  Skipped for layers that cannot
     run in complex arithmetic.
     """
-    failing = [row for row in rows if row.check.mode == "entries" and not row.check.passed]
+    failing = [row for row in rows if row.verdict.mode == "entries" and not row.verdict.passed]
     if not failing:
         return
     method, tol = how.method, how.tol
@@ -170,11 +177,11 @@ def _confirm_failures(rows: list[Row], problem: tuple, how: Settings) -> None:
     try:
         step = get_method("complex").default_eps[how.fd_dtype]
         exact = FiniteDifferences(*problem, step, "complex", workers=how.workers)
-        results = exact.numeric([(row.ref, row.check.indices) for row in failing])
+        results = exact.numeric([(row.ref, row.verdict.indices) for row in failing])
     except (TypeError, ValueError, FloatingPointError, cfg.PluginError):  # a plugin that is real-only
         return
     for row, num in zip(failing, results):
-        c = row.check
+        c = row.verdict
         redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, num.values, num.kinks, tol)
         why = c.convergence(order)
         if redo.passed:
@@ -206,7 +213,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         rows.append(row)
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
-    culprit, report.localisation = diagnose_mod.localise([row.check for row in rows], len(net.layers), kinds)
+    culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
     if culprit is None:
         return
 
@@ -216,7 +223,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         return fd.numeric([(ref, np.arange(g.size))])[0].values.reshape(g.shape)
 
     for row in rows:
-        c = row.check
+        c = row.verdict
         if c.layer != culprit or c.passed or c.mode != "entries":
             continue
         numeric = full(row.ref, row.grad)
@@ -352,9 +359,9 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 g = row.grad
                 V = problem.rng.standard_normal((how.directions, g.size))
                 V /= np.linalg.norm(V, axis=1, keepdims=True)
-                num, kinks = fd.directional(row.ref, V)
+                along, kinks = fd.directional(row.ref, V)
                 row.check = judge(row.ref, row.kind, g.shape, np.arange(how.directions),
-                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions")
+                                  V @ g.reshape(-1).astype(np.float64), along, kinks, how.tol, mode="directions")
                 advance(len(row.picks))
         todo = [row for row in rows if row.check is None or not row.check.passed]  # entry by entry
         try:
@@ -370,21 +377,21 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 check.note = (f"failed along {how.directions} directions "
                               f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
             row.check = check
-        again = [row for row in rows if row.check.mode == "entries" and (how.convergence or not row.check.passed)]
+        again = [row for row in rows if row.verdict.mode == "entries" and (how.convergence or not row.verdict.passed)]
         if again:  # the same entries at h/2
             half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
-            for row, num in zip(again, half.numeric([(row.ref, row.check.indices) for row in again])):
-                c = row.check
+            for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
+                c = row.verdict
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not get_method(how.method).is_complex:
             _confirm_failures(rows, numeric_side, how)
-        if how.localize or any(not row.check.passed for row in rows):
+        if how.localize or any(not row.verdict.passed for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol)
         report.fallbacks = list(fd.fast_fallbacks)
         for row in rows:
-            check, g, key = row.check, row.grad, row.ref.key
+            check, g, key = row.verdict, row.grad, row.ref.key
             report.rows.append(check)
             report.analytic[key] = g
             full = np.full(g.size, np.nan)

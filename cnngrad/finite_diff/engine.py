@@ -114,12 +114,14 @@ class FiniteDifferences:
     def _each_copy(self, l: int, a: Array) -> tuple[Array, Array | None]:
         """Layer l on each copy of the batch in a (rows g·N … g·N+N−1), one pass a copy."""
         layer, caps, n = self.net.layers[l], self.caps[l], self.n
-        outs, states = [], []
+        outs: list[Array] = []
+        states: list[Array] = []
         for g in range(a.shape[0] // n):
             out, cache = layer.forward(a[g * n:(g + 1) * n])
             outs.append(out)
-            if self.base_kinks[l] is not None:
-                states.append(kink_state(layer, caps, cache))
+            state = kink_state(layer, caps, cache) if self.base_kinks[l] is not None else None
+            if state is not None:
+                states.append(state)
         return np.concatenate(outs), (np.concatenate(states) if states else None)
 
     def _combine(self, losses: Array, steps: Array, samples: Array, crossed: Array) -> tuple[Array, Array]:
@@ -128,7 +130,7 @@ class FiniteDifferences:
         c = losses.astype(np.result_type(losses, np.float64)).reshape(m, k, -1)
         c0 = self.c0.astype(np.float64)[samples].reshape(m, k, -1)[0]
         values = self.method.combine(c, steps, c0) / self.n
-        return values, crossed.reshape(m, k, -1).any(axis=(0, 2))
+        return values, np.asarray(crossed.reshape(m, k, -1).any(axis=(0, 2)))
 
     def _offsets(self) -> Array:
         return np.asarray(self.method.offsets)[:, None] * self.eps  # (M, 1), complex for the complex step
