@@ -8,7 +8,7 @@ import pytest
 
 from cnngrad.config import validate
 from cnngrad.finite_diff import FiniteDifferences, capabilities
-from cnngrad.finite_diff.shortcuts import SHORTCUTS, Capabilities
+from cnngrad.finite_diff.shortcuts import REQUIRES, SHORTCUTS, Capabilities
 from cnngrad.layers import LAYERS, Activation, Conv, Dense, Flatten, Pool
 from cnngrad.network import PluginLayer, build
 from cnngrad.refs import TensorRef
@@ -21,6 +21,7 @@ def test_built_in_layers_declare_per_sample_complex_safe_and_their_shortcuts():
     for cls, offers in want.items():
         assert cls.per_sample is True and cls.complex_safe is True
         assert cls.offers == offers and offers <= set(SHORTCUTS)
+        assert all(callable(getattr(cls, m, None)) for s in offers for m in REQUIRES[s])
 
 
 class Undeclared:
@@ -62,6 +63,17 @@ def test_an_unknown_shortcut_is_an_error_naming_the_known_ones():
         offers = frozenset({"teleport"})
     with pytest.raises(ValueError, match="Odd.offers: unknown shortcuts \\['teleport'\\]; known: perturbed"):
         capabilities(Odd((1,)))
+
+
+def test_an_offered_shortcut_must_be_implemented():
+    class Liar(Undeclared):
+        per_sample = True
+        offers = frozenset({"window"})
+
+        def window(self, y0, x0, h, w):
+            return y0, x0, h, w
+    with pytest.raises(ValueError, match=r"Liar.offers \['window'\] but does not implement \['window_delta'\]"):
+        capabilities(Liar((1, 2, 2)))
 
 
 def naive(net, x, y, eps, ref):

@@ -25,8 +25,13 @@ import numpy as np
 Array = np.ndarray
 
 Shortcut = Literal["perturbed", "input_delta", "window", "region", "elementwise", "channelwise", "reshape"]
-SHORTCUTS: tuple[Shortcut, ...] = ("perturbed", "input_delta", "window", "region", "elementwise", "channelwise",
-                                   "reshape")
+# each shortcut -> the Shortcuts methods a layer offering it implements
+REQUIRES: dict[Shortcut, tuple[str, ...]] = {
+    "perturbed": ("forward_perturbed",), "input_delta": ("forward_input_delta",),
+    "window": ("window", "window_delta"), "region": ("window", "region"),
+    "elementwise": (), "channelwise": (), "reshape": (),
+}
+SHORTCUTS: tuple[Shortcut, ...] = tuple(REQUIRES)
 
 
 class Shortcuts(Protocol):
@@ -82,6 +87,9 @@ def capabilities(layer: Any) -> Capabilities:
     if unknown:
         raise ValueError(f"{type(layer).__name__}.offers: unknown shortcuts {sorted(unknown)}; "
                          f"known: {', '.join(SHORTCUTS)}")
+    missing = sorted({m for s in offers for m in REQUIRES[s] if not callable(getattr(layer, m, None))})
+    if missing:
+        raise ValueError(f"{type(layer).__name__}.offers {sorted(offers)} but does not implement {missing}")
     return Capabilities(per_sample=getattr(layer, "per_sample", False) is True,
                         complex_safe=getattr(layer, "complex_safe", False) is True,
                         kink_state=callable(getattr(layer, "kink_state", None)),
