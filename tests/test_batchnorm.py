@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnngrad.cli import main
 from cnngrad.config import validate
 from cnngrad.finite_diff import FiniteDifferences
 from cnngrad.network import build
 from cnngrad.refs import TensorRef
+from cnngrad.strategies import configs
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 sys.path.insert(0, str(PLUGINS))
@@ -260,3 +263,29 @@ def test_directions_are_chunked_by_the_memory_budget():
     assert max(rows[1:]) == 2 * 1000 * 2
     # the same to rounding (a batch's size changes BLAS's order of summation: ε·|C|/h)
     np.testing.assert_allclose(small[0], big[0], rtol=1e-6, atol=1e-8)
+
+
+@settings(max_examples=15)
+@given(configs(max_layers=3, max_size=6, max_batch=3), st.integers(0, 20), st.sampled_from(["central", "forward"]))
+def test_engine_equals_the_naive_loop_with_batch_norm_anywhere(raw, where, method):
+    """Random networks (relu and max pooling included) with a batch norm inserted anywhere:
+    every entry of every tensor as the plain loop has it (kink crossings left out), and
+    each tensor along two random directions."""
+    raw = dict(raw, layers=list(raw["layers"]))
+    raw["layers"].insert(where % (len(raw["layers"]) + 1), BN)
+    p = build(validate(raw, plugins=True, folder=PLUGINS))
+    net, x, y = p.net, p.x, p.y
+    fd = FiniteDifferences(net, x, y, 1e-6, method, workers=1, memory_budget=1 << 14)
+    refs = all_refs(net)
+    got = fd.numeric([(ref, np.arange(naive(net, x, y, 1e-6, ref).size)) for ref in refs])
+    rng = np.random.default_rng(0)
+    for ref, num in zip(refs, got):
+        want = naive(net, x, y, 1e-6, ref)
+        if method == "forward":  # O(h) apart from the central loop: compare at that level
+            np.testing.assert_allclose(num.values[~num.kinks], want[~num.kinks], rtol=1e-4, atol=1e-5)
+            continue
+        np.testing.assert_allclose(num.values[~num.kinks], want[~num.kinks], rtol=1e-6, atol=1e-8, err_msg=str(ref))
+        V = rng.standard_normal((2, want.size))
+        along, kinks = fd.directional(ref, V)
+        ok = ~kinks
+        np.testing.assert_allclose(along[ok], naive_directional(net, x, y, 1e-6, ref, V)[ok], rtol=1e-6, atol=1e-8)
