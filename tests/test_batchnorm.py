@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -111,7 +113,9 @@ def test_a_parameter_named_input_is_a_parameter(tmp_path):
         shutil.copy(PLUGINS / "oddnames.py", tmp_path / "oddnames.py")
         result = run(str(cfg), "--plugins", "--format", "json")
         assert result.exit_code == code, result.output
-        records = json.loads(result.stdout)["configs"][0]["records"]
+        data = json.loads(result.stdout)
+        jsonschema.validate(data, json.loads((resources.files("cnngrad") / "schemas" / "report.schema.json").read_text()))
+        records = data["configs"][0]["records"]
         mine = {(r["tensor"], r["role"]): r["status"] for r in records if r["layer"] == 1}
         assert mine == {("input", "delta"): "pass", ("input", "param"): "pass" if code == 0 else "fail"}
 
