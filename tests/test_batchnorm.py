@@ -114,7 +114,8 @@ def test_a_parameter_named_input_is_a_parameter(tmp_path):
         result = run(str(cfg), "--plugins", "--format", "json")
         assert result.exit_code == code, result.output
         data = json.loads(result.stdout)
-        jsonschema.validate(data, json.loads((resources.files("cnngrad") / "schemas" / "report.schema.json").read_text()))
+        schema = (resources.files("cnngrad") / "schemas" / "report.schema.json").read_text(encoding="utf-8")
+        jsonschema.validate(data, json.loads(schema))
         records = data["configs"][0]["records"]
         mine = {(r["tensor"], r["role"]): r["status"] for r in records if r["layer"] == 1}
         assert mine == {("input", "delta"): "pass", ("input", "param"): "pass" if code == 0 else "fail"}
