@@ -25,6 +25,7 @@ from .confirm import confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
 from .network import Network, Problem, build
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
+from .refs import TensorRef
 from .resources import guard
 
 Array = np.ndarray
@@ -60,6 +61,7 @@ class Report:
     interrupted: bool = False  # Ctrl-C: rows holds only the tensors finished before it
     samples: int | None = None  # entries checked per tensor (None: all), as the check was asked
     avoid_kinks: bool = False  # the input was drawn again to keep stencils off kinks
+    fallbacks: list[str] = field(default_factory=list)  # where a shortcut gave way to plain passes, and why
     numeric_full: dict[str, Array] = field(default_factory=dict, repr=False)  # differenced in full to diagnose
     analytic: dict[str, Array] = field(default_factory=dict, repr=False)
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
@@ -116,72 +118,87 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
-def key_of(layer: int, tensor: str) -> str:
-    """Where a row's arrays live in Report.analytic / Report.numeric: "input" (∂C/∂x),
-    "layers.{i}.{name}" (a parameter, as in the .npz), "delta.{i}" (δ at layer i's input)."""
-    if tensor == "input":
-        return "input" if layer == 0 else f"delta.{layer}"
-    return f"layers.{layer}.{tensor}"
+@dataclass
+class Row:
+    """One tensor to check: its ref (which also names its arrays: ``ref.key``), its layer's
+    kind, the analytic gradient, the flat indices picked, and the verdict once judged."""
+
+    ref: TensorRef
+    kind: str
+    grad: Array
+    picks: Array = field(default=None, repr=False)  # type: ignore[arg-type]
+    check: TensorCheck | None = None
+
+    @property
+    def verdict(self) -> TensorCheck:
+        """The check, once the row has been judged."""
+        if self.check is None:
+            raise RuntimeError(f"{self.ref} has not been judged yet")
+        return self.check
+
+    def judge(self, numeric: Any, tol: float, indices: Array | None = None,
+              floor: resolution.Floor | None = None) -> TensorCheck:
+        """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks)."""
+        idx = self.picks if indices is None else indices
+        return judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
+                     numeric.values, numeric.kinks, tol, floor=floor)
 
 
-def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> tuple[list[tuple], list[str]]:
-    """The rows to check, the input δ first, then layer by layer: (key, layer, tensor,
-    analytic gradient, finite-difference target), and each row's kind for the table.  A
-    plugin layer also gets the δ at its input (``deltas[l]``, from ``Network.backward``)."""
-    rows = [(key_of(0, "input"), 0, "input", deltas[0], "input")]
+def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> list[Row]:
+    """The rows to check, the input δ first, then layer by layer.  A plugin layer also gets
+    the δ at its input (``deltas[l]``, from ``Network.backward``)."""
+    kinds = kinds_of(net)
+    rows = [Row(TensorRef.delta(0), kinds[0], deltas[0])]
     for i, layer in enumerate(net.layers):
         if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
-            rows.append((key_of(i, "input"), i, "input", deltas[i], (i, "input")))
-        rows += [(key_of(i, name), i, name, grads[i][name], (i, name)) for name in layer.params]
-    kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
-    return rows, kinds
+            rows.append(Row(TensorRef.delta(i), kinds[i], deltas[i]))
+        rows += [Row(TensorRef.param(i, name), kinds[i], grads[i][name]) for name in layer.params]
+    return rows
 
 
 MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
 
-def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list,
-              kinds: list, picks: list, checks: list, samples: int | None, rng: np.random.Generator,
-              tol: float) -> None:
+def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
+              samples: int | None, rng: np.random.Generator, tol: float) -> None:
     """Add δ at every inner layer boundary (``deltas``) to the rows, name the first layer whose
     own backward is wrong, and test that layer's failing tensors against the usual bugs
     (``out_delta``: ∂C/∂ the last layer's output)."""
-    have = {r[1] for r in rows if r[2] == "input"}
-    extra = [(key_of(l, "input"), l, "input", deltas[l], (l, "input")) for l in range(1, len(net.layers))
-             if l not in have]
-    extra_picks = [select(rng, d.size, samples) for *_, d, _ in extra]
-    for (key, l, tensor, d, target), idx, num in zip(extra, extra_picks,
-                                                    fd.numeric([(e[4], i) for e, i in zip(extra, extra_picks)])):
-        rows.append((key, l, tensor, d, target))
-        kinds.append(kinds_of(net)[l])
-        picks.append(idx)
-        checks.append(judge(l, kinds[-1], tensor, d.shape, idx, d.reshape(-1)[idx].astype(np.float64),
-                            num.values, num.kinks, tol, floor=report.floor))
-    order = sorted(range(len(rows)), key=lambda r: (rows[r][1], rows[r][2] != "input", r))
-    for seq in (rows, kinds, picks, checks):
-        seq[:] = [seq[r] for r in order]
-    culprit, report.localisation = diagnose_mod.localise(checks, len(net.layers), kinds_of(net))
+    have = {row.ref for row in rows}
+    kinds = kinds_of(net)
+    extra = [Row(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(net.layers))
+             if TensorRef.delta(l) not in have]
+    for row in extra:
+        row.picks = select(rng, row.grad.size, samples)
+    for row, num in zip(extra, fd.numeric([(row.ref, row.picks) for row in extra])):
+        row.check = row.judge(num, tol, floor=report.floor)
+        rows.append(row)
+    # layer by layer, δ first; the sort is stable, so the order within a layer stays
+    rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
+    culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
     if culprit is None:
         return
 
-    def full(target: Any, g: Array) -> Array | None:
+    def full(ref: TensorRef, g: Array) -> Array | None:
         if g.size > DIAGNOSE_MAX:
             return None
-        return fd.numeric([(target, np.arange(g.size))])[0].values.reshape(g.shape)
+        return fd.numeric([(ref, np.arange(g.size))])[0].values.reshape(g.shape)
 
-    for r, c in enumerate(checks):
+    for row in rows:
+        c = row.verdict
         if c.layer != culprit or not c.mismatch or c.mode != "entries":
             continue
-        key, layer, tensor, g, target = rows[r]
-        numeric = full(target, g)
+        numeric = full(row.ref, row.grad)
         if numeric is None:
             continue
         above = None
-        if tensor == "input":
-            above = full((layer + 1, "input"), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
-        c.diagnosis = diagnose_mod.diagnose(g, numeric, tensor, net.layers[layer], out_delta.shape[0], above)
-        report.numeric_full[key] = numeric
+        if row.ref.is_delta:
+            layer = row.ref.index
+            above = full(TensorRef.delta(layer + 1), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
+        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, net.layers[row.ref.index],
+                                            out_delta.shape[0], above)
+        report.numeric_full[row.ref.key] = numeric
 
 
 def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
@@ -313,9 +330,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                                     config.dtype, biggest)
 
         report.floor = floor_of(how.method, is_complex)
-        rows, kinds = targets(net, deltas, grads)
-        picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
-        total = sum(len(idx) for idx in picks)
+        rows = targets(net, deltas, grads)
+        for row in rows:
+            row.picks = select(problem.rng, row.grad.size, how.samples)
+        total = sum(len(row.picks) for row in rows)
         done = [0]
 
         def advance(n: int) -> None:
@@ -325,55 +343,55 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
         fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
-
-        def entry_row(r: int, num: Any) -> TensorCheck:
-            _, layer, tensor, g, _ = rows[r]
-            return judge(layer, kinds[r], tensor, g.shape, picks[r], g.reshape(-1)[picks[r]].astype(np.float64),
-                         num.values, num.kinks, how.tol, floor=report.floor)
-
-        checks: list[TensorCheck | None] = [None] * len(rows)
         if how.directions:
-            for r, (_, layer, tensor, g, target) in enumerate(rows):
+            for row in rows:
+                g = row.grad
                 V = problem.rng.standard_normal((how.directions, g.size))
                 V /= np.linalg.norm(V, axis=1, keepdims=True)
-                num, kinks = fd.directional(target, V)
-                checks[r] = judge(layer, kinds[r], tensor, g.shape, np.arange(how.directions),
-                                  V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions",
+                along, kinks = fd.directional(row.ref, V)
+                row.check = judge(row.ref, row.kind, g.shape, np.arange(how.directions),
+                                  V @ g.reshape(-1).astype(np.float64), along, kinks, how.tol, mode="directions",
                                   floor=report.floor)
-                advance(len(picks[r]))
-        todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
+                advance(len(row.picks))
+        todo = [row for row in rows if row.check is None or not row.check.passed]  # entry by entry
         try:
-            numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])
+            numeric = fd.numeric([(row.ref, row.picks) for row in todo])
         except Interrupted as stop:  # Ctrl-C: the rows finished so far travel with it
-            report.rows = [entry_row(r, num) for r, num in zip(todo, stop.finished) if num is not None]
+            report.rows = [row.judge(num, how.tol, floor=report.floor)
+                           for row, num in zip(todo, stop.finished) if num is not None]
             report.interrupted = True
             stop.report = report
             raise
-        for r, num in zip(todo, numeric):
-            row = entry_row(r, num)
-            if checks[r] is not None:
-                row.note = (f"failed along {how.directions} directions (norm rel {checks[r].metrics.norm_rel:.1e}); "
-                            "checked entry by entry")
-            checks[r] = row
-        again = [r for r, c in enumerate(checks) if c.mode == "entries" and (how.convergence or c.mismatch)]
+        for row, num in zip(todo, numeric):
+            check = row.judge(num, how.tol, floor=report.floor)
+            if row.check is not None:
+                check.note = (f"failed along {how.directions} directions "
+                              f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
+            row.check = check
+        again = [row for row in rows if row.verdict.mode == "entries" and (how.convergence or row.verdict.mismatch)]
         if again:  # the same entries at h/2
             half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
-            for r, num in zip(again, half.numeric([(rows[r][4], checks[r].indices) for r in again])):
-                c = checks[r]
+            for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
+                c = row.verdict
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
         if not is_complex:
-            confirm_failures(checks, [row[4] for row in rows], numeric_side, how.method, how.tol, how.fd_dtype,
+            checks = [row.verdict for row in rows]
+            confirm_failures(checks, [row.ref for row in rows], numeric_side, how.method, how.tol, how.fd_dtype,
                              how.workers, floor_of("complex", True))
-        if how.localize or any(c.mismatch for c in checks):
-            _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, kinds, picks, checks,
-                      how.samples, problem.rng, how.tol)
-        for (key, *_, g, _), row in zip(rows, checks):
-            report.rows.append(row)
+            for row, check in zip(rows, checks):
+                row.check = check
+        if how.localize or any(row.verdict.mismatch for row in rows):
+            _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
+                      how.tol)
+        report.fallbacks = list(fd.fast_fallbacks)
+        for row in rows:
+            check, g, key = row.verdict, row.grad, row.ref.key
+            report.rows.append(check)
             report.analytic[key] = g
             full = np.full(g.size, np.nan)
-            if row.mode == "entries":
-                full[row.indices] = row.numeric
+            if check.mode == "entries":
+                full[check.indices] = check.numeric
             report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
     return report
 
@@ -384,11 +402,13 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
     arrays: dict[str, Array] = {"x": p.x, "y": p.y, "loss": np.asarray(report.loss)}
     for i, layer in enumerate(p.net.layers):
         for name, P in layer.params.items():
-            arrays[f"layers.{i}.{name}"] = P
-            arrays[f"grad.layers.{i}.{name}"] = report.analytic[key_of(i, name)]
-            arrays[f"numgrad.layers.{i}.{name}"] = report.numeric[key_of(i, name)]
-    arrays["grad.input"] = report.analytic["input"]
-    arrays["numgrad.input"] = report.numeric["input"]
+            key = TensorRef.param(i, name).key  # layers.{i}.{name}
+            arrays[key] = P
+            arrays[f"grad.{key}"] = report.analytic[key]
+            arrays[f"numgrad.{key}"] = report.numeric[key]
+    x_key = TensorRef.delta(0).key  # "input": ∂C/∂x
+    arrays[f"grad.{x_key}"] = report.analytic[x_key]
+    arrays[f"numgrad.{x_key}"] = report.numeric[x_key]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(path, buf.getvalue())

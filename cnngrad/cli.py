@@ -22,7 +22,7 @@ from . import baseline as baseline_mod
 from . import config as cfg
 from . import output as out_files
 from . import report as render
-from .checker import Report, key_of, save_npz
+from .checker import Report, save_npz
 from .checker import check as run_check
 from .escape import printable
 from .finite_diff import METHODS
@@ -388,7 +388,7 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             if heatmap:
                 for row in rep.rows:
                     if row.mismatch and row.mode == "entries":
-                        out.print(render.heatmap(rep, (key_of(row.layer, row.tensor), row)))
+                        out.print(render.heatmap(rep, (row.ref.key, row)))
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:
             out.print(render.summary_table(reports))

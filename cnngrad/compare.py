@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .refs import TensorRef
 from .resolution import Floor
 
 Array = np.ndarray
@@ -59,11 +60,10 @@ def metrics(g: Array, n: Array) -> Metrics:
 
 @dataclass
 class TensorCheck:
-    """One row of the report: one tensor of one layer."""
+    """One row of the report: one tensor of one layer, named by ``ref``."""
 
-    layer: int
+    ref: TensorRef  # a parameter, or δ w.r.t. the layer's input
     kind: str
-    tensor: str  # "W", "b", … or "input" (δ w.r.t. the layer's input)
     shape: tuple[int, ...]
     checked: int
     kinks: int
@@ -96,6 +96,14 @@ class TensorCheck:
     def mismatch(self) -> bool:
         """Failed on its numbers (not because nothing could be compared): what localisation blames."""
         return self.failed and self.checked > 0
+    def layer(self) -> int:
+        """The top-level layer index (JSON ``layer``)."""
+        return self.ref.index
+
+    @property
+    def tensor(self) -> str:
+        """The JSON ``tensor``: the parameter's name, or "input" for a δ row (see ``ref.role``)."""
+        return self.ref.tensor
 
     def convergence(self, order: int = 2) -> str:
         """What halving h did to the error, and what that means (needs ``norm_rel_half``)."""
@@ -134,7 +142,7 @@ class TensorCheck:
 STATUSES = ("pass", "fail", "unresolved")
 
 
-def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: Array,
+def judge(ref: TensorRef, kind: str, shape: tuple[int, ...], indices: Array,
           analytic: Array, numeric: Array, kinks: Array, tol: float, mode: str = "entries",
           floor: Floor | None = None) -> TensorCheck:
     """Compare analytic and numeric at the checked entries (or directions), leaving kink
@@ -157,5 +165,5 @@ def judge(layer: int, kind: str, tensor: str, shape: tuple[int, ...], indices: A
                   f"was compared — use a smaller --eps, or --avoid-kinks")
     elif status == "fail" and floor is not None and floor.covers(g, n):
         status, reason = "unresolved", floor.reason(g, n)
-    return TensorCheck(layer, kind, tensor, tuple(shape), int(ok.sum()), int(kinks.sum()), m, status, tol, mode,
+    return TensorCheck(ref, kind, tuple(shape), int(ok.sum()), int(kinks.sum()), m, status, tol, mode,
                        indices=indices, analytic=analytic, numeric=numeric, kink_mask=kinks, reason=reason)

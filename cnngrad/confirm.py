@@ -8,7 +8,6 @@ only used where every layer from the perturbed one on carries an imaginary part
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 
@@ -23,17 +22,12 @@ from .resolution import Floor
 Array = np.ndarray
 
 
-def start_of(target: Any) -> tuple[int, str | None]:
+def start_of(target: TensorRef) -> tuple[int, str | None]:
     """The layer a row's perturbation enters, and the parameter perturbed (None for a δ)."""
-    if target == "input":
-        return 0, None
-    if isinstance(target, TensorRef):
-        return target.index, None if target.is_delta else target.name
-    layer, name = target
-    return layer, None if name == "input" else name
+    return target.index, None if target.is_delta else target.name
 
 
-def confirm_failures(checks: list[TensorCheck], targets: list[Any], problem: tuple[Network, Array, Array],
+def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], problem: tuple[Network, Array, Array],
                      method: str, tol: float, fd_dtype: str, workers: int | None, floor: Floor) -> None:
     """Check each failing or unresolved tensor (``checks[r]``, differenced at ``targets[r]``)
     again with the complex step, which has no rounding floor of ``method``'s differences
@@ -73,7 +67,7 @@ def confirm_failures(checks: list[TensorCheck], targets: list[Any], problem: tup
         return
     for r, num in zip(usable, results):
         c = checks[r]
-        redo = judge(c.layer, c.kind, c.tensor, c.shape, c.indices, c.analytic, num.values, num.kinks, tol,
+        redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, num.values, num.kinks, tol,
                      floor=floor)
         why = c.convergence(order)
         first = c.reason.split(": ")[0] if c.unresolved else \

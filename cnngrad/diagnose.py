@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .compare import metrics
+from .refs import TensorRef
 
 Array = np.ndarray
 MATCH = 1e-6  # a transform explains the mismatch when it leaves less than this (norm rel)
@@ -26,7 +27,7 @@ def localise(rows: list, n_layers: int, kinds: list[str]) -> tuple[int | None, s
     by_layer: dict[int, list] = {}
     for r in rows:
         by_layer.setdefault(r.layer, []).append(r)
-    delta_ok = {r.layer: not r.mismatch for r in rows if r.tensor == "input"}  # unresolved: no blame
+    delta_ok = {r.layer: not r.mismatch for r in rows if r.ref.is_delta}  # unresolved: no blame
     for l in range(n_layers - 1, -1, -1):
         out_ok = l == n_layers - 1 or delta_ok.get(l + 1, True)
         own_ok = all(not r.mismatch for r in by_layer.get(l, []))
@@ -37,15 +38,17 @@ def localise(rows: list, n_layers: int, kinds: list[str]) -> tuple[int | None, s
     return None, ""
 
 
-def diagnose(analytic: Array, numeric: Array, tensor: str, layer: Any, batch: int,
+def diagnose(analytic: Array, numeric: Array, ref: TensorRef, layer: Any, batch: int,
              numeric_out: Array | None = None) -> list[str]:
     """The bug transforms under which analytic matches numeric, as sentences (most specific
-    first).  ``numeric_out``: the numeric δ at the layer's output, to spot a δ passed down
-    unchanged; ``batch``: N, to name a factor of the batch size."""
+    first); ``ref`` names the tensor (a parameter, or δ at the layer's input).
+    ``numeric_out``: the numeric δ at the layer's output, to spot a δ passed down unchanged;
+    ``batch``: N, to name a factor of the batch size."""
     if analytic.shape != numeric.shape or not np.all(np.isfinite(numeric)):
         return []
     a, n = analytic.astype(np.float64), numeric.astype(np.float64)
-    what = "δ" if tensor == "input" else f"∂C/∂{tensor}"
+    delta = ref.is_delta
+    what = "δ" if delta else f"∂C/∂{ref.name}"
     found = []
 
     def check(candidate: Array, sentence: str) -> None:
@@ -53,8 +56,8 @@ def diagnose(analytic: Array, numeric: Array, tensor: str, layer: Any, batch: in
         if err < MATCH:
             found.append(sentence.format(what=what, err=f"{err:.0e}"))
 
-    if a.ndim >= 2 and tensor != "input" and getattr(layer, "kind", "") in ("conv",) or \
-            (a.ndim == 4 and tensor == "W"):
+    if a.ndim >= 2 and not delta and getattr(layer, "kind", "") in ("conv",) or \
+            (a.ndim == 4 and not delta and ref.name == "W"):
         check(n[..., ::-1, ::-1], "{what} matches ROT180(numeric) to {err}: the kernel is rotated where it "
                                   "should not be (or not where it should)")
         check(n[..., ::-1, :], "{what} matches numeric flipped upside down to {err}: one axis flipped — "
@@ -64,7 +67,7 @@ def diagnose(analytic: Array, numeric: Array, tensor: str, layer: Any, batch: in
         if a.shape[0] == a.shape[1]:
             check(n.swapaxes(0, 1), "{what} matches numeric with in/out channels swapped to {err}: W[o, c] "
                                     "read as W[c, o]")
-    if a.ndim == 4 and tensor == "input":
+    if a.ndim == 4 and delta:
         for axis, (fwd, back) in ((2, ("down", "up")), (3, ("right", "left"))):
             size = a.shape[axis]
             if size < 3:

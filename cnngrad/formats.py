@@ -12,7 +12,6 @@ from xml.etree import ElementTree as ET
 from . import __version__
 from . import report as render
 from .checker import Report
-from .compare import tensor_label
 from .escape import markdown as md
 from .escape import xml
 
@@ -30,6 +29,7 @@ def records(report: Report) -> list[dict[str, Any]]:
     for r in report.rows:
         out.append({
             "config": report.name, "layer": r.layer, "kind": r.kind, "tensor": r.tensor,
+            "role": r.ref.role,
             "shape": list(r.shape), "mode": r.mode, "checked": r.checked, "kinks": r.kinks,
             "max_abs": _num(r.metrics.max_abs), "max_rel": _num(r.metrics.max_rel),
             "norm_rel": _num(r.metrics.norm_rel),
@@ -81,7 +81,7 @@ def to_junit(reports: list[Report]) -> str:
             ET.SubElement(case, "error", message=rep.error, type="ConfigError").text = rep.error
             n_err = 1
         for r in rep.rows:
-            label = tensor_label(r.tensor)
+            label = r.ref.label
             case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.layers[{r.layer}].{r.kind}",
                                  name=f"layers[{r.layer}] {r.kind} {label}", time="0")
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
@@ -144,12 +144,12 @@ def to_markdown(reports: list[Report]) -> str:
         for r in rep.rows:
             status = "**FAIL**" if r.failed or (r.layer, r.tensor) in rep.regressions else \
                 "UNRESOLVED" if r.unresolved else "pass"
-            label = md(tensor_label(r.tensor))
+            label = md(r.ref.label)
             lines.append(f"| {md(r.layer)} | {md(r.kind)} | {label} | {'x'.join(map(str, r.shape))} | {r.checked} | "
                          f"{r.metrics.max_abs:.2e} | {r.metrics.max_rel:.2e} | {r.metrics.norm_rel:.2e} | {status} |")
         for r in rep.rows:
             if r.reason:
-                lines.append(f"\n- layers[{md(r.layer)}] {md(tensor_label(r.tensor))}: {md(r.reason)}")
+                lines.append(f"\n- layers[{md(r.layer)}] {md(r.ref.label)}: {md(r.reason)}")
         for (layer, tensor), why in rep.regressions.items():
             lines.append(f"\n- layers[{md(layer)}] {md(tensor)}: {md(why)}")
         if rep.baseline_note:

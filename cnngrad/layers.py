@@ -11,15 +11,23 @@ finite-difference check needs.  Arrays are NCHW, shapes in docstrings are per ba
 Optional: ``kink_state(cache)`` returns, per sample, which side of a non-differentiable
 point each unit is on (relu's sign mask, a max-pool window's argmax); the checker uses it
 to tell a stencil that crossed a kink from a wrong gradient.
+
+Declared, as CONVENTIONS.md lets a layer declare: every built-in layer is ``per_sample``
+(sample n of the output depends on sample n of the input only) and ``complex_safe`` (its
+arithmetic keeps an imaginary part; relu and max follow the real part), and ``offers`` the
+finite-difference shortcuts it implements (``finite_diff.shortcuts.Shortcuts``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from . import conv as C
+
+if TYPE_CHECKING:
+    from .finite_diff.shortcuts import Shortcut
 
 Array = np.ndarray
 
@@ -56,7 +64,9 @@ class Conv:
     """
 
     kind = "conv"
-    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
+    per_sample = True
+    complex_safe = True
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"perturbed", "input_delta", "window"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, filters: int,
                  kernel: Any = 3, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
@@ -195,9 +205,10 @@ class Activation:
     """``a^l = σ(z^l)``, elementwise; any in_shape, out_shape = in_shape."""
 
     kind = "activation"
-    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
-    channelwise = True  # each output channel depends on the same input channel only
-    elementwise = True  # and each output entry on the same input entry only
+    per_sample = True
+    complex_safe = True
+    # each output entry depends on the same input entry only (so each channel on its own)
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"elementwise", "channelwise"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, function: str,
                  alpha: float | None = None, dtype: Any = np.float64) -> None:
@@ -231,8 +242,10 @@ class Pool:
     """Max or average pooling, no padding. a of shape (n, c, h, w) -> (n, c, ho, wo)."""
 
     kind = "pool"
-    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
-    channelwise = True  # each output channel depends on the same input channel only
+    per_sample = True
+    complex_safe = True
+    # each output channel depends on the same input channel only, each window on its region
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"channelwise", "region"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, kind: str = "max",
                  size: Any = 2, stride: Any = None, dtype: Any = np.float64) -> None:
@@ -307,7 +320,9 @@ class Flatten:
     """(n, c, h, w) -> (n, c·h·w), C order."""
 
     kind = "flatten"
-    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
+    per_sample = True
+    complex_safe = True
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"reshape"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.float64) -> None:
         self.in_shape = tuple(in_shape)
@@ -325,7 +340,9 @@ class Dense:
     """``z = W a + b``: a_prev of shape (n, k) -> z of shape (n, units); W (units, k)."""
 
     kind = "dense"
-    complex_safe = True  # forward keeps an imaginary part (CONVENTIONS.md)
+    per_sample = True
+    complex_safe = True
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"perturbed", "input_delta"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, units: int,
                  bias: bool = True, init: str | dict = "lecun", dtype: Any = np.float64) -> None:

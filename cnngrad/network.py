@@ -108,6 +108,11 @@ class PluginLayer:
         self.layer, self.place, self.in_shape = layer, place, tuple(in_shape)
         self.kind = type(layer).__name__
         self.out_shape = tuple(int(s) for s in layer.out_shape)
+        # what the user's layer declares (CONVENTIONS.md), each False unless declared True;
+        # a plugin offers the engine no shortcuts
+        self.per_sample: bool = getattr(layer, "per_sample", False) is True
+        self.complex_safe: bool = getattr(layer, "complex_safe", False) is True
+        self.offers: frozenset[str] = frozenset()
         if hasattr(layer, "kink_state"):
             self.kink_state = self._kink_state
 

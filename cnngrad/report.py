@@ -46,7 +46,7 @@ def table(report: Report) -> Table:
     for r in report.rows:
         status = status_text(r)
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        cells = [safe(r.layer), safe(r.kind), safe(tensor_label(r.tensor)), "x".join(map(str, r.shape)), checked,
+        cells = [safe(r.layer), safe(r.kind), safe(r.ref.label), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
         if halves:
             e2 = r.norm_rel_half
@@ -64,7 +64,7 @@ def failure_lines(report: Report) -> list[str]:
     order = get_method(report.method).power
     lines = []
     for r in report.rows:
-        where = f"layers[{r.layer}] {r.kind} {tensor_label(r.tensor)}"
+        where = f"layers[{r.layer}] {r.kind} {r.ref.label}"
         if r.passed:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
@@ -83,6 +83,7 @@ def failure_lines(report: Report) -> list[str]:
         lines.append(f"layers[{layer}] {tensor_label(tensor)}: {why}")
     if report.baseline_note:
         lines.append(f"  baseline: {report.baseline_note}")
+    lines += [f"  note: {why}" for why in report.fallbacks]
     lines += [f"numerical fault: {fault}" for fault in report.faults]
     lines += [f"structural: {why}" for why in report.structural]
     return [printable(line) for line in lines]  # names and plugin messages are data: no control characters
@@ -231,7 +232,7 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
     elif err.ndim == 1:
         err = err[None, :]
     h, w = err.shape
-    label = tensor_label(row.tensor)
+    label = row.ref.label
     out = Text(printable(f"layers[{row.layer}] {row.kind} {label}{where}") + ": |analytic − numeric| / max|numeric|"
                + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
                   else "") + "\n", style="bold")

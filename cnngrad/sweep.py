@@ -12,7 +12,7 @@ import numpy as np
 
 from . import config as cfg
 from .checker import targets, upcast
-from .compare import metrics, tensor_label
+from .compare import metrics
 from .complex_probe import ComplexProbe
 from .finite_diff import FiniteDifferences, get_method, select
 from .network import build
@@ -48,8 +48,8 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):
         _, deltas, grads, _ = net.trace(x, y)
-        rows, kinds = targets(net, deltas, grads)
-        picks = [select(problem.rng, g.size, samples) for *_, g, _ in rows]
+        rows = targets(net, deltas, grads)
+        picks = [select(problem.rng, row.grad.size, samples) for row in rows]
         fd_net, fd_x, fd_y = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
         why = ComplexProbe(fd_net, fd_x).network() if get_method(method).is_complex else ""
         if why:  # a lost imaginary part would read as a derivative
@@ -57,12 +57,11 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
         errors = np.full((len(rows), len(eps_values)), np.nan)
         for e, eps in enumerate(eps_values):
             fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, workers=workers)
-            for t, num in enumerate(fd.numeric([(row[4], idx) for row, idx in zip(rows, picks)])):
-                g = rows[t][3].reshape(-1)[picks[t]].astype(np.float64)
+            for t, num in enumerate(fd.numeric([(row.ref, idx) for row, idx in zip(rows, picks)])):
+                g = rows[t].grad.reshape(-1)[picks[t]].astype(np.float64)
                 ok = ~num.kinks
                 errors[t, e] = metrics(g[ok], num.values[ok]).norm_rel
-    labels = [f"{layer} {kind} {tensor_label(tensor)}"
-              for (_, layer, tensor, *_), kind in zip(rows, kinds)]
+    labels = [f"{row.ref.layer} {row.kind} {row.ref.label}" for row in rows]
     return Sweep(config.name, method, list(eps_values), labels, errors)
 
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import cnngrad.finite_diff as fdm
 from cnngrad.config import validate
-from cnngrad.finite_diff import FiniteDifferences
+from cnngrad.finite_diff import FiniteDifferences, propagate
+from cnngrad.finite_diff import workers as fd_workers
 from cnngrad.layers import Conv, Dense, Pool
 from cnngrad.network import build
+from cnngrad.refs import TensorRef
 from cnngrad.strategies import configs
 
 
@@ -51,10 +52,11 @@ def engine_and_naive(raw, eps=1e-6, **fd_options):
     problem = build(validate(raw))
     net, x, y = problem.net, problem.x.copy(), problem.y
     fd = FiniteDifferences(net, x, y, eps, **fd_options)
-    targets = [("input", np.arange(x.size))] + [
-        ((i, name), np.arange(P.size)) for i, layer in enumerate(net.layers) for name, P in layer.params.items()]
+    targets = [(TensorRef.delta(0), np.arange(x.size))] + [
+        (TensorRef.param(i, name), np.arange(P.size)) for i, layer in enumerate(net.layers)
+        for name, P in layer.params.items()]
     got = fd.numeric(targets)
-    want = [naive_numeric(net, x, y, eps, x if t == "input" else net.layers[t[0]].params[t[1]], idx)
+    want = [naive_numeric(net, x, y, eps, x if t.is_delta else net.layers[t.index].params[t.name], idx)
             for t, idx in targets]
     return got, want, fd
 
@@ -81,10 +83,9 @@ def test_engine_equals_the_naive_loop(raw):
 @given(configs(**SMALL))
 def test_engine_without_linear_shortcuts_equals_the_naive_loop(raw):
     with pytest.MonkeyPatch.context() as mp:
-        for cls in (Conv, Dense):
-            mp.delattr(cls, "forward_perturbed")
-        mp.delattr(Conv, "window_delta")  # and no windows: whole rows from the input on
-        mp.delattr(Pool, "region")
+        for cls in (Conv, Dense):  # no linear shortcuts, and no windows: whole rows from the input on
+            mp.setattr(cls, "offers", cls.offers - {"perturbed", "window"})
+        mp.setattr(Pool, "offers", Pool.offers - {"region"})
         got, want, _ = engine_and_naive(raw)
     assert_same_to_rounding(got, want)
 
@@ -93,7 +94,7 @@ def test_engine_without_linear_shortcuts_equals_the_naive_loop(raw):
 @given(configs(**SMALL))
 def test_worker_processes_give_the_same_numbers_bit_for_bit(raw):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fdm, "PARALLEL_WORK", 0)  # fork even for a tiny check
+        mp.setattr(fd_workers, "PARALLEL_WORK", 0)  # fork even for a tiny check
         one, _, _ = engine_and_naive(raw, workers=1, memory_budget=1 << 14)
         two, _, _ = engine_and_naive(raw, workers=2, memory_budget=1 << 14)
     for a, b in zip(one, two):
@@ -110,7 +111,8 @@ def test_a_wrong_shortcut_is_caught_by_the_spot_check(monkeypatch):
     monkeypatch.setattr(Conv, "forward_perturbed",
                         lambda self, z, cache, name, idx, steps: original(self, z, cache, name, idx, 2 * steps))
     got, want, fd = engine_and_naive(raw)
-    assert fd.fast_fallbacks == ["layers[0].W", "layers[0].b"]
+    assert [f.split(":")[0] for f in fd.fast_fallbacks] == ["layers[0].W", "layers[0].b"]
+    assert all("forward_perturbed disagrees" in f for f in fd.fast_fallbacks)
     assert_same_to_rounding(got, want)
 
 
@@ -191,8 +193,8 @@ def test_windows_on_large_maps_equal_the_naive_loop(layers):
     problem = build(validate(raw))
     net, x, y = problem.net, problem.x, problem.y
     fd = FiniteDifferences(net, x, y, 1e-6, workers=1)
-    assert fd._local_end(0) >= 2
-    targets = [("input", np.arange(x.size))] + [((l, "input"), np.arange(fd.inputs[l].size)) for l in (1, 2)]
+    assert propagate.local_end(fd, 0) >= 2
+    targets = [(TensorRef.delta(l), np.arange(fd.inputs[l].size)) for l in (0, 1, 2)]
     got = fd.numeric(targets)
     assert fd.fast_fallbacks == []
     want = [naive_numeric(net, x, y, 1e-6, x, np.arange(x.size))]

@@ -21,6 +21,7 @@ from cnngrad.cli import main
 from cnngrad.compare import judge
 from cnngrad.complex_probe import ComplexProbe
 from cnngrad.network import build
+from cnngrad.refs import TensorRef
 from cnngrad.resolution import Floor
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -288,7 +289,7 @@ def test_judge_statuses_against_the_floor():
     idx, none = np.arange(3), np.zeros(3, dtype=bool)
 
     def status(g, n):
-        return judge(0, "dense", "W", (3,), idx, np.array(g, float), np.array(n, float), none, 1e-6,
+        return judge(TensorRef.param(0, "W"), "dense", (3,), idx, np.array(g, float), np.array(n, float), none, 1e-6,
                      floor=floor).status
 
     assert status([1e-30, 2e-30, 0], [0, 0, 0]) == "unresolved"  # both below: cannot tell
@@ -297,7 +298,7 @@ def test_judge_statuses_against_the_floor():
     assert status([0, 0, 0], [1e-3, 0, 0]) == "fail"  # numeric resolvable
     assert status([1e-30, 2e-30, 0], [1e-30, 2e-30, 0]) == "pass"  # agreement is agreement
     assert status([np.nan, 0, 0], [0, 0, 0]) == "fail"  # NaN is never below a floor
-    assert judge(0, "dense", "W", (3,), idx, np.zeros(3), np.ones(3), none, 1e-6).status == "fail"  # no floor
+    assert judge(TensorRef.param(0, "W"), "dense", (3,), idx, np.zeros(3), np.ones(3), none, 1e-6).status == "fail"  # no floor
     # a float32 backward's own rounding: the analytic side is ~0 up to it, the numeric one is not
     floor = Floor(1e-9, "central differences", 0.5, rounding=1e-6)
     assert status([1e-7, 0, 0], [1e-12, 0, 0]) == "unresolved"

@@ -13,6 +13,7 @@ from cnngrad.compare import metrics
 from cnngrad.config import validate
 from cnngrad.finite_diff import METHODS, FiniteDifferences
 from cnngrad.network import build
+from cnngrad.refs import TensorRef
 from cnngrad.strategies import configs
 from cnngrad.sweep import sweep
 
@@ -45,7 +46,8 @@ def test_each_method_on_a_closed_form_gradient(method):
     exact = {("input",): (r @ W).reshape(p.x.shape), (1, "W"): r.T @ a, (1, "b"): r.sum(0)}
     m = METHODS[method]
     fd = FiniteDifferences(p.net, p.x, p.y, m.default_eps["float64"], method)
-    got = fd.numeric([("input", np.arange(p.x.size)), ((1, "W"), np.arange(W.size)), ((1, "b"), np.arange(b.size))])
+    got = fd.numeric([(TensorRef.delta(0), np.arange(p.x.size)), (TensorRef.param(1, "W"), np.arange(W.size)),
+                      (TensorRef.param(1, "b"), np.arange(b.size))])
     for (key, want), num in zip(exact.items(), got):
         assert metrics(want.ravel(), num.values).norm_rel < ACCURACY[method], (method, key)
 
@@ -110,10 +112,10 @@ def test_directional_values_are_v_dot_gradient():
     fd = FiniteDifferences(p.net, p.x, p.y, 1e-6)
     V = np.random.default_rng(0).standard_normal((3, grads[2]["W"].size))
     V /= np.linalg.norm(V, axis=1, keepdims=True)
-    num, kinks = fd.directional((2, "W"), V)
+    num, kinks = fd.directional(TensorRef.param(2, "W"), V)
     np.testing.assert_allclose(num, V @ grads[2]["W"].ravel(), rtol=1e-7, atol=1e-10)
     U = np.random.default_rng(1).standard_normal((2, dx.size))
-    num, _ = fd.directional("input", U)
+    num, _ = fd.directional(TensorRef.delta(0), U)
     np.testing.assert_allclose(num, U @ dx.ravel(), rtol=1e-7, atol=1e-10)
 
 

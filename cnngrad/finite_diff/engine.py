@@ -1,0 +1,219 @@
+"""``FiniteDifferences``: the unperturbed pass, the rows run from a layer on, the quotient.
+
+Rows of perturbed activations are run through ``layers[start:]`` by ``_losses``.  A row is
+either one sample on its own (an input entry x[n, …] reaches sample n only, while every
+layer is ``per_sample``) or part of a whole perturbed copy of the batch (rows ``g·N … g·N+N−1``
+are copy g).  A layer that does not declare ``per_sample`` (batch norm) sees each copy as
+its own forward pass, and single-sample rows become whole copies before it (the other
+samples as in the unperturbed pass, which they are up to there).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ..network import Network
+from ..refs import TensorRef
+from . import planning, workers
+from .methods import get_method
+from .shortcuts import capabilities, kink_state
+
+Array = np.ndarray
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``numeric``: ``finished[t]`` is target t's result if all of it was
+    done, else None."""
+
+    def __init__(self, finished: list) -> None:
+        super().__init__("interrupted")
+        self.finished = finished
+
+
+@dataclass
+class Numeric:
+    """Numeric ∂C/∂θ at the checked flat indices, and which stencils crossed a kink."""
+
+    indices: Array
+    values: Array
+    kinks: Array
+
+
+class FiniteDifferences:
+    """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``.
+
+    ``progress(n)`` is called with the number of entries finished after each chunk.
+    ``workers`` processes share the chunks of a large check (default: one per core, at
+    most 2); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
+    Every chunk is computed the same way wherever it runs, with one BLAS thread, so the
+    numbers are the same bit for bit whatever the number of workers.  ``fast_fallbacks``
+    says, one sentence each, where a shortcut was not taken and plain passes ran instead.
+    """
+
+    def __init__(self, net: Network, x: Array, y: Array, eps: float, method: str = "central",
+                 memory_budget: int = 16 << 20, progress: Callable[[int], None] | None = None,
+                 workers: int | None = None) -> None:
+        self.net, self.x, self.y, self.eps = net, x, y, eps
+        self.method = get_method(method)
+        # the dtype perturbed values live in: complex for the complex step
+        self.work = np.result_type(x.dtype, np.complex64) if self.method.is_complex else x.dtype
+        self.budget = memory_budget
+        self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+        self.progress = progress or (lambda n: None)
+        self.n = x.shape[0]
+        self.caps = [capabilities(layer) for layer in net.layers]
+        # the unperturbed pass: every layer's input and output, caches, kink states, ℓ_n(θ)
+        self.inputs, self.caches = [x], []
+        a = x
+        for layer in net.layers:
+            a, cache = layer.forward(a)
+            self.inputs.append(a)
+            self.caches.append(cache)
+        self.c0 = net.loss.per_sample(a, y)  # (N,)
+        self.base_kinks = [kink_state(l, c, cache) for l, c, cache in zip(net.layers, self.caps, self.caches)]
+        self.fast_fallbacks: list[str] = [
+            f"layers[{i}] {getattr(layer, 'kind', type(layer).__name__)} does not declare per_sample: "
+            f"each perturbed copy of the batch ran through it as its own pass, whole batches throughout"
+            for i, (layer, c) in enumerate(zip(net.layers, self.caps)) if not c.per_sample]
+
+    # ------------------------------------------------------------------ rows to losses
+
+    def _losses(self, a: Array, start: int, samples: Array, copies: bool) -> tuple[Array, Array, Array]:
+        """ℓ of every row of a (the input of layer ``start``), row r being a perturbed copy of
+        sample ``samples[r]``: alone (``copies`` False) or within whole copies of the batch.
+        Returns the per-row losses, whether any unit of the row crossed a kink, and the rows'
+        samples (more rows than given if single samples had to become whole copies)."""
+        crossed = np.zeros(a.shape[0], dtype=bool)
+        for l in range(start, len(self.net.layers)):
+            layer, caps, base = self.net.layers[l], self.caps[l], self.base_kinks[l]
+            if caps.per_sample:
+                a, cache = layer.forward(a)
+                state = kink_state(layer, caps, cache) if base is not None else None
+            else:
+                if not copies:
+                    a, crossed, samples = self._as_copies(l, a, crossed, samples)
+                    copies = True
+                a, state = self._each_copy(l, a)
+            if base is not None:
+                crossed |= np.any((state != base[samples]).reshape(a.shape[0], -1), axis=1)
+        return self.net.loss.per_sample(a, self.y[samples]), crossed, samples
+
+    def _as_copies(self, l: int, a: Array, crossed: Array, samples: Array) -> tuple[Array, Array, Array]:
+        """Single-sample rows at the input of layer l -> whole copies of the batch there, the
+        other samples unperturbed (the layers before l are per-sample)."""
+        g, n, base = a.shape[0], self.n, self.inputs[l]
+        full = np.repeat(base[None].astype(np.result_type(a, base)), g, axis=0)
+        full[np.arange(g), samples] = a
+        return full.reshape((g * n,) + base.shape[1:]), np.repeat(crossed, n), np.tile(np.arange(n), g)
+
+    def _each_copy(self, l: int, a: Array) -> tuple[Array, Array | None]:
+        """Layer l on each copy of the batch in a (rows g·N … g·N+N−1), one pass a copy."""
+        layer, caps, n = self.net.layers[l], self.caps[l], self.n
+        outs: list[Array] = []
+        states: list[Array] = []
+        for g in range(a.shape[0] // n):
+            out, cache = layer.forward(a[g * n:(g + 1) * n])
+            outs.append(out)
+            state = kink_state(layer, caps, cache) if self.base_kinks[l] is not None else None
+            if state is not None:
+                states.append(state)
+        return np.concatenate(outs), (np.concatenate(states) if states else None)
+
+    def _combine(self, losses: Array, steps: Array, samples: Array, crossed: Array) -> tuple[Array, Array]:
+        """losses/crossed of shape (M·K·S,) for M steps, K entries, S samples each -> (K,)."""
+        m, k = steps.shape
+        c = losses.astype(np.result_type(losses, np.float64)).reshape(m, k, -1)
+        c0 = self.c0.astype(np.float64)[samples].reshape(m, k, -1)[0]
+        values = self.method.combine(c, steps, c0) / self.n
+        return values, np.asarray(crossed.reshape(m, k, -1).any(axis=(0, 2)))
+
+    def _offsets(self) -> Array:
+        return np.asarray(self.method.offsets)[:, None] * self.eps  # (M, 1), complex for the complex step
+
+    def _taken(self, new: Array, theta: Array) -> Array:
+        """The steps the dtype actually took: ``(θ + o·h) − θ`` in float64 (complex128)."""
+        wide = np.result_type(new, np.float64)
+        return new.astype(wide) - theta.astype(wide)[None, :]
+
+    # ------------------------------------------------------------------ entry by entry
+
+    def input(self, indices: Array) -> Numeric:
+        """∂C/∂x at flat indices of x."""
+        return self.numeric([(TensorRef.delta(0), indices)])[0]
+
+    def param(self, layer_index: int, name: str, indices: Array) -> Numeric:
+        """∂C/∂θ for entries of ``layers[layer_index].params[name]``."""
+        return self.numeric([(TensorRef.param(layer_index, name), indices)])[0]
+
+    def numeric(self, targets: list[tuple[TensorRef, Array]]) -> list[Numeric]:
+        """Numeric gradients of several tensors, each a ``TensorRef`` (a parameter, or δ at
+        the input of a layer; ``TensorRef.delta(0)`` is ∂C/∂x) and the flat indices to
+        difference.  Their chunks all go to the workers together."""
+        plans = [planning.plan(self, ref) for ref, _ in targets]
+        # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
+        order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
+        jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
+                for ti in order for lo in range(0, len(targets[ti][1]), plans[ti].chunk)]
+        work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
+        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
+        left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
+        try:
+            with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
+                for (ti, lo, hi), (v, k) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
+                    results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
+                    left[ti] -= 1
+                    self.progress(hi - lo)
+        except KeyboardInterrupt:
+            finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
+            raise Interrupted(finished) from None
+        return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
+
+    def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Any:
+        return workers.run_jobs(jobs, fns, [idx for _, idx in targets], work, self.workers)
+
+    # ------------------------------------------------------------------ along directions
+
+    def directional(self, ref: TensorRef, V: Array) -> tuple[Array, Array]:
+        """``v·∇C`` along each row v of V (of shape (K, size)), by the method's formula along
+        v: ``(C(θ + h·v) − C(θ − h·v)) / 2h`` for central differences — 2 forward passes a
+        direction (of the layers from the tensor's on), as many directions a batch as the
+        memory budget holds.  Returns (K,) derivatives and whether each direction's stencil
+        crossed a kink."""
+        start = ref.index if ref.is_delta else ref.index + 1
+        per_direction = planning.row_bytes(self.net, start, self.x.dtype.itemsize) * len(self.method.offsets) * self.n
+        chunk = max(1, self.budget // per_direction)
+        values, kinks = [], []
+        with threadpool_limits(1, user_api="blas"):
+            for lo in range(0, len(V), chunk):
+                v, k = self._directional(ref, V[lo:lo + chunk], start)
+                values.append(v)
+                kinks.append(k)
+        return np.concatenate(values), np.concatenate(kinks)
+
+    def _directional(self, ref: TensorRef, V: Array, start: int) -> tuple[Array, Array]:
+        m, k = len(self.method.offsets), len(V)
+        offs = self._offsets()  # (M, 1)
+        if ref.is_delta:  # whole copies of the batch with the input of layer ``start`` moved
+            base = self.inputs[start]
+            moved = base.reshape(1, 1, -1) + (offs[:, :, None] * V[None]).reshape(m, k, -1)
+            a = moved.astype(np.result_type(base.dtype, self.work)).reshape((-1,) + base.shape[1:])
+        else:
+            layer = self.net.layers[ref.index]
+            original = layer.params[ref.name]
+            outs = []
+            try:
+                for mi in range(m):
+                    for ki in range(k):
+                        layer.params[ref.name] = (original + offs[mi, 0] * V[ki].reshape(original.shape)).astype(
+                            np.result_type(original, self.work))
+                        outs.append(layer.forward(self.inputs[ref.index])[0])
+            finally:
+                layer.params[ref.name] = original
+            a = np.concatenate(outs)
+        losses, crossed, samples = self._losses(a, start, np.tile(np.arange(self.n), m * k), copies=True)
+        return self._combine(losses, np.broadcast_to(offs, (m, k)), samples, crossed)

@@ -1,0 +1,72 @@
+"""The difference formulas: ``Method`` and the ``METHODS`` registry, and ``select``.
+
+Each formula is in ``METHODS`` below: central ``(C(θ+h) − C(θ−h)) / 2h``, forward
+``(C(θ+h) − C(θ)) / h``, Richardson ``(4·D(h/2) − D(h)) / 3`` and the complex step
+``Im C(θ + ih) / h``, each as the steps it takes and how the losses there combine.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Method:
+    """A difference formula: the steps (multiples of h, complex for the complex step) at
+    which C is evaluated, how the losses there combine into ∂C/∂θ, its error order, and
+    its default step per dtype (the one that balances truncation against rounding)."""
+
+    name: str
+    offsets: tuple[complex, ...]
+    power: int  # the error falls as h^power: what halving h should do to it
+    # (per-sample losses (M, K, S), steps taken (M, K), losses at θ (K, S)) -> N·∂C/∂θ (K,)
+    combine: Callable[[Array, Array, Array], Array]
+    order: str
+    doc: str
+    default_eps: dict[str, float]
+    # on norm rel; well above each formula's error with its default step, far below a bug's
+    default_tol: dict[str, float]
+
+    @property
+    def is_complex(self) -> bool:
+        return any(isinstance(o, complex) for o in self.offsets)
+
+
+def _central(c: Array, s: Array) -> Array:
+    return (c[0] - c[1]).sum(axis=-1) / (s[0] - s[1])
+
+
+METHODS: dict[str, Method] = {
+    "central": Method("central", (1.0, -1.0), 2, lambda c, s, c0: _central(c, s), "O(h²)",
+                      "(C(θ+h) − C(θ−h)) / 2h; best h ≈ ε^(1/3)", {"float64": 1e-6, "float32": 1e-2},
+                      {"float64": 1e-6, "float32": 1e-2}),
+    "forward": Method("forward", (1.0,), 1, lambda c, s, c0: (c[0] - c0).sum(axis=-1) / s[0], "O(h)",
+                      "(C(θ+h) − C(θ)) / h; best h ≈ ε^(1/2)", {"float64": 1e-8, "float32": 1e-3},
+                      {"float64": 1e-5, "float32": 5e-2}),
+    "richardson": Method("richardson", (1.0, -1.0, 0.5, -0.5), 4,
+                         lambda c, s, c0: (4.0 * _central(c[2:], s[2:]) - _central(c[:2], s[:2])) / 3.0,
+                         "O(h⁴)", "(4·D(h/2) − D(h)) / 3 with D the central difference; best h ≈ ε^(1/5)",
+                         {"float64": 5e-3, "float32": 5e-2}, {"float64": 1e-6, "float32": 1e-2}),
+    "complex": Method("complex", (1j,), 2, lambda c, s, c0: c[0].imag.sum(axis=-1) / s[0].imag,
+                      "O(h²), no cancellation",
+                      "Im C(θ + ih) / h: no difference of nearly equal numbers, so h can be tiny; "
+                      "the forward pass runs in complex arithmetic", {"float64": 1e-20, "float32": 1e-20},
+                      {"float64": 1e-9, "float32": 1e-2}),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def select(rng: np.random.Generator, size: int, samples: int | None) -> Array:
+    """Flat indices to check: all, or ``samples`` distinct ones drawn at random, sorted."""
+    if samples is None or samples >= size:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=samples, replace=False))

@@ -1,0 +1,162 @@
+"""Planning one tensor's differences: which rows a chunk of entries becomes, and how many
+entries fit a chunk of the memory budget.
+
+* A parameter of layer l only changes layers l…, so the input of layer l is computed once
+  and reused (prefix reuse).  The layer's perturbed outputs come from its
+  ``forward_perturbed`` shortcut where it offers one (and it passes its spot check), else
+  from a real forward pass per perturbation; the layers after it run on every perturbed
+  copy of the batch of a chunk at once (``FiniteDifferences._losses``).
+* δ at the input of layer l (∂C/∂x for l = 0): entry k belongs to sample ``k // size``;
+  while the layers are per-sample only that sample is run, as a window while they are
+  local (``propagate.windowed``), as whole copies of the batch from the first layer that
+  does not declare ``per_sample`` on.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..network import Network
+from ..refs import TensorRef
+from . import propagate
+from .shortcuts import kink_state
+
+if TYPE_CHECKING:
+    from .engine import FiniteDifferences
+
+Array = np.ndarray
+
+
+@dataclass
+class Plan:
+    """How to difference one tensor: entries per chunk, bytes of work per entry, and the
+    function that turns a chunk of flat indices into (numeric values, kink crossings)."""
+
+    chunk: int
+    row_bytes: int
+    run: Callable[[Array], tuple[Array, Array]]
+
+
+def row_bytes(net: Network, start: int, itemsize: int) -> int:
+    """Bytes one sample row takes through ``layers[start:]``: activations, and the
+    im2col copies that conv and pool layers make (their receptive fields, unrolled)."""
+    total = 0
+    for spec, layer in zip(net.specs[start:], net.layers[start:]):
+        out = int(np.prod(layer.out_shape))
+        taps = int(np.prod(getattr(layer, "k", (1, 1))))
+        cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
+        total += 3 * out + cols
+    return max(total, 1) * itemsize
+
+
+def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
+    """The plan for one tensor, named by its ref (top-level layers only, for now)."""
+    if not isinstance(ref, TensorRef):  # the old ("input", idx) / ((l, name), idx) targets
+        raise TypeError(f"a finite-difference target is a TensorRef, got {ref!r}")
+    if len(ref.path) != 1 or not 0 <= ref.index < len(fd.net.layers):
+        raise ValueError(f"{ref}: no such layer in a network of {len(fd.net.layers)} layers")
+    if ref.is_delta:
+        return plan_input(fd, ref.index)
+    if ref.name not in fd.net.layers[ref.index].params:
+        raise ValueError(f"{ref}: the layer has no parameter {ref.name!r}")
+    return plan_param(fd, ref.index, ref.name)
+
+
+def _chunked(fd: FiniteDifferences, start: int, rows_per_entry: int, run: Callable) -> Plan:
+    size = row_bytes(fd.net, start, fd.x.dtype.itemsize) * rows_per_entry
+    return Plan(max(1, fd.budget // size), size, run)
+
+
+def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
+    """δ at the input of layer ``layer_index`` (for 0, ∂C/∂x): its input a is perturbed
+    with the layers from it on run as they are.  Entry k of a belongs to sample
+    ``k // size``: only that sample is run while the layers are per-sample."""
+    a_in = fd.inputs[layer_index]
+    a_flat = a_in.reshape(fd.n, -1)
+    per = a_flat.shape[1]
+    m = len(fd.method.offsets)
+    end = propagate.local_end(fd, layer_index)
+    if end > layer_index and not propagate.spot_check_windows(fd, layer_index, end):
+        where = "input" if layer_index == 0 else f"layers[{layer_index}].input"
+        fd.fast_fallbacks.append(f"{where}: the windowed pass disagrees with whole forward passes; "
+                                 f"whole rows were run instead")
+        end = layer_index
+    whole_batches = not all(c.per_sample for c in fd.caps[layer_index:])
+
+    def run(idx: Array) -> tuple[Array, Array]:
+        n_of, pos = np.divmod(idx, per)
+        samples, positions = np.tile(n_of, m), np.tile(pos, m)
+        theta = a_flat[n_of, pos]
+        new = (theta[None, :] + fd._offsets()).astype(np.result_type(a_in, fd.work))  # (M, K)
+        steps = fd._taken(new, theta)
+        a, crossed = propagate.windowed(fd, layer_index, end, samples, positions, new.ravel())
+        losses, crossed_after, samples = fd._losses(a, end, samples, copies=False)
+        return fd._combine(losses, steps, samples, np.repeat(crossed, len(samples) // len(crossed)) | crossed_after)
+
+    return _chunked(fd, end, m * (fd.n if whole_batches else 1), run)
+
+
+def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
+    """The layer's perturbed outputs come from ``forward_perturbed`` where it offers one
+    (and it passes the spot check), else from a real forward pass per perturbation; the
+    layers after it run on all of a chunk's perturbed copies of the batch at once."""
+    layer = fd.net.layers[layer_index]
+    P = layer.params[name]
+    if not P.flags.c_contiguous:
+        raise ValueError(f"layers[{layer_index}].params[{name!r}] must be C-contiguous to be perturbed")
+    m = len(fd.method.offsets)
+    fast = fd.caps[layer_index].can("perturbed")
+    if fast and not propagate.spot_check_perturbed(fd, layer_index, name):
+        fd.fast_fallbacks.append(f"layers[{layer_index}].{name}: forward_perturbed disagrees with a real forward "
+                                 f"pass; real forward passes were run instead")
+        fast = False
+
+    def run(idx: Array) -> tuple[Array, Array]:
+        samples = np.tile(np.arange(fd.n), m * len(idx))
+        if fast:
+            steps = np.broadcast_to(fd._offsets(), (m, len(idx))).astype(np.result_type(P, fd.work))
+            channel, values = layer.forward_perturbed(fd.inputs[layer_index + 1], fd.caches[layer_index], name,
+                                                      np.tile(idx, m), steps.ravel())
+            steps = steps.astype(np.result_type(steps, np.float64))  # exactly the steps added
+            a, start, crossed = propagate.sparse_forward(fd, layer_index + 1, samples, np.repeat(channel, fd.n),
+                                                         values.reshape((len(samples),) + values.shape[2:]))
+        else:
+            out, steps, own = forward_each(fd, layer_index, name, idx)
+            a, start, crossed = out.reshape((-1,) + out.shape[2:]), layer_index + 1, np.repeat(own, fd.n)
+        losses, crossed_after, samples = fd._losses(a, start, samples, copies=True)
+        return fd._combine(losses, steps, samples, crossed | crossed_after)
+
+    return _chunked(fd, layer_index + 1, m * fd.n, run)
+
+
+def forward_each(fd: FiniteDifferences, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:
+    """Perturb, run the layer on the whole batch, restore: outputs of shape (M·K, N, …), the
+    steps taken (M, K), and whether the layer's own kink state moved (M·K,).  For the
+    complex step the layer runs on a complex copy of the parameter, put in ``params``
+    meanwhile."""
+    layer: Any = fd.net.layers[layer_index]
+    original = layer.params[name]
+    P = original.astype(np.result_type(original, fd.work))
+    flat = P.reshape(-1)  # a view: writing it perturbs the layer
+    a_prev, base = fd.inputs[layer_index], fd.base_kinks[layer_index]
+    theta = flat[idx].copy()
+    new = (theta[None, :] + fd._offsets()).astype(P.dtype)
+    steps = fd._taken(new, theta)
+    outs, own = [], np.zeros(new.size, dtype=bool)
+    layer.params[name] = P
+    try:
+        for g, (mi, k) in enumerate(np.ndindex(*new.shape)):
+            flat[idx[k]] = new[mi, k]
+            try:
+                out, cache = layer.forward(a_prev)
+            finally:
+                flat[idx[k]] = theta[k]
+            outs.append(out)
+            if base is not None:
+                own[g] = np.any(kink_state(layer, fd.caps[layer_index], cache) != base)
+    finally:
+        layer.params[name] = original
+    return np.stack(outs), steps, own
