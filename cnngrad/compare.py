@@ -96,6 +96,8 @@ class TensorCheck:
     def mismatch(self) -> bool:
         """Failed on its numbers (not because nothing could be compared): what localisation blames."""
         return self.failed and self.checked > 0
+
+    @property
     def layer(self) -> int:
         """The top-level layer index (JSON ``layer``)."""
         return self.ref.index
