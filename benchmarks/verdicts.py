@@ -62,13 +62,14 @@ def key_of(layer: int, tensor: str) -> str:
     return f"delta.{layer}" if tensor == "input" else f"layers.{layer}.{tensor}"
 
 
-def check_one(job: tuple[int, dict]) -> dict[str, Any]:
-    """Check one config; on a FAIL, ask the oracle.  Never raises."""
-    index, raw = job
+def check_one(job: tuple[int, dict, dict]) -> dict[str, Any]:
+    """Check one config (``check``'s keyword arguments ``how``); on a FAIL, ask the oracle.
+    Never raises."""
+    index, raw, how = job
     rec: dict[str, Any] = {"index": index, "dtype": raw.get("dtype", "float64")}
     t0 = time.perf_counter()
     try:
-        report = cnngrad.check(raw, workers=1)
+        report = cnngrad.check(raw, workers=1, **how)
     except ConfigError as e:  # the strategy promised a valid config: reported, not a traceback
         rec.update(status="config error", message=str(e), config=raw)
     except Exception:
@@ -195,7 +196,7 @@ def cause(entries: list[dict[str, Any]], row: dict[str, Any], report: Any, scale
     return "rounding: the difference does not improve at h/10"
 
 
-def run(jobs: list[tuple[int, dict]], workers: int) -> list[dict[str, Any]]:
+def run(jobs: list[tuple[int, dict, dict]], workers: int) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     if workers <= 1:
         for n, job in enumerate(jobs, 1):
@@ -264,10 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="config i is drawn from default_rng([seed, i])")
     ap.add_argument("--jobs", type=int, default=2, help="processes checking configs at once (default 2)")
     ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
+    ap.add_argument("--eps", type=float, default=None, help="check's step (default: the method's)")
+    ap.add_argument("--method", default=None, help="check's method (default: central)")
     ap.add_argument("--json", default=str(HERE / "results-verdicts.json"), help="where to write the records")
     args = ap.parse_args(argv)
     indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
-    jobs = [(i, draw(args.seed, i)) for i in indices]
+    how = {k: v for k, v in (("eps", args.eps), ("method", args.method)) if v is not None}
+    jobs = [(i, draw(args.seed, i), how) for i in indices]
     t0 = time.perf_counter()
     records = run(jobs, args.jobs)
     seconds = time.perf_counter() - t0
