@@ -30,6 +30,7 @@ import platform
 import sys
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -279,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         if rec["status"] != "pass":
             print(show(rec) + "\n")
     line, counts = summary(records, seconds)
+    causes = Counter(row["cause"].split(":")[0] for rec in records if rec["status"] == "false FAIL"
+                     for row in rec["rows"] if row.get("cause"))
+    for why, n in causes.most_common():
+        print(f"  false FAIL rows, {why}: {n}")
     print(line)
     doc = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
            "n": len(records), "seed": args.seed, "jobs": args.jobs, "summary": line, "counts": counts,
-           "seconds": seconds, "versions": versions(), "configs": records}
+           "seconds": seconds, "false_fail_causes": dict(causes), "versions": versions(), "configs": records}
     Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"records: {args.json}", file=sys.stderr)
     return 0 if counts["pass"] + counts["unresolved"] == len(records) else 1
