@@ -53,8 +53,9 @@ EPS = {"float64": 2.2e-16, "float32": 1.2e-7}
 WORST_ENTRIES = 5  # entries of a falsely failing tensor differenced again by the oracle
 
 
-def draw(seed: int, index: int) -> dict[str, Any]:
-    return sample(np.random.default_rng([seed, index]), dtypes=DTYPES)
+def draw(seed: int, index: int, **sizes: int) -> dict[str, Any]:
+    """Config ``index`` of batch ``seed`` (``sizes``: configs()' max_layers, max_size, max_batch)."""
+    return sample(np.random.default_rng([seed, index]), dtypes=DTYPES, **sizes)
 
 
 def key_of(layer: int, tensor: str) -> str:
@@ -122,6 +123,8 @@ def verify(rec: dict[str, Any], raw: dict, report: Any) -> None:
     scale = max(float(np.max(np.abs(v), initial=0.0)) for v in exact.values())
     naive: dict[str, np.ndarray] | None = None
     for r in report.failures:
+        if r.mode != "entries":  # a failing direction is checked entry by entry: that row decides
+            continue
         key = key_of(r.layer, r.tensor)
         g = np.asarray(r.analytic, np.float64)
         e = exact[key].reshape(-1)[r.indices]
@@ -142,7 +145,8 @@ def verify(rec: dict[str, Any], raw: dict, report: Any) -> None:
                 right = True
         row["analytic_right"] = right
         if right:
-            row["entries"] = explain(exact_net, key, r, e, report.eps)
+            step = report.eps if report.method != "complex" else 1e-6  # no real difference at h = 1e-20
+            row["entries"] = explain(exact_net, key, r, e, step)
             row.setdefault("cause", cause(row["entries"], row, report, scale))
         rows.append(row)
         verdicts.append(right)
@@ -174,7 +178,8 @@ def cause(entries: list[dict[str, Any]], row: dict[str, Any], report: Any, scale
     if not entries:
         return "no entry was checked"
     dtype = report.dtype
-    noise = EPS["float64"] * max(1.0, abs(report.loss)) / report.eps  # ~ rounding of a central difference
+    h = report.eps if report.method != "complex" else 1e-6  # the step explain() differenced with
+    noise = EPS["float64"] * max(1.0, abs(report.loss)) / h  # ~ rounding of a central difference
     truth = max(abs(e["torch"]) for e in entries)
     if truth <= 64 * EPS["float64"] * scale:
         worst = max(abs(e["analytic"]) for e in entries)
@@ -268,11 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
     ap.add_argument("--eps", type=float, default=None, help="check's step (default: the method's)")
     ap.add_argument("--method", default=None, help="check's method (default: central)")
+    ap.add_argument("--directions", type=int, default=None, help="check's directions (default: off)")
+    ap.add_argument("--fd-dtype", default=None, help="check's fd_dtype: float64 (default) or native")
+    ap.add_argument("--max-layers", type=int, default=5, help="configs(max_layers=...) (default 5)")
+    ap.add_argument("--max-size", type=int, default=10, help="configs(max_size=...) (default 10)")
+    ap.add_argument("--max-batch", type=int, default=3, help="configs(max_batch=...) (default 3)")
     ap.add_argument("--json", default=str(HERE / "results-verdicts.json"), help="where to write the records")
     args = ap.parse_args(argv)
     indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
-    how = {k: v for k, v in (("eps", args.eps), ("method", args.method)) if v is not None}
-    jobs = [(i, draw(args.seed, i), how) for i in indices]
+    how = {k: v for k, v in (("eps", args.eps), ("method", args.method), ("directions", args.directions),
+                             ("fd_dtype", args.fd_dtype)) if v is not None}
+    sizes = {"max_layers": args.max_layers, "max_size": args.max_size, "max_batch": args.max_batch}
+    jobs = [(i, draw(args.seed, i, **sizes), how) for i in indices]
     t0 = time.perf_counter()
     records = run(jobs, args.jobs)
     seconds = time.perf_counter() - t0
