@@ -55,7 +55,7 @@ WORST_ENTRIES = 5  # entries of a falsely failing tensor differenced again by th
 
 def draw(seed: int, index: int, **sizes: int) -> dict[str, Any]:
     """Config ``index`` of batch ``seed`` (``sizes``: configs()' max_layers, max_size, max_batch)."""
-    return sample(np.random.default_rng([seed, index]), dtypes=DTYPES, **sizes)
+    return sample(np.random.default_rng([seed, index]), dtypes=DTYPES, min_dense=0, **sizes)
 
 
 def key_of(layer: int, tensor: str) -> str:

@@ -29,6 +29,8 @@ def features(raw: dict) -> set[str]:
          f"batch:{'1' if raw['input']['batch'] == 1 else 'many'}"}
     init = raw.get("init", "lecun")
     f.add(f"init:{next(iter(init)) if isinstance(init, dict) else init}")
+    if kinds_of(raw)[-1] == "flatten":
+        f.add("ends in flatten")
     for entry in raw["layers"]:
         kind, o = (entry, None) if isinstance(entry, str) else next(iter(entry.items()))
         f.add(kind)
@@ -58,7 +60,7 @@ EVERY_CASE = {
     "conv.mode:convolution", "conv.stride", "conv.padding", "conv.dilation", "conv.kernel:pair", "conv.kernel:int",
     "pool", "pool:max", "pool:avg", "flatten", "dense", "dense.bias:True", "dense.bias:False", "activation",
     *(f"activation:{a}" for a in ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "identity")),
-    "activation:leaky_relu:slope",
+    "activation:leaky_relu:slope", "ends in flatten",
 }
 
 
@@ -66,17 +68,18 @@ def test_numpy_draws_cover_every_case_of_the_schema_and_all_validate():
     rng = np.random.default_rng(0)
     seen: set[str] = set()
     for _ in range(600):
-        raw = sample(rng, dtypes=DTYPES)
+        raw = sample(rng, dtypes=DTYPES, min_dense=0)
         validate(raw)  # valid by construction: must not raise
         seen |= features(raw)
     assert EVERY_CASE - seen == set()
 
 
 @pytest.mark.parametrize("case", ["dtype:float32", "activation:relu", "pool:max", "conv.bias:untied",
-                                  "conv.mode:convolution", "activation:leaky_relu:slope", "loss:softmax_cross_entropy"])
+                                  "conv.mode:convolution", "activation:leaky_relu:slope", "loss:softmax_cross_entropy",
+                                  "ends in flatten"])
 def test_hypothesis_draws_reach_each_case(case):
     """The strategy (not only the numpy sampler) reaches the cases the benchmark needs."""
-    raw = find(configs(dtypes=DTYPES), lambda r: case in features(r))
+    raw = find(configs(dtypes=DTYPES, min_dense=0), lambda r: case in features(r))
     assert case in features(raw)
     validate(raw)
 
@@ -119,6 +122,7 @@ def test_each_kind_of_a_mix_is_drawn():
     ({"kinds": ["conv", "pool"], "losses": ["softmax_cross_entropy"]}, "put 'flatten' or 'dense' in kinds"),
     ({"kinds": ["activation"], "activations": []}, "empty, but kinds has 'activation'"),
     ({"max_layers": 0}, "must be >= 1"),
+    ({"min_dense": 3}, "0 <= min_dense <= max_dense"),
 ])
 def test_bad_arguments_are_refused_at_once(kwargs: dict[str, Any], message: str):
     with pytest.raises(ValueError) as info:
@@ -126,6 +130,16 @@ def test_bad_arguments_are_refused_at_once(kwargs: dict[str, Any], message: str)
     assert message in str(info.value)
     with pytest.raises(ValueError):
         sample(np.random.default_rng(0), **kwargs)
+
+
+def test_a_flat_net_ends_in_dense_unless_min_dense_is_0():
+    """By default a flatten is followed by dense (a bare flatten before softmax can make a bias
+    gradient zero in truth, which cnngrad fails today); min_dense=0 draws those nets too."""
+    rng = np.random.default_rng(5)
+    default = [kinds_of(sample(rng, dtypes=DTYPES)) for _ in range(300)]
+    assert all("dense" in k for k in default if "flatten" in k)
+    assert any(k[-1] == "flatten" for k in (kinds_of(sample(rng, min_dense=0)) for _ in range(100)))
+    assert all(k == ["flatten"] for k in (kinds_of(sample(rng, kinds=["flatten"])) for _ in range(20)))
 
 
 def test_mse_only_when_no_flat_layer_is_allowed():
