@@ -47,3 +47,9 @@ def test_the_zero_bias_gradient_is_zero_to_rounding(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_gradient_zero_in_truth_is_not_a_failure(dtype):
     assert all(check(zero_net(seed, dtype)).passed for seed in range(10))
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="directional complex step: a real layer input plus a "
+                                                         "complex bias, `z += b` in place (finite_diff.directional)")
+def test_directions_with_the_complex_step():
+    assert check("lenet", directions=1, method="complex").passed

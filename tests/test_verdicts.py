@@ -82,3 +82,26 @@ def test_the_oracle_sees_a_kink_crossing():
 def test_the_batch_is_the_same_for_the_same_seed():
     assert [verdicts.draw(3, i) for i in range(5)] == [verdicts.draw(3, i) for i in range(5)]
     assert verdicts.draw(3, 0) != verdicts.draw(4, 0)
+
+
+LOCALISED = {"name": "localised", "seed": 679435273, "input": {"batch": 1, "channels": 3, "height": 8, "width": 5},
+             "layers": [{"activation": "softplus"}, {"pool": {"kind": "avg", "size": [2, 2], "stride": [2, 1]}},
+                        {"pool": {"kind": "avg", "size": [1, 3], "stride": [2, 3]}}, {"activation": "sigmoid"},
+                        "flatten"], "loss": "softmax_cross_entropy"}
+
+
+def test_the_localised_net_is_right_and_passes_without_localize():
+    rec = verdicts.check_one((0, LOCALISED, {"eps": 1e-2}))
+    assert rec["status"] == "pass", rec
+    p = build(validate(LOCALISED))
+    _, deltas, _, _ = p.net.trace(p.x, p.y)
+    _, exact = oracle.TorchNet(LOCALISED, {}, p.x, p.y).autograd()
+    for i, d in enumerate(deltas):
+        assert oracle.norm_rel(d, exact[f"delta.{i}"]) < 1e-13
+
+
+@pytest.mark.xfail(strict=True, reason="the δ rows --localize adds get no second look (h/2, complex step): with a "
+                                       "large step they fail from truncation and flatten is blamed")
+def test_localize_does_not_fail_a_right_net():
+    rec = verdicts.check_one((0, LOCALISED, {"eps": 1e-2, "localize": True}))
+    assert rec["status"] == "pass", rec
