@@ -161,10 +161,12 @@ DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to dia
 
 
 def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
-              samples: int | None, rng: np.random.Generator, tol: float) -> None:
-    """Add δ at every inner layer boundary (``deltas``) to the rows, name the first layer whose
-    own backward is wrong, and test that layer's failing tensors against the usual bugs
-    (``out_delta``: ∂C/∂ the last layer's output)."""
+              samples: int | None, rng: np.random.Generator, tol: float,
+              second_look: Callable[[list[Row]], None]) -> None:
+    """Add δ at every inner layer boundary (``deltas``) to the rows, give them the same second
+    look as every other row (h/2, the complex step: a δ row failing only from truncation must not
+    blame its layer), name the first layer whose own backward is wrong, and test that layer's
+    failing tensors against the usual bugs (``out_delta``: ∂C/∂ the last layer's output)."""
     have = {row.ref for row in rows}
     kinds = kinds_of(net)
     extra = [Row(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(net.layers))
@@ -173,7 +175,8 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         row.picks = select(rng, row.grad.size, samples)
     for row, num in zip(extra, fd.numeric([(row.ref, row.picks) for row in extra])):
         row.check = row.judge(num, tol, floor=report.floor)
-        rows.append(row)
+    second_look(extra)
+    rows += extra
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
     culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
@@ -368,22 +371,28 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 check.note = (f"failed along {how.directions} directions "
                               f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
             row.check = check
-        again = [row for row in rows if row.verdict.mode == "entries" and (how.convergence or row.verdict.mismatch)]
-        if again:  # the same entries at h/2
-            half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
-            for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
-                c = row.verdict
-                ok = ~(c.kink_mask | num.kinks)
-                c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-        if not is_complex:
-            checks = [row.verdict for row in rows]
-            confirm_failures(checks, [row.ref for row in rows], numeric_side, how.method, how.tol, how.fd_dtype,
-                             how.workers, floor_of("complex", True))
-            for row, check in zip(rows, checks):
-                row.check = check
+        def second_look(among: list[Row]) -> None:
+            """Failing rows (every row with --convergence) again at h/2, then with the complex
+            step, which has no rounding floor (``confirm``)."""
+            again = [row for row in among if row.verdict.mode == "entries"
+                     and (how.convergence or row.verdict.mismatch)]
+            if again:  # the same entries at h/2
+                half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
+                for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
+                    c = row.verdict
+                    ok = ~(c.kink_mask | num.kinks)
+                    c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+            if not is_complex:
+                checks = [row.verdict for row in among]
+                confirm_failures(checks, [row.ref for row in among], numeric_side, how.method, how.tol,
+                                 how.fd_dtype, how.workers, floor_of("complex", True))
+                for row, check in zip(among, checks):
+                    row.check = check
+
+        second_look(rows)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
-                      how.tol)
+                      how.tol, second_look)
         report.fallbacks = list(fd.fast_fallbacks)
         for row in rows:
             check, g, key = row.verdict, row.grad, row.ref.key

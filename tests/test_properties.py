@@ -12,8 +12,8 @@ from cnngrad.strategies import DTYPES, configs
 
 
 # configs() ends a flat net in dense (min_dense=1).  A net that ends "conv (1 filter) →
-# flatten → softmax" (min_dense=0) has a bias whose gradient is zero in truth, which cnngrad
-# fails today (the xfail test below; benchmarks/verdicts.py counts it).
+# flatten → softmax" (min_dense=0) has a bias whose gradient is zero in truth: the test
+# below holds that it is not a failure.
 @given(configs(dtypes=DTYPES))
 def test_every_generated_network_passes(raw):
     config = validate(raw)  # valid by construction: this must not raise
@@ -42,14 +42,10 @@ def test_the_zero_bias_gradient_is_zero_to_rounding(dtype):
         assert abs(p.net.trace(p.x, p.y)[0] - loss) <= 8 * eps * abs(loss)
 
 
-@pytest.mark.xfail(strict=True, reason="a gradient zero in truth fails: norm rel of analytic rounding noise "
-                                       "against a numeric 0 is 1 (see benchmarks/verdicts.py)")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_gradient_zero_in_truth_is_not_a_failure(dtype):
     assert all(check(zero_net(seed, dtype)).passed for seed in range(10))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="directional complex step: a real layer input plus a "
-                                                         "complex bias, `z += b` in place (finite_diff.directional)")
 def test_directions_with_the_complex_step():
     assert check("lenet", directions=1, method="complex").passed

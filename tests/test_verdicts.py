@@ -100,8 +100,6 @@ def test_the_localised_net_is_right_and_passes_without_localize():
         assert oracle.norm_rel(d, exact[f"delta.{i}"]) < 1e-13
 
 
-@pytest.mark.xfail(strict=True, reason="the δ rows --localize adds get no second look (h/2, complex step): with a "
-                                       "large step they fail from truncation and flatten is blamed")
 def test_localize_does_not_fail_a_right_net():
     rec = verdicts.check_one((0, LOCALISED, {"eps": 1e-2, "localize": True}))
     assert rec["status"] == "pass", rec

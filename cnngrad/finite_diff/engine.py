@@ -205,13 +205,15 @@ class FiniteDifferences:
         else:
             layer = self.net.layers[ref.index]
             original = layer.params[ref.name]
+            a_prev = self.inputs[ref.index]  # complex too when the step is: ``z += b`` runs in place
+            a_prev = a_prev.astype(np.result_type(a_prev, self.work), copy=False)
             outs = []
             try:
                 for mi in range(m):
                     for ki in range(k):
                         layer.params[ref.name] = (original + offs[mi, 0] * V[ki].reshape(original.shape)).astype(
                             np.result_type(original, self.work))
-                        outs.append(layer.forward(self.inputs[ref.index])[0])
+                        outs.append(layer.forward(a_prev)[0])
             finally:
                 layer.params[ref.name] = original
             a = np.concatenate(outs)
