@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from . import __version__
+from . import __version__, _malloc
 from . import baseline as baseline_mod
 from . import config as cfg
 from . import output as out_files
@@ -165,6 +165,7 @@ def guarded(f: Callable) -> Callable:
 @click.version_option(__version__, prog_name="cnngrad")
 def main() -> None:
     """Prove a CNN's backpropagation right or wrong against finite differences."""
+    _malloc.tune()  # the CLI's process only (never on import): CNNGRAD_NO_MALLOC_TUNING=1 leaves malloc alone
 
 
 def check_options(f: Callable) -> Callable:
