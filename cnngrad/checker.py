@@ -96,6 +96,19 @@ class Report:
             return 2
         return 0 if self.passed else 1
 
+    def __str__(self) -> str:
+        """The summary line, then the rows that did not pass (as in the table) and what was
+        found about them (localisation, diagnosis); see report.plain."""
+        from .report import plain
+
+        return plain(self)
+
+    def assert_passed(self) -> None:
+        """Raise AssertionError, with ``str(self)`` (the failing rows) as its message, unless
+        the check passed (``self.passed``)."""
+        if not self.passed:
+            raise AssertionError(str(self))
+
     def write_reproducer(self, directory: str | os.PathLike) -> Path:
         """This check as a config that reproduces it, in ``directory`` (see reproducer.write)."""
         from .reproducer import write

@@ -251,3 +251,33 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
         out.append(cell, style=colour)
         out.append(f" ≤{bound:.0e}" if k < len(_HEAT) - 1 else f" >{_HEAT[-2][0]:.0e}")
     return out
+
+
+# --------------------------------------------------------------------------- plain text (str(report))
+
+
+def to_text(table_: Table, width: int = 160) -> str:
+    """A rich table as plain text (no colour, no markup): for messages, not terminals."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, no_color=True, highlight=False, color_system=None).print(table_)
+    return buf.getvalue().rstrip("\n")
+
+
+def plain(report: Report, rows: list[TensorCheck] | None = None) -> str:
+    """``str(report)``: the one-line verdict, then the table rows of ``rows`` (default: the rows
+    that did not pass) and what cnngrad says about them (worst entry, convergence, complex
+    step, localisation, diagnosis, structural and numerical faults)."""
+    import dataclasses
+
+    if report.error:
+        return printable(f"{report.name}: ERROR: {report.error}")
+    shown = [r for r in report.rows if not r.passed] if rows is None else rows
+    parts = [printable(f"{report.name}: {summary(report)}")]
+    if shown:
+        parts.append(to_text(table(dataclasses.replace(report, rows=shown))))
+    parts += failure_lines(report)
+    return "\n".join(parts)
