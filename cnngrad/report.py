@@ -275,9 +275,9 @@ def plain(report: Report, rows: list[TensorCheck] | None = None) -> str:
 
     if report.error:
         return printable(f"{report.name}: ERROR: {report.error}")
-    shown = [r for r in report.rows if not r.passed] if rows is None else rows
+    shown = dataclasses.replace(report, rows=[r for r in report.rows if not r.passed] if rows is None else rows)
     parts = [printable(f"{report.name}: {summary(report)}")]
-    if shown:
-        parts.append(to_text(table(dataclasses.replace(report, rows=shown))))
-    parts += failure_lines(report)
+    if shown.rows:
+        parts.append(to_text(table(shown)))
+    parts += failure_lines(shown)
     return "\n".join(parts)
