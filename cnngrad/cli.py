@@ -492,16 +492,30 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
 
 
 @main.command()
-@click.argument("config")
+@click.argument("configs", nargs=-1, required=True)
 @config_option
 @quiet_on_broken_pipe
 @guarded
-def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
-    """Validate CONFIG and print the inferred shape after every layer; no maths."""
+def validate(configs: tuple[str, ...], seed: int | None, plugins: bool, debug: bool) -> None:
+    """Validate each CONFIG (a file, a folder of them, or a shipped name) and print the
+    inferred shape after every layer; every error of every config, one line each (exit 2)."""
+    from .config_errors import errors_of
+
     verdict(0)
-    with out_files.stdout_to_stderr():
-        conf = load_config(config, seed, plugins)
-    stdout().print(render.shapes(conf))
+    refs, bad = expand(configs), 0
+    for ref in refs:
+        with out_files.stdout_to_stderr():
+            errors = errors_of(ref, plugins=plugins)
+            conf = None if errors else load_config(ref, seed, plugins)
+        for error in errors:  # several configs: each line names its file (unless the error already does)
+            where = f"{ref}: " if len(refs) > 1 and not error.startswith(ref) else ""
+            click.echo(f"Error: {printable(where + error)}", err=True)
+        bad += bool(errors)
+        if conf is not None:
+            stdout().print(render.shapes(conf))
+    if bad:
+        verdict(2)
+        sys.exit(2)
 
 
 @main.command()

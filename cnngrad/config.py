@@ -40,6 +40,7 @@ class ConfigError(ValueError):
     def __init__(self, place: str, message: str | None = None) -> None:
         text = place if message is None else f"{place}: {message}" if place else message
         super().__init__(" ".join(text.split("\n")))  # one line, whatever a key or plugin said
+        self.place = place if message is not None else ""  # e.g. "layers[2].conv.kernel" (config_errors)
 
 
 class PluginError(ConfigError):
