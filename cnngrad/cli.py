@@ -536,6 +536,16 @@ def explain(config: str, layer_index: int, size: int, seed: int | None, plugins:
 
 
 @main.command()
+@click.option("--of", "what", type=click.Choice(["config", "report", "baseline"]), default="config", show_default=True,
+              help="Which file's schema: a config, `check --format json`'s report, or a baseline file.")
+def schema(what: str) -> None:
+    """Print the JSON Schema of configs (point an editor at it: see docs/contract.md)."""
+    from importlib import resources
+
+    click.echo((resources.files("cnngrad") / "schemas" / f"{what}.schema.json").read_text(encoding="utf-8"), nl=False)
+
+
+@main.command()
 def examples() -> None:
     """List the shipped configs (run one with `cnngrad check NAME`)."""
     for name, res in cfg.shipped_configs().items():
