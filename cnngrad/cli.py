@@ -476,19 +476,28 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
         raise click.BadParameter(f"--to {stop} is before --from {start}", param_hint="--to")
     if plot_file and not plot_file.lower().endswith((".png", ".svg")):
         raise click.BadParameter(f"{plot_file}: write a .png or .svg", param_hint="--plot")
+    if plot_file:  # before any maths, not after the whole sweep
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageFailure("--plot needs matplotlib: pip install 'cnngrad[plot]'") from None
     with out_files.stdout_to_stderr():  # a plugin's print() is not the table's
         conf = load_config(config, seed, plugins)
         result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
     out = stdout()
     out.print(render.sweep_table(result))
     out.print(render.sweep_plot(result))
+    for line in result.problems():  # a flat error: the gradient is wrong (exit 1)
+        out.print(printable(line), markup=False, highlight=False, soft_wrap=True)
     if plot_file:
         try:
             sw.save_plot(result, plot_file)
-        except ImportError:
-            raise UsageFailure("--plot needs matplotlib: pip install 'cnngrad[plot]'") from None
         except OSError as e:
             raise UsageFailure(f"--plot {plot_file}: {e.strerror or e}") from None
+        click.echo(f"wrote the plot to {printable(plot_file)}", err=True)
+    if result.problems():
+        verdict(1)
+        sys.exit(1)
 
 
 @main.command()

@@ -165,10 +165,10 @@ def sweep_table(result) -> Table:
     for eps in result.eps:
         t.add_column(f"{eps:.0e}", justify="right")
     t.add_column("best h", justify="right")
-    for label, row, best in zip(result.labels, result.errors, result.best_per_tensor()):
+    for label, row, best, verdict in zip(result.labels, result.errors, result.best_per_tensor(), result.verdicts()):
         cells = [Text(f"{v:.0e}" if np.isfinite(v) else "nan", style="bold" if e == best else "")
                  for v, e in zip(row, result.eps)]
-        t.add_row(safe(label), *cells, f"{best:.0e}")
+        t.add_row(safe(label), *cells, f"{best:.0e}" if np.isfinite(best) else Text(verdict, style="bold red"))
     return t
 
 
@@ -199,10 +199,12 @@ def sweep_plot(result, height: int = 14) -> Text:
         out.append("\n")
     out.append("       └" + "─" * (len(result.eps) * width) + "\n", style="dim")
     out.append("  h: 1e" + "".join(f"{round(np.log10(e)):^{width}d}" for e in result.eps) + "\n", style="dim")
-    for t, (label, best) in enumerate(zip(result.labels, result.best_per_tensor())):
+    for t, (label, best, verdict) in enumerate(zip(result.labels, result.best_per_tensor(), result.verdicts())):
         out.append(f"  {_MARKERS[t % 26]}", style=_COLOURS[t % len(_COLOURS)])
-        out.append(f" {printable(label)}  (best h {best:.0e})\n")
-    out.append(f"best step for every tensor at once: {result.best():.0e}")
+        out.append(f" {printable(label)}  ({f'best h {best:.0e}' if np.isfinite(best) else verdict})\n")
+    best = result.best()
+    out.append(f"best step for every tensor at once: {best:.0e}" if np.isfinite(best)
+               else "no best step: no tensor comes within tol at any step")
     return out
 
 
