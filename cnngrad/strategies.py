@@ -18,6 +18,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from .property import settings  # noqa: F401  the shipped settings for property tests (no deadline): property.py
+
 ACTIVATION_NAMES = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "identity")
 
 
