@@ -90,7 +90,9 @@ class LazyProgress:
     run for more than ``after`` seconds (a quick check prints no bar at all)."""
 
     def __init__(self, after: float = 1.0, console: Console | None = None) -> None:
-        self.after, self.t0, self.bar, self.task = after, time.monotonic(), None, None
+        self.after, self.t0 = after, time.monotonic()
+        self.bar: Progress | None = None
+        self.task: Any = None
         self.console = console or Console(stderr=True)
 
     def __call__(self, done: int, total: int) -> None:
@@ -393,14 +395,14 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:
             out.print(render.summary_table(reports))
-        text = out.file.getvalue() if output is not None else None
+        text = out.file.getvalue() if output is not None else None  # type: ignore[attr-defined]
     else:
         text = FORMATS[fmt](reports)
         if output is None:
             click.echo(text, nl=False)
     if output is not None:
         try:
-            out_files.atomic_write(output, text)
+            out_files.atomic_write(output, text or "")
         except (OSError, out_files.OutputError) as e:
             raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
     if save and reports and not reports[0].error:

@@ -22,7 +22,8 @@ from .losses import LOSSES
 
 MAX_ERRORS = 100
 TOP_DEFAULTED = ("name", "seed", "dtype", "init", "loss")  # dropping one leaves its default
-PROBE_INPUTS = (  # (input, layers before the probed one): a (C, H, W) input and a flat one
+# (input, layers before the probed one): a (C, H, W) input and a flat one
+PROBE_INPUTS: tuple[tuple[dict[str, int], list[dict]], ...] = (
     ({"batch": 1, "channels": 8, "height": 512, "width": 512}, []),
     ({"batch": 1, "channels": 1, "height": 1, "width": 1 << 16}, [{"flatten": {}}]),
 )
@@ -83,7 +84,7 @@ def _set_aside(raw: Any, e: cfg.ConfigError, alone: list[tuple[int, Any]]) -> bo
         key = place.split(".", 2)[1] if "." in place else None
         matched = [k for k in check if key in (str(k), repr(k))] if key and isinstance(check, dict) else []
         for k in matched:
-            del check[k]
+            del check[k]  # type: ignore[union-attr]
         if not matched:
             raw.pop("check", None)
         return True

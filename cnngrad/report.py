@@ -1,6 +1,8 @@
 """Pure renderers: a Report in, a rich ``Table`` or a string out.  No printing here."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from rich.table import Table
 from rich.text import Text
@@ -37,7 +39,7 @@ def table(report: Report) -> Table:
     for col, justify in (("layer", "right"), ("kind", "left"), ("tensor", "left"), ("shape", "left"),
                          ("checked", "right"), ("max abs", "right"), ("max rel", "right"),
                          ("norm rel", "right"), ("status", "left")):
-        t.add_column(col, justify=justify)
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
     # the h/2 columns with --convergence (every row has it); failures alone get a line below
     halves = report.convergence
     if halves:
@@ -46,7 +48,7 @@ def table(report: Report) -> Table:
     for r in report.rows:
         status = status_text(r)
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        cells = [safe(r.layer), safe(r.kind), safe(r.ref.label), "x".join(map(str, r.shape)), checked,
+        cells: list[Any] = [safe(r.layer), safe(r.kind), safe(r.ref.label), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
         if halves:
             e2 = r.norm_rel_half
@@ -125,7 +127,7 @@ def summary_table(reports: list[Report]) -> Table:
     t = Table(title="cnngrad: all configs", title_justify="left", header_style="bold")
     for col, justify in (("config", "left"), ("tensors", "right"), ("worst norm rel", "right"),
                          ("verdict", "left"), ("time", "right")):
-        t.add_column(col, justify=justify)
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
     for rep in reports:
         if rep.error:
             t.add_row(safe(rep.name), "", "", Text("ERROR", style="bold red"), "")
