@@ -179,3 +179,14 @@ def test_report_str_and_assert_passed() -> None:
     unloadable = cnngrad.Report.failed_to_load("x.yaml", "layers[0].conv.kernel: too big")
     with pytest.raises(AssertionError, match=r"x.yaml: ERROR: layers\[0\].conv.kernel: too big"):
         unloadable.assert_passed()
+
+
+def test_a_plugin_that_raises_fails_the_network_item_in_one_line(pytester: pytest.Pytester) -> None:
+    pytester.copy_example(str(PLUGINS / "mylayers.py"))
+    pytester.makefile(".cnngrad.yaml", boom=SMALL.replace(
+        "  - activation: tanh", '  - custom: {class: "mylayers:Broken", how: raise}'))
+    result = run(pytester, "--cnngrad-plugins", "-v")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "boom.cnngrad.yaml::network FAILED" in out and "boom in forward" in out
+    assert "Traceback" not in out
