@@ -3,10 +3,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _malloc  # noqa: E402
-
-_malloc.tune()  # numpy's per-pass allocations: reuse pages instead of faulting them in again
-
+# No process-wide side effects on import: malloc tuning (cnngrad._malloc.tune) is the
+# command line's to do, not a library's.
 from .checker import Report, check  # noqa: E402
 from .config import ConfigError, load  # noqa: E402
 

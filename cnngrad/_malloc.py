@@ -4,7 +4,8 @@ numpy allocates im2col copies, perturbed batches and caches afresh on every pass
 glibc's default (arrays over ~128 KiB are mmap'd and unmapped on free) every pass pays
 page faults on memory it just gave back — about half the time of a LeNet
 forward + backward.  Raising the mmap and trim thresholds keeps those pages for reuse.
-glibc only; set CNNGRAD_NO_MALLOC_TUNING=1 to leave malloc alone.
+glibc only; set CNNGRAD_NO_MALLOC_TUNING=1 to leave malloc alone.  Only the command line
+calls tune(): importing cnngrad (a library) changes nothing process-wide.
 """
 from __future__ import annotations
 

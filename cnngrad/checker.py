@@ -85,7 +85,7 @@ class Report:
     @property
     def passed(self) -> bool:
         return not (self.error or self.failures or self.regressions or self.faults or self.structural
-                    or (self.strict and self.unresolved)) and bool(np.isfinite(self.loss))
+                    or (self.strict and self.unresolved)) and self.loss is not None and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
@@ -95,6 +95,19 @@ class Report:
         if self.error:
             return 2
         return 0 if self.passed else 1
+
+    def __str__(self) -> str:
+        """The summary line, then the rows that did not pass (as in the table) and what was
+        found about them (localisation, diagnosis); see report.plain."""
+        from .report import plain
+
+        return plain(self)
+
+    def assert_passed(self) -> None:
+        """Raise AssertionError, with ``str(self)`` (the failing rows) as its message, unless
+        the check passed (``self.passed``)."""
+        if not self.passed:
+            raise AssertionError(str(self))
 
     def write_reproducer(self, directory: str | os.PathLike) -> Path:
         """This check as a config that reproduces it, in ``directory`` (see reproducer.write)."""
@@ -363,7 +376,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             report.rows = [row.judge(num, how.tol, floor=report.floor)
                            for row, num in zip(todo, stop.finished) if num is not None]
             report.interrupted = True
-            stop.report = report
+            stop.report = report  # type: ignore[attr-defined]
             raise
         for row, num in zip(todo, numeric):
             check = row.judge(num, how.tol, floor=report.floor)
@@ -408,6 +421,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 def save_npz(report: Report, path: str | os.PathLike) -> None:
     """Write the run with CONVENTIONS.md's keys, atomically (a temp file, then rename)."""
     p = report.problem
+    assert p is not None, "save_npz needs the report of a check run in this process"
     arrays: dict[str, Array] = {"x": p.x, "y": p.y, "loss": np.asarray(report.loss)}
     for i, layer in enumerate(p.net.layers):
         for name, P in layer.params.items():
@@ -419,5 +433,5 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
     arrays[f"grad.{x_key}"] = report.analytic[x_key]
     arrays[f"numgrad.{x_key}"] = report.numeric[x_key]
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     atomic_write(path, buf.getvalue())

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from . import __version__
+from . import __version__, _malloc
 from . import baseline as baseline_mod
 from . import config as cfg
 from . import output as out_files
@@ -90,7 +90,9 @@ class LazyProgress:
     run for more than ``after`` seconds (a quick check prints no bar at all)."""
 
     def __init__(self, after: float = 1.0, console: Console | None = None) -> None:
-        self.after, self.t0, self.bar, self.task = after, time.monotonic(), None, None
+        self.after, self.t0 = after, time.monotonic()
+        self.bar: Progress | None = None
+        self.task: Any = None
         self.console = console or Console(stderr=True)
 
     def __call__(self, done: int, total: int) -> None:
@@ -165,6 +167,7 @@ def guarded(f: Callable) -> Callable:
 @click.version_option(__version__, prog_name="cnngrad")
 def main() -> None:
     """Prove a CNN's backpropagation right or wrong against finite differences."""
+    _malloc.tune()  # the CLI's process only (never on import): CNNGRAD_NO_MALLOC_TUNING=1 leaves malloc alone
 
 
 def check_options(f: Callable) -> Callable:
@@ -392,14 +395,14 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             out.print(render.summary(rep), markup=False, highlight=False, soft_wrap=True)
         if len(reports) > 1:
             out.print(render.summary_table(reports))
-        text = out.file.getvalue() if output is not None else None
+        text = out.file.getvalue() if output is not None else None  # type: ignore[attr-defined]
     else:
         text = FORMATS[fmt](reports)
         if output is None:
             click.echo(text, nl=False)
     if output is not None:
         try:
-            out_files.atomic_write(output, text)
+            out_files.atomic_write(output, text or "")
         except (OSError, out_files.OutputError) as e:
             raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
     if save and reports and not reports[0].error:
@@ -475,32 +478,55 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
         raise click.BadParameter(f"--to {stop} is before --from {start}", param_hint="--to")
     if plot_file and not plot_file.lower().endswith((".png", ".svg")):
         raise click.BadParameter(f"{plot_file}: write a .png or .svg", param_hint="--plot")
+    if plot_file:  # before any maths, not after the whole sweep
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageFailure("--plot needs matplotlib: pip install 'cnngrad[plot]'") from None
     with out_files.stdout_to_stderr():  # a plugin's print() is not the table's
         conf = load_config(config, seed, plugins)
         result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)
     out = stdout()
     out.print(render.sweep_table(result))
     out.print(render.sweep_plot(result))
+    for line in result.problems():  # a flat error: the gradient is wrong (exit 1)
+        out.print(printable(line), markup=False, highlight=False, soft_wrap=True)
     if plot_file:
         try:
             sw.save_plot(result, plot_file)
-        except ImportError:
-            raise UsageFailure("--plot needs matplotlib: pip install 'cnngrad[plot]'") from None
         except OSError as e:
             raise UsageFailure(f"--plot {plot_file}: {e.strerror or e}") from None
+        click.echo(f"wrote the plot to {printable(plot_file)}", err=True)
+    if result.problems():
+        verdict(1)
+        sys.exit(1)
 
 
 @main.command()
-@click.argument("config")
+@click.argument("configs", nargs=-1, required=True)
 @config_option
 @quiet_on_broken_pipe
 @guarded
-def validate(config: str, seed: int | None, plugins: bool, debug: bool) -> None:
-    """Validate CONFIG and print the inferred shape after every layer; no maths."""
+def validate(configs: tuple[str, ...], seed: int | None, plugins: bool, debug: bool) -> None:
+    """Validate each CONFIG (a file, a folder of them, or a shipped name) and print the
+    inferred shape after every layer; every error of every config, one line each (exit 2)."""
+    from .config_errors import errors_of
+
     verdict(0)
-    with out_files.stdout_to_stderr():
-        conf = load_config(config, seed, plugins)
-    stdout().print(render.shapes(conf))
+    refs, bad = expand(configs), 0
+    for ref in refs:
+        with out_files.stdout_to_stderr():
+            errors = errors_of(ref, plugins=plugins)
+            conf = None if errors else load_config(ref, seed, plugins)
+        for error in errors:  # several configs: each line names its file (unless the error already does)
+            where = f"{ref}: " if len(refs) > 1 and not error.startswith(ref) else ""
+            click.echo(f"Error: {printable(where + error)}", err=True)
+        bad += bool(errors)
+        if conf is not None:
+            stdout().print(render.shapes(conf))
+    if bad:
+        verdict(2)
+        sys.exit(2)
 
 
 @main.command()
@@ -518,6 +544,16 @@ def explain(config: str, layer_index: int, size: int, seed: int | None, plugins:
 
     conf = load_config(config, seed, plugins)
     stdout().print(explain_layer(conf, layer_index, size))
+
+
+@main.command()
+@click.option("--of", "what", type=click.Choice(["config", "report", "baseline"]), default="config", show_default=True,
+              help="Which file's schema: a config, `check --format json`'s report, or a baseline file.")
+def schema(what: str) -> None:
+    """Print the JSON Schema of configs (point an editor at it: see docs/contract.md)."""
+    from importlib import resources
+
+    click.echo((resources.files("cnngrad") / "schemas" / f"{what}.schema.json").read_text(encoding="utf-8"), nl=False)
 
 
 @main.command()

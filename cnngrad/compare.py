@@ -74,10 +74,10 @@ class TensorCheck:
     norm_rel_half: float | None = None  # the same entries differenced at h/2 (a convergence check)
     note: str = ""  # e.g. why a directional row became an entry-wise one
     diagnosis: list = field(default_factory=list)  # the bug transforms that explain the mismatch
-    indices: Array = field(repr=False, default=None)  # flat indices checked
-    analytic: Array = field(repr=False, default=None)  # at those indices
-    numeric: Array = field(repr=False, default=None)
-    kink_mask: Array = field(repr=False, default=None)  # which of those stencils crossed a kink
+    indices: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # flat indices checked
+    analytic: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # at those indices
+    numeric: Array = field(repr=False, default=None)  # type: ignore[arg-type]
+    kink_mask: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # which of those stencils crossed a kink
     reason: str = ""  # why the status is not norm rel against tol: every entry a kink, below the floor
 
     @property

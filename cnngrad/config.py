@@ -40,6 +40,7 @@ class ConfigError(ValueError):
     def __init__(self, place: str, message: str | None = None) -> None:
         text = place if message is None else f"{place}: {message}" if place else message
         super().__init__(" ".join(text.split("\n")))  # one line, whatever a key or plugin said
+        self.place = place if message is not None else ""  # e.g. "layers[2].conv.kernel" (config_errors)
 
 
 class PluginError(ConfigError):
@@ -108,7 +109,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _no_aliases(self: yaml.composer.Composer, parent: Any, index: Any) -> Any:
+def _no_aliases(self: Any, parent: Any, index: Any) -> Any:
     """Refuse ``*alias`` references: a config never needs them, and nested ones expand
     exponentially ("billion laughs") when anything walks the result."""
     if self.check_event(yaml.events.AliasEvent):
@@ -118,7 +119,7 @@ def _no_aliases(self: yaml.composer.Composer, parent: Any, index: Any) -> Any:
     return yaml.composer.Composer.compose_node(self, parent, index)
 
 
-_UniqueKeyLoader.compose_node = _no_aliases
+_UniqueKeyLoader.compose_node = _no_aliases  # type: ignore[method-assign]
 # YAML 1.1 reads `1e-6` (no dot) as a string; read it as the float everyone means (YAML 1.2)
 _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -288,7 +289,7 @@ def _conv(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[in
     _keys(place, o, ("filters", "kernel", "stride", "padding", "dilation", "bias", "mode"), ("filters", "kernel"))
     if len(in_shape) != 3:
         raise ConfigError(place, f"needs an input of shape (channels, height, width), got {_fmt(in_shape)}")
-    opts = {
+    opts: dict[str, Any] = {
         "filters": _int(f"{place}.filters", o["filters"]),
         "kernel": _pair(f"{place}.kernel", o["kernel"], 1),
         "stride": _pair(f"{place}.stride", o.get("stride", 1), 1),
@@ -332,7 +333,7 @@ def _pool(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[in
     if len(in_shape) != 3:
         raise ConfigError(place, f"needs an input of shape (channels, height, width), got {_fmt(in_shape)}")
     size = _pair(f"{place}.size", o.get("size", 2), 1)
-    opts = {"kind": _choice(f"{place}.kind", o.get("kind", "max"), ("max", "avg")), "size": size,
+    opts: dict[str, Any] = {"kind": _choice(f"{place}.kind", o.get("kind", "max"), ("max", "avg")), "size": size,
             "stride": _pair(f"{place}.stride", o["stride"], 1) if "stride" in o else size}
     c, h, w = in_shape
     if size[0] > h or size[1] > w:
@@ -461,7 +462,7 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
             specs.append(LayerSpec(i, kind, options, shape, out))
             n_params += _param_count(kind, options, shape, out)
             if kind in ("conv", "pool"):
-                taps = _prod(options.get("kernel", options.get("size")))
+                taps = _prod(options["kernel"] if kind == "conv" else options["size"])
                 n_cols += batch * shape[0] * taps * _prod(out[1:])
         activations += batch * _prod(out)
         if activations > MAX_ELEMENTS or n_params > MAX_ELEMENTS:

@@ -279,7 +279,7 @@ class Pool:
             else:
                 better = _real(tap) > _real(z)
                 z = np.where(better, tap, z)
-                idx[better] = t
+                idx[better] = t  # type: ignore[index]  # set with z, at the first tap
         return z, (a.shape, idx)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:

@@ -1,6 +1,8 @@
 """Pure renderers: a Report in, a rich ``Table`` or a string out.  No printing here."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from rich.table import Table
 from rich.text import Text
@@ -37,7 +39,7 @@ def table(report: Report) -> Table:
     for col, justify in (("layer", "right"), ("kind", "left"), ("tensor", "left"), ("shape", "left"),
                          ("checked", "right"), ("max abs", "right"), ("max rel", "right"),
                          ("norm rel", "right"), ("status", "left")):
-        t.add_column(col, justify=justify)
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
     # the h/2 columns with --convergence (every row has it); failures alone get a line below
     halves = report.convergence
     if halves:
@@ -46,7 +48,7 @@ def table(report: Report) -> Table:
     for r in report.rows:
         status = status_text(r)
         checked = f"{r.checked} dirs" if r.mode == "directions" else str(r.checked)
-        cells = [safe(r.layer), safe(r.kind), safe(r.ref.label), "x".join(map(str, r.shape)), checked,
+        cells: list[Any] = [safe(r.layer), safe(r.kind), safe(r.ref.label), "x".join(map(str, r.shape)), checked,
                  _num(r.metrics.max_abs), _num(r.metrics.max_rel), _num(r.metrics.norm_rel), status]
         if halves:
             e2 = r.norm_rel_half
@@ -125,7 +127,7 @@ def summary_table(reports: list[Report]) -> Table:
     t = Table(title="cnngrad: all configs", title_justify="left", header_style="bold")
     for col, justify in (("config", "left"), ("tensors", "right"), ("worst norm rel", "right"),
                          ("verdict", "left"), ("time", "right")):
-        t.add_column(col, justify=justify)
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
     for rep in reports:
         if rep.error:
             t.add_row(safe(rep.name), "", "", Text("ERROR", style="bold red"), "")
@@ -165,10 +167,10 @@ def sweep_table(result) -> Table:
     for eps in result.eps:
         t.add_column(f"{eps:.0e}", justify="right")
     t.add_column("best h", justify="right")
-    for label, row, best in zip(result.labels, result.errors, result.best_per_tensor()):
+    for label, row, best, verdict in zip(result.labels, result.errors, result.best_per_tensor(), result.verdicts()):
         cells = [Text(f"{v:.0e}" if np.isfinite(v) else "nan", style="bold" if e == best else "")
                  for v, e in zip(row, result.eps)]
-        t.add_row(safe(label), *cells, f"{best:.0e}")
+        t.add_row(safe(label), *cells, f"{best:.0e}" if np.isfinite(best) else Text(verdict, style="bold red"))
     return t
 
 
@@ -199,10 +201,12 @@ def sweep_plot(result, height: int = 14) -> Text:
         out.append("\n")
     out.append("       └" + "─" * (len(result.eps) * width) + "\n", style="dim")
     out.append("  h: 1e" + "".join(f"{round(np.log10(e)):^{width}d}" for e in result.eps) + "\n", style="dim")
-    for t, (label, best) in enumerate(zip(result.labels, result.best_per_tensor())):
+    for t, (label, best, verdict) in enumerate(zip(result.labels, result.best_per_tensor(), result.verdicts())):
         out.append(f"  {_MARKERS[t % 26]}", style=_COLOURS[t % len(_COLOURS)])
-        out.append(f" {printable(label)}  (best h {best:.0e})\n")
-    out.append(f"best step for every tensor at once: {result.best():.0e}")
+        out.append(f" {printable(label)}  ({f'best h {best:.0e}' if np.isfinite(best) else verdict})\n")
+    best = result.best()
+    out.append(f"best step for every tensor at once: {best:.0e}" if np.isfinite(best)
+               else "no best step: no tensor comes within tol at any step")
     return out
 
 
@@ -251,3 +255,33 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
         out.append(cell, style=colour)
         out.append(f" ≤{bound:.0e}" if k < len(_HEAT) - 1 else f" >{_HEAT[-2][0]:.0e}")
     return out
+
+
+# --------------------------------------------------------------------------- plain text (str(report))
+
+
+def to_text(table_: Table, width: int = 160) -> str:
+    """A rich table as plain text (no colour, no markup): for messages, not terminals."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, no_color=True, highlight=False, color_system=None).print(table_)
+    return buf.getvalue().rstrip("\n")
+
+
+def plain(report: Report, rows: list[TensorCheck] | None = None) -> str:
+    """``str(report)``: the one-line verdict, then the table rows of ``rows`` (default: the rows
+    that did not pass) and what cnngrad says about them (worst entry, convergence, complex
+    step, localisation, diagnosis, structural and numerical faults)."""
+    import dataclasses
+
+    if report.error:
+        return printable(f"{report.name}: ERROR: {report.error}")
+    shown = dataclasses.replace(report, rows=[r for r in report.rows if not r.passed] if rows is None else rows)
+    parts = [printable(f"{report.name}: {summary(report)}")]
+    if shown.rows:
+        parts.append(to_text(table(shown)))
+    parts += failure_lines(shown)
+    return "\n".join(parts)

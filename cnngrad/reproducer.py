@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,4 +66,8 @@ def write(report: Report, directory: str | os.PathLike) -> Path:
     rerun = "cnngrad check " + ("--plugins " if sources else "") + shlex.quote(str(path))
     header = f"# cnngrad reproducer: {printable(why)}\n# rerun: {printable(rerun)}\n"
     atomic_write(path, header + yaml.safe_dump(reproducible(report), sort_keys=False))
+    if "hypothesis" in sys.modules:  # in a property test: keep the last (the shrunk) failure only
+        from .property import forget_earlier
+
+        forget_earlier(Path(directory), path.parent if sources else path)
     return path

@@ -35,6 +35,7 @@ from .config import DTYPES, INITS
 from .draws import Draw, HypothesisDraw, NumpyDraw, Rejected
 from .layers import ACTIVATIONS
 from .losses import LOSSES
+from .property import settings  # noqa: F401  the shipped settings for property tests (no deadline)
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)  # sigmoid, tanh, relu, leaky_relu, softplus, identity
 SPATIAL_KINDS = ("conv", "pool", "activation")  # (c, h, w) -> (c', h', w')
@@ -42,6 +43,7 @@ FLAT_KINDS = ("flatten", "dense")  # flatten, then dense and activation on (feat
 KINDS = SPATIAL_KINDS + FLAT_KINDS  # what configs(kinds=...) can draw
 MAX_KERNEL, MAX_STRIDE, MAX_DILATION, MAX_PADDING, MAX_POOL = 4, 3, 2, 2, 3
 MAX_FILTERS, MAX_CHANNELS, MAX_UNITS = 4, 3, 6
+
 
 
 def _written(d: Draw, opts: dict, key: str, value: Any, default: Any = None) -> None:

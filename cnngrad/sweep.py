@@ -7,11 +7,12 @@ V — flat across every h — has a wrong analytic gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import config as cfg
-from .checker import targets, upcast
+from .checker import FLOAT32_AGAINST_FLOAT64_TOL, targets, upcast
 from .compare import metrics
 from .complex_probe import ComplexProbe
 from .finite_diff import FiniteDifferences, get_method, select
@@ -23,22 +24,65 @@ DEFAULT_STEPS = tuple(10.0 ** -k for k in range(1, 13))  # 1e-1 … 1e-12
 
 @dataclass
 class Sweep:
-    """errors[t, e]: norm rel of tensor ``labels[t]`` with step ``eps[e]``."""
+    """errors[t, e]: norm rel of tensor ``labels[t]`` with step ``eps[e]``; ``tol`` is what a
+    check of this config would pass a tensor at."""
 
     name: str
     method: str
     eps: list[float]
     labels: list[str]
     errors: Array
+    tol: float = 1e-6
+    seed: int = 0
+    dtype: str = "float64"
+
+    def verdicts(self) -> list[str]:
+        """Per tensor: ``"ok"`` (some step brings it within tol); ``"flat"`` (no step does and
+        the error does not shrink with h — under 10x from the largest step to the best, over 3
+        steps or more: the analytic gradient is wrong, whatever the step); ``"fails"`` (no step
+        does, though the error moves with h); ``"nan"`` (nothing compared, or not finite)."""
+        out = []
+        for row in self.errors:
+            finite = row[np.isfinite(row)]
+            if finite.size == 0:
+                out.append("nan")
+            elif finite.min() <= self.tol:
+                out.append("ok")
+            else:
+                out.append("flat" if finite.size >= 3 and finite[0] < 10 * finite.min() else "fails")
+        return out
 
     def best_per_tensor(self) -> list[float]:
-        return [self.eps[int(np.nanargmin(row))] if np.any(np.isfinite(row)) else float("nan")
-                for row in self.errors]
+        """Each tensor's best step; NaN for a tensor no step brings within tol."""
+        return [self.eps[int(np.nanargmin(row))] if v == "ok" else float("nan")
+                for row, v in zip(self.errors, self.verdicts())]
 
     def best(self) -> float:
-        """The step whose worst tensor error is smallest."""
-        worst = np.nanmax(np.where(np.isfinite(self.errors), self.errors, np.inf), axis=0)
+        """The step whose worst error is smallest, over the tensors some step brings within
+        tol (a wrong gradient has no best step); NaN if there are none."""
+        good = [i for i, v in enumerate(self.verdicts()) if v == "ok"]
+        if not good:
+            return float("nan")
+        errors = self.errors[good]
+        worst = np.nanmax(np.where(np.isfinite(errors), errors, np.inf), axis=0)
         return self.eps[int(np.argmin(worst))]
+
+    def problems(self) -> list[str]:
+        """One line per tensor that no step brings within tol, saying why."""
+        lines = []
+        for label, row, v in zip(self.labels, self.errors, self.verdicts()):
+            if v == "ok":
+                continue
+            low = f"{np.nanmin(row):.1e}" if np.any(np.isfinite(row)) else "nan"
+            if v == "flat":
+                lines.append(f"{label}: flat: the gradient is wrong (norm rel {low} at best, > tol {self.tol:.0e} "
+                             f"at every step: the error does not shrink with h)")
+            elif v == "fails":
+                lines.append(f"{label}: no step within tol {self.tol:.0e} (best norm rel {low}): the gradient is "
+                             f"wrong, or this tensor needs another method (--method complex)")
+            else:
+                lines.append(f"{label}: nothing compared at any step (every stencil at a kink, or not finite)")
+        return lines
 
 
 def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, samples: int | None = None,
@@ -62,25 +106,53 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
                 ok = ~num.kinks
                 errors[t, e] = metrics(g[ok], num.values[ok]).norm_rel
     labels = [f"{row.ref.layer} {row.kind} {row.ref.label}" for row in rows]
-    return Sweep(config.name, method, list(eps_values), labels, errors)
+    m = get_method(method)
+    tol = config.check.get("tol", FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != "float64"
+                           else m.default_tol["float64"])  # what `cnngrad check` would pass at
+    return Sweep(config.name, method, list(eps_values), labels, errors, tol, config.seed, config.dtype)
 
 
-def save_plot(result: Sweep, path: str) -> None:
-    """The V curves as an image (matplotlib, the optional ``plot`` extra)."""
+def figure(result: Sweep) -> Any:
+    """The V curves as a matplotlib Figure (the optional ``plot`` extra): each tensor's error
+    against h, the tolerance, reference slopes h² (truncation) and ε/h (rounding) through
+    the lowest point, the best step; seed and dtype in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, row in zip(result.labels, result.errors):
-        ax.loglog(result.eps, np.maximum(row, 1e-18), marker="o", ms=3, label=label)
-    ax.axvline(result.best(), color="grey", ls="--", lw=1, label=f"best eps {result.best():.0e}")
+    h = np.asarray(result.eps)
+    for label, row, v in zip(result.labels, result.errors, result.verdicts()):
+        ax.loglog(h, np.maximum(row, 1e-18), marker="o", ms=3, label=label + (" (flat: wrong)" if v == "flat" else ""))
+    ax.axhline(result.tol, color="red", ls=":", lw=1, label=f"tol {result.tol:.0e}")
+    good = result.errors[[v == "ok" for v in result.verdicts()]]
+    good = good[:, np.all(np.isfinite(good) & (good > 0), axis=0)] if good.size else good
+    if good.size and len(h) >= 2:  # the slopes through the median error at each end
+        order = get_method(result.method).power
+        ax.loglog(h, np.median(good[:, 0]) * (h / h[0]) ** order, color="grey", ls="-.", lw=0.8,
+                  label=f"slope h{'²' if order == 2 else '^' + str(order)} (truncation)")
+        ax.loglog(h, np.median(good[:, -1]) * (h[-1] / h), color="grey", ls=":", lw=0.8,
+                  label="slope ε/h (rounding)")
+    shown = result.errors[np.isfinite(result.errors) & (result.errors > 0)]
+    if shown.size:
+        ax.set_ylim(max(shown.min() / 100, 1e-18), max(shown.max(), result.tol) * 10)  # the slopes run off it
+    best = result.best()
+    if np.isfinite(best):
+        ax.axvline(best, color="grey", ls="--", lw=1, label=f"best eps {best:.0e}")
     ax.set_xlabel("step h")
     ax.set_ylabel("norm rel error")
-    ax.set_title(f"cnngrad sweep: {result.name} ({result.method} differences)")
+    ax.set_title(f"cnngrad sweep: {result.name} ({result.method} differences, seed {result.seed}, {result.dtype})")
     ax.invert_xaxis()
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def save_plot(result: Sweep, path: str) -> None:
+    """``figure(result)`` written to ``path`` (.png or .svg)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
     fig.savefig(path)
     plt.close(fig)

@@ -12,7 +12,7 @@ instead of whole forward passes; each shortcut is spot-checked against real pass
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def windowed(fd: FiniteDifferences, start: int, end: int, samples: Array, positi
             out, cache = layer.forward(region)
         if base is not None and cache is not None:
             moved = kink_state(layer, caps, cache) != C.crop_at(base, i0, j0, wh, ww, samples)
-            crossed |= np.any(moved.reshape(g, -1), axis=1)
+            crossed |= np.any(moved.reshape(g, -1), axis=1)  # type: ignore[union-attr]
         win, y0, x0, h, w = out, i0, j0, wh, ww
     a = fd.inputs[end][samples].astype(np.result_type(fd.inputs[end], win))
     C.paste_at(a, win, y0, x0)
@@ -101,7 +101,7 @@ def sparse_forward(fd: FiniteDifferences, start: int, samples: Array, channel: A
     """
     rows = np.arange(len(samples))
     crossed = np.zeros(len(samples), dtype=bool)
-    units = None if values.ndim > 1 else channel[:, None]  # flat input: the units that moved
+    units: Any = None if values.ndim > 1 else channel[:, None]  # flat input: the units that moved
     if units is not None:
         values = values[:, None]
     for l in range(start, len(fd.net.layers)):
@@ -113,7 +113,7 @@ def sparse_forward(fd: FiniteDifferences, start: int, samples: Array, channel: A
             if base is not None:
                 state = kink_state(layer, caps, cache)
                 was = base[samples[:, None], units] if flat else base[samples, channel]
-                crossed |= np.any((state if flat else state[:, 0]).reshape(len(rows), -1)
+                crossed |= np.any((state if flat else state[:, 0]).reshape(len(rows), -1)  # type: ignore[union-attr, index]
                                   != was.reshape(len(rows), -1), axis=1)
         elif not flat and caps.can("reshape"):
             hw = values.shape[1] * values.shape[2]

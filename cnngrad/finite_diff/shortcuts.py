@@ -93,7 +93,7 @@ def capabilities(layer: Any) -> Capabilities:
     return Capabilities(per_sample=getattr(layer, "per_sample", False) is True,
                         complex_safe=getattr(layer, "complex_safe", False) is True,
                         kink_state=callable(getattr(layer, "kink_state", None)),
-                        offers=offers)  # type: ignore[arg-type]
+                        offers=offers)
 
 
 def kink_state(layer: Any, caps: Capabilities, cache: Any) -> Array | None:
