@@ -55,6 +55,7 @@ class Report:
     regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
+    culprit: int | None = None  # the layer localisation names (JSON ``localisation.layer``)
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
     structural: list[str] = field(default_factory=list)  # structural.check: "layers[2] X: backward changes its cache"
@@ -177,6 +178,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
     culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
+    report.culprit = culprit
     if culprit is None:
         return
 
@@ -192,12 +194,9 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         numeric = full(row.ref, row.grad)
         if numeric is None:
             continue
-        above = None
-        if row.ref.is_delta:
-            layer = row.ref.index
-            above = full(TensorRef.delta(layer + 1), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
-        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, net.layers[row.ref.index],
-                                            out_delta.shape[0], above)
+        above = deltas[culprit + 1] if culprit + 1 < len(net.layers) else out_delta
+        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, fd.net.layers[culprit], out_delta.shape[0],
+                                            delta_out=above, a_prev=fd.inputs[culprit], tol=c.tol)
         report.numeric_full[row.ref.key] = numeric
 
 
