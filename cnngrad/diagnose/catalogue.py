@@ -186,7 +186,8 @@ def _elementwise(c: Case) -> Iterator[Candidate]:
     if d_out.shape != c.n.shape or not c.fits(d_out * _derivative(c.layer, z)):
         return
     a = np.asarray(c.layer.forward(z)[0], dtype=np.float64)
-    yield "δ is δ_out ⊙ σ'(a), σ' evaluated at the output a = σ(z) instead of at z", d_out * _derivative(c.layer, a), None
+    yield ("δ is δ_out ⊙ σ'(a), σ' evaluated at the output a = σ(z) instead of at z",
+           d_out * _derivative(c.layer, a), None)
     yield ("δ is δ_out ⊙ σ'(−z): the slope is applied on the wrong side of 0 (e.g. leaky ReLU's α where 1 "
            "belongs)", d_out * _derivative(c.layer, -z), None)
     yield "δ is δ_out ⊙ σ'(z)²: σ' applied twice", d_out * _derivative(c.layer, z) ** 2, None
@@ -259,7 +260,8 @@ def _params(c: Case) -> Iterator[Candidate]:
             yield f"{what} matches numeric rotated by 90°", np.rot90(n, 1, axes=(2, 3)), None
             yield f"{what} matches numeric rotated by −90°", np.rot90(n, -1, axes=(2, 3)), None
         if n.shape[0] == n.shape[1]:
-            yield f"{what} matches numeric with in/out channels swapped: W[o, c] read as W[c, o]", n.swapaxes(0, 1), None
+            yield (f"{what} matches numeric with in/out channels swapped: W[o, c] read as W[c, o]",
+                   n.swapaxes(0, 1), None)
     flat = n.reshape(n.shape[0], -1)
     if n.ndim == 2 and flat.shape[0] == flat.shape[1]:
         yield f"{what} matches numeric transposed: Wᵀ where W belongs", n.T, None
