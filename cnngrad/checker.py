@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import adjoint as adjoint_mod
 from . import config as cfg
 from . import diagnose as diagnose_mod
 from . import resolution, structural
@@ -56,6 +57,7 @@ class Report:
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     culprit: int | None = None  # the layer localisation names (JSON ``localisation.layer``)
+    adjoint: list[adjoint_mod.Adjoint] = field(default_factory=list)  # the dot-product test per linear layer
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
     structural: list[str] = field(default_factory=list)  # structural.check: "layers[2] X: backward changes its cache"
@@ -86,7 +88,8 @@ class Report:
     @property
     def passed(self) -> bool:
         return not (self.error or self.failures or self.regressions or self.faults or self.structural
-                    or (self.strict and self.unresolved)) and bool(np.isfinite(self.loss))
+                    or (self.strict and self.unresolved) or any(a.failed for a in self.adjoint)) \
+            and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
@@ -321,6 +324,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken)
+        wide = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
+        report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
 

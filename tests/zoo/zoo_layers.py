@@ -28,6 +28,7 @@ class ZooConv:
 
     per_sample = True
     complex_safe = True
+    linear = True  # in its input: cnngrad runs the adjoint test ⟨L u, v⟩ = ⟨u, Lᵀ v⟩ on it
 
     def __init__(self, in_shape, rng, *, filters=3, kernel=3, stride=1, padding=0, dilation=1, bug=None):
         c, h, w = in_shape
@@ -101,6 +102,7 @@ class ZooDense:
 
     per_sample = True
     complex_safe = True
+    linear = True
     geometry = {"op": "dense"}
 
     def __init__(self, in_shape, rng, *, units, bug=None):
@@ -135,6 +137,7 @@ class ZooPool:
         self.out_shape = (c, (h - size) // self.s + 1, (w - size) // self.s + 1)
         self.params = {}
         self.geometry = {"op": f"{kind}_pool", "kernel": size, "stride": self.s}
+        self.linear = kind == "avg"
 
     def forward(self, a):
         win = sliding_window_view(a, (self.k, self.k), axis=(2, 3))[:, :, ::self.s, ::self.s]
