@@ -144,8 +144,16 @@ class Row:
               floor: resolution.Floor | None = None) -> TensorCheck:
         """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks)."""
         idx = self.picks if indices is None else indices
-        return judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
-                     numeric.values, numeric.kinks, tol, floor=floor)
+        check = judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
+                      numeric.values, numeric.kinks, tol, floor=floor)
+        errors = getattr(numeric, "errors", None)
+        if errors is not None and check.checked:  # Ridders: its own error estimate, shown beside the verdict
+            ok = ~numeric.kinks
+            check.estimate = float(np.max(errors[ok]))
+            size = float(np.linalg.norm(check.analytic[ok]) + np.linalg.norm(numeric.values[ok]))
+            check.note = (f"Ridders error estimate: ≤ {check.estimate:.1e} per entry, "
+                          f"{float(np.linalg.norm(errors[ok])) / size if size else 0.0:.1e} in norm rel")
+        return check
 
 
 def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> list[Row]:

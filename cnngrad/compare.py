@@ -79,6 +79,7 @@ class TensorCheck:
     numeric: Array = field(repr=False, default=None)
     kink_mask: Array = field(repr=False, default=None)  # which of those stencils crossed a kink
     reason: str = ""  # why the status is not norm rel against tol: every entry a kink, below the floor
+    estimate: float | None = None  # Ridders: the largest per-entry error estimate (absolute), else None
 
     @property
     def passed(self) -> bool:

@@ -37,6 +37,7 @@ def records(report: Report) -> list[dict[str, Any]]:
             "tol": r.tol, "status": r.status, "note": "; ".join(filter(None, [r.reason, r.note])),
             "regression": report.regressions.get((r.layer, r.tensor), ""),
             "diagnosis": list(r.diagnosis),
+            "error_estimate": None if r.estimate is None else _num(r.estimate),
             "method": report.method, "eps": report.eps, "seed": report.seed, "dtype": report.dtype,
             "cnngrad_version": __version__,
         })
