@@ -284,6 +284,12 @@ def _per_sample(c: Case) -> Iterator[Candidate]:
     total = np.concatenate(parts) if c.ref.is_delta else np.sum(parts, axis=0)
     if not c.fits(total.reshape(n.shape)):
         return
+    # and the same backward on the whole batch gives the analytic gradient: the two differ by the batch only
+    _, cache = layer.forward(c.a_prev)
+    d_in, grads = layer.backward(c.delta_out.copy(), cache)
+    batched = np.asarray(d_in if c.ref.is_delta else grads[c.ref.name], dtype=np.float64)
+    if batched.shape != n.shape or close(c.a, batched) > c.tol:
+        return
     if not c.ref.is_delta:
         yield (f"{c.what} is sample 0's share alone: the other {c.batch - 1} samples are left out (taken from "
                f"sample 0 only)"), parts[0].reshape(n.shape), None
