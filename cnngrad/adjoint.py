@@ -83,13 +83,14 @@ def _error(lhs: float, rhs: float, bound: float) -> float:
 def _probe(apply: Any, adjoint: Any, u: Array, v: Array) -> tuple[float, float, float]:
     """⟨L u, v⟩, ⟨u, Lᵀ v⟩ and their error for one (u, v), and again for v = L u."""
     Lu = apply(u)
-    errors, first = [], None
-    for w in (v, Lu):
+    errors: list[float] = []
+    first: tuple[float, float] = (0.0, 0.0)
+    for k, w in enumerate((v, Lu)):
         LTw = adjoint(w)
         lhs, rhs = float(np.vdot(Lu, w)), float(np.vdot(u, LTw))
         errors.append(_error(lhs, rhs, float(np.linalg.norm(Lu) * np.linalg.norm(w)
                                               + np.linalg.norm(u) * np.linalg.norm(LTw))))
-        first = first or (lhs, rhs)
+        first = (lhs, rhs) if k == 0 else first
     return first[0], first[1], max(errors, key=lambda e: np.inf if np.isnan(e) else e)
 
 

@@ -13,9 +13,9 @@ layer cannot lead to a confident, wrong sentence.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 
@@ -67,9 +67,14 @@ class Case:
         return model.shape == self.n.shape and close(model, self.n) <= self.tol
 
 
+Raw: TypeAlias = "Candidate | tuple[str, Array, Array | None]"  # or plain (sentence, predicted, mask)
+
+
 def candidates(case: Case) -> Iterator[Candidate]:
     """Every catalogue entry that applies to this tensor, most specific first."""
-    for family in (_conv, _dense, _pool, _elementwise, _masks, _shifts, _params, _per_sample):
+    families: tuple[Callable[[Case], Iterator[Raw]], ...] = (_conv, _dense, _pool, _elementwise, _masks, _shifts,
+                                                             _params, _per_sample)
+    for family in families:
         try:
             for cand in family(case):
                 yield cand if isinstance(cand, Candidate) else Candidate(*cand)
@@ -80,7 +85,7 @@ def candidates(case: Case) -> Iterator[Candidate]:
 # ---------------------------------------------------------------- geometry-built families
 
 
-def _conv(c: Case) -> Iterator[Candidate]:
+def _conv(c: Case) -> Iterator[Raw]:
     g, W = c.geometry, getattr(c.layer, "params", {}).get("W")
     if g is None or g.op != "conv" or g.groups != 1 or W is None or c.delta_out is None or c.a_prev is None:
         return
@@ -124,7 +129,7 @@ def _conv(c: Case) -> Iterator[Candidate]:
                f"{dh}x{dw})", G.conv_weight_grad(g, c.a_prev, d_out, dilation=(dh * dh, dw * dw)), None)
 
 
-def _dense(c: Case) -> Iterator[Candidate]:
+def _dense(c: Case) -> Iterator[Raw]:
     g, W = c.geometry, getattr(c.layer, "params", {}).get("W")
     if g is None or g.op != "dense" or W is None or c.delta_out is None or not c.ref.is_delta:
         return
@@ -139,7 +144,7 @@ def _dense(c: Case) -> Iterator[Candidate]:
                (d_out @ W.T.reshape(W.shape)).reshape(c.n.shape), None)
 
 
-def _pool(c: Case) -> Iterator[Candidate]:
+def _pool(c: Case) -> Iterator[Raw]:
     g = c.geometry
     if g is None or not g.op.endswith("_pool") or c.delta_out is None or c.a_prev is None or not c.ref.is_delta:
         return
@@ -178,7 +183,7 @@ def _derivative(layer: Any, x: Array) -> Array:
     return (np.asarray(up, dtype=np.float64) - np.asarray(down, dtype=np.float64)) / (2 * h)
 
 
-def _elementwise(c: Case) -> Iterator[Candidate]:
+def _elementwise(c: Case) -> Iterator[Raw]:
     g = c.geometry
     if g is None or g.op != "elementwise" or c.delta_out is None or c.a_prev is None or not c.ref.is_delta:
         return
@@ -196,7 +201,7 @@ def _elementwise(c: Case) -> Iterator[Candidate]:
 # ---------------------------------------------------------------- families on the numbers alone
 
 
-def _masks(c: Case) -> Iterator[Candidate]:
+def _masks(c: Case) -> Iterator[Raw]:
     n = c.n
     if c.ref.is_delta and c.delta_out is not None and c.delta_out.shape == n.shape:
         yield ("δ below the layer equals δ above it: the layer passed δ down unchanged — σ' (its ⊙ σ'(z)) is missing",
@@ -228,7 +233,7 @@ def _masks(c: Case) -> Iterator[Candidate]:
                            f"stride's zeros were not inserted (or put in the wrong places)"), np.where(on, n, 0.0), None
 
 
-def _shifts(c: Case) -> Iterator[Candidate]:
+def _shifts(c: Case) -> Iterator[Raw]:
     n = c.n
     if n.ndim != 4 or not c.ref.is_delta or min(n.shape[2:]) < 3:
         return
@@ -246,7 +251,7 @@ def _shifts(c: Case) -> Iterator[Candidate]:
                    f"padding cropped from one side, or the stride's zeros at the wrong offset"), shifted, mask
 
 
-def _params(c: Case) -> Iterator[Candidate]:
+def _params(c: Case) -> Iterator[Raw]:
     n, what = c.n, c.what
     if c.ref.is_delta or n.ndim < 2:
         return
@@ -270,7 +275,7 @@ def _params(c: Case) -> Iterator[Candidate]:
                f"(({flat.shape[1]}, {flat.shape[0]}) read as {n.shape})"), flat.T.reshape(n.shape), None
 
 
-def _per_sample(c: Case) -> Iterator[Candidate]:
+def _per_sample(c: Case) -> Iterator[Raw]:
     """The layer's own backward, one sample at a time: if those add up to the numeric
     gradient, the layer is right per sample and the batch is what it gets wrong."""
     layer, n = c.layer, c.n
