@@ -118,12 +118,19 @@ def to_junit(reports: list[Report]) -> str:
             case = ET.SubElement(suite, "testcase", classname=rep.name, name=f"structural {why}", time="0")
             ET.SubElement(case, "failure", message=why, type="StructuralFailure").text = why
         n_fail += len(rep.structural)
-        suite.set("tests", str(len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)))
+        broken = [a for a in rep.adjoint if a.failed]  # a backward that is not the adjoint of its forward
+        for a in broken:
+            case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.layers[{a.ref.layer}].{a.kind}",
+                                 name=f"layers[{a.ref.layer}] {a.kind} adjoint", time="0")
+            ET.SubElement(case, "failure", message=f"adjoint rel {a.worst:.3e} > tol {a.tol:.0e}",
+                          type="AdjointMismatch").text = a.line()
+        n_fail += len(broken)
+        suite.set("tests", str(len(rep.rows) + len(rep.structural) + len(broken) + (1 if rep.error else 0)))
         suite.set("failures", str(n_fail))
         suite.set("errors", str(n_err))
         suite.set("skipped", str(n_skip))
         suite.set("time", f"{rep.seconds:.3f}")
-        total += len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)
+        total += len(rep.rows) + len(rep.structural) + len(broken) + (1 if rep.error else 0)
         failures += n_fail
         errors += n_err
         skipped += n_skip

@@ -122,6 +122,9 @@ def summary(report: Report) -> str:
         parts.insert(2, f"{kinks} entries skipped at kinks")
     if report.structural:
         parts.insert(1, f"{len(report.structural)} structural failure{'s' if len(report.structural) > 1 else ''}")
+    adjoint_failed = sum(a.failed for a in report.adjoint)
+    if adjoint_failed:
+        parts.insert(1, f"{adjoint_failed} adjoint test{'s' if adjoint_failed > 1 else ''} failed")
     if report.redraws:
         parts.insert(2, f"input drawn {report.redraws} more time{'s' if report.redraws > 1 else ''} to avoid kinks")
     return " · ".join(parts)

@@ -50,3 +50,12 @@ def test_markdown_carries_them():
     out = run("markdown", BUG)
     assert "- localisation: layer 1 (ZooPool): backward is wrong" in out
     assert "diagnosis: δ is each window's δ divided by the stride²" in out
+
+
+def test_a_failed_adjoint_test_is_a_junit_failure_and_in_the_summary():
+    bug = str(ROOT / "tests" / "zoo" / "conv_delta_not_rotated.yaml")
+    root = ET.fromstring(run("junit", bug))
+    (case,) = [c for c in root.iter("testcase") if c.get("name", "").endswith("adjoint")]
+    assert case.find("failure").get("type") == "AdjointMismatch"
+    table = CliRunner().invoke(main, ["check", bug, "--plugins"]).stdout
+    assert "1 adjoint test failed" in table.splitlines()[-1]
