@@ -110,3 +110,16 @@ def test_dense_transpose_families():
     dW = d_out.T @ a
     line = said(dW.T, dW, layer, a, d_out, TensorRef.param(1, "W"))[0]
     assert "transposed" in line and "(residual" in line
+
+
+def test_stride_ignored_in_delta_is_named():
+    layer, a, d_out, true = conv_case(stride=2)
+    wrong = loop_delta(layer.params["W"], d_out, (9, 9), 1, 1, 1)  # the stride-2 layer's δ spread at stride 1
+    assert any("stride ignored (1 where the layer has 2x2)" in t for t in said(wrong, true, layer, a, d_out))
+
+
+def test_a_bias_mean_over_batch_and_positions_is_named():
+    layer, a, d_out, _ = conv_case()
+    db = d_out.sum(axis=(0, 2, 3))
+    (line,) = said(d_out.mean(axis=(0, 2, 3)), db, layer, a, d_out, TensorRef.param(1, "b"))
+    assert "= 1/(N·H·W) = 1/243" in line and "(residual" in line

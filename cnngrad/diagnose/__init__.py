@@ -87,6 +87,11 @@ def _scale(c: Case) -> list[str]:
     if residual > c.tol or close(alpha * n, n) <= c.tol:
         return []
     names = {"N": float(c.batch), "1/N": 1 / c.batch, "−1 (the sign is flipped)": -1.0, "2": 2.0, "1/2": 0.5}
+    if c.delta_out is not None and c.delta_out.ndim == 4 and not c.ref.is_delta:  # a conv's bias or weights
+        hw = int(np.prod(c.delta_out.shape[2:]))
+        names[f"1/(N·H·W) = 1/{c.batch * hw}: a mean over the batch and the {hw} output positions where a sum "
+              f"belongs"] = 1 / (c.batch * hw)
+        names[f"1/(H·W) = 1/{hw}: a mean over the {hw} output positions where a sum belongs"] = 1 / hw
     g = c.geometry
     if g is not None and g.op.endswith("_pool"):
         window, stride2 = g.kernel[0] * g.kernel[1], g.stride[0] * g.stride[1]
@@ -95,7 +100,7 @@ def _scale(c: Case) -> list[str]:
         names[f"{window} = the window size: the division by it is missing"] = float(window)
     hint = ""
     for label, k in names.items():
-        if (c.batch > 1 or "N" not in label) and abs(alpha - k) <= 1e-6 * abs(k):
+        if (c.batch > 1 or "N" not in label) and k != 1 and abs(alpha - k) <= 1e-6 * abs(k):
             hint = f" = {label}" + (": a batch mean where a sum belongs, or a 1/N missing or doubled"
                                     if label in ("N", "1/N") else "")
             break

@@ -14,7 +14,7 @@ layer cannot lead to a confident, wrong sentence.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
@@ -94,14 +94,16 @@ def _conv(c: Case) -> Iterator[Raw]:
         hw = c.n.shape[2:]
         if not c.fits(G.conv_input_grad(g, d_out, W, hw)):
             return
-        for kernel, says in ((W[..., ::-1, ::-1], "ROT180(W) where W belongs (or W where ROT180(W) belongs): the "
-                              "kernel's rotation is wrong"),
-                             (W[..., ::-1, :], "W with one axis flipped (rows): ROT180 flips both"),
-                             (W[..., :, ::-1], "W with one axis flipped (columns): ROT180 flips both"),
-                             (W.swapaxes(-1, -2), "Wᵀ per kernel (W[u, v] read as W[v, u]): a transposed kernel, "
-                              "not a rotated one"),
-                             (np.rot90(W, 1, axes=(-2, -1)), "W rotated by 90°: rot90 where ROT180 belongs"),
-                             (np.rot90(W, -1, axes=(-2, -1)), "W rotated by −90°: rot90 where ROT180 belongs")):
+        kernels = [(W[..., ::-1, ::-1], "ROT180(W) where W belongs (or W where ROT180(W) belongs): the kernel's "
+                    "rotation is wrong"),
+                   (W[..., ::-1, :], "W with one axis flipped (rows): ROT180 flips both"),
+                   (W[..., :, ::-1], "W with one axis flipped (columns): ROT180 flips both")]
+        if W.shape[-1] == W.shape[-2]:  # a transposed or quarter-turned kernel has the same shape only if square
+            kernels += [(W.swapaxes(-1, -2), "Wᵀ per kernel (W[u, v] read as W[v, u]): a transposed kernel, not a "
+                         "rotated one"),
+                        (np.rot90(W, 1, axes=(-2, -1)), "W rotated by 90°: rot90 where ROT180 belongs"),
+                        (np.rot90(W, -1, axes=(-2, -1)), "W rotated by −90°: rot90 where ROT180 belongs")]
+        for kernel, says in kernels:
             yield f"δ is the backward of a conv slid with {says}", G.conv_input_grad(g, d_out, kernel, hw), None
         if (dh, dw) != (1, 1):
             yield (f"δ is the backward with the dilation ignored (1 where the layer has {dh}x{dw})",
@@ -110,6 +112,9 @@ def _conv(c: Case) -> Iterator[Raw]:
                G.conv_input_grad(g, d_out, W, hw, dilation=(dh * dh, dw * dw)), None)
         (sh, sw), (ph, pw) = g.stride, g.padding
         if (sh, sw) != (1, 1):
+            yield (f"δ is the backward with the stride ignored (1 where the layer has {sh}x{sw}): the stride's zeros "
+                   f"were not inserted between δ's entries", G.conv_input_grad(replace(g, stride=(1, 1)), d_out, W, hw),
+                   None)
             for off in ((1, 0), (0, 1), (1, 1)):
                 yield (f"δ is the backward with the stride's zeros inserted at offset {off} (stride {sh}x{sw}): "
                        f"δ placed at i·s+{off[0]} where i·s belongs", G.conv_input_grad(g, d_out, W, hw, offset=off),
@@ -122,6 +127,10 @@ def _conv(c: Case) -> Iterator[Raw]:
     elif c.ref.name == "W":
         if not c.fits(G.conv_weight_grad(g, c.a_prev, d_out)):
             return
+        if g.stride != (1, 1):
+            yield (f"∂C/∂W is the correlation with the stride ignored (1 where the layer has {g.stride[0]}x"
+                   f"{g.stride[1]}): ã read at i + u·d where i·s + u·d belongs",
+                   G.conv_weight_grad(replace(g, stride=(1, 1)), c.a_prev, d_out), None)
         if (dh, dw) != (1, 1):
             yield (f"∂C/∂W is the correlation with the dilation ignored (1 where the layer has {dh}x{dw})",
                    G.conv_weight_grad(g, c.a_prev, d_out, dilation=(1, 1)), None)
@@ -229,7 +238,8 @@ def _masks(c: Case) -> Iterator[Raw]:
                     on = np.zeros((h, w), dtype=bool)
                     on[oy::sh, ox::sw] = True
                     where = "" if (oy, ox) == (0, 0) else f" at offset ({oy}, {ox})"
-                    yield (f"{c.what} is right on the stride-{sh} grid{where} and wrong off it (zero there): the "
+                    grid = f"stride-{sh}" if sh == sw else f"stride-({sh}, {sw})"
+                    yield (f"{c.what} is right on the {grid} grid{where} and wrong off it (zero there): the "
                            f"stride's zeros were not inserted (or put in the wrong places)"), np.where(on, n, 0.0), None
 
 

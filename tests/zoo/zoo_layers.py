@@ -116,6 +116,8 @@ class ZooDense:
     def backward(self, delta, a):
         W, bug, n = self.params["W"], self.bug, delta.shape[0]
         delta_in = delta @ (W.T if bug == "delta_w_not_transposed" else W)
+        if bug == "delta_leaks_input":       # an activity penalty's gradient added to the wrong tensor
+            delta_in = delta_in + 1e-2 * a
         dW = {"dw_reshape": lambda: (a.T @ delta).reshape(W.shape),
               "dw_sample0": lambda: np.outer(delta[0], a[0]),
               "dw_batch1": lambda: delta.reshape(-1, n) @ a.reshape(n, -1),
