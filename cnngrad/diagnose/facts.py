@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .catalogue import Case, close
+from .case import Case, close
 
 Array = np.ndarray
 WRONG = 1e-4  # of max |numeric|: an entry this far off is wrong, not noisy
