@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import adjoint as adjoint_mod
 from . import config as cfg
 from . import diagnose as diagnose_mod
 from . import resolution, structural
@@ -55,6 +56,8 @@ class Report:
     regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
+    culprit: int | None = None  # the layer localisation names (JSON ``localisation.layer``)
+    adjoint: list[adjoint_mod.Adjoint] = field(default_factory=list)  # the dot-product test per linear layer
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
     structural: list[str] = field(default_factory=list)  # structural.check: "layers[2] X: backward changes its cache"
@@ -85,7 +88,8 @@ class Report:
     @property
     def passed(self) -> bool:
         return not (self.error or self.failures or self.regressions or self.faults or self.structural
-                    or (self.strict and self.unresolved)) and self.loss is not None and bool(np.isfinite(self.loss))
+                    or (self.strict and self.unresolved) or any(a.failed for a in self.adjoint)) \
+            and self.loss is not None and bool(np.isfinite(self.loss))
 
     @property
     def return_code(self) -> int:
@@ -153,8 +157,16 @@ class Row:
               floor: resolution.Floor | None = None) -> TensorCheck:
         """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks)."""
         idx = self.picks if indices is None else indices
-        return judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
-                     numeric.values, numeric.kinks, tol, floor=floor)
+        check = judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
+                      numeric.values, numeric.kinks, tol, floor=floor)
+        errors = getattr(numeric, "errors", None)
+        if errors is not None and check.checked:  # Ridders: its own error estimate, shown beside the verdict
+            ok = ~numeric.kinks
+            check.estimate = float(np.max(errors[ok]))
+            size = float(np.linalg.norm(check.analytic[ok]) + np.linalg.norm(numeric.values[ok]))
+            check.note = (f"Ridders error estimate: ≤ {check.estimate:.1e} per entry, "
+                          f"{float(np.linalg.norm(errors[ok])) / size if size else 0.0:.1e} in norm rel")
+        return check
 
 
 def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> list[Row]:
@@ -193,6 +205,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
     culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
+    report.culprit = culprit
     if culprit is None:
         return
 
@@ -208,12 +221,9 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         numeric = full(row.ref, row.grad)
         if numeric is None:
             continue
-        above = None
-        if row.ref.is_delta:
-            layer = row.ref.index
-            above = full(TensorRef.delta(layer + 1), deltas[layer + 1]) if layer + 1 < len(net.layers) else out_delta
-        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, net.layers[row.ref.index],
-                                            out_delta.shape[0], above)
+        above = deltas[culprit + 1] if culprit + 1 < len(net.layers) else out_delta
+        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, fd.net.layers[culprit], out_delta.shape[0],
+                                            delta_out=above, a_prev=fd.inputs[culprit], tol=c.tol)
         report.numeric_full[row.ref.key] = numeric
 
 
@@ -338,6 +348,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken)
+        wide = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
+        report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
 

@@ -386,6 +386,8 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
                 continue
             if not quiet:
                 out.print(render.table(rep))
+                for line in render.adjoint_lines(rep, failed=False):  # failed ones: with the failures
+                    out.print(line, markup=False, highlight=False, soft_wrap=True)
             for line in render.failure_lines(rep):  # whole lines, never wrapped: CI logs get grepped
                 out.print(line, markup=False, highlight=False, soft_wrap=True)
             if heatmap:

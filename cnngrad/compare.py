@@ -79,6 +79,7 @@ class TensorCheck:
     numeric: Array = field(repr=False, default=None)  # type: ignore[arg-type]
     kink_mask: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # which of those stencils crossed a kink
     reason: str = ""  # why the status is not norm rel against tol: every entry a kink, below the floor
+    estimate: float | None = None  # Ridders: the largest per-entry error estimate (absolute), else None
 
     @property
     def passed(self) -> bool:

@@ -24,7 +24,7 @@ from .losses import LOSSES
 from .plugins import PluginImportError, describe_exit, load_class, no_exit
 
 DTYPES = ("float64", "float32")
-FD_METHODS = ("central", "forward", "richardson", "complex")  # = finite_diff.METHODS (a test says so)
+FD_METHODS = ("central", "forward", "richardson", "ridders", "complex")  # = finite_diff.METHODS (a test says so)
 INITS = ("lecun", "he", "xavier")
 MAX_CONFIG_BYTES = 1 << 20
 # A sanity bound on what a config may describe (entries of all activations of one batch,

@@ -15,7 +15,7 @@ from .checker import Report
 from .escape import markdown as md
 from .escape import xml
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: diagnosis, localisation, adjoint; method ridders
 
 
 def _num(v: float) -> float | None:
@@ -36,10 +36,20 @@ def records(report: Report) -> list[dict[str, Any]]:
             "norm_rel_half_step": None if r.norm_rel_half is None else _num(r.norm_rel_half),
             "tol": r.tol, "status": r.status, "note": "; ".join(filter(None, [r.reason, r.note])),
             "regression": report.regressions.get((r.layer, r.tensor), ""),
+            "diagnosis": list(r.diagnosis),
+            "error_estimate": None if r.estimate is None else _num(r.estimate),
             "method": report.method, "eps": report.eps, "seed": report.seed, "dtype": report.dtype,
             "cnngrad_version": __version__,
         })
     return out
+
+
+def localisation(report: Report) -> dict[str, Any] | None:
+    """The blamed layer, as JSON: ``{"layer", "kind", "text"}``, or None."""
+    if report.culprit is None or not report.localisation:
+        return None
+    kind = report.localisation.split("(", 1)[1].split(")", 1)[0] if "(" in report.localisation else ""
+    return {"layer": report.culprit, "kind": kind, "text": report.localisation}
 
 
 def to_dict(reports: list[Report], timings: bool = True) -> dict[str, Any]:
@@ -53,7 +63,10 @@ def to_dict(reports: list[Report], timings: bool = True) -> dict[str, Any]:
             "directions": rep.directions, "loss": _num(rep.loss) if rep.loss is not None else None,
             "baseline": rep.baseline_note, "records": records(rep),
             "structural": list(rep.structural),
+            "localisation": localisation(rep),
         }
+        if getattr(rep, "adjoint", None):
+            entry["adjoint"] = [a.record() for a in rep.adjoint]
         if timings:
             entry["seconds"] = round(rep.seconds, 4)
         configs.append(entry)
@@ -95,20 +108,29 @@ def to_junit(reports: list[Report]) -> str:
                 n_fail += 1
                 message = f"{label}: " + (regression or r.reason
                                           or f"norm rel {r.metrics.norm_rel:.3e} > tol {r.tol:.0e}")
+                located = rep.localisation if rep.culprit == r.layer else ""
                 ET.SubElement(case, "failure", message=message, type="GradientMismatch").text = \
-                    "\n".join(filter(None, [metrics, r.worst_entry(), r.note]))
+                    "\n".join(filter(None, [metrics, r.worst_entry(), r.note, located,
+                                             *(f"diagnosis: {d}" for d in r.diagnosis)]))
             else:
                 ET.SubElement(case, "system-out").text = metrics
         for why in rep.structural:  # a layer that is not a function (structural.py)
             case = ET.SubElement(suite, "testcase", classname=rep.name, name=f"structural {why}", time="0")
             ET.SubElement(case, "failure", message=why, type="StructuralFailure").text = why
         n_fail += len(rep.structural)
-        suite.set("tests", str(len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)))
+        broken = [a for a in rep.adjoint if a.failed]  # a backward that is not the adjoint of its forward
+        for a in broken:
+            case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.layers[{a.ref.layer}].{a.kind}",
+                                 name=f"layers[{a.ref.layer}] {a.kind} adjoint", time="0")
+            ET.SubElement(case, "failure", message=f"adjoint rel {a.worst:.3e} > tol {a.tol:.0e}",
+                          type="AdjointMismatch").text = a.line()
+        n_fail += len(broken)
+        suite.set("tests", str(len(rep.rows) + len(rep.structural) + len(broken) + (1 if rep.error else 0)))
         suite.set("failures", str(n_fail))
         suite.set("errors", str(n_err))
         suite.set("skipped", str(n_skip))
         suite.set("time", f"{rep.seconds:.3f}")
-        total += len(rep.rows) + len(rep.structural) + (1 if rep.error else 0)
+        total += len(rep.rows) + len(rep.structural) + len(broken) + (1 if rep.error else 0)
         failures += n_fail
         errors += n_err
         skipped += n_skip
@@ -152,6 +174,11 @@ def to_markdown(reports: list[Report]) -> str:
                 lines.append(f"\n- layers[{md(r.layer)}] {md(r.ref.label)}: {md(r.reason)}")
         for (layer, tensor), why in rep.regressions.items():
             lines.append(f"\n- layers[{md(layer)}] {md(tensor)}: {md(why)}")
+        if rep.localisation:
+            lines.append(f"\n- localisation: {md(rep.localisation)}")
+        for r in rep.rows:
+            lines += [f"\n- layers[{md(r.layer)}] {md(r.ref.label)} diagnosis: {md(d)}" for d in r.diagnosis]
+        lines += [f"\n- adjoint: {md(a.line())}" for a in getattr(rep, "adjoint", [])]
         if rep.baseline_note:
             lines.append(f"\n- {md(rep.baseline_note)}")
         lines += [f"\n- structural: {md(why)}" for why in rep.structural]

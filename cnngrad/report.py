@@ -81,6 +81,7 @@ def failure_lines(report: Report) -> list[str]:
         lines += [f"    diagnosis: {text}" for text in r.diagnosis]
     if report.localisation:
         lines.append(report.localisation)
+    lines += [f"adjoint: {a.line()}" for a in report.adjoint if a.failed]
     for (layer, tensor), why in report.regressions.items():
         lines.append(f"layers[{layer}] {tensor_label(tensor)}: {why}")
     if report.baseline_note:
@@ -89,6 +90,12 @@ def failure_lines(report: Report) -> list[str]:
     lines += [f"numerical fault: {fault}" for fault in report.faults]
     lines += [f"structural: {why}" for why in report.structural]
     return [printable(line) for line in lines]  # names and plugin messages are data: no control characters
+
+
+def adjoint_lines(report: Report, failed: bool | None = None) -> list[str]:
+    """The dot-product test, one line per layer linear in its input (adjoint.py); only the
+    failed (or passed) ones if ``failed`` says so — ``failure_lines`` has the failed ones."""
+    return [printable(f"adjoint: {a.line()}") for a in report.adjoint if failed is None or a.failed == failed]
 
 
 def worst(report: Report) -> float:
@@ -117,6 +124,9 @@ def summary(report: Report) -> str:
         parts.insert(2, f"{kinks} entries skipped at kinks")
     if report.structural:
         parts.insert(1, f"{len(report.structural)} structural failure{'s' if len(report.structural) > 1 else ''}")
+    adjoint_failed = sum(a.failed for a in report.adjoint)
+    if adjoint_failed:
+        parts.insert(1, f"{adjoint_failed} adjoint test{'s' if adjoint_failed > 1 else ''} failed")
     if report.redraws:
         parts.insert(2, f"input drawn {report.redraws} more time{'s' if report.redraws > 1 else ''} to avoid kinks")
     return " · ".join(parts)

@@ -85,6 +85,9 @@ def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, lo
     with step ``eps``, the numeric side running in ``dtype``; the backward runs in
     ``net_dtype`` and its largest gradient entry is ``gradients`` (G)."""
     unit = float(np.finfo(np.dtype(dtype)).eps)
+    from .finite_diff.methods import METHODS  # a tableau (Ridders) differences down to its smallest step
+    if method in METHODS and METHODS[method].tableau is not None:
+        eps *= min(abs(o) for o in METHODS[method].offsets)
     scale = loss_scale(loss, out, y)
     value = MARGIN * unit * scale / (1.0 if complex_step else eps)
     label = "the complex step" if complex_step else f"{method} differences"

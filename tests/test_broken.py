@@ -224,7 +224,7 @@ def test_each_core_bug_does_not_shrink_with_h_and_is_confirmed(monkeypatch, bug,
     assert "the complex step confirms it" in result.output
 
 
-@pytest.mark.parametrize("method", ["forward", "richardson", "complex"])
+@pytest.mark.parametrize("method", ["forward", "richardson", "ridders", "complex"])
 @pytest.mark.parametrize("bug, name, rows", CORE_BUGS)
 def test_every_method_catches_each_core_bug(monkeypatch, method, bug, name, rows):
     bug(monkeypatch)

@@ -97,7 +97,7 @@ def test_json_validates_against_the_shipped_schema(tmp_path: Path, monkeypatch):
     ok = run("check", CONFIGS, "--format", "json", "--samples", "10")
     data = json.loads(ok.stdout)
     jsonschema.validate(data, SCHEMA)
-    assert data["schema_version"] == 1 and data["cnngrad_version"] == cnngrad.__version__
+    assert data["schema_version"] == 2 and data["cnngrad_version"] == cnngrad.__version__
     rec = data["configs"][0]["records"][0]
     assert {"layer", "kind", "tensor", "checked", "status", "max_abs", "max_rel", "norm_rel",
             "method", "eps", "seed", "dtype"} <= set(rec)

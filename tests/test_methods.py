@@ -18,7 +18,7 @@ from cnngrad.strategies import configs
 from cnngrad.sweep import sweep
 
 # how close each method gets, with its default step, on a smooth float64 problem
-ACCURACY = {"central": 1e-7, "forward": 1e-5, "richardson": 1e-9, "complex": 1e-13}
+ACCURACY = {"central": 1e-7, "forward": 1e-5, "richardson": 1e-9, "ridders": 1e-11, "complex": 1e-13}
 
 
 def test_methods_are_the_configs_methods():
@@ -85,8 +85,9 @@ def test_smooth_config_figures():
     worst = {m: max(r.metrics.norm_rel for r in check("smooth", method=m).rows) for m in METHODS}
     assert worst["complex"] <= 1e-13
     assert worst["richardson"] <= 3e-11
+    assert worst["ridders"] <= 1e-12  # issue 12: the tableau's extrapolation, from h = 0.6 down
     assert worst["central"] <= 1e-7
-    assert worst["complex"] < worst["richardson"] < worst["central"] < worst["forward"]
+    assert worst["complex"] < worst["ridders"] < worst["richardson"] < worst["central"] < worst["forward"]
 
 
 def test_config_eps_is_for_the_configs_own_method():

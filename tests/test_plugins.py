@@ -22,7 +22,7 @@ def run(*args: str):
     ("conv_dw_one_flip", "layer 0 (Conv2D)", "one axis flipped — ROT180 flips both"),
     ("conv_dw_swapped", "layer 0 (Conv2D)", "in/out channels swapped"),
     ("conv_bias_batch_mean", "layer 0 (Conv2D)", "= 1/N: a batch mean where a sum belongs"),
-    ("conv_crop_off_by_one", "layer 0 (Conv2D)", "one pixel down (to"),
+    ("conv_crop_off_by_one", "layer 0 (Conv2D)", "δ matches the numeric δ one pixel down"),
     ("conv_border_zeroed", "layer 0 (Conv2D)", "wrong only within 1 pixel of the border"),
     ("conv_stride_grid_only", "layer 0 (Conv2D)", "right on the stride-2 grid and wrong off it"),
     ("tanh_no_sigma_prime", "layer 1 (Tanh)", "σ' (its ⊙ σ'(z)) is missing"),

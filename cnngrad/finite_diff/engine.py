@@ -42,6 +42,7 @@ class Numeric:
     indices: Array
     values: Array
     kinks: Array
+    errors: Array | None = None  # the method's error estimate per entry (Ridders), else None
 
 
 class FiniteDifferences:
@@ -124,13 +125,17 @@ class FiniteDifferences:
                 states.append(state)
         return np.concatenate(outs), (np.concatenate(states) if states else None)
 
-    def _combine(self, losses: Array, steps: Array, samples: Array, crossed: Array) -> tuple[Array, Array]:
-        """losses/crossed of shape (M·K·S,) for M steps, K entries, S samples each -> (K,)."""
+    def _combine(self, losses: Array, steps: Array, samples: Array, crossed: Array) -> tuple[Array, ...]:
+        """losses/crossed of shape (M·K·S,) for M steps, K entries, S samples each -> (K,)
+        values and kinks (and, for a method with an error estimate, the estimates)."""
         m, k = steps.shape
         c = losses.astype(np.result_type(losses, np.float64)).reshape(m, k, -1)
         c0 = self.c0.astype(np.float64)[samples].reshape(m, k, -1)[0]
-        values = self.method.combine(c, steps, c0) / self.n
-        return values, np.asarray(crossed.reshape(m, k, -1).any(axis=(0, 2)))
+        kinks = np.asarray(crossed.reshape(m, k, -1).any(axis=(0, 2)))
+        if self.method.tableau is not None:
+            values, errors = self.method.tableau(c, steps, c0)
+            return values / self.n, kinks, errors / self.n
+        return self.method.combine(c, steps, c0) / self.n, kinks
 
     def _offsets(self) -> Array:
         return np.asarray(self.method.offsets)[:, None] * self.eps  # (M, 1), complex for the complex step
@@ -160,18 +165,25 @@ class FiniteDifferences:
         jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
                 for ti in order for lo in range(0, len(targets[ti][1]), plans[ti].chunk)]
         work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
-        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
+        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool), np.full(len(idx), np.nan))
+                   for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
-                for (ti, lo, hi), (v, k) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
+                for (ti, lo, hi), (v, k, *e) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
+                    if e:
+                        results[ti][2][lo:hi] = e[0]
                     left[ti] -= 1
                     self.progress(hi - lo)
         except KeyboardInterrupt:
-            finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
+            finished = [Numeric(idx, v, k, self._errors(e)) if n == 0 else None
+                        for (_, idx), (v, k, e), n in zip(targets, results, left)]
             raise Interrupted(finished) from None
-        return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
+        return [Numeric(idx, v, k, self._errors(e)) for (_, idx), (v, k, e) in zip(targets, results)]
+
+    def _errors(self, e: Array) -> Array | None:
+        return e if self.method.tableau is not None else None
 
     def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Any:
         return workers.run_jobs(jobs, fns, [idx for _, idx in targets], work, self.workers)
@@ -190,12 +202,12 @@ class FiniteDifferences:
         values, kinks = [], []
         with threadpool_limits(1, user_api="blas"):
             for lo in range(0, len(V), chunk):
-                v, k = self._directional(ref, V[lo:lo + chunk], start)
+                v, k = self._directional(ref, V[lo:lo + chunk], start)[:2]
                 values.append(v)
                 kinks.append(k)
         return np.concatenate(values), np.concatenate(kinks)
 
-    def _directional(self, ref: TensorRef, V: Array, start: int) -> tuple[Array, Array]:
+    def _directional(self, ref: TensorRef, V: Array, start: int) -> tuple[Array, ...]:
         m, k = len(self.method.offsets), len(V)
         offs = self._offsets()  # (M, 1)
         if ref.is_delta:  # whole copies of the batch with the input of layer ``start`` moved

@@ -86,7 +86,7 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
         end = layer_index
     whole_batches = not all(c.per_sample for c in fd.caps[layer_index:])
 
-    def run(idx: Array) -> tuple[Array, Array]:
+    def run(idx: Array) -> tuple[Array, ...]:  # values, kinks (, error estimates)
         n_of, pos = np.divmod(idx, per)
         samples, positions = np.tile(n_of, m), np.tile(pos, m)
         theta = a_flat[n_of, pos]
@@ -114,7 +114,7 @@ def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
                                  f"pass; real forward passes were run instead")
         fast = False
 
-    def run(idx: Array) -> tuple[Array, Array]:
+    def run(idx: Array) -> tuple[Array, ...]:  # values, kinks (, error estimates)
         samples = np.tile(np.arange(fd.n), m * len(idx))
         if fast:
             steps = np.broadcast_to(fd._offsets(), (m, len(idx))).astype(np.result_type(P, fd.work))

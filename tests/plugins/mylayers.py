@@ -12,6 +12,7 @@ class Conv2D:
     def __init__(self, in_shape, rng, *, filters, kernel=3, stride=1, padding=0, bug=None):
         c, h, w = in_shape
         self.k, self.s, self.p, self.bug = kernel, stride, padding, bug
+        self.geometry = {"op": "conv", "kernel": kernel, "stride": stride, "padding": padding}  # for diagnoses
         ho, wo = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
         self.out_shape = (filters, ho, wo)
         self.params = {"W": rng.normal(0, 1 / np.sqrt(c * kernel * kernel), (filters, c, kernel, kernel)),
@@ -66,6 +67,8 @@ class Conv2D:
 
 class Tanh:
     """a = tanh(z); δ_in = δ ⊙ (1 − a²)."""
+
+    geometry = {"op": "elementwise"}  # lets a diagnosis evaluate σ' where a bug would
 
     def __init__(self, in_shape, rng, bug=None):
         self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug

@@ -1,0 +1,75 @@
+"""The adjoint (dot-product) test: ⟨L u, v⟩ = ⟨u, Lᵀ v⟩ for every layer linear in its input,
+exact to rounding for a right backward, O(1) off for a rotated-kernel slip."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from cnngrad import adjoint, formats
+from cnngrad.checker import check
+from cnngrad.layers import Activation, Conv, Dense, Flatten, Pool
+from cnngrad.refs import TensorRef
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "tests" / "zoo"
+SCHEMA = json.loads((ROOT / "cnngrad" / "schemas" / "report.schema.json").read_text())
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda s, r: Conv(s, r, filters=3, kernel=3, stride=2, padding=1, dilation=2), (2, 11, 11)),
+    (lambda s, r: Conv(s, r, filters=2, kernel=[2, 3], mode="convolution", bias="untied"), (3, 6, 7)),
+    (lambda s, r: Pool(s, r, kind="avg", size=3, stride=2), (2, 9, 9)),
+    (lambda s, r: Flatten(s, r), (2, 3, 3)),
+    (lambda s, r: Dense(s, r, units=5), (7,)),
+])
+def test_built_in_linear_layers_are_adjoint_to_rounding(make, shape):
+    rng = np.random.default_rng(0)
+    layer = make(shape, rng)
+    assert adjoint.is_linear(layer)
+    x = rng.standard_normal((3,) + shape)
+    result = adjoint.check_layer(layer, x, rng, TensorRef.delta(0), layer.kind)
+    assert result.worst < 1e-14 and not result.failed, result.line()
+    # the left side is what it says: ⟨L u, v⟩ computed here independently, by the loop of its definition
+    rng2 = np.random.default_rng(5)
+    u = rng2.standard_normal(x.shape)
+    Lu = layer.forward(u)[0] - layer.forward(np.zeros_like(u))[0]
+    v = rng2.standard_normal(Lu.shape)
+    lhs = sum(float(Lu.flat[i] * v.flat[i]) for i in range(v.size))
+    assert np.isclose(lhs, float(np.vdot(u, layer.backward(v, layer.forward(u)[1])[0])), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda s, r: Pool(s, r, kind="max"), lambda s, r: Activation(s, r, function="relu")])
+def test_nonlinear_layers_are_not_tested(make):
+    assert not adjoint.is_linear(make((2, 4, 4), np.random.default_rng(0)))
+
+
+def test_a_rotated_kernel_slip_shows_at_order_one():
+    bug = check(str(ZOO / "conv_delta_not_rotated.yaml"), plugins=True)
+    (conv,) = [a for a in bug.adjoint if a.kind == "ZooConv"]
+    assert conv.rel > 1e-2 and conv.failed and "FAIL" in conv.line()
+    twin = check(str(ZOO / "twin_conv_1_1_1.yaml"), plugins=True)
+    assert twin.return_code == 0 and all(a.worst < 1e-14 for a in twin.adjoint) and len(twin.adjoint) == 3
+
+
+def test_a_rotated_weight_gradient_shows_in_its_parameter():
+    (conv,) = [a for a in check(str(ZOO / "conv_dw_rotated.yaml"), plugins=True).adjoint if a.kind == "ZooConv"]
+    assert conv.rel < 1e-14 and conv.params["W"] > 1e-2 and conv.params["b"] < 1e-14
+
+
+def test_a_scale_below_the_differences_resolution_is_still_caught():
+    rep = check(str(ZOO / "conv_delta_tiny_scale.yaml"), plugins=True)  # 1 + 1e-5: 5e-6 in norm rel
+    (conv,) = [a for a in rep.adjoint if a.kind == "ZooConv"]
+    assert 1e-7 < conv.rel < 1e-4 and conv.failed
+
+
+def test_json_reports_one_adjoint_record_per_linear_layer():
+    rep = check("lenet")
+    data = formats.to_dict([rep])
+    jsonschema.validate(data, SCHEMA)
+    records = data["configs"][0]["adjoint"]
+    assert [r["layer"] for r in records] == [0, 2, 3, 5, 6, 7, 9]  # conv, avg pool, conv, avg pool, flatten, dense ×2
+    assert all(r["status"] == "pass" and r["rel"] < 1e-14 for r in records)

@@ -1,0 +1,125 @@
+"""Never confidently wrong: a diagnosis only where its transform explains the numbers.
+
+The oracle here is a closed form: δ and ∂W of a conv layer computed by a plain loop in the
+test, then a known bug applied to them; the catalogue must name that bug (with its residual)
+or say ``no known pattern`` — never another bug."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnngrad.diagnose import NO_PATTERN, diagnose, geometry_of
+from cnngrad.layers import Conv, Dense
+from cnngrad.refs import TensorRef
+
+
+def loop_delta(W: np.ndarray, delta: np.ndarray, in_hw: tuple[int, int], s: int, p: int, d: int) -> np.ndarray:
+    """δ at a conv's input by the definition: every z[n,o,i,j] read ã[n,c,i·s+u·d,j·s+v·d]."""
+    n, o, ho, wo = delta.shape
+    _, c, k, _ = W.shape
+    out = np.zeros((n, c, in_hw[0] + 2 * p, in_hw[1] + 2 * p))
+    for i in range(ho):
+        for j in range(wo):
+            for u in range(k):
+                for v in range(k):
+                    out[:, :, i * s + u * d, j * s + v * d] += delta[:, :, i, j] @ W[:, :, u, v]
+    return out[:, :, p:p + in_hw[0], p:p + in_hw[1]]
+
+
+def conv_case(stride=1, padding=1, dilation=1, seed=0):
+    rng = np.random.default_rng(seed)
+    layer = Conv((2, 9, 9), rng, filters=3, kernel=3, stride=stride, padding=padding, dilation=dilation)
+    a = rng.standard_normal((3, 2, 9, 9))
+    d_out = rng.standard_normal((3,) + layer.out_shape)
+    true = loop_delta(layer.params["W"], d_out, (9, 9), stride, padding, dilation)
+    return layer, a, d_out, true
+
+
+DELTA = TensorRef.delta(1)
+
+
+def said(analytic, numeric, layer, a, d_out, ref=DELTA):
+    return diagnose(analytic, numeric, ref, layer, a.shape[0], delta_out=d_out, a_prev=a, tol=1e-6)
+
+
+def test_the_loop_oracle_is_the_layers_backward():
+    layer, a, d_out, true = conv_case(stride=2, dilation=2, padding=2)
+    _, cache = layer.forward(a)
+    assert np.allclose(layer.backward(d_out, cache)[0], true, atol=1e-12)
+
+
+@pytest.mark.parametrize("bug, phrase", [
+    (lambda W: W[:, :, ::-1, ::-1], "the kernel's rotation is wrong"),
+    (lambda W: W[:, :, :, ::-1], "one axis flipped (columns)"),
+    (lambda W: W.swapaxes(2, 3), "a transposed kernel"),
+])
+def test_a_wrong_kernel_in_delta_is_named_with_its_residual(bug, phrase):
+    layer, a, d_out, true = conv_case()
+    wrong = loop_delta(bug(layer.params["W"]), d_out, (9, 9), 1, 1, 1)
+    (line,) = said(wrong, true, layer, a, d_out)
+    assert phrase in line and "(residual " in line
+
+
+def test_dilation_ignored_is_named_from_the_layers_own_dilation():
+    layer, a, d_out, true = conv_case(dilation=2, padding=2)
+    wrong = loop_delta(layer.params["W"], d_out, (9, 9), 1, 2, 1)
+    assert any("dilation ignored (1 where the layer has 2x2)" in t for t in said(wrong, true, layer, a, d_out))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_unrelated_numbers_get_no_known_pattern(seed):
+    """A mismatch no bug explains: random analytic against the true δ — never a diagnosis."""
+    layer, a, d_out, true = conv_case(stride=1 + seed % 2, seed=seed)
+    rng = np.random.default_rng(100 + seed)
+    for analytic in (rng.standard_normal(true.shape), true + 0.1 * rng.standard_normal(true.shape),
+                     true[:, ::-1].copy()):
+        (line,) = said(analytic, true, layer, a, d_out)
+        assert line.startswith(NO_PATTERN), line
+        assert "entries wrong" in line and "samples" in line
+
+
+def test_a_declared_geometry_that_does_not_fit_builds_nothing():
+    """A plugin whose declared geometry is wrong: the model check fails, so no sentence is
+    built from it — the rotated kernel then gets no conv-geometry diagnosis at all."""
+    layer, a, d_out, true = conv_case()
+
+    class Liar:
+        params = layer.params
+        geometry = {"op": "conv", "kernel": 3, "stride": 1, "padding": 0}  # padding is really 1
+
+    assert geometry_of(Liar()).padding == (0, 0)
+    wrong = loop_delta(layer.params["W"][:, :, ::-1, ::-1], d_out, (9, 9), 1, 1, 1)
+    lines = said(wrong, true, Liar(), a, d_out)
+    assert not any("backward of a conv" in t for t in lines), lines
+
+
+def test_one_wrong_entry_is_located():
+    layer, a, d_out, true = conv_case()
+    wrong = true.copy()
+    wrong[2, 1, 4, 5] += 1.0
+    (line,) = said(wrong, true, layer, a, d_out)
+    assert "one wrong entry ([2, 1, 4, 5]" in line
+
+
+def test_dense_transpose_families():
+    rng = np.random.default_rng(1)
+    layer = Dense((6,), rng, units=6)
+    a, d_out = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    W = layer.params["W"]
+    assert "Wδ where Wᵀδ belongs" in said(d_out @ W.T, d_out @ W, layer, a, d_out)[0]
+    dW = d_out.T @ a
+    line = said(dW.T, dW, layer, a, d_out, TensorRef.param(1, "W"))[0]
+    assert "transposed" in line and "(residual" in line
+
+
+def test_stride_ignored_in_delta_is_named():
+    layer, a, d_out, true = conv_case(stride=2)
+    wrong = loop_delta(layer.params["W"], d_out, (9, 9), 1, 1, 1)  # the stride-2 layer's δ spread at stride 1
+    assert any("stride ignored (1 where the layer has 2x2)" in t for t in said(wrong, true, layer, a, d_out))
+
+
+def test_a_bias_mean_over_batch_and_positions_is_named():
+    layer, a, d_out, _ = conv_case()
+    db = d_out.sum(axis=(0, 2, 3))
+    (line,) = said(d_out.mean(axis=(0, 2, 3)), db, layer, a, d_out, TensorRef.param(1, "b"))
+    assert "= 1/(N·H·W) = 1/243" in line and "(residual" in line
