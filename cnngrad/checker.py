@@ -115,6 +115,8 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     for layer in wide.layers:
         for name in layer.params:
             layer.params[name] = layer.params[name].astype(np.float64)
+        for name in getattr(layer, "buffers", {}):  # running statistics, dropout masks
+            layer.buffers[name] = layer.buffers[name].astype(np.float64)
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
@@ -406,6 +408,8 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
             arrays[key] = P
             arrays[f"grad.{key}"] = report.analytic[key]
             arrays[f"numgrad.{key}"] = report.numeric[key]
+        for name, B in getattr(layer, "buffers", {}).items():  # layers.{i}.{buffer}: not checked, saved
+            arrays[TensorRef.param(i, name).key] = B
     x_key = TensorRef.delta(0).key  # "input": ∂C/∂x
     arrays[f"grad.{x_key}"] = report.analytic[x_key]
     arrays[f"numgrad.{x_key}"] = report.numeric[x_key]
