@@ -326,10 +326,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
+        measured = resolution.measured_rounding(net, x, y, deltas, grads)
 
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
-                                    config.dtype, biggest)
+                                    config.dtype, biggest, measured)
 
         report.floor = floor_of(how.method, is_complex)
         rows = targets(net, deltas, grads)
