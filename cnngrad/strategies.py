@@ -18,6 +18,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from .strategies_modern import MODERN_KINDS, modern_layer
+
 ACTIVATION_NAMES = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "identity")
 
 
@@ -72,11 +74,15 @@ def configs(draw: st.DrawFn, max_layers: int = 5, max_size: int = 10, max_batch:
     shape = (c, h, w)
     layers: list[dict] = []
     for _ in range(draw(st.integers(1, max_layers))):
+        if len(shape) != 3:  # a global_pool made it flat
+            break
         kind = draw(st.sampled_from(list(kinds)))
         if kind == "conv":
             entry, shape = draw(conv_layer(shape, max_size))
         elif kind == "pool":
             entry, shape = draw(pool_layer(shape))
+        elif kind in MODERN_KINDS:  # grouped conv, conv_transpose, batchnorm, … (strategies_modern)
+            entry, shape = draw(modern_layer(kind, shape, max_size))
         else:
             entry = draw(activation_layer(activations))
         layers.append(entry)
