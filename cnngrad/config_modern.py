@@ -34,7 +34,7 @@ def _conv_transpose(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict
     _keys(place, o, ("filters", "kernel", "stride", "padding", "output_padding", "dilation", "bias"),
           ("filters", "kernel"))
     _, h, w = _image(place, in_shape)
-    opts = {
+    opts: dict[str, Any] = {
         "filters": _int(f"{place}.filters", o["filters"]),
         "kernel": _pair(f"{place}.kernel", o["kernel"], 1),
         "stride": _pair(f"{place}.stride", o.get("stride", 1), 1),
@@ -48,8 +48,8 @@ def _conv_transpose(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict
         if op >= max(s, d):
             raise ConfigError(f"{place}.output_padding", f"{op} must be smaller than the stride ({s}) or the "
                                                          f"dilation ({d}) of its axis")
-    out = tuple((n - 1) * s + C.effective_kernel(k, d) + op - 2 * p for n, k, s, p, op, d in
-                zip((h, w), *(opts[key] for key in ("kernel", "stride", "padding", "output_padding", "dilation"))))
+    k, s, p, op, d = (opts[key] for key in ("kernel", "stride", "padding", "output_padding", "dilation"))
+    out = tuple((n - 1) * s[i] + C.effective_kernel(k[i], d[i]) + op[i] - 2 * p[i] for i, n in enumerate((h, w)))
     if out[0] <= 0 or out[1] <= 0:
         full = f"{out[0] + 2 * opts['padding'][0]}x{out[1] + 2 * opts['padding'][1]}"
         raise ConfigError(f"{place}.padding", f"padding {_fmt(opts['padding'])} crops the whole {full} output")

@@ -48,8 +48,9 @@ class ConvTranspose:
         c, h, w = self.in_shape = tuple(in_shape)
         self.k, self.s, self.p = C.pair(kernel), C.pair(stride), C.pair(padding)
         self.op, self.d, self.bias = C.pair(output_padding), C.pair(dilation), bias
-        self.full = tuple((n - 1) * s + C.effective_kernel(k, d) + op
-                          for n, k, s, d, op in zip((h, w), self.k, self.s, self.d, self.op))
+        fh, fw = ((n - 1) * s + C.effective_kernel(k, d) + op
+                  for n, k, s, d, op in zip((h, w), self.k, self.s, self.d, self.op))
+        self.full = (fh, fw)
         self.out_shape = (filters, self.full[0] - 2 * self.p[0], self.full[1] - 2 * self.p[1])
         kk = self.k[0] * self.k[1]
         self.params = {"W": init_weights(rng, (c, filters) + self.k, filters * kk, c * kk, init).astype(dtype)}
