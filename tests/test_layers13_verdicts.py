@@ -280,6 +280,19 @@ def test_measured_rounding_is_rounding():
         assert m == 0.0
 
 
+def test_a_backward_that_differs_in_longdouble_is_not_taken_for_rounding(monkeypatch):
+    """A layer whose longdouble run computes something else must not excuse its errors."""
+    p = build(load("seed"))
+    loss, deltas, grads, _ = p.net.trace(p.x, p.y)
+    original = Conv.backward
+
+    def backward(self, delta, cache):
+        d, g = original(self, delta, cache)
+        return (d * 1.5 if d.dtype == np.longdouble else d), g
+    monkeypatch.setattr(Conv, "backward", backward)
+    assert resolution.measured_rounding(p.net, p.x, p.y, deltas, grads) == 0.0
+
+
 def test_a_wrong_backward_before_a_batchnorm_still_fails(monkeypatch):
     """The floor hides nothing: with mean/var as constants the bias gets a real gradient."""
     _bn_constant_stats(monkeypatch)
