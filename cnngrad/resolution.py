@@ -54,21 +54,6 @@ class Floor:
             return False
         return bool(g.max() <= max(self.value, self.rounding) and n.max() <= self.value)
 
-    def within_rounding(self, analytic: Array, numeric: Array) -> bool:
-        """Analytic and numeric differ by no more than the backward's own rounding (every
-        entry, all finite): a gradient that is tiny in truth (a γ that a following
-        normalisation all but cancels) can be no better resolved than that."""
-        g = np.asarray(analytic, dtype=np.float64)
-        n = np.asarray(numeric, dtype=np.float64)
-        if g.size == 0 or not (np.all(np.isfinite(g)) and np.all(np.isfinite(n))):
-            return False
-        return bool(np.max(np.abs(g - n)) <= self.rounding)
-
-    def rounding_reason(self, analytic: Array, numeric: Array) -> str:
-        diff = float(np.max(np.abs(np.asarray(analytic, dtype=np.float64) - np.asarray(numeric, dtype=np.float64))))
-        return (f"analytic and numeric differ by {diff:.0e}, within the backward's own rounding "
-                f"{self.rounding:.0e}: a gradient this small cannot be judged more finely")
-
     def reason(self, analytic: Array, numeric: Array) -> str:
         """Why a row is unresolved, and what would help."""
         size = max(float(np.max(np.abs(analytic))), float(np.max(np.abs(numeric))))
