@@ -2,7 +2,8 @@
 modern CNNs"): ``conv_transpose``, ``batchnorm``, ``groupnorm``, ``upsample``,
 ``global_pool``, ``dropout``, and conv's ``groups``.  Each check takes (place, options,
 in_shape) and returns (constructor options, out_shape), or raises a one-line ConfigError
-naming the place (``layers[2].conv_transpose.output_padding: ...``); ``config.py`` keeps
+naming the place (``layers[2].conv_transpose.output_padding: ...``; a rule between values that
+a JSON Schema cannot state says "does not fit", like the shape rules); ``config.py`` keeps
 them in its ``_LAYER_CHECKS`` registry.
 """
 from __future__ import annotations
@@ -24,8 +25,8 @@ def conv_groups(place: str, o: dict, channels: int, filters: int) -> int:
     """conv's ``groups`` (default 1): must divide both the input channels and the filters."""
     groups = _int(f"{place}.groups", o.get("groups", 1))
     if channels % groups or filters % groups:
-        raise ConfigError(f"{place}.groups", f"{groups} groups must divide both the {channels} input channels "
-                                             f"and the {filters} filters")
+        raise ConfigError(f"{place}.groups", f"{groups} does not fit: the groups must divide both the {channels} "
+                                             f"input channels and the {filters} filters")
     return groups
 
 
@@ -46,13 +47,14 @@ def _conv_transpose(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict
     for axis in range(2):
         op, s, d = opts["output_padding"][axis], opts["stride"][axis], opts["dilation"][axis]
         if op >= max(s, d):
-            raise ConfigError(f"{place}.output_padding", f"{op} must be smaller than the stride ({s}) or the "
-                                                         f"dilation ({d}) of its axis")
+            raise ConfigError(f"{place}.output_padding", f"{op} does not fit: it must be smaller than the stride "
+                                                         f"({s}) or the dilation ({d}) of its axis")
     k, s, p, op, d = (opts[key] for key in ("kernel", "stride", "padding", "output_padding", "dilation"))
     out = tuple((n - 1) * s[i] + C.effective_kernel(k[i], d[i]) + op[i] - 2 * p[i] for i, n in enumerate((h, w)))
     if out[0] <= 0 or out[1] <= 0:
         full = f"{out[0] + 2 * opts['padding'][0]}x{out[1] + 2 * opts['padding'][1]}"
-        raise ConfigError(f"{place}.padding", f"padding {_fmt(opts['padding'])} crops the whole {full} output")
+        raise ConfigError(f"{place}.padding", f"padding {_fmt(opts['padding'])} does not fit: it crops the whole "
+                                              f"{full} output")
     return opts, (opts["filters"], out[0], out[1])
 
 
@@ -76,7 +78,7 @@ def _groupnorm(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tup
     c, _, _ = _image(place, in_shape)
     groups = _int(f"{place}.groups", o["groups"])
     if c % groups:
-        raise ConfigError(f"{place}.groups", f"{groups} groups do not divide the {c} input channels")
+        raise ConfigError(f"{place}.groups", f"{groups} does not fit: the groups must divide the {c} input channels")
     return {"groups": groups, "eps": _eps(place, o)}, in_shape
 
 
