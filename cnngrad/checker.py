@@ -132,6 +132,8 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     for layer in wide.layers:
         for name in layer.params:
             layer.params[name] = layer.params[name].astype(np.float64)
+        for name in getattr(layer, "buffers", {}):  # running statistics, dropout masks
+            layer.buffers[name] = layer.buffers[name].astype(np.float64)
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
@@ -352,10 +354,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
+        measured = resolution.measured_rounding(net, x, y, deltas, grads)
 
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
-                                    config.dtype, biggest)
+                                    config.dtype, biggest, measured)
 
         report.floor = floor_of(how.method, is_complex)
         rows = targets(net, deltas, grads)
@@ -441,6 +444,8 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
             arrays[key] = P
             arrays[f"grad.{key}"] = report.analytic[key]
             arrays[f"numgrad.{key}"] = report.numeric[key]
+        for name, B in getattr(layer, "buffers", {}).items():  # layers.{i}.{buffer}: not checked, saved
+            arrays[TensorRef.param(i, name).key] = B
     x_key = TensorRef.delta(0).key  # "input": ∂C/∂x
     arrays[f"grad.{x_key}"] = report.analytic[x_key]
     arrays[f"numgrad.{x_key}"] = report.numeric[x_key]

@@ -271,10 +271,10 @@ def _prod(shape: tuple[int, ...]) -> int:
 def _param_count(kind: str, o: dict, in_shape: tuple[int, ...], out: tuple[int, ...]) -> int:
     if kind == "conv":
         bias = {"tied": out[0], "untied": _prod(out), "none": 0}[o["bias"]]
-        return out[0] * in_shape[0] * _prod(o["kernel"]) + bias
+        return out[0] * (in_shape[0] // o.get("groups", 1)) * _prod(o["kernel"]) + bias
     if kind == "dense":
         return out[0] * in_shape[0] + (out[0] if o["bias"] else 0)
-    return 0
+    return param_count(kind, o, in_shape, out)
 
 
 def _fmt(p: tuple[int, ...]) -> str:
@@ -286,7 +286,8 @@ def _fmt(p: tuple[int, ...]) -> str:
 
 def _conv(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
     o = _mapping(place, o)
-    _keys(place, o, ("filters", "kernel", "stride", "padding", "dilation", "bias", "mode"), ("filters", "kernel"))
+    _keys(place, o, ("filters", "kernel", "stride", "padding", "dilation", "bias", "mode", "groups"),
+          ("filters", "kernel"))
     if len(in_shape) != 3:
         raise ConfigError(place, f"needs an input of shape (channels, height, width), got {_fmt(in_shape)}")
     opts: dict[str, Any] = {
@@ -298,6 +299,8 @@ def _conv(place: str, o: Any, in_shape: tuple[int, ...]) -> tuple[dict, tuple[in
         "bias": _choice(f"{place}.bias", o.get("bias", "tied"), ("tied", "untied", "none")),
         "mode": _choice(f"{place}.mode", o.get("mode", "correlation"), ("correlation", "convolution")),
     }
+    if "groups" in o:  # grouped / depthwise (config_modern)
+        opts["groups"] = conv_groups(place, o, in_shape[0], opts["filters"])
     _, h, w = in_shape
     (kh, kw), (ph, pw), (dh, dw) = opts["kernel"], opts["padding"], opts["dilation"]
     eh, ew = C.effective_kernel(kh, dh), C.effective_kernel(kw, dw)
@@ -396,6 +399,10 @@ def _custom(place: str, o: Any, in_shape: tuple[int, ...], plugins: bool, folder
 
 
 _LAYER_CHECKS = {"conv": _conv, "activation": _activation, "pool": _pool, "flatten": _flatten, "dense": _dense}
+# the layers of modern CNNs (conv_transpose, batchnorm, …), checked in their own module
+from .config_modern import MODERN_CHECKS, conv_groups, param_count  # noqa: E402
+
+_LAYER_CHECKS.update(MODERN_CHECKS)
 LAYER_KINDS = tuple(_LAYER_CHECKS) + ("custom",)
 
 
@@ -455,8 +462,10 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
             specs.append(LayerSpec(i, kind, options, shape, out, cls))
         else:
             options, out = _LAYER_CHECKS[kind](place, opts, shape)
-            if kind in ("conv", "dense"):
+            if kind in ("conv", "dense", "conv_transpose"):
                 options["init"] = init
+            if kind == "dropout":  # its mask has a row per sample
+                options["batch"] = batch
             if any(s <= 0 for s in out):
                 raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
             specs.append(LayerSpec(i, kind, options, shape, out))

@@ -83,7 +83,9 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
             checks[r] = redo
         elif c.unresolved:
             c.note = "; ".join(filter(None, [c.note, f"the complex step gives ~0 too (below its resolution "
-                                                      f"{floor.value:.0e})"]))
+                                                      f"{floor.value:.0e}): both zero up to rounding — 0 in truth, "
+                                                      f"or too small to tell (a bias right before a train-mode "
+                                                      f"batch norm is 0 in truth)"]))
         else:  # central differences saw more than rounding, the complex step and the backward see ~0
             redo.note = f"{first}; the complex step and the backward both give ~0"
             checks[r] = redo

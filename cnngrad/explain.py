@@ -35,6 +35,10 @@ def explain(config: Config, layer_index: int, size: int = 5) -> Group:
     if not 0 <= layer_index < len(config.layers):
         raise ConfigError("--layer", f"{layer_index} is not a layer index (0 … {len(config.layers) - 1})")
     spec = config.layers[layer_index]
+    if spec.kind == "conv_transpose":  # its backward is the conv forward (explain_transpose)
+        from .explain_transpose import explain_transpose
+
+        return explain_transpose(config, layer_index, size)
     if spec.kind != "conv":
         convs = [s.index for s in config.layers if s.kind == "conv"]
         raise ConfigError(f"layers[{layer_index}]", f"is a {spec.kind} layer; explain shows a conv layer "

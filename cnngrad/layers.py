@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from . import conv as C
+from . import grouped as GC
 
 if TYPE_CHECKING:
     from .finite_diff.shortcuts import Shortcut
@@ -61,6 +62,8 @@ class Conv:
     (filters, ho, wo) (``untied``, the seed's ``b_{x,y}``) or absent (``none``).
     ``mode: correlation``: ``z = W ⋆ ã + b``;  ``mode: convolution``: ``z = ROT180(W) ⋆ ã + b
     = W * ã + b`` (the seed's true convolution).
+    ``groups``: W of shape (filters, c/groups, kh, kw), filter o reading only its own
+    contiguous group of channels (``grouped.py``; ``groups: c`` is depthwise).
     """
 
     kind = "conv"
@@ -71,15 +74,17 @@ class Conv:
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, filters: int,
                  kernel: Any = 3, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
                  bias: str = "tied", mode: str = "correlation", init: str | dict = "lecun",
-                 dtype: Any = np.float64) -> None:
+                 groups: int = 1, dtype: Any = np.float64) -> None:
         c, h, w = self.in_shape = tuple(in_shape)
+        self.groups = int(groups)
         self.k, self.s, self.p, self.d = C.pair(kernel), C.pair(stride), C.pair(padding), C.pair(dilation)
         self.mode, self.bias = mode, bias
         ho = C.out_size(h, self.k[0], self.s[0], self.p[0], self.d[0])
         wo = C.out_size(w, self.k[1], self.s[1], self.p[1], self.d[1])
         self.out_shape = (filters, ho, wo)
-        fan_in, fan_out = c * self.k[0] * self.k[1], filters * self.k[0] * self.k[1]
-        self.params = {"W": init_weights(rng, (filters, c) + self.k, fan_in, fan_out, init).astype(dtype)}
+        cg = c // self.groups
+        fan_in, fan_out = cg * self.k[0] * self.k[1], filters * self.k[0] * self.k[1]
+        self.params = {"W": init_weights(rng, (filters, cg) + self.k, fan_in, fan_out, init).astype(dtype)}
         if bias == "tied":
             self.params["b"] = rng.normal(0.0, BIAS_STD, size=(filters,)).astype(dtype)
         elif bias == "untied":
@@ -90,10 +95,19 @@ class Conv:
         W = self.params["W"]
         return C.rot180(W) if self.mode == "convolution" else W
 
+    def _dense(self) -> Array:
+        """The slid kernel as an ungrouped one, of shape (filters, c, kh, kw) (zero outside
+        each filter's group; the kernel itself when groups is 1): what the shortcuts use."""
+        K = self._kernel()
+        return K if self.groups == 1 else GC.dense_kernel(K, self.groups, self.in_shape[0])
+
     def forward(self, a_prev: Array) -> tuple[Array, tuple]:
         a_pad = C.pad(a_prev, self.p)  # ã^{l-1}
         cols = C.im2col(a_pad, self.k, self.s, self.d)
-        z = C.correlate(a_pad, self._kernel(), self.s, self.d, cols=cols)
+        if self.groups == 1:
+            z = C.correlate(a_pad, self._kernel(), self.s, self.d, cols=cols)
+        else:
+            z = GC.correlate(cols, self._kernel(), self.groups, self.out_shape[1:])
         if self.bias == "tied":
             z += self.params["b"][:, None, None]
         elif self.bias == "untied":
@@ -104,11 +118,17 @@ class Conv:
         """``δ^{l-1} = δ^l * ROT180(w^l)`` (full convolution; for ``correlation`` mode the
         kernel slid is W itself, so this is the full convolution of δ with W), cropped by
         the padding; ``∂C/∂W = ã^{l-1} ⋆ δ^l`` (valid correlation; ROT180 of it in
-        ``convolution`` mode: the seed's ``δ * σ(ROT180(z^{l-1}))``); ``∂C/∂b = Σ δ``."""
+        ``convolution`` mode: the seed's ``δ * σ(ROT180(z^{l-1}))``); ``∂C/∂b = Σ δ``.
+        Grouped: the same, each group of filters with its own channels (``grouped.py``)."""
         a_pad, cols = cache
         # the full convolution, as col2im of Kᵀδ (= correlating padded δ with ROT180(K))
-        delta_prev = C.crop(C.full_convolve_col2im(delta, self._kernel(), a_pad.shape[-2:], self.s, self.d), self.p)
-        nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d, cols=cols)
+        if self.groups == 1:
+            full = C.full_convolve_col2im(delta, self._kernel(), a_pad.shape[-2:], self.s, self.d)
+            nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d, cols=cols)
+        else:
+            full = GC.full_convolve(delta, self._kernel(), self.groups, a_pad.shape[-2:], self.s, self.d)
+            nabla_w = GC.weight_grad(cols, delta, self.groups, self.k)
+        delta_prev = C.crop(full, self.p)
         grads = {"W": C.rot180(nabla_w) if self.mode == "convolution" else nabla_w}
         if self.bias == "tied":
             grads["b"] = delta.sum(axis=(0, 2, 3))
@@ -128,6 +148,7 @@ class Conv:
             o, c, u, v = np.unravel_index(indices, self.params["W"].shape)
             if self.mode == "convolution":
                 u, v = self.k[0] - 1 - u, self.k[1] - 1 - v
+            c = c + (o // (self.out_shape[0] // self.groups)) * self.params["W"].shape[1]  # the input channel
             cols = C.windows(cache[0], self.k, self.s, self.d)  # (n, c, ho, wo, kh, kw), a view
             return o, z[:, o].swapaxes(0, 1) + t * cols[:, c, :, :, u, v]
         if self.bias == "tied":
@@ -140,7 +161,7 @@ class Conv:
     def forward_input_delta(self, delta: Array, channel: int) -> Array:
         """How z moves when input channel ``channel`` moves by delta (of shape (m, h, w)):
         z is linear in its input, ``Δz = K[:, channel] ⋆ pad(Δ)``, of shape (m, filters, ho, wo)."""
-        K = self._kernel()[:, channel : channel + 1]
+        K = self._dense()[:, channel : channel + 1]
         return C.correlate(C.pad(delta[:, None], self.p), K, self.s, self.d)
 
     def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
@@ -159,7 +180,7 @@ class Conv:
         rw = (ww - 1) * self.s[1] + (self.k[1] - 1) * self.d[1] + 1
         region = np.zeros((len(y0), delta.shape[1], rh, rw), dtype=delta.dtype)
         C.paste_at(region, delta, y0 + self.p[0] - i0 * self.s[0], x0 + self.p[1] - j0 * self.s[1])
-        return C.correlate(region, self._kernel(), self.s, self.d)
+        return C.correlate(region, self._dense(), self.s, self.d)
 
 
 # --------------------------------------------------------------------------- activations
@@ -387,3 +408,8 @@ class Dense:
 
 LAYERS: dict[str, type] = {"conv": Conv, "activation": Activation, "pool": Pool,
                            "flatten": Flatten, "dense": Dense}
+
+# the layers of modern CNNs (conv_transpose, batchnorm, …): built on init_weights above
+from .layers_modern import MODERN_LAYERS  # noqa: E402
+
+LAYERS.update(MODERN_LAYERS)

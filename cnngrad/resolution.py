@@ -13,8 +13,10 @@ saturated softmax (loss exactly 0, gradients ~1e-65) loses its imaginary part to
 
 The backward has a rounding of its own: ``K · ε · G`` in the network's dtype, G the largest
 gradient entry of the network, so a float32 backward's "zero" is ~1e-6·G (a bias right before
-a batch norm has a true gradient of 0).  The analytic side counts as ~0 below the larger
-of the two.
+a batch norm has a true gradient of 0) — or, larger, ``K`` times the rounding measured by
+running the backward again in ``np.longdouble`` (``measured_rounding``): a train-mode batch
+norm's ``1/σ`` amplifies the rounding of the terms that cancel to that 0, to hundreds of
+ε·G on a small batch.  The analytic side counts as ~0 below the larger of the two.
 
 A tensor whose analytic and numeric gradients are both at most the resolution (and that
 does not agree) cannot be judged: ``compare.judge`` calls it ``unresolved``, never a pass
@@ -22,7 +24,9 @@ and never a failure.  A gradient above the resolution on either side still decid
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -79,11 +83,42 @@ def largest(arrays: list[Array]) -> float:
                    default=0.0)
 
 
+def measured_rounding(net: Any, x: Array, y: Array, deltas: list[Array], grads: list[dict[str, Array]]) -> float:
+    """The backward's own rounding, measured: the largest |g − g_wide| over every δ (``deltas``)
+    and parameter gradient (``grads``), g_wide from the same network, x and y run in
+    ``np.longdouble`` (11 more bits than float64 on x86).  A gradient that is 0 in truth is
+    all rounding, so it is at most this.  0 where longdouble is no wider than float64 or a
+    layer does not run in it (a plugin may not)."""
+    wide_t = np.longdouble
+    if np.finfo(wide_t).eps >= np.finfo(np.float64).eps:
+        return 0.0
+    wide = copy.deepcopy(net)
+    try:
+        for layer in wide.layers:
+            for name in layer.params:
+                layer.params[name] = layer.params[name].astype(wide_t)
+            for name in getattr(layer, "buffers", {}):
+                layer.buffers[name] = layer.buffers[name].astype(wide_t)
+        _, wide_deltas, wide_grads, _ = wide.trace(x.astype(wide_t), y.astype(wide_t) if y.dtype.kind == "f" else y)
+        pairs = list(zip(deltas, wide_deltas))
+        pairs += [(g[name], w[name]) for g, w in zip(grads, wide_grads) for name in g]
+        with np.errstate(all="ignore"):
+            diffs = [np.abs(np.asarray(a, dtype=wide_t) - np.asarray(b, dtype=wide_t)) for a, b in pairs]
+            worst = max((float(np.max(d, where=np.isfinite(d), initial=0.0)) for d in diffs if d.size), default=0.0)
+    except Exception:  # a layer that does not take longdouble: no measurement
+        return 0.0
+    # more than √ε·G is not rounding but a backward that computes something else in longdouble
+    # (a dtype-dependent branch): trusting it would excuse real errors, so it is not used
+    unit = float(np.finfo(np.result_type(*[g.dtype for g in deltas])).eps)
+    return worst if worst <= np.sqrt(unit) * largest(deltas + [g for gr in grads for g in gr.values()]) else 0.0
+
+
 def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, loss: float, out: Array,
-          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0) -> Floor:
+          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0, measured: float = 0.0) -> Floor:
     """The resolution of ``method`` (a method name; ``complex_step`` for the complex step)
     with step ``eps``, the numeric side running in ``dtype``; the backward runs in
-    ``net_dtype`` and its largest gradient entry is ``gradients`` (G)."""
+    ``net_dtype`` and its largest gradient entry is ``gradients`` (G); ``measured``: its
+    rounding as ``measured_rounding`` found it."""
     unit = float(np.finfo(np.dtype(dtype)).eps)
     from .finite_diff.methods import METHODS  # a tableau (Ridders) differences down to its smallest step
     if method in METHODS and METHODS[method].tableau is not None:
@@ -91,5 +126,5 @@ def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, lo
     scale = loss_scale(loss, out, y)
     value = MARGIN * unit * scale / (1.0 if complex_step else eps)
     label = "the complex step" if complex_step else f"{method} differences"
-    rounding = MARGIN * float(np.finfo(np.dtype(net_dtype)).eps) * gradients
+    rounding = MARGIN * max(float(np.finfo(np.dtype(net_dtype)).eps) * gradients, measured)
     return Floor(value, label, float(loss), rounding)

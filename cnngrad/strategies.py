@@ -36,11 +36,13 @@ from .draws import Draw, HypothesisDraw, NumpyDraw, Rejected
 from .layers import ACTIVATIONS
 from .losses import LOSSES
 from .property import settings  # noqa: F401  the shipped settings for property tests (no deadline)
+from .strategies_modern import MODERN_KINDS, modern_layer
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)  # sigmoid, tanh, relu, leaky_relu, softplus, identity
 SPATIAL_KINDS = ("conv", "pool", "activation")  # (c, h, w) -> (c', h', w')
 FLAT_KINDS = ("flatten", "dense")  # flatten, then dense and activation on (features,)
-KINDS = SPATIAL_KINDS + FLAT_KINDS  # what configs(kinds=...) can draw
+KINDS = SPATIAL_KINDS + FLAT_KINDS  # what configs(kinds=...) draws by default
+KNOWN_KINDS = KINDS + MODERN_KINDS  # and what it can draw when asked (strategies_modern)
 MAX_KERNEL, MAX_STRIDE, MAX_DILATION, MAX_PADDING, MAX_POOL = 4, 3, 2, 2, 3
 MAX_FILTERS, MAX_CHANNELS, MAX_UNITS = 4, 3, 6
 
@@ -132,7 +134,7 @@ def options(max_layers: int = 5, max_size: int = 10, max_batch: int = 3,
     combinations no valid config has (softmax cross-entropy with neither flatten nor dense),
     raise ValueError naming what is known."""
     kinds, activations = tuple(kinds), tuple(activations)
-    for what, given, known in (("kinds", kinds, KINDS), ("activations", activations, ACTIVATION_NAMES),
+    for what, given, known in (("kinds", kinds, KNOWN_KINDS), ("activations", activations, ACTIVATION_NAMES),
                                ("dtypes", tuple(dtypes), DTYPES), ("losses", tuple(losses), tuple(LOSSES))):
         bad = [k for k in given if k not in known]
         if bad or not (given or what == "activations"):
@@ -191,7 +193,7 @@ def sample(rng: np.random.Generator, **kwargs: Any) -> dict[str, Any]:
 
 def build(d: Draw, o: Options) -> dict[str, Any]:
     """One raw config, every choice taken from ``d`` in order (sizes before what they bound)."""
-    spatial = [k for k in o.kinds if k in SPATIAL_KINDS]
+    spatial = [k for k in o.kinds if k in SPATIAL_KINDS + MODERN_KINDS]
     batch = d.integer(1, o.max_batch)
     c, h, w = d.integer(1, MAX_CHANNELS), d.integer(1, o.max_size), d.integer(1, o.max_size)
     shape: tuple[int, ...] = (c, h, w)
@@ -200,17 +202,21 @@ def build(d: Draw, o: Options) -> dict[str, Any]:
     use_flat = has_flat and (loss == "softmax_cross_entropy" or not spatial or d.boolean())
     layers: list[Any] = []
     for _ in range(d.integer(0 if use_flat else 1, o.max_layers) if spatial else 0):
+        if len(shape) != 3:  # a global_pool made it flat
+            break
         kind = d.choice(spatial)
         if kind == "conv":
             entry, shape = conv_layer(d, shape, o.max_size)
         elif kind == "pool":
             entry, shape = pool_layer(d, shape)
+        elif kind in MODERN_KINDS:  # grouped conv, conv_transpose, batchnorm, … (strategies_modern)
+            entry, shape = modern_layer(d, kind, shape, o.max_size)
         else:
             entry = activation_layer(d, o.activations)
         layers.append(entry)
     if use_flat:
         layers.append(d.choice([{"flatten": {}}, {"flatten": None}, "flatten"]))
-        shape = (shape[0] * shape[1] * shape[2],)
+        shape = (int(np.prod(shape)),)
         # dense alone brings its flatten, but then at least one dense follows it
         low = o.min_dense if "flatten" in o.kinds else max(1, o.min_dense)
         n_dense = d.integer(low, o.max_dense) if "dense" in o.kinds else 0

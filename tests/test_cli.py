@@ -49,7 +49,8 @@ def expected_rows(conf: cfg.Config) -> list[tuple[str, str, str, str]]:
     for s in conf.layers:
         if s.kind == "conv":
             kh, kw = s.options["kernel"]
-            rows.append((str(s.index), "conv", "W", fmt((s.options["filters"], s.in_shape[0], kh, kw))))
+            cin = s.in_shape[0] // s.options.get("groups", 1)
+            rows.append((str(s.index), "conv", "W", fmt((s.options["filters"], cin, kh, kw))))
             bias = {"tied": s.out_shape[:1], "untied": s.out_shape}.get(s.options["bias"])
             if bias is not None:
                 rows.append((str(s.index), "conv", "b", fmt(bias)))
@@ -57,7 +58,19 @@ def expected_rows(conf: cfg.Config) -> list[tuple[str, str, str, str]]:
             rows.append((str(s.index), "dense", "W", fmt((s.options["units"], s.in_shape[0]))))
             if s.options["bias"]:
                 rows.append((str(s.index), "dense", "b", fmt((s.options["units"],))))
+        elif s.kind == "conv_transpose":  # W (C, F, kh, kw), b (F,)
+            f = s.options["filters"]
+            rows.append((str(s.index), s.kind, "W", fmt((s.in_shape[0], f) + tuple(s.options["kernel"]))))
+            if s.options["bias"] == "tied":
+                rows.append((str(s.index), s.kind, "b", fmt((f,))))
+        elif s.kind in ("batchnorm", "groupnorm"):
+            rows += [(str(s.index), s.kind, name, fmt(s.in_shape[:1])) for name in ("gamma", "beta")]
     return rows
+
+
+# shipped configs with a gradient that is 0 in truth (a bias right before a train-mode batch
+# norm): below the resolution, "unresolved" — never a failure (tests/test_layers13_verdicts.py)
+ZERO_IN_TRUTH = {"bn-train": {("0", "b"), ("8", "b")}}
 
 
 def summary_line(stdout: str) -> str:
@@ -93,7 +106,9 @@ def test_check_every_shipped_config(name: str) -> None:
     assert result.stderr == ""
     rows = table_rows(result.stdout)
     assert [(r["layer"], r["kind"], r["tensor"], r["shape"]) for r in rows] == expected_rows(cfg.load(name))
-    assert all(r["status"].startswith("PASS") for r in rows), result.stdout
+    zero = ZERO_IN_TRUTH.get(name, set())
+    assert all(r["status"].startswith("UNRESOLVED" if (r["layer"], r["tensor"]) in zero else "PASS")
+               for r in rows), result.stdout
     assert summary_line(result.stdout).startswith("PASSED")
     if name == "lenet":
         assert all(int(r["checked"]) <= 200 for r in rows)
@@ -109,8 +124,11 @@ def test_library_check_every_shipped_config(name: str) -> None:
     assert [(str(r.layer), r.kind, "δ input" if r.tensor == "input" else r.tensor, fmt(r.shape))
             for r in report.rows] == expected_rows(conf)
     for r in report.rows:
-        assert r.status == "pass"
         assert r.checked + r.kinks == math.prod(r.shape)  # samples: all
+        if (str(r.layer), r.tensor) in ZERO_IN_TRUTH.get(name, set()):
+            assert r.status == "unresolved"
+            continue
+        assert r.status == "pass"
         if conf.dtype == "float64":
             assert r.metrics.norm_rel < 1e-7, (r.layer, r.tensor, r.metrics)
         else:
