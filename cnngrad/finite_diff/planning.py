@@ -53,10 +53,14 @@ def row_bytes(net: Network, start: int, itemsize: int) -> int:
 
 
 def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
-    """The plan for one tensor, named by its ref (top-level layers only, for now)."""
+    """The plan for one tensor, named by its ref (inside a block: ``inner.plan_inner``)."""
     if not isinstance(ref, TensorRef):  # the old ("input", idx) / ((l, name), idx) targets
         raise TypeError(f"a finite-difference target is a TensorRef, got {ref!r}")
-    if len(ref.path) != 1 or not 0 <= ref.index < len(fd.net.layers):
+    if len(ref.path) > 1:  # inside a block
+        from .inner import plan_inner
+
+        return plan_inner(fd, ref)
+    if not 0 <= ref.index < len(fd.net.layers):
         raise ValueError(f"{ref}: no such layer in a network of {len(fd.net.layers)} layers")
     if ref.is_delta:
         return plan_input(fd, ref.index)
