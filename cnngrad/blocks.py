@@ -215,3 +215,9 @@ def run_copies(layer: Any, a: Array, n: int, base_cache: Any) -> tuple[Array, Ar
             crossed.append(np.any(state != np.asarray(base).reshape(1, n, -1), axis=2).reshape(-1))
     moved = np.concatenate(crossed) if crossed else np.zeros(a.shape[0], dtype=bool)
     return np.concatenate(outs) if len(outs) > 1 else outs[0], moved
+
+
+def param_key(path: tuple[int, ...], name: str) -> str:
+    """Where a parameter at index path ``path`` lives in its top-level layer's ``params``:
+    ``name`` for a top-level layer, ``"p.i.name"`` inside a block."""
+    return ".".join([str(i) for i in path[1:]] + [name])
