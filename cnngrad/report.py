@@ -145,10 +145,24 @@ def shapes(config: Config) -> Table:
               title_justify="left", header_style="bold")
     for col in ("layer", "kind", "options", "output"):
         t.add_column(col)
-    for s in config.layers:
-        opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k != "init")
-        t.add_row(str(s.index), safe(s.kind), safe(opts), "x".join(map(str, s.out_shape)) or "?")
+    _shape_rows(t, config.layers, 0)
     return t
+
+
+def _shape_rows(t: Table, specs: list, depth: int) -> None:
+    """One row per layer; a block's paths below it, indented, as a tree (``cnngrad validate``)."""
+    pad = "│ " * max(depth - 1, 0) + ("├ " if depth else "")
+    for s in specs:
+        opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k != "init")
+        if s.kind == "block":
+            opts += f", {len(s.paths)} paths"
+        name = ".".join(map(str, s.path))
+        t.add_row(safe(pad + name), safe(s.kind), safe(opts), "x".join(map(str, s.out_shape)) or "?")
+        for p, path in enumerate(s.paths):
+            out = path[-1].out_shape if path else s.in_shape
+            t.add_row(safe("│ " * depth + "├ " + f"{name}.{p}"), "path", "identity" if not path else
+                      f"{len(path)} layer{'s' if len(path) > 1 else ''}", "x".join(map(str, out)))
+            _shape_rows(t, path, depth + 2)
 
 
 # --------------------------------------------------------------------------- sweep
