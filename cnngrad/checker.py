@@ -435,9 +435,9 @@ def save_npz(report: Report, path: str | os.PathLike) -> None:
     """Write the run with CONVENTIONS.md's keys, atomically (a temp file, then rename)."""
     p = report.problem
     arrays: dict[str, Array] = {"x": p.x, "y": p.y, "loss": np.asarray(report.loss)}
-    for path, name, own in p.net.refs():
-        key = TensorRef.param(path, name).key  # layers.{i}.{name}, inside a block layers.3.1.0.W
-        arrays[key] = p.net.layers[path[0]].params[own]
+    for where, name, own in p.net.refs():
+        key = TensorRef.param(where, name).key  # layers.{i}.{name}, inside a block layers.3.1.0.W
+        arrays[key] = p.net.layers[where[0]].params[own]
         arrays[f"grad.{key}"] = report.analytic[key]
         arrays[f"numgrad.{key}"] = report.numeric[key]
     x_key = TensorRef.delta(0).key  # "input": ∂C/∂x

@@ -57,13 +57,48 @@ def activation_layer(draw: st.DrawFn, names: Sequence[str] = ACTIVATION_NAMES) -
 
 
 @st.composite
+def block_layer(draw: st.DrawFn, shape: tuple[int, int, int], depth: int = 0) -> tuple[dict, tuple]:
+    """A ``block`` entry on ``shape`` = (c, h, w): 1-3 paths of shape-keeping layers (conv
+    'same', activations; a nested block while ``depth`` < 1; ``[]`` the identity), merged by
+    ``add`` (every path ends with the same channels) or ``concat`` (channels add up)."""
+    c, h, w = shape
+    merge = draw(st.sampled_from(["add", "concat"]))
+    common = draw(st.sampled_from([c, draw(st.integers(1, 4))])) if merge == "add" else None
+    paths, widths = [], []
+    for _ in range(draw(st.integers(1, 3))):
+        filters = common if common is not None else draw(st.integers(1, 4))
+        layers: list[dict] = []
+        cur = (c, h, w)
+        n = draw(st.integers(0 if filters == c else 1, 2))
+        for j in range(n):
+            kind = draw(st.sampled_from(["conv", "activation"] + (["block"] if depth < 1 else [])))
+            if kind == "conv" or (j == 0 and filters != c):
+                k = draw(st.sampled_from([1, 3]))
+                layers.append({"conv": {"filters": filters, "kernel": k, "padding": k // 2,
+                                        "bias": draw(st.sampled_from(["tied", "untied", "none"]))}})
+                cur = (filters, h, w)
+            elif kind == "activation":
+                layers.append(draw(activation_layer()))
+            else:
+                entry, cur = draw(block_layer(cur, depth + 1))
+                layers.append(entry)
+        if cur[0] != filters:  # end on the path's channels
+            layers.append({"conv": {"filters": filters, "kernel": 1}})
+        paths.append(layers)
+        widths.append(filters)
+    out = (common if merge == "add" else sum(widths), h, w)
+    return {"block": {"merge": merge, "paths": paths}}, out
+
+
+@st.composite
 def configs(draw: st.DrawFn, max_layers: int = 5, max_size: int = 10, max_batch: int = 3,
             dtypes: Sequence[str] = ("float64",), losses: Sequence[str] = ("mse", "softmax_cross_entropy"),
             kinds: Sequence[str] = ("conv", "activation", "pool"),
             activations: Sequence[str] = ACTIVATION_NAMES) -> dict[str, Any]:
     """A raw config dict (as YAML would load it) that validates by construction.
 
-    ``max_layers`` spatial layers drawn from ``kinds``, then, when the loss needs it or
+    ``max_layers`` spatial layers drawn from ``kinds`` (``"block"`` among them draws
+    residual / concat blocks, ``block_layer``), then, when the loss needs it or
     by chance, flatten and one or two dense layers.  Inputs are at most ``max_size``
     pixels a side and stay so (padding is drawn only while it keeps them there).
     """
@@ -77,6 +112,8 @@ def configs(draw: st.DrawFn, max_layers: int = 5, max_size: int = 10, max_batch:
             entry, shape = draw(conv_layer(shape, max_size))
         elif kind == "pool":
             entry, shape = draw(pool_layer(shape))
+        elif kind == "block":
+            entry, shape = draw(block_layer(shape))
         else:
             entry = draw(activation_layer(activations))
         layers.append(entry)
