@@ -22,7 +22,7 @@ F = torch.nn.functional
 from cnngrad.cli import main  # noqa: E402
 from cnngrad.config import shipped_configs  # noqa: E402
 
-NAMES = list(shipped_configs())
+NAMES = [n for n, res in shipped_configs().items() if "block:" not in res.read_text(encoding="utf-8")]  # blocks: test_torch_blocks.py
 
 # Tolerances per dtype: (loss rtol, gradient rtol, gradient atol as a fraction of the
 # tensor's largest entry, finite-difference norm-rel bound).
