@@ -22,8 +22,8 @@ from . import resolution, structural
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
-from .localise_tree import localise_tree
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
+from .localise_tree import localise_tree
 from .network import Network, Problem, build
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
 from .refs import TensorRef
