@@ -287,3 +287,17 @@ def test_a_bug_inside_a_block_fails_on_the_command_line(monkeypatch) -> None:
     result = runner("check", "resnet-block")
     assert result.exit_code == 1
     assert "layer 4.0.1 (activation): backward is wrong" in result.output
+
+
+def test_an_inner_layer_that_changes_its_parameters_is_a_structural_failure(monkeypatch) -> None:
+    original = Conv.forward
+
+    def forward(self, a):
+        if self.k == (1, 1):
+            self.params["W"] *= 1.0 + 1e-3  # in place: the layer's parameters drift
+        return original(self, a)
+
+    monkeypatch.setattr(Conv, "forward", forward)
+    report = check("resnet-block")
+    assert report.return_code == 1
+    assert "layers[4] block: forward changes the layer's parameters" in report.structural

@@ -46,18 +46,24 @@ def expected_rows(conf: cfg.Config) -> list[tuple[str, str, str, str]]:
     """(layer, kind, tensor, shape) the report must have: δ input, then every parameter
     tensor in layer order (W, then b), worked out from the config alone."""
     rows = [("0", conf.layers[0].kind, "δ input", fmt((conf.batch,) + conf.in_shape))]
-    for s in conf.layers:
+    for s in depth_first(conf.layers):
+        name = ".".join(map(str, s.path))  # "3", or inside a block "3.1.0"
         if s.kind == "conv":
             kh, kw = s.options["kernel"]
-            rows.append((str(s.index), "conv", "W", fmt((s.options["filters"], s.in_shape[0], kh, kw))))
+            rows.append((name, "conv", "W", fmt((s.options["filters"], s.in_shape[0], kh, kw))))
             bias = {"tied": s.out_shape[:1], "untied": s.out_shape}.get(s.options["bias"])
             if bias is not None:
-                rows.append((str(s.index), "conv", "b", fmt(bias)))
+                rows.append((name, "conv", "b", fmt(bias)))
         elif s.kind == "dense":
-            rows.append((str(s.index), "dense", "W", fmt((s.options["units"], s.in_shape[0]))))
+            rows.append((name, "dense", "W", fmt((s.options["units"], s.in_shape[0]))))
             if s.options["bias"]:
-                rows.append((str(s.index), "dense", "b", fmt((s.options["units"],))))
+                rows.append((name, "dense", "b", fmt((s.options["units"],))))
     return rows
+
+
+def depth_first(specs: list) -> list:
+    """Every layer spec, a block's paths' layers right after it, in file order."""
+    return [t for s in specs for t in [s] + [u for path in s.paths for u in depth_first(path)]]
 
 
 def summary_line(stdout: str) -> str:

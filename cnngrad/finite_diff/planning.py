@@ -43,13 +43,20 @@ class Plan:
 def row_bytes(net: Network, start: int, itemsize: int) -> int:
     """Bytes one sample row takes through ``layers[start:]``: activations, and the
     im2col copies that conv and pool layers make (their receptive fields, unrolled)."""
+    return max(_elements(net.specs[start:], net.layers[start:]), 1) * itemsize
+
+
+def _elements(specs: list, layers: list) -> int:
+    """Entries one sample row takes through these layers (a block's: all of its paths')."""
     total = 0
-    for spec, layer in zip(net.specs[start:], net.layers[start:]):
+    for spec, layer in zip(specs, layers):
         out = int(np.prod(layer.out_shape))
         taps = int(np.prod(getattr(layer, "k", (1, 1))))
         cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
+        if spec.kind == "block":
+            cols = sum(_elements(path, inner) for path, inner in zip(spec.paths, layer.paths))
         total += 3 * out + cols
-    return max(total, 1) * itemsize
+    return total
 
 
 def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
