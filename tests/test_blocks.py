@@ -301,3 +301,25 @@ def test_an_inner_layer_that_changes_its_parameters_is_a_structural_failure(monk
     report = check("resnet-block")
     assert report.return_code == 1
     assert "layers[4] block: forward changes the layer's parameters" in report.structural
+
+
+@settings(max_examples=10, deadline=None)
+@given(configs(max_layers=3, max_size=6, max_batch=2, kinds=("conv", "activation", "pool", "block")))
+def test_differences_inside_blocks_equal_the_naive_loop(raw: dict) -> None:
+    """Every inner parameter and δ inside the blocks, differenced by the engine (named by
+    path), against perturbing the array itself and running the whole network."""
+    from cnngrad.finite_diff import FiniteDifferences
+    from cnngrad.refs import TensorRef
+
+    p = build(cfg.validate(raw))
+    net, x, y = p.net, p.x, p.y
+    refs = [(TensorRef.param(path, name), net.layers[path[0]].params[key]) for path, name, key in net.refs()
+            if len(path) > 1]
+    if not refs:
+        return
+    fd = FiniteDifferences(net, x, y, 1e-6)
+    got = fd.numeric([(ref, np.arange(P.size)) for ref, P in refs])
+    for (ref, P), g in zip(refs, got):
+        want = central(lambda: net.cost(net.forward(x)[0], y), P)
+        ok = ~g.kinks
+        np.testing.assert_allclose(g.values[ok], want.reshape(-1)[ok], rtol=1e-6, atol=1e-8, err_msg=str(ref))
