@@ -57,7 +57,8 @@ def activation_layer(draw: st.DrawFn, names: Sequence[str] = ACTIVATION_NAMES) -
 
 
 @st.composite
-def block_layer(draw: st.DrawFn, shape: tuple[int, int, int], depth: int = 0) -> tuple[dict, tuple]:
+def block_layer(draw: st.DrawFn, shape: tuple[int, int, int], depth: int = 0,
+                activations: Sequence[str] = ACTIVATION_NAMES) -> tuple[dict, tuple]:
     """A ``block`` entry on ``shape`` = (c, h, w): 1-3 paths of shape-keeping layers (conv
     'same', activations; a nested block while ``depth`` < 1; ``[]`` the identity), merged by
     ``add`` (every path ends with the same channels) or ``concat`` (channels add up)."""
@@ -69,7 +70,7 @@ def block_layer(draw: st.DrawFn, shape: tuple[int, int, int], depth: int = 0) ->
         filters = common if common is not None else draw(st.integers(1, 4))
         layers: list[dict] = []
         cur = (c, h, w)
-        n = draw(st.integers(0 if filters == c else 1, 2))
+        n = draw(st.integers(0 if filters == c and [] not in paths else 1, 2))  # one identity at most
         for j in range(n):
             kind = draw(st.sampled_from(["conv", "activation"] + (["block"] if depth < 1 else [])))
             if kind == "conv" or (j == 0 and filters != c):
@@ -78,9 +79,9 @@ def block_layer(draw: st.DrawFn, shape: tuple[int, int, int], depth: int = 0) ->
                                         "bias": draw(st.sampled_from(["tied", "untied", "none"]))}})
                 cur = (filters, h, w)
             elif kind == "activation":
-                layers.append(draw(activation_layer()))
+                layers.append(draw(activation_layer(activations)))
             else:
-                entry, cur = draw(block_layer(cur, depth + 1))
+                entry, cur = draw(block_layer(cur, depth + 1, activations))
                 layers.append(entry)
         if cur[0] != filters:  # end on the path's channels
             layers.append({"conv": {"filters": filters, "kernel": 1}})
@@ -93,7 +94,7 @@ def block_layer(draw: st.DrawFn, shape: tuple[int, int, int], depth: int = 0) ->
 @st.composite
 def configs(draw: st.DrawFn, max_layers: int = 5, max_size: int = 10, max_batch: int = 3,
             dtypes: Sequence[str] = ("float64",), losses: Sequence[str] = ("mse", "softmax_cross_entropy"),
-            kinds: Sequence[str] = ("conv", "activation", "pool"),
+            kinds: Sequence[str] = ("conv", "activation", "pool", "block"),
             activations: Sequence[str] = ACTIVATION_NAMES) -> dict[str, Any]:
     """A raw config dict (as YAML would load it) that validates by construction.
 
@@ -113,7 +114,7 @@ def configs(draw: st.DrawFn, max_layers: int = 5, max_size: int = 10, max_batch:
         elif kind == "pool":
             entry, shape = draw(pool_layer(shape))
         elif kind == "block":
-            entry, shape = draw(block_layer(shape))
+            entry, shape = draw(block_layer(shape, 0, activations))
         else:
             entry = draw(activation_layer(activations))
         layers.append(entry)
