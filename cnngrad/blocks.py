@@ -145,7 +145,7 @@ class Block:
         acts, caches = cache
         grads: dict[str, Array] = {}
         inner: dict[Path, Array] = {}
-        delta_prev = None
+        delta_prev: Array | None = None
         for p, path in enumerate(self.paths):
             # add: the whole δ^l; concat: this path's slice of it
             d = delta if self.merge == "add" else delta[:, self.splits[p]:self.splits[p + 1]]
@@ -160,6 +160,7 @@ class Block:
                 inner[(p, i)] = d
             delta_prev = d if delta_prev is None else delta_prev + d  # δ^{l-1} = Σ_p δ_p
         grads = {key: grads[key] for key in self.refs}  # in the order of params
+        assert delta_prev is not None  # a block has at least one path (config.block_config)
         return delta_prev, grads, inner
 
     def kink_state(self, cache: tuple) -> Array | None:
@@ -210,7 +211,7 @@ def run_copies(layer: Any, a: Array, n: int, base_cache: Any) -> tuple[Array, Ar
     for chunk in chunks:
         out, cache = layer.forward(chunk)
         outs.append(out)
-        if base is not None:
+        if base is not None and callable(fn):
             state = np.asarray(fn(cache)).reshape(chunk.shape[0] // n, n, -1)
             crossed.append(np.any(state != np.asarray(base).reshape(1, n, -1), axis=2).reshape(-1))
     moved = np.concatenate(crossed) if crossed else np.zeros(a.shape[0], dtype=bool)
