@@ -53,7 +53,7 @@ class Report:
     digest: str = ""  # Config.digest(): what a baseline is keyed on
     raw: Any = field(default=None, repr=False)  # the config as loaded, for a reproducer
     error: str = ""  # the config could not be checked (bad config, bad plugin): exit 2
-    regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
+    regressions: dict[tuple[int | str, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
@@ -159,7 +159,8 @@ def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]],
     for i in range(len(net.layers)):
         for path in sorted(p for p in plugins if p[0] == i and (len(p) == 1 or inner and p in inner)):
             # a plugin's backward shows in the δ it passes down
-            rows.append(Row(TensorRef.delta(path), kind_at(net, path), deltas[i] if len(path) == 1 else inner[path]))
+            rows.append(Row(TensorRef.delta(path), kind_at(net, path), deltas[i] if len(path) == 1 or inner is None
+                            else inner[path]))
         rows += [Row(TensorRef.param(path, name), kind_at(net, path), grads[i][key])
                  for path, name, key in by_layer.get(i, [])]
     return rows
@@ -434,6 +435,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 def save_npz(report: Report, path: str | os.PathLike) -> None:
     """Write the run with CONVENTIONS.md's keys, atomically (a temp file, then rename)."""
     p = report.problem
+    assert p is not None, "a report without its problem (a config that failed to load) has nothing to save"
     arrays: dict[str, Array] = {"x": p.x, "y": p.y, "loss": np.asarray(report.loss)}
     for where, name, own in p.net.refs():
         key = TensorRef.param(where, name).key  # layers.{i}.{name}, inside a block layers.3.1.0.W

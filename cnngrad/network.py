@@ -122,8 +122,9 @@ def build_layers(specs: list[LayerSpec], shape: tuple[int, ...], rng: np.random.
                  dtype: np.dtype) -> tuple[list[Any], tuple[int, ...]]:
     """The layers of ``specs`` on an input of ``shape``, drawn depth-first (a block's paths
     in order), and the output shape."""
-    layers = []
+    layers: list[Any] = []
     for spec in specs:
+        layer: Any
         if spec.kind == "custom":
             layer = PluginLayer(instantiate(spec.place, spec.cls, shape, rng, spec.options), spec.place, shape)
         elif spec.kind == "block":
