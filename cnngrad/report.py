@@ -64,7 +64,7 @@ def failure_lines(report: Report) -> list[str]:
     order = get_method(report.method).power
     lines = []
     for r in report.rows:
-        where = f"layers[{r.layer}] {r.kind} {r.ref.label}"
+        where = f"{r.ref.place} {r.kind} {r.ref.label}"
         if r.passed:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
@@ -247,7 +247,7 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
         err = err[None, :]
     h, w = err.shape
     label = row.ref.label
-    out = Text(printable(f"layers[{row.layer}] {row.kind} {label}{where}") + ": |analytic − numeric| / max|numeric|"
+    out = Text(printable(f"{row.ref.place} {row.kind} {label}{where}") + ": |analytic − numeric| / max|numeric|"
                + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
                   else "") + "\n", style="bold")
     for i in range(min(h, max_rows)):

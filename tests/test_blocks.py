@@ -287,6 +287,7 @@ def test_a_bug_inside_a_block_fails_on_the_command_line(monkeypatch) -> None:
     result = runner("check", "resnet-block")
     assert result.exit_code == 1
     assert "layer 4.0.1 (activation): backward is wrong" in result.output
+    assert "layers[4].paths[0][1] activation δ input: norm rel" in result.output  # the place, as errors name it
 
 
 def test_an_inner_layer_that_changes_its_parameters_is_a_structural_failure(monkeypatch) -> None:
