@@ -324,3 +324,42 @@ def test_differences_inside_blocks_equal_the_naive_loop(raw: dict) -> None:
         want = central(lambda: net.cost(net.forward(x)[0], y), P)
         ok = ~g.kinks
         np.testing.assert_allclose(g.values[ok], want.reshape(-1)[ok], rtol=1e-6, atol=1e-8, err_msg=str(ref))
+
+
+BN_IN_A_BLOCK = """seed: 1
+input: {{batch: 3, channels: 2, height: 5, width: 5}}
+layers:
+  - conv: {{filters: 3, kernel: 3, padding: 1}}
+  - block:
+      merge: add
+      paths:
+        - - conv: {{filters: 3, kernel: 3, padding: 1}}
+          - custom: {{class: "batchnorm:BatchNorm", bug: {bug}}}
+          - activation: tanh
+        - []
+  - flatten: {{}}
+  - block:
+      merge: concat
+      paths: [[{{dense: {{units: 4}}}}, {{activation: tanh}}], [{{dense: {{units: 2}}}}], []]
+  - dense: {{units: 3}}
+loss: softmax_cross_entropy
+"""
+
+
+def test_a_batch_coupling_plugin_inside_a_block(tmp_path: Path) -> None:
+    """A plugin that couples the samples (batch norm, no per_sample) inside a residual path,
+    and a concat of flat features: correct, it passes (the bias right before it has a zero
+    gradient in truth: unresolved, not failed); with its backward treating the batch
+    statistics as constants, it fails and the culprit is that path's layer."""
+    import shutil
+
+    shutil.copy(Path(__file__).parent / "plugins" / "batchnorm.py", tmp_path / "batchnorm.py")
+    for bug in ("null", "constant_stats"):
+        (tmp_path / f"bn_{bug}.yaml").write_text(BN_IN_A_BLOCK.format(bug=bug), encoding="utf-8")
+    ok = check(str(tmp_path / "bn_null.yaml"), plugins=True)
+    assert ok.return_code == 0 and not ok.failures
+    assert [r.layer for r in ok.unresolved] == ["1.0.0"] and ok.unresolved[0].tensor == "b"
+    assert any("does not declare per_sample" in f for f in ok.fallbacks)
+    bad = check(str(tmp_path / "bn_constant_stats.yaml"), plugins=True)
+    assert bad.return_code == 1
+    assert bad.localisation == "layer 1.0.1 (BatchNorm): backward is wrong; layer 1.0.2 and layers 2-4 check out"
