@@ -24,6 +24,7 @@ from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, get_method, select
+from .localise_tree import localise_tree
 from .network import Network, Problem, build
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
 from .refs import TensorRef
@@ -53,10 +54,10 @@ class Report:
     digest: str = ""  # Config.digest(): what a baseline is keyed on
     raw: Any = field(default=None, repr=False)  # the config as loaded, for a reproducer
     error: str = ""  # the config could not be checked (bad config, bad plugin): exit 2
-    regressions: dict[tuple[int, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
+    regressions: dict[tuple[int | str, str], str] = field(default_factory=dict)  # (layer, tensor) -> what grew
     baseline_note: str = ""  # e.g. the config changed since the baseline was recorded
     localisation: str = ""  # "layer 3 (conv): backward is wrong; layers 4-7 check out"
-    culprit: int | None = None  # the layer localisation names (JSON ``localisation.layer``)
+    culprit: int | str | None = None  # the layer localisation names (JSON ``localisation.layer``)
     adjoint: list[adjoint_mod.Adjoint] = field(default_factory=list)  # the dot-product test per linear layer
     redraws: int = 0  # --avoid-kinks: how many times the input was drawn again
     faults: list[str] = field(default_factory=list)  # where a pass first went non-finite (inf, NaN)
@@ -171,16 +172,43 @@ class Row:
         return check
 
 
-def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) -> list[Row]:
-    """The rows to check, the input δ first, then layer by layer.  A plugin layer also gets
-    the δ at its input (``deltas[l]``, from ``Network.backward``)."""
+def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]],
+            inner: dict[tuple[int, ...], Array] | None = None) -> list[Row]:
+    """The rows to check, the input δ first, then layer by layer (inside a block, depth
+    first; ``inner``: δ inside blocks, from ``Network.backward``).  A plugin layer also gets
+    the δ at its input (``deltas[l]``)."""
     kinds = kinds_of(net)
     rows = [Row(TensorRef.delta(0), kinds[0], deltas[0])]
-    for i, layer in enumerate(net.layers):
-        if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
-            rows.append(Row(TensorRef.delta(i), kinds[i], deltas[i]))
-        rows += [Row(TensorRef.param(i, name), kinds[i], grads[i][name]) for name in layer.params]
+    plugins = {path for path, spec in walk_specs(net.specs) if spec.kind == "custom" and path != (0,)}
+    by_layer: dict[int, list[tuple[tuple[int, ...], str, str]]] = {}
+    for path, name, key in net.refs():
+        by_layer.setdefault(path[0], []).append((path, name, key))
+    for i in range(len(net.layers)):
+        for path in sorted(p for p in plugins if p[0] == i and (len(p) == 1 or inner and p in inner)):
+            # a plugin's backward shows in the δ it passes down
+            rows.append(Row(TensorRef.delta(path), kind_at(net, path), deltas[i] if len(path) == 1 or inner is None
+                            else inner[path]))
+        rows += [Row(TensorRef.param(path, name), kind_at(net, path), grads[i][key])
+                 for path, name, key in by_layer.get(i, [])]
     return rows
+
+
+def walk_specs(specs: list[cfg.LayerSpec]) -> list[tuple[tuple[int, ...], cfg.LayerSpec]]:
+    """Every layer spec with its index path, depth-first (a block before its inner layers)."""
+    out = []
+    for spec in specs:
+        out.append((spec.path, spec))
+        for path in spec.paths:
+            out += walk_specs(path)
+    return out
+
+
+def kind_at(net: Network, path: tuple[int, ...]) -> str:
+    """The kind of the layer at index path ``path`` (a plugin's: its class name)."""
+    spec = net.specs[path[0]]
+    for k in range(1, len(path), 2):
+        spec = spec.paths[path[k]][path[k + 1]]
+    return spec.kind if spec.kind != "custom" else net.leaf(path).kind
 
 
 MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
@@ -189,15 +217,18 @@ DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to dia
 
 def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
               samples: int | None, rng: np.random.Generator, tol: float,
-              second_look: Callable[[list[Row]], None]) -> None:
+              second_look: Callable[[list[Row]], None], inner: dict[tuple[int, ...], Array] | None = None) -> None:
     """Add δ at every inner layer boundary (``deltas``) to the rows, give them the same second
     look as every other row (h/2, the complex step: a δ row failing only from truncation must not
     blame its layer), name the first layer whose own backward is wrong, and test that layer's
-    failing tensors against the usual bugs (``out_delta``: ∂C/∂ the last layer's output)."""
+    failing tensors against the usual bugs (``out_delta``: ∂C/∂ the last layer's output).  With
+    blocks (``inner``: δ inside them) localisation walks the tree."""
     have = {row.ref for row in rows}
     kinds = kinds_of(net)
     extra = [Row(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(net.layers))
              if TensorRef.delta(l) not in have]
+    extra += [Row(TensorRef.delta(path), kind_at(net, path), d) for path, d in sorted((inner or {}).items())
+              if TensorRef.delta(path) not in have]  # δ at every boundary inside blocks
     for row in extra:
         row.picks = select(rng, row.grad.size, samples)
     for row, num in zip(extra, fd.numeric([(row.ref, row.picks) for row in extra])):
@@ -206,7 +237,11 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     rows += extra
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
-    culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
+    if inner:  # a tree: walk it
+        culprit, report.localisation = localise_tree([row.verdict for row in rows], net.specs,
+                                                     lambda path: kind_at(net, path))
+    else:
+        culprit, report.localisation = diagnose_mod.localise([row.verdict for row in rows], len(net.layers), kinds)
     report.culprit = culprit
     if culprit is None:
         return
@@ -223,9 +258,13 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         numeric = full(row.ref, row.grad)
         if numeric is None:
             continue
-        above = deltas[culprit + 1] if culprit + 1 < len(net.layers) else out_delta
-        c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, fd.net.layers[culprit], out_delta.shape[0],
-                                            delta_out=above, a_prev=fd.inputs[culprit], tol=c.tol)
+        if isinstance(culprit, int):
+            above = deltas[culprit + 1] if culprit + 1 < len(net.layers) else out_delta
+            c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, fd.net.layers[culprit], out_delta.shape[0],
+                                                delta_out=above, a_prev=fd.inputs[culprit], tol=c.tol)
+        else:  # inside a block: the layer's own geometry, no neighbouring δ
+            c.diagnosis = diagnose_mod.diagnose(row.grad, numeric, row.ref, net.leaf(row.ref.path),
+                                                out_delta.shape[0], tol=c.tol)
         report.numeric_full[row.ref.key] = numeric
 
 
@@ -344,7 +383,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
         broken = structural.check(net.layers, x, kinds_of(net), config.seed)  # first: the trace has the last word
-        loss, deltas, grads, outputs = net.trace(x, y)
+        inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks
+        loss, deltas, grads, outputs = net.trace(x, y, inner)
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
                         convergence=how.convergence, source=config.source or config.name,
@@ -361,7 +401,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                                     config.dtype, biggest, measured)
 
         report.floor = floor_of(how.method, is_complex)
-        rows = targets(net, deltas, grads)
+        rows = targets(net, deltas, grads, inner)
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
         total = sum(len(row.picks) for row in rows)
@@ -420,7 +460,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         second_look(rows)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
-                      how.tol, second_look)
+                      how.tol, second_look, inner)
         report.fallbacks = list(fd.fast_fallbacks)
         for row in rows:
             check, g, key = row.verdict, row.grad, row.ref.key
@@ -436,16 +476,16 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 def save_npz(report: Report, path: str | os.PathLike) -> None:
     """Write the run with CONVENTIONS.md's keys, atomically (a temp file, then rename)."""
     p = report.problem
-    assert p is not None, "save_npz needs the report of a check run in this process"
+    assert p is not None, "a report without its problem (a config that failed to load) has nothing to save"
     arrays: dict[str, Array] = {"x": p.x, "y": p.y, "loss": np.asarray(report.loss)}
-    for i, layer in enumerate(p.net.layers):
-        for name, P in layer.params.items():
-            key = TensorRef.param(i, name).key  # layers.{i}.{name}
-            arrays[key] = P
-            arrays[f"grad.{key}"] = report.analytic[key]
-            arrays[f"numgrad.{key}"] = report.numeric[key]
-        for name, B in getattr(layer, "buffers", {}).items():  # layers.{i}.{buffer}: not checked, saved
-            arrays[TensorRef.param(i, name).key] = B
+    for where, name, own in p.net.refs():
+        key = TensorRef.param(where, name).key  # layers.{i}.{name}, inside a block layers.3.1.0.W
+        arrays[key] = p.net.layers[where[0]].params[own]
+        arrays[f"grad.{key}"] = report.analytic[key]
+        arrays[f"numgrad.{key}"] = report.numeric[key]
+    for at, _ in walk_specs(p.net.specs):  # buffers: not checked, saved (layers.{path}.{buffer})
+        for name, B in getattr(p.net.leaf(at), "buffers", {}).items():
+            arrays[TensorRef.param(at, name).key] = B
     x_key = TensorRef.delta(0).key  # "input": ∂C/∂x
     arrays[f"grad.{x_key}"] = report.analytic[x_key]
     arrays[f"numgrad.{x_key}"] = report.numeric[x_key]

@@ -99,9 +99,9 @@ class TensorCheck:
         return self.failed and self.checked > 0
 
     @property
-    def layer(self) -> int:
-        """The top-level layer index (JSON ``layer``)."""
-        return self.ref.index
+    def layer(self) -> int | str:
+        """JSON ``layer``: the top-level layer index, or inside a block its path ``"3.1.0"``."""
+        return self.ref.json_layer
 
     @property
     def tensor(self) -> str:

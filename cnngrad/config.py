@@ -22,6 +22,7 @@ from . import conv as C
 from .layers import ACTIVATIONS
 from .losses import LOSSES
 from .plugins import PluginImportError, describe_exit, load_class, no_exit
+from .refs import TensorRef
 
 DTYPES = ("float64", "float32")
 FD_METHODS = ("central", "forward", "richardson", "ridders", "complex")  # = finite_diff.METHODS (a test says so)
@@ -57,10 +58,16 @@ class LayerSpec:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     cls: Any = None  # a plugin's class (kind "custom")
+    path: tuple[int, ...] = ()  # index path (3,) or, inside a block, (3, 1, 0); default (index,)
+    paths: list[list[LayerSpec]] = field(default_factory=list)  # a block's paths (kind "block")
+
+    def __post_init__(self) -> None:
+        self.path = tuple(self.path) or (self.index,)
 
     @property
     def place(self) -> str:
-        return f"layers[{self.index}].{self.kind}"
+        """``layers[3].conv``, or inside a block ``layers[3].paths[1][0].conv``."""
+        return f"{TensorRef(self.path, 'param').place}.{self.kind}"
 
 
 @dataclass
@@ -403,7 +410,59 @@ _LAYER_CHECKS = {"conv": _conv, "activation": _activation, "pool": _pool, "flatt
 from .config_modern import MODERN_CHECKS, conv_groups, param_count  # noqa: E402
 
 _LAYER_CHECKS.update(MODERN_CHECKS)
-LAYER_KINDS = tuple(_LAYER_CHECKS) + ("custom",)
+LAYER_KINDS = tuple(_LAYER_CHECKS) + ("custom", "block")
+
+
+def layer_list(entries: list, shape: tuple[int, ...], prefix: tuple[int, ...], count: dict[str, int], init: Any,
+               plugins: bool, folder: Path | None) -> tuple[list[LayerSpec], tuple[int, ...]]:
+    """Validate a list of layers (``layers:``, or a block's path at index path ``prefix``)
+    on an input of ``shape``: their specs and the output shape.  ``count`` adds up the
+    activations, parameters and im2col entries (batch included) of all of them."""
+    specs: list[LayerSpec] = []
+    batch = count["batch"]
+    for i, entry in enumerate(entries):
+        path = prefix + (i,)
+        place = TensorRef(path, "param").place
+        if isinstance(entry, str) and entry in LAYER_KINDS:
+            entry = {entry: None}
+        if isinstance(entry, str):
+            raise ConfigError(place, f"unknown layer kind {_show(entry)}{_did_you_mean(entry, LAYER_KINDS)}; "
+                                     f"known: {', '.join(LAYER_KINDS)}")
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(place, f"expected a mapping of one layer kind ({', '.join(LAYER_KINDS)}) "
+                                     f"to its options, got {_show(entry)}")
+        ((kind, opts),) = entry.items()
+        if kind not in LAYER_KINDS:
+            raise ConfigError(place, f"unknown layer kind {_show(kind)}{_did_you_mean(kind, LAYER_KINDS)}; "
+                                     f"known: {', '.join(LAYER_KINDS)}")
+        place = f"{place}.{kind}"
+        if kind == "custom":
+            options, cls, out = _custom(place, opts, shape, plugins, folder)
+            specs.append(LayerSpec(path[0], kind, options, shape, out, cls, path))
+        elif kind == "block":
+            from .block_config import check_block  # noqa: PLC0415  (it calls back into layer_list)
+
+            options, paths, out = check_block(place, opts, shape, path, count, init, plugins, folder)
+            specs.append(LayerSpec(path[0], kind, options, shape, out, None, path, paths))
+        else:
+            options, out = _LAYER_CHECKS[kind](place, opts, shape)
+            if kind in ("conv", "dense", "conv_transpose"):
+                options["init"] = init
+            if kind == "dropout":  # its mask has a row per sample
+                options["batch"] = batch
+            if any(s <= 0 for s in out):
+                raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
+            specs.append(LayerSpec(path[0], kind, options, shape, out, None, path))
+            count["params"] += _param_count(kind, options, shape, out)
+            if kind in ("conv", "pool"):
+                taps = _prod(options["kernel"] if kind == "conv" else options["size"])
+                count["cols"] += batch * shape[0] * taps * _prod(out[1:])
+        count["activations"] += batch * _prod(out)
+        if count["activations"] > MAX_ELEMENTS or count["params"] > MAX_ELEMENTS:
+            what = "activations" if count["activations"] > MAX_ELEMENTS else "parameters"
+            raise ConfigError(place, f"network too large: more than {MAX_ELEMENTS:,} {what} up to this layer")
+        shape = out
+    return specs, shape
 
 
 # --------------------------------------------------------------------------- the whole config
@@ -438,46 +497,12 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
     layers_raw = top["layers"]
     if not isinstance(layers_raw, list) or not layers_raw:
         raise ConfigError("layers", f"expected a non-empty list of layers, got {_show(layers_raw)}")
-    specs: list[LayerSpec] = []
-    activations, n_params, n_cols = batch * _prod(in_shape), 0, 0
+    activations = batch * _prod(in_shape)
     if activations > MAX_ELEMENTS:
         raise ConfigError("input", f"too large: {batch}x{_fmt(in_shape)} is more than {MAX_ELEMENTS:,} entries")
-    for i, entry in enumerate(layers_raw):
-        place = f"layers[{i}]"
-        if isinstance(entry, str) and entry in LAYER_KINDS:
-            entry = {entry: None}
-        if isinstance(entry, str):
-            raise ConfigError(place, f"unknown layer kind {_show(entry)}{_did_you_mean(entry, LAYER_KINDS)}; "
-                                     f"known: {', '.join(LAYER_KINDS)}")
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise ConfigError(place, f"expected a mapping of one layer kind ({', '.join(LAYER_KINDS)}) "
-                                     f"to its options, got {_show(entry)}")
-        ((kind, opts),) = entry.items()
-        if kind not in LAYER_KINDS:
-            raise ConfigError(place, f"unknown layer kind {_show(kind)}{_did_you_mean(kind, LAYER_KINDS)}; "
-                                     f"known: {', '.join(LAYER_KINDS)}")
-        place = f"{place}.{kind}"
-        if kind == "custom":
-            options, cls, out = _custom(place, opts, shape, plugins, folder)
-            specs.append(LayerSpec(i, kind, options, shape, out, cls))
-        else:
-            options, out = _LAYER_CHECKS[kind](place, opts, shape)
-            if kind in ("conv", "dense", "conv_transpose"):
-                options["init"] = init
-            if kind == "dropout":  # its mask has a row per sample
-                options["batch"] = batch
-            if any(s <= 0 for s in out):
-                raise ConfigError(place, f"output shrinks to nothing ({_fmt(out)}) from a {_fmt(shape)} input")
-            specs.append(LayerSpec(i, kind, options, shape, out))
-            n_params += _param_count(kind, options, shape, out)
-            if kind in ("conv", "pool"):
-                taps = _prod(options["kernel"] if kind == "conv" else options["size"])
-                n_cols += batch * shape[0] * taps * _prod(out[1:])
-        activations += batch * _prod(out)
-        if activations > MAX_ELEMENTS or n_params > MAX_ELEMENTS:
-            what = "activations" if activations > MAX_ELEMENTS else "parameters"
-            raise ConfigError(place, f"network too large: more than {MAX_ELEMENTS:,} {what} up to this layer")
-        shape = out
+    count = {"activations": activations, "params": 0, "cols": 0, "batch": batch}
+    specs, shape = layer_list(layers_raw, shape, (), count, init, plugins, folder)
+    activations, n_params, n_cols = count["activations"], count["params"], count["cols"]
 
     loss = _choice("loss", top.get("loss", "mse"), tuple(LOSSES))
     if loss == "softmax_cross_entropy" and shape and (len(shape) != 1 or shape[0] < 2):

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from .blocks import param_key
 from .compare import TensorCheck, judge
 from .complex_probe import ComplexProbe
 from .config import PluginError
@@ -24,7 +25,7 @@ Array = np.ndarray
 
 def start_of(target: TensorRef) -> tuple[int, str | None]:
     """The layer a row's perturbation enters, and the parameter perturbed (None for a δ)."""
-    return target.index, None if target.is_delta else target.name
+    return target.index, None if target.is_delta else param_key(target.path, target.name)
 
 
 def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], problem: tuple[Network, Array, Array],

@@ -95,8 +95,8 @@ def to_junit(reports: list[Report]) -> str:
             n_err = 1
         for r in rep.rows:
             label = r.ref.label
-            case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.layers[{r.layer}].{r.kind}",
-                                 name=f"layers[{r.layer}] {r.kind} {label}", time="0")
+            case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.{r.ref.place}.{r.kind}",
+                                 name=f"{r.ref.place} {r.kind} {label}", time="0")
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
                        f"max_rel={r.metrics.max_rel:.3e} tol={r.tol:.0e} checked={r.checked} kinks={r.kinks}")
             regression = rep.regressions.get((r.layer, r.tensor))
@@ -171,7 +171,7 @@ def to_markdown(reports: list[Report]) -> str:
                          f"{r.metrics.max_abs:.2e} | {r.metrics.max_rel:.2e} | {r.metrics.norm_rel:.2e} | {status} |")
         for r in rep.rows:
             if r.reason:
-                lines.append(f"\n- layers[{md(r.layer)}] {md(r.ref.label)}: {md(r.reason)}")
+                lines.append(f"\n- {md(r.ref.place)} {md(r.ref.label)}: {md(r.reason)}")
         for (layer, tensor), why in rep.regressions.items():
             lines.append(f"\n- layers[{md(layer)}] {md(tensor)}: {md(why)}")
         if rep.localisation:

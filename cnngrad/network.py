@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .blocks import Block
 from .config import Config, LayerSpec, PluginError, instantiate
 from .layers import LAYERS
 from .losses import LOSSES
@@ -34,30 +35,57 @@ class Network:
             caches.append(cache)
         return a, caches
 
-    def backward(self, delta: Array, caches: list[tuple]) -> tuple[list[Array], list[dict[str, Array]]]:
+    def backward(self, delta: Array, caches: list[tuple],
+                 inner: dict[tuple[int, ...], Array] | None = None) -> tuple[list[Array], list[dict[str, Array]]]:
         """Backpropagate ``δ = ∂C/∂out`` through every layer (the seed's step 4); return δ at
         every layer boundary — ``deltas[l] = ∂C/∂(input of layer l)``, as each layer passed
-        it down, so ``deltas[0] = ∂C/∂x`` — and each layer's ``{name: ∂C/∂param}``."""
+        it down, so ``deltas[0] = ∂C/∂x`` — and each layer's ``{name: ∂C/∂param}`` (a
+        block's keyed ``"p.i.name"``, ``Block.refs``).  ``inner``, if given, receives δ at
+        the input of every layer inside a block, keyed by its index path ``(3, 1, 0)``."""
         deltas: list[Array] = [None] * len(self.layers)  # type: ignore[list-item]
         grads: list[dict[str, Array]] = [{} for _ in self.layers]
         for i in range(len(self.layers) - 1, -1, -1):
-            delta, grads[i] = self.layers[i].backward(delta, caches[i])
+            layer = self.layers[i]
+            if isinstance(layer, Block):
+                delta, grads[i], deeper = layer.backward_tree(delta, caches[i])
+                if inner is not None:
+                    inner.update({(i,) + sub: d for sub, d in deeper.items()})
+            else:
+                delta, grads[i] = layer.backward(delta, caches[i])
             deltas[i] = delta
         return deltas, grads
+
+    def leaf(self, path: tuple[int, ...]) -> Any:
+        """The layer at index path ``path``: ``(3,)`` top level, ``(3, 1, 0)`` inside block 3."""
+        layer = self.layers[path[0]]
+        return layer.leaf(path[1:]) if len(path) > 1 else layer
+
+    def refs(self) -> list[tuple[tuple[int, ...], str, str]]:
+        """Every parameter as (index path, name, key in its top-level layer's params), in
+        draw order (depth-first)."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Block):
+                out += [((i,) + sub, name, key) for key, (sub, name) in layer.refs.items()]
+            else:
+                out += [((i,), name, name) for name in layer.params]
+        return out
 
     def cost(self, out: Array, y: Array) -> float:
         """C: the batch mean of the per-sample loss of the last layer's output."""
         return float(np.mean(self.loss.per_sample(out, y)))
 
-    def trace(self, x: Array, y: Array) -> tuple[float, list[Array], list[dict[str, Array]], list[Array]]:
-        """One forward and one backward pass: C, δ at every layer boundary (``backward``),
-        every layer's parameter gradients, and every layer's output."""
+    def trace(self, x: Array, y: Array, inner: dict[tuple[int, ...], Array] | None = None
+              ) -> tuple[float, list[Array], list[dict[str, Array]], list[Array]]:
+        """One forward and one backward pass: C, δ at every layer boundary (``backward``;
+        ``inner`` receives those inside blocks), every layer's parameter gradients, and
+        every layer's output."""
         a, outputs, caches = x, [], []
         for layer in self.layers:
             a, cache = layer.forward(a)
             outputs.append(a)
             caches.append(cache)
-        deltas, grads = self.backward(self.loss.gradient(a, y), caches)
+        deltas, grads = self.backward(self.loss.gradient(a, y), caches, inner)
         return self.cost(a, y), deltas, grads, outputs
 
     def gradients(self, x: Array, y: Array) -> tuple[float, Array, list[dict[str, Array]]]:
@@ -81,21 +109,32 @@ def build(config: Config) -> Problem:
     """Instantiate every layer (drawing its parameters), then x and y, from the seed."""
     rng = np.random.default_rng(config.seed)
     dtype = np.dtype(config.dtype)
-    layers = []
-    shape: tuple[int, ...] = config.in_shape
-    for spec in config.layers:
-        if spec.kind == "custom":
-            layer = PluginLayer(instantiate(spec.place, spec.cls, shape, rng, spec.options), spec.place, shape)
-        else:
-            layer = LAYERS[spec.kind](shape, rng, dtype=dtype, **spec.options)
-        layers.append(layer)
-        shape = tuple(layer.out_shape)
+    layers, shape = build_layers(config.layers, config.in_shape, rng, dtype)
     loss = LOSSES[config.loss]()
     x = rng.normal(0.0, 1.0, size=(config.batch,) + tuple(config.in_shape)).astype(dtype)
     y = loss.targets(rng, config.batch, shape)
     if config.loss == "mse":
         y = y.astype(dtype)
     return Problem(config, Network(layers, config.layers, loss), x, y, rng)
+
+
+def build_layers(specs: list[LayerSpec], shape: tuple[int, ...], rng: np.random.Generator,
+                 dtype: np.dtype) -> tuple[list[Any], tuple[int, ...]]:
+    """The layers of ``specs`` on an input of ``shape``, drawn depth-first (a block's paths
+    in order), and the output shape."""
+    layers: list[Any] = []
+    for spec in specs:
+        layer: Any
+        if spec.kind == "custom":
+            layer = PluginLayer(instantiate(spec.place, spec.cls, shape, rng, spec.options), spec.place, shape)
+        elif spec.kind == "block":
+            paths = [build_layers(path, shape, rng, dtype)[0] for path in spec.paths]
+            layer = Block(paths, spec.options["merge"], shape, spec.out_shape)
+        else:
+            layer = LAYERS[spec.kind](shape, rng, dtype=dtype, **spec.options)
+        layers.append(layer)
+        shape = tuple(layer.out_shape)
+    return layers, shape
 
 
 class PluginLayer:

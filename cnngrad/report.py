@@ -66,7 +66,7 @@ def failure_lines(report: Report) -> list[str]:
     order = get_method(report.method).power
     lines = []
     for r in report.rows:
-        where = f"layers[{r.layer}] {r.kind} {r.ref.label}"
+        where = f"{r.ref.place} {r.kind} {r.ref.label}"
         if r.passed:
             if r.note:
                 lines.append(f"  {where}: {r.note}")
@@ -157,10 +157,24 @@ def shapes(config: Config) -> Table:
               title_justify="left", header_style="bold")
     for col in ("layer", "kind", "options", "output"):
         t.add_column(col)
-    for s in config.layers:
-        opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k != "init")
-        t.add_row(str(s.index), safe(s.kind), safe(opts), "x".join(map(str, s.out_shape)) or "?")
+    _shape_rows(t, config.layers, 0)
     return t
+
+
+def _shape_rows(t: Table, specs: list, depth: int) -> None:
+    """One row per layer; a block's paths below it, indented, as a tree (``cnngrad validate``)."""
+    pad = "│ " * max(depth - 1, 0) + ("├ " if depth else "")
+    for s in specs:
+        opts = ", ".join(f"{k}={v}" for k, v in s.options.items() if k != "init")
+        if s.kind == "block":
+            opts += f", {len(s.paths)} paths"
+        name = ".".join(map(str, s.path))
+        t.add_row(safe(pad + name), safe(s.kind), safe(opts), "x".join(map(str, s.out_shape)) or "?")
+        for p, path in enumerate(s.paths):
+            out = path[-1].out_shape if path else s.in_shape
+            t.add_row(safe("│ " * depth + "├ " + f"{name}.{p}"), "path", "identity" if not path else
+                      f"{len(path)} layer{'s' if len(path) > 1 else ''}", "x".join(map(str, out)))
+            _shape_rows(t, path, depth + 2)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -247,7 +261,7 @@ def heatmap(report: Report, key_row: tuple[str, TensorCheck], max_rows: int = 24
         err = err[None, :]
     h, w = err.shape
     label = row.ref.label
-    out = Text(printable(f"layers[{row.layer}] {row.kind} {label}{where}") + ": |analytic − numeric| / max|numeric|"
+    out = Text(printable(f"{row.ref.place} {row.kind} {label}{where}") + ": |analytic − numeric| / max|numeric|"
                + (f" (top-left {min(h, max_rows)}x{min(w, max_cols)} of {h}x{w})" if h > max_rows or w > max_cols
                   else "") + "\n", style="bold")
     for i in range(min(h, max_rows)):

@@ -61,7 +61,7 @@ def write(report: Report, directory: str | os.PathLike) -> Path:
     path = folder / f"{stem}.yaml"
     if path.resolve().parent != folder.resolve():
         raise OutputError(f"{path}: a reproducer must stay inside {directory}")
-    why = "; ".join(f"layers[{r.layer}] {r.tensor}: norm rel {r.metrics.norm_rel:.2e}" for r in report.failures) \
+    why = "; ".join(f"{r.ref.place} {r.tensor}: norm rel {r.metrics.norm_rel:.2e}" for r in report.failures) \
         or "; ".join(report.regressions.values()) or "passed"
     rerun = "cnngrad check " + ("--plugins " if sources else "") + shlex.quote(str(path))
     header = f"# cnngrad reproducer: {printable(why)}\n# rerun: {printable(rerun)}\n"

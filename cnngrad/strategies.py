@@ -39,7 +39,7 @@ from .property import settings  # noqa: F401  the shipped settings for property 
 from .strategies_modern import MODERN_KINDS, modern_layer
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)  # sigmoid, tanh, relu, leaky_relu, softplus, identity
-SPATIAL_KINDS = ("conv", "pool", "activation")  # (c, h, w) -> (c', h', w')
+SPATIAL_KINDS = ("conv", "pool", "activation", "block")  # (c, h, w) -> (c', h', w')
 FLAT_KINDS = ("flatten", "dense")  # flatten, then dense and activation on (features,)
 KINDS = SPATIAL_KINDS + FLAT_KINDS  # what configs(kinds=...) draws by default
 KNOWN_KINDS = KINDS + MODERN_KINDS  # and what it can draw when asked (strategies_modern)
@@ -174,6 +174,41 @@ def configs(max_layers: int = 5, max_size: int = 10, max_batch: int = 3,
     return _drawn(opts)
 
 
+def block_layer(d: Draw, shape: tuple[int, ...], depth: int = 0,
+                activations: Sequence[str] = ACTIVATION_NAMES) -> tuple[dict, tuple[int, ...]]:
+    """A ``block`` entry on ``shape`` = (c, h, w): 1-3 paths of shape-keeping layers (conv
+    'same', activations; a nested block while ``depth`` < 1; ``[]`` the identity), merged by
+    ``add`` (every path ends with the same channels) or ``concat`` (channels add up)."""
+    c, h, w = shape
+    merge = d.choice(["add", "concat"])
+    common = d.choice([c, d.integer(1, 4)]) if merge == "add" else None
+    paths: list[list[Any]] = []
+    widths: list[int] = []
+    for _ in range(d.integer(1, 3)):
+        filters = common if common is not None else d.integer(1, 4)
+        layers: list[Any] = []
+        cur: tuple[int, ...] = (c, h, w)
+        n = d.integer(0 if filters == c and [] not in paths else 1, 2)  # one identity at most
+        for j in range(n):
+            kind = d.choice(["conv", "activation"] + (["block"] if depth < 1 else []))
+            if kind == "conv" or (j == 0 and filters != c):
+                k = d.choice([1, 3])
+                layers.append({"conv": {"filters": filters, "kernel": k, "padding": k // 2,
+                                        "bias": d.choice(["tied", "untied", "none"])}})
+                cur = (filters, h, w)
+            elif kind == "activation" and activations:
+                layers.append(activation_layer(d, activations))
+            elif kind == "block":
+                entry, cur = block_layer(d, cur, depth + 1, activations)
+                layers.append(entry)
+        if cur[0] != filters:  # end on the path's channels
+            layers.append({"conv": {"filters": filters, "kernel": 1}})
+        paths.append(layers)
+        widths.append(filters)
+    out = (common if common is not None else sum(widths), h, w)
+    return {"block": {"merge": merge, "paths": paths}}, out
+
+
 @st.composite
 def _drawn(draw: st.DrawFn, opts: Options) -> dict[str, Any]:
     return build(HypothesisDraw(draw), opts)
@@ -211,6 +246,8 @@ def build(d: Draw, o: Options) -> dict[str, Any]:
             entry, shape = pool_layer(d, shape)
         elif kind in MODERN_KINDS:  # grouped conv, conv_transpose, batchnorm, … (strategies_modern)
             entry, shape = modern_layer(d, kind, shape, o.max_size)
+        elif kind == "block":  # residual / concat blocks (block_layer)
+            entry, shape = block_layer(d, shape, 0, o.activations)
         else:
             entry = activation_layer(d, o.activations)
         layers.append(entry)

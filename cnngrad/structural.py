@@ -22,6 +22,7 @@ input or output is not finite is skipped: the numerical-fault report already nam
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -56,7 +57,7 @@ def snapshot(obj: Any, depth: int = 0) -> Any:
         return _OPAQUE
     if isinstance(obj, (tuple, list)):
         return (type(obj), [snapshot(v, depth + 1) for v in obj])
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):  # a dict, or a block's params (a view of its layers')
         return (dict, {k: snapshot(v, depth + 1) for k, v in obj.items()})
     return _OPAQUE
 
@@ -68,7 +69,7 @@ def unchanged(before: Any, now: Any) -> bool:
     if isinstance(before, np.ndarray):
         return isinstance(now, np.ndarray) and identical(before, now)
     kind, items = before
-    if not isinstance(now, kind) or len(now) != len(items):
+    if not isinstance(now, Mapping if kind is dict else kind) or len(now) != len(items):
         return False
     if kind is dict:
         return set(now) == set(items) and all(unchanged(items[k], now[k]) for k in items)

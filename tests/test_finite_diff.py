@@ -61,11 +61,11 @@ def engine_and_naive(raw, eps=1e-6, **fd_options):
     return got, want, fd
 
 
-def assert_same_to_rounding(got, want):
+def assert_same_to_rounding(got, want, loss=1.0):
     for g, w in zip(got, want):
         ok = ~g.kinks
         # both are (C+ − C−)/2h; they differ only by how C was rounded: ~ε·|C|/h
-        np.testing.assert_allclose(g.values[ok], w[ok], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(g.values[ok], w[ok], rtol=1e-6, atol=1e-8 * max(1.0, loss))
 
 
 SMALL = dict(max_layers=3, max_size=7, max_batch=2)
@@ -76,7 +76,7 @@ SMALL = dict(max_layers=3, max_size=7, max_batch=2)
 def test_engine_equals_the_naive_loop(raw):
     got, want, fd = engine_and_naive(raw)
     assert fd.fast_fallbacks == []  # the built-in shortcuts pass their spot checks
-    assert_same_to_rounding(got, want)
+    assert_same_to_rounding(got, want, float(np.mean(np.abs(fd.c0))))  # blocks can make C large
 
 
 @settings(max_examples=10)
@@ -86,8 +86,8 @@ def test_engine_without_linear_shortcuts_equals_the_naive_loop(raw):
         for cls in (Conv, Dense):  # no linear shortcuts, and no windows: whole rows from the input on
             mp.setattr(cls, "offers", cls.offers - {"perturbed", "window"})
         mp.setattr(Pool, "offers", Pool.offers - {"region"})
-        got, want, _ = engine_and_naive(raw)
-    assert_same_to_rounding(got, want)
+        got, want, fd = engine_and_naive(raw)
+    assert_same_to_rounding(got, want, float(np.mean(np.abs(fd.c0))))
 
 
 @settings(max_examples=5)

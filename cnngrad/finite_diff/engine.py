@@ -196,6 +196,11 @@ class FiniteDifferences:
         direction (of the layers from the tensor's on), as many directions a batch as the
         memory budget holds.  Returns (K,) derivatives and whether each direction's stencil
         crossed a kink."""
+        if len(ref.path) > 1:  # inside a block
+            from .inner import directional
+
+            with threadpool_limits(1, user_api="blas"):
+                return directional(self, ref, V)
         start = ref.index if ref.is_delta else ref.index + 1
         per_direction = planning.row_bytes(self.net, start, self.x.dtype.itemsize) * len(self.method.offsets) * self.n
         chunk = max(1, self.budget // per_direction)

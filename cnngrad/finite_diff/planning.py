@@ -43,20 +43,31 @@ class Plan:
 def row_bytes(net: Network, start: int, itemsize: int) -> int:
     """Bytes one sample row takes through ``layers[start:]``: activations, and the
     im2col copies that conv and pool layers make (their receptive fields, unrolled)."""
+    return max(_elements(net.specs[start:], net.layers[start:]), 1) * itemsize
+
+
+def _elements(specs: list, layers: list) -> int:
+    """Entries one sample row takes through these layers (a block's: all of its paths')."""
     total = 0
-    for spec, layer in zip(net.specs[start:], net.layers[start:]):
+    for spec, layer in zip(specs, layers):
         out = int(np.prod(layer.out_shape))
         taps = int(np.prod(getattr(layer, "k", (1, 1))))
         cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
+        if spec.kind == "block":
+            cols = sum(_elements(path, inner) for path, inner in zip(spec.paths, layer.paths))
         total += 3 * out + cols
-    return max(total, 1) * itemsize
+    return total
 
 
 def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
-    """The plan for one tensor, named by its ref (top-level layers only, for now)."""
+    """The plan for one tensor, named by its ref (inside a block: ``inner.plan_inner``)."""
     if not isinstance(ref, TensorRef):  # the old ("input", idx) / ((l, name), idx) targets
         raise TypeError(f"a finite-difference target is a TensorRef, got {ref!r}")
-    if len(ref.path) != 1 or not 0 <= ref.index < len(fd.net.layers):
+    if len(ref.path) > 1:  # inside a block
+        from .inner import plan_inner
+
+        return plan_inner(fd, ref)
+    if not 0 <= ref.index < len(fd.net.layers):
         raise ValueError(f"{ref}: no such layer in a network of {len(fd.net.layers)} layers")
     if ref.is_delta:
         return plan_input(fd, ref.index)
