@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cnngrad  # noqa: E402
 from cnngrad.config import ConfigError  # noqa: E402
-from cnngrad.strategies import DTYPES, sample  # noqa: E402
+from cnngrad.strategies import DTYPES, KINDS, sample  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # cnngrad's analytic gradient is "right" when it is this close to torch autograd in float64
@@ -53,9 +53,14 @@ EPS = {"float64": 2.2e-16, "float32": 1.2e-7}
 WORST_ENTRIES = 5  # entries of a falsely failing tensor differenced again by the oracle
 
 
+CHAIN_KINDS = tuple(k for k in KINDS if k != "block")
+
+
 def draw(seed: int, index: int, **sizes: int) -> dict[str, Any]:
-    """Config ``index`` of batch ``seed`` (``sizes``: configs()' max_layers, max_size, max_batch)."""
-    return sample(np.random.default_rng([seed, index]), dtypes=DTYPES, min_dense=0, **sizes)
+    """Config ``index`` of batch ``seed`` (``sizes``: configs()' max_layers, max_size, max_batch).
+    Chains only: the torch oracle here rebuilds chains (blocks have their own torch rebuild,
+    tests/test_torch_blocks.py)."""
+    return sample(np.random.default_rng([seed, index]), dtypes=DTYPES, min_dense=0, kinds=CHAIN_KINDS, **sizes)
 
 
 def key_of(layer: int, tensor: str) -> str:

@@ -29,7 +29,8 @@ SCHEMA = json.loads((ROOT / "cnngrad" / "schemas" / "config.schema.json").read_t
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 # what a JSON Schema cannot express: the validator's messages for these rules
 SHAPE_RULES = ("does not fit", "needs an input of shape", "needs a flat input", "shrinks to nothing", "too large",
-               "softmax_cross_entropy needs", "network too large")
+               "softmax_cross_entropy needs", "network too large",
+               "needs every path's output shape equal", "needs the other axes equal")  # a block's merge
 BAD_VALUES: list[Any] = [None, -1, 0, 1, 3, 2.5, "zzz", "all", True, [], {}, [1], [2, 2], [1, 2, 3], {"zzz": 1}]
 
 

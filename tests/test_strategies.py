@@ -113,8 +113,8 @@ def test_each_kind_of_a_mix_is_drawn():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"kinds": ["custom"]}, "unknown 'custom'; custom layers are your own code, not drawn; "
-                            "known: conv, pool, activation, flatten, dense"),
-    ({"kinds": ["conv", "dence"]}, "unknown 'dence'; known: conv, pool, activation, flatten, dense"),
+                            "known: conv, pool, activation, block, flatten, dense"),
+    ({"kinds": ["conv", "dence"]}, "unknown 'dence'; known: conv, pool, activation, block, flatten, dense"),
     ({"kinds": []}, "configs(kinds=...): empty; known: conv"),
     ({"activations": ["gelu"]}, "unknown 'gelu'; known: sigmoid, tanh, relu, leaky_relu, softplus, identity"),
     ({"dtypes": ["float16"]}, "unknown 'float16'; known: float64, float32"),

@@ -65,7 +65,7 @@ def test_no_error_that_only_the_first_caused() -> None:
     raw["layers"][9]["dense"]["units"] = 0
     assert all_errors(raw)[1:] == [
         "layers[3].conv.kernal: unknown key (did you mean 'kernel'?); allowed: filters, kernel, stride, padding, "
-        "dilation, bias, mode",
+        "dilation, bias, mode, groups",
         "layers[9].dense.units: expected an integer from 1 to 2147483648, got 0"]
 
 
