@@ -85,7 +85,8 @@ def build(config: Config) -> Problem:
     shape: tuple[int, ...] = config.in_shape
     for spec in config.layers:
         if spec.kind == "custom":
-            layer = PluginLayer(instantiate(spec.place, spec.cls, shape, rng, spec.options), spec.place, shape)
+            cls = spec.cls.with_seed(config.seed) if _is_torch(spec.cls) else spec.cls  # torch.manual_seed(seed)
+            layer = PluginLayer(instantiate(spec.place, cls, shape, rng, spec.options), spec.place, shape)
         else:
             layer = LAYERS[spec.kind](shape, rng, dtype=dtype, **spec.options)
         layers.append(layer)
@@ -96,6 +97,12 @@ def build(config: Config) -> Problem:
     if config.loss == "mse":
         y = y.astype(dtype)
     return Problem(config, Network(layers, config.layers, loss), x, y, rng)
+
+
+def _is_torch(cls: Any) -> bool:
+    from .torch_adapter import TorchLayer  # torch itself is imported only when such a layer is built
+
+    return isinstance(cls, type) and issubclass(cls, TorchLayer)
 
 
 class PluginLayer:
