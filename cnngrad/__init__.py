@@ -10,4 +10,13 @@ _malloc.tune()  # numpy's per-pass allocations: reuse pages instead of faulting 
 from .checker import Report, check  # noqa: E402
 from .config import ConfigError, load  # noqa: E402
 
-__all__ = ["__version__", "check", "load", "Report", "ConfigError"]
+__all__ = ["__version__", "check", "check_layer", "load", "Report", "ConfigError"]
+
+
+def __getattr__(name: str) -> object:
+    """``cnngrad.check_layer`` (torch layers) is imported on first use: never torch at import."""
+    if name == "check_layer":
+        from .torch_adapter import check_layer
+
+        return check_layer
+    raise AttributeError(f"module 'cnngrad' has no attribute {name!r}")

@@ -23,7 +23,9 @@ of your own"), so everything else — kinks, localisation, diagnosis, reports �
 * declares ``complex_safe = False`` (complex input is refused, so the complex step is
   not taken through it), ``per_sample`` only if the module or Function declares it, and
   ``kink_state`` only if it defines ``kink_state(x) -> array`` of shape (n, …) (x the
-  layer's input, a float64 tensor of shape (n, *in_shape)).
+  layer's input, a float64 tensor of shape (n, *in_shape); the module's parameters hold the
+  values of that call; a Function's is called as ``kink_state(x, *params)``) saying which
+  side of each ReLU / max-pool kink every unit is on.
 
 torch runs with one intra-op thread during these calls (restored after), so the numbers are
 the same bit for bit whether the differences run here or on forked workers.  torch is
@@ -123,7 +125,7 @@ class TorchLayer:
         return type(cls.__name__, (cls,), {"seed": int(seed), "__module__": __name__})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, **options: Any) -> None:
-        torch = self.torch = require_torch()
+        torch = require_torch()
         target, self.in_shape = type(self).target, tuple(in_shape)
         self.function = target if is_function(target) else None
         self.module: Any = None
@@ -134,7 +136,7 @@ class TorchLayer:
                 raise TypeError("params: expected a mapping {name: shape}")
             self.options = options
             g = torch.Generator().manual_seed(type(self).seed)
-            self.params = {str(k): _draw(torch, g, v).numpy() for k, v in shapes.items()}
+            self.params = {str(k): _draw(torch, g, v) for k, v in shapes.items()}
             declared: Any = self.function
         else:
             if isinstance(target, torch.nn.Module):
@@ -158,12 +160,12 @@ class TorchLayer:
     def _run(self, x: Any, params: dict[str, Any]) -> Any:
         if self.function is not None:
             return self.function.apply(x, *params.values(), **self.options)
-        return self.torch.func.functional_call(self.module, params, (x,))
+        return require_torch().func.functional_call(self.module, params, (x,))
 
     def forward(self, a: Array) -> tuple[Array, tuple]:
         """z = layer(a), by torch in float64; the cache is (a, {name: θ}, graph), the
         arrays sharing memory with the graph's leaves."""
-        torch = self.torch
+        torch = require_torch()
         x = _tensor(torch, a, grad=True)
         params = {k: _tensor(torch, v, grad=True) for k, v in self.params.items()}
         with _one_thread(torch), torch.enable_grad():
@@ -177,7 +179,7 @@ class TorchLayer:
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """(∂C/∂a, {name: ∂C/∂θ}) = torch.autograd.grad(z, (a, θ…), grad_outputs=δ) on the
         cached graph (retained: backward may be called again on the same cache)."""
-        torch, graph = self.torch, cache[2]
+        torch, graph = require_torch(), cache[2]
         leaves = [graph.x, *graph.params.values()]
         grads: list[Any] = [None] * len(leaves)
         if graph.out.requires_grad:
@@ -189,16 +191,61 @@ class TorchLayer:
         return delta_prev, {k: g.astype(graph.dtype, copy=True) for k, g in zip(graph.params, arrays[1:])}
 
     def _kink_state(self, cache: tuple) -> Array:
-        declared = self.function if self.function is not None else self.module
-        with _one_thread(self.torch), self.torch.no_grad():
-            state = declared.kink_state(cache[2].x.detach())
-        return state.numpy() if isinstance(state, self.torch.Tensor) else np.asarray(state)
+        """The target's ``kink_state`` at the cached input and parameters: a Function's as
+        ``kink_state(x, *params)``; a module's as ``kink_state(x)``, its parameters set first."""
+        torch, graph = require_torch(), cache[2]
+        params = {k: p.detach() for k, p in graph.params.items()}
+        with _one_thread(torch), torch.no_grad():
+            if self.function is not None:
+                state = self.function.kink_state(graph.x.detach(), *params.values())
+            else:
+                for name, p in self.module.named_parameters():  # our copy: set to the perturbed values
+                    p.copy_(params[name])
+                state = self.module.kink_state(graph.x.detach())
+        return state.numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
 
 
-def _draw(torch: Any, g: Any, shape: Any) -> Any:
-    """A declared parameter of ``shape``: N(0, 1/fan_in), fan_in = prod(shape[1:]); 1-D: N(0, 0.1²)."""
+def _draw(torch: Any, g: Any, shape: Any) -> Array:
+    """A declared parameter: its values (a tensor or array, from the Python API), or drawn for
+    a ``shape``: N(0, 1/fan_in), fan_in = prod(shape[1:]); 1-D: N(0, 0.1²)."""
+    if isinstance(shape, (np.ndarray, torch.Tensor)):
+        return np.array(shape.detach().cpu() if isinstance(shape, torch.Tensor) else shape, dtype=np.float64)
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
         raise TypeError(f"a parameter's shape must be a list of positive integers, got {shape!r}")
     scale = 0.1 if len(dims) == 1 else 1 / math.sqrt(math.prod(dims[1:]))
-    return torch.randn(dims, generator=g, dtype=torch.float64) * scale
+    return (torch.randn(dims, generator=g, dtype=torch.float64) * scale).numpy()
+
+
+def check_layer(layer: Any, input_shape: tuple[int, ...], *, batch: int = 2, seed: int = 0, loss: str = "mse",
+                options: dict[str, Any] | None = None, params: dict[str, Any] | None = None, classes: int = 4,
+                **check_options: Any) -> Any:
+    """Check a torch layer's backward inside a small random network; returns the ``Report``.
+
+    ``layer``: an ``nn.Module`` instance (checked with its own parameter values), an
+    ``nn.Module`` subclass (built as ``layer(**options)`` under ``torch.manual_seed(seed)``)
+    or an ``autograd.Function`` subclass (run as ``layer.apply(x, *params, **options)``;
+    ``params`` maps each parameter's name to its shape, or to its values).
+    ``input_shape``: one sample's, (channels, height, width) or (features,); x of shape
+    (batch, *input_shape) ~ N(0, 1) from ``seed``.  ``loss``: ``"mse"`` — the layer alone,
+    ``C = 1/(2N) Σ_n ‖z_n − y_n‖²`` with random targets y; ``"softmax_cross_entropy"`` —
+    the layer, then flatten and a dense head of ``classes`` units.  ``check_options``: as
+    ``cnngrad.check`` (eps, tol, method, samples, directions, localize, …)."""
+    require_torch()
+    from . import checker
+
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ValueError(f"input_shape: expected (channels, height, width) or (features,), got {input_shape!r}")
+    spec: dict[str, Any] = {"class": layer, "framework": "torch", **(options or {})}
+    if params is not None:
+        spec["params"] = params
+    layers: list[Any] = [{"custom": spec}]
+    if len(shape) == 1:  # x of shape (n, F, 1, 1), flattened to (n, F) for the layer
+        shape, layers = (shape[0], 1, 1), ["flatten", *layers]
+    if loss == "softmax_cross_entropy":
+        layers += ["flatten", {"dense": {"units": classes}}]
+    name = layer.__name__ if isinstance(layer, type) else type(layer).__name__
+    raw = {"name": f"check_layer({name})", "seed": seed, "loss": loss, "layers": layers,
+           "input": {"batch": batch, "channels": shape[0], "height": shape[1], "width": shape[2]}}
+    return checker.check(raw, plugins=True, **check_options)
