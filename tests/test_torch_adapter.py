@@ -339,3 +339,24 @@ def test_import_cnngrad_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,
                           timeout=120)
     assert json.loads(proc.stdout) is False, proc.stderr
+
+
+# --------------------------------------------------------------------------- README and benchmark
+
+
+def test_the_readme_torch_example_runs_as_written():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### PyTorch layers"):text.index("## In CI")]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    (code,) = [b for b in blocks if "cnngrad.check_layer(" in b]
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_the_benchmark_runs_and_reports_a_ratio(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_torch_layer", ROOT / "benchmarks" / "bench_torch_layer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    out = tmp_path / "bench.json"
+    result = bench.main(["--preset", "tiny", "--runs", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["ratio_full"] == result["ratio_full"] > 0
+    assert "ratio gradcheck / cnngrad" in capsys.readouterr().out
