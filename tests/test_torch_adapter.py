@@ -252,6 +252,10 @@ def test_per_sample_is_taken_only_where_declared():
     assert any("does not declare per_sample" in f for f in report.fallbacks)
     declared = cnngrad.check_layer(Conv2d, (3, 4, 4), options=CONV)
     assert declared.passed and declared.fallbacks == []
+    conv = torch.nn.Conv2d(3, 2, 3)
+    conv.per_sample = True  # declared on the instance
+    stacked, plain = cnngrad.check_layer(conv, (3, 4, 4)), cnngrad.check_layer(torch.nn.Conv2d(3, 2, 3), (3, 4, 4))
+    assert stacked.passed and stacked.fallbacks == [] and plain.passed and plain.fallbacks
 
 
 class KinkyDense(torch.nn.Module):
