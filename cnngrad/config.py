@@ -27,6 +27,7 @@ from .refs import TensorRef
 DTYPES = ("float64", "float32")
 FD_METHODS = ("central", "forward", "richardson", "ridders", "complex")  # = finite_diff.METHODS (a test says so)
 INITS = ("lecun", "he", "xavier")
+FRAMEWORKS = ("numpy", "torch")  # custom layers: the plugin protocol itself, or torch_adapter
 MAX_CONFIG_BYTES = 1 << 20
 # A sanity bound on what a config may describe (entries of all activations of one batch,
 # of all parameters): beyond it numbers overflow int32 indexing.  What a run may actually
@@ -392,13 +393,28 @@ def _custom(place: str, o: Any, in_shape: tuple[int, ...], plugins: bool, folder
     if not plugins:
         raise ConfigError(place, "names code to import; run with --plugins to allow it")
     spec = o.get("class")
-    if not isinstance(spec, str) or ":" not in spec:
+    framework = _choice(f"{place}.framework", o.get("framework", "numpy"), FRAMEWORKS)
+    if framework == "torch":  # before the import: a torch plugin module imports torch
+        from . import torch_adapter
+        try:
+            torch_adapter.require_torch()
+        except torch_adapter.TorchUnavailable as e:
+            raise ConfigError(f"{place}.framework", str(e)) from None
+    if isinstance(spec, type) or (framework == "torch" and torch_adapter.is_torch_layer(spec)):
+        cls = spec  # the Python API (a mapping config): the class, or a torch module, itself
+    elif not isinstance(spec, str) or ":" not in spec:
         raise ConfigError(f"{place}.class", f"expected \"module.path:ClassName\", got {_show(spec)}")
-    try:  # the file beside the config, one module per file (plugins.py)
-        cls = load_class(spec, folder)
-    except PluginImportError as e:  # never a traceback
-        raise ConfigError(f"{place}.class", f"cannot import {spec}: {e}") from None
-    options = {k: v for k, v in o.items() if k != "class"}
+    else:
+        try:  # the file beside the config, one module per file (plugins.py)
+            cls = load_class(spec, folder)
+        except PluginImportError as e:  # never a traceback
+            raise ConfigError(f"{place}.class", f"cannot import {spec}: {e}") from None
+    if framework == "torch":
+        try:
+            cls = torch_adapter.adapter(cls)
+        except TypeError as e:
+            raise ConfigError(f"{place}.class", f"framework torch: {e}") from None
+    options = {k: v for k, v in o.items() if k not in ("class", "framework")}
     import numpy as np  # a throwaway build, only to learn the plugin's out_shape
 
     out_shape = tuple(instantiate(place, cls, in_shape, np.random.default_rng(0), options).out_shape)

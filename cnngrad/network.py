@@ -109,7 +109,7 @@ def build(config: Config) -> Problem:
     """Instantiate every layer (drawing its parameters), then x and y, from the seed."""
     rng = np.random.default_rng(config.seed)
     dtype = np.dtype(config.dtype)
-    layers, shape = build_layers(config.layers, config.in_shape, rng, dtype)
+    layers, shape = build_layers(config.layers, config.in_shape, rng, dtype, config.seed)
     loss = LOSSES[config.loss]()
     x = rng.normal(0.0, 1.0, size=(config.batch,) + tuple(config.in_shape)).astype(dtype)
     y = loss.targets(rng, config.batch, shape)
@@ -119,22 +119,29 @@ def build(config: Config) -> Problem:
 
 
 def build_layers(specs: list[LayerSpec], shape: tuple[int, ...], rng: np.random.Generator,
-                 dtype: np.dtype) -> tuple[list[Any], tuple[int, ...]]:
+                 dtype: np.dtype, seed: int = 0) -> tuple[list[Any], tuple[int, ...]]:
     """The layers of ``specs`` on an input of ``shape``, drawn depth-first (a block's paths
-    in order), and the output shape."""
+    in order), and the output shape.  A torch layer is built under ``torch.manual_seed(seed)``."""
     layers: list[Any] = []
     for spec in specs:
         layer: Any
         if spec.kind == "custom":
-            layer = PluginLayer(instantiate(spec.place, spec.cls, shape, rng, spec.options), spec.place, shape)
+            cls = spec.cls.with_seed(seed) if _is_torch(spec.cls) else spec.cls  # torch.manual_seed(seed)
+            layer = PluginLayer(instantiate(spec.place, cls, shape, rng, spec.options), spec.place, shape)
         elif spec.kind == "block":
-            paths = [build_layers(path, shape, rng, dtype)[0] for path in spec.paths]
+            paths = [build_layers(path, shape, rng, dtype, seed)[0] for path in spec.paths]
             layer = Block(paths, spec.options["merge"], shape, spec.out_shape)
         else:
             layer = LAYERS[spec.kind](shape, rng, dtype=dtype, **spec.options)
         layers.append(layer)
         shape = tuple(layer.out_shape)
     return layers, shape
+
+
+def _is_torch(cls: Any) -> bool:
+    from .torch_adapter import TorchLayer  # torch itself is imported only when such a layer is built
+
+    return isinstance(cls, type) and issubclass(cls, TorchLayer)
 
 
 class PluginLayer:
