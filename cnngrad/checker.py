@@ -18,7 +18,7 @@ import numpy as np
 
 from . import config as cfg
 from . import diagnose as diagnose_mod
-from . import resolution, structural
+from . import layer_scope, resolution, structural
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
@@ -229,7 +229,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
           localize: bool = False, avoid_kinks: bool = False, max_params: float | None = None,
-          max_memory_mb: float | None = None, strict: bool = False) -> Report:
+          max_memory_mb: float | None = None, strict: bool = False, scope: str = "network") -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -251,7 +251,9 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one.
     ``strict``: an unresolved tensor (below the resolution of the differences) fails the
-    config too.  The complex step (``method="complex"``) needs every layer to carry an
+    config too.  ``scope``: ``"network"`` differences C end to end for every entry;
+    ``"layer"`` differences each layer alone, contracted with the δ its backward received,
+    plus a short end-to-end check (``layer_scope``; README "Scopes").  The complex step (``method="complex"``) needs every layer to carry an
     imaginary part (``complex_probe``): else ConfigError "complex step not available for
     layer i (Class)"."""
     if isinstance(config, dict):
@@ -271,7 +273,10 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                                else m.default_tol[config.dtype])
     samples = samples if samples is not None else config.check.get("samples")
     guard(config, samples, directions, max_params, max_memory_mb)
-    how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress)
+    if scope not in layer_scope.SCOPES:
+        raise cfg.ConfigError(f"scope: unknown scope {scope!r}; known: {', '.join(layer_scope.SCOPES)}")
+    how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress,
+                   scope)
     t0 = time.perf_counter()
     problem = build(config)
     if m.is_complex:
@@ -309,6 +314,7 @@ class Settings:
     localize: bool
     workers: int | None
     progress: Callable[[int, int], None] | None
+    scope: str = "network"  # or "layer": each layer alone against the δ it received (layer_scope)
 
 
 def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
@@ -331,6 +337,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         report.floor = floor_of(how.method, is_complex)
         rows = targets(net, deltas, grads)
+        if how.scope == "layer":  # every layer's input δ too
+            rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row)
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
         total = sum(len(row.picks) for row in rows)
@@ -343,6 +351,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
         fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
+        whole = fd  # the network end to end (the layer scope's end-to-end check)
+        received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
+        if how.scope == "layer":
+            fd = layer_scope.LinkDifferences(fd, received)  # type: ignore[assignment]
         if how.directions:
             for row in rows:
                 g = row.grad
@@ -371,6 +383,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         again = [row for row in rows if row.verdict.mode == "entries" and (how.convergence or row.verdict.mismatch)]
         if again:  # the same entries at h/2
             half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
+            if how.scope == "layer":
+                half = layer_scope.LinkDifferences(half, received)  # type: ignore[assignment]
             for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
                 c = row.verdict
                 ok = ~(c.kink_mask | num.kinks)
@@ -393,6 +407,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             if check.mode == "entries":
                 full[check.indices] = check.numeric
             report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
+        if how.scope == "layer":  # the links tied together: ∂C/∂x through the whole network
+            e2e = layer_scope.end_to_end(whole, deltas[0], kinds_of(net)[0], problem.rng, how.tol, report.floor)
+            report.rows.append(e2e)
+            if e2e.mismatch and not report.localisation:
+                report.localisation = layer_scope.WIRING
     return report
 
 
