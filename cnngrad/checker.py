@@ -249,11 +249,13 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
-    share a large check (default: up to 2), with the same numbers as one.
+    share a large check (default: every core this process may use), with the same numbers
+    as one (bit for bit).
     ``strict``: an unresolved tensor (below the resolution of the differences) fails the
     config too.  ``scope``: ``"network"`` differences C end to end for every entry;
     ``"layer"`` differences each layer alone, contracted with the δ its backward received,
-    plus a short end-to-end check (``layer_scope``; README "Scopes").  The complex step (``method="complex"``) needs every layer to carry an
+    plus a short end-to-end check (``layer_scope``; README "Scopes").
+    The complex step (``method="complex"``) needs every layer to carry an
     imaginary part (``complex_probe``): else ConfigError "complex step not available for
     layer i (Class)"."""
     if isinstance(config, dict):

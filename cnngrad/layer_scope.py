@@ -79,7 +79,7 @@ class LinkDifferences:
         if len(ref.path) != 1 or not 0 <= ref.index < len(self.net.layers):
             raise ValueError(f"{ref}: no such layer in a network of {len(self.net.layers)} layers")
         l = ref.index
-        layer, caps, fd = self.net.layers[l], self.fd.caps[l], self.fd
+        caps, fd = self.fd.caps[l], self.fd
         out = fd.inputs[l + 1]
         item = 16
         if not ref.is_delta:
