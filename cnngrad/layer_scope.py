@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from . import conv as C
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, workers
-from .finite_diff.propagate import spot_check_perturbed
+from .finite_diff.propagate import spot_check_perturbed, spot_check_windows
 from .finite_diff.shortcuts import kink_state
 from .refs import TensorRef
 
@@ -89,9 +89,12 @@ class LinkDifferences:
             per = out.size * item * 4
             return 1, per, lambda idx: self._param_passes(l, ref.name, idx)
         a = fd.inputs[l]
-        if caps.per_sample and a.ndim == 4 and (caps.can("window") or caps.can("region") or caps.can("elementwise")):
-            per = int(np.prod(out.shape[1:])) * item  # a generous bound on a window
-            per = min(per, out.shape[1] * a.shape[1] * 64 * item)
+        if caps.per_sample and a.ndim == 4 and (caps.can("window") or caps.can("region") or caps.can("elementwise")) \
+                and self._windows_ok(l):
+            zero = np.zeros(1, dtype=int)
+            wh, ww = (1, 1) if caps.can("elementwise") else self.net.layers[l].window(zero, zero, 1, 1)[2:]
+            # the window, the input region it reads, unrolled (im2col) in a conv's correlate
+            per = item * (a.shape[1] * wh * ww * 16 + 3 * out.shape[1] * wh * ww)
             return self._chunk(per), per, lambda idx: self._input_window(l, idx)
         if caps.per_sample and a.ndim == 2 and caps.can("input_delta") and not caps.kink_state:
             per = out.shape[1] * item * 4
@@ -104,6 +107,17 @@ class LinkDifferences:
 
     def _chunk(self, per: int) -> int:
         return int(max(1, min(8192, self.fd.budget // max(per, 1))))
+
+    def _windows_ok(self, l: int) -> bool:
+        """Does layer l's window shortcut agree with a real forward pass (the network scope's
+        spot check)?  Else its input is differenced by real passes, and a fallback says so."""
+        if (l, "window") not in self._spot:
+            ok = self.fd.caps[l].can("elementwise") or spot_check_windows(self.fd, l, l + 1)
+            self._spot[(l, "window")] = ok
+            if not ok:
+                self.fast_fallbacks.append(f"layers[{l}]: its window shortcut disagreed with a real forward pass; "
+                                           f"the layer scope ran real passes for its input instead")
+        return self._spot[(l, "window")]
 
     def _spot_ok(self, l: int, name: str) -> bool:
         if (l, name) not in self._spot:
@@ -189,8 +203,11 @@ class LinkDifferences:
                 out, cache = layer.forward(win)
                 i0, j0, wh, ww = y0, x0, 1, 1
                 change = out - C.crop_at(z0, i0, j0, 1, 1, samples)
-            elif caps.can("window"):  # linear in its input: z moves by window_delta
+            elif caps.can("window"):  # linear in its input (declared): z moves by window_delta
                 i0, j0, wh, ww = layer.window(y0, x0, 1, 1)
+                if m > 0:  # Δz(s·e) = (s / s₀)·Δz(s₀·e): the first step's window, scaled
+                    contracted[m] = contracted[0] * (steps[m] / steps[0])
+                    continue
                 change = layer.window_delta(win - C.crop_at(a_prev, y0, x0, 1, 1, samples), y0, x0, i0, j0, wh, ww)
             else:  # pooling: re-run the layer on the region its window of outputs reads
                 i0, j0, wh, ww = layer.window(y0, x0, 1, 1)
