@@ -10,7 +10,8 @@ time (start-up included), entries differenced per second and peak RSS (``os.wait
 one torch thread; where a full run would pass ``--gradcheck-budget`` seconds (default 120),
 it is timed on a measured subset of the entries (a slice of x, the rest held constant: the
 same two whole-network forward passes an entry) and extrapolated, and marked ``~``.
-``--directions 1`` is timed against ``gradcheck(fast_mode=True)``.
+``--directions 1`` is timed against ``gradcheck(fast_mode=True)``, both in-process (the
+check's own seconds from its JSON report: start-up left out, as fast_mode has none).
 
 The floor of a rung: the FLOPs its scope must spend — two evaluations (central differences)
 of everything an entry changes, in the perturbed layer alone (layer scope) or in every layer
@@ -93,8 +94,10 @@ def run_cnngrad(config: Path, scope: str, workers: int, extra: list[str], timeou
 
 
 def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, Any]:
-    """torch.autograd.gradcheck on the same function: in full if it fits ``budget`` seconds,
-    else on a slice of x and extrapolated by entries (marked ``extrapolated``)."""
+    """torch.autograd.gradcheck on the same function, one torch thread.  A slice of x is
+    checked first (the rest held constant: the same two whole-network forward passes an
+    entry) and its time extrapolated by entries; the full gradcheck runs only if that
+    estimate fits ``budget`` seconds (else the row is marked ``extrapolated``)."""
     import torch
     from torch_peer import TorchPeer
 
@@ -113,13 +116,7 @@ def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, An
         for _ in range(3):
             peer.loss(*leaves)
         forward = (time.perf_counter() - t0) / 3
-    estimate = 2 * total * forward
-    if estimate <= budget:
-        t0 = time.perf_counter()
-        ok = torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=False)
-        out.update(seconds=time.perf_counter() - t0, passed=bool(ok), extrapolated=False)
-        return out
-    m = int(min(leaves[0].numel(), max(20, budget / 8 / (2 * forward))))  # a subset of ~budget/8 seconds
+    m = int(min(leaves[0].numel(), max(20, min(budget, 60.0) / 8 / (2 * forward))))  # ~budget/8 s of work
     x_flat = leaves[0].detach().reshape(-1)
     rest = [t.detach() for t in leaves[1:]]
 
@@ -131,9 +128,26 @@ def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, An
     t0 = time.perf_counter()
     ok = torch.autograd.gradcheck(on_slice, (sub,), eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=False)
     measured = time.perf_counter() - t0
-    out.update(seconds=measured * total / m, measured_entries=m, measured_seconds=measured, passed_subset=bool(ok),
-               extrapolated=True)
+    estimate = measured * total / m
+    out.update(measured_entries=m, measured_seconds=measured, passed_subset=bool(ok))
+    if estimate > budget:
+        out.update(seconds=estimate, extrapolated=True)
+        return out
+    t0 = time.perf_counter()
+    ok = torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=False)
+    out.update(seconds=time.perf_counter() - t0, passed=bool(ok), extrapolated=False, estimate=estimate)
     return out
+
+
+def gradcheck_in_child(config: Path, budget: float, fast: bool, timeout: float) -> dict[str, Any]:
+    """``gradcheck_times`` in its own process, so torch's memory never inflates this one
+    (whose size every cnngrad child's peak RSS starts from)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--gradcheck-of", str(config),
+           "--gradcheck-budget", str(budget)] + ([] if fast else ["--no-directions"])
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=str(ROOT))
+    if done.returncode != 0:
+        return {"error": done.stderr.decode(errors="replace")[-500:]}
+    return json.loads(done.stdout)
 
 
 # ---------------------------------------------------------------------------- floors
@@ -234,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rungs", default=",".join(RUNGS), help=f"comma-separated subset of {', '.join(RUNGS)}")
     ap.add_argument("--scopes", default="layer,network", help="layer, network or both")
+    ap.add_argument("--network-rungs", default="lenet,cifar,vgg,deep",
+                    help="the rungs the network scope runs on (it takes tens of minutes on wide64)")
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--gradcheck-budget", type=float, default=120.0,
                     help="seconds a full gradcheck may take before it is extrapolated from a subset")
@@ -242,7 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a cnngrad run is given up")
     ap.add_argument("--quick", action="store_true", help="lenet and deep, layer scope, gradcheck budget 10 s")
     ap.add_argument("--output", default=str(HERE / "results-ladder.json"))
+    ap.add_argument("--render", metavar="JSON", help="print the table of a stored results file and exit")
+    ap.add_argument("--gradcheck-of", metavar="CONFIG", help=argparse.SUPPRESS)  # the child of gradcheck_in_child
     args = ap.parse_args(argv)
+    if args.gradcheck_of:
+        times = gradcheck_times(build(load(args.gradcheck_of)), args.gradcheck_budget, fast=not args.no_directions)
+        print(json.dumps(times))
+        return 0
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
     if args.quick:
         args.rungs, args.scopes, args.gradcheck_budget = "lenet,deep", "layer", 10.0
     rungs = [r.strip() for r in args.rungs.split(",") if r.strip()]
@@ -260,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         fl = floors(problem)
         rung: dict[str, Any] = {"config": str(config.relative_to(ROOT)), "scopes": {}}
         for scope in scopes:
+            if scope == "network" and name not in args.network_rungs.split(","):
+                continue
             print(f"{name}: cnngrad --scope {scope} …", file=sys.stderr)
             r = run_cnngrad(config, scope, args.workers, [], args.timeout)
             r["floor_flops"] = fl[scope]
@@ -270,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             rung["directions"] = run_cnngrad(config, "network", args.workers, ["--directions", "1"], args.timeout)
         if not args.no_gradcheck:
             print(f"{name}: torch gradcheck …", file=sys.stderr)
-            rung["gradcheck"] = gradcheck_times(problem, args.gradcheck_budget, fast=not args.no_directions)
+            rung["gradcheck"] = gradcheck_in_child(config, args.gradcheck_budget, not args.no_directions,
+                                                   10 * args.gradcheck_budget + 600)
         results["rungs"][name] = rung
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")  # each rung as it is done
         print(table_row(name, rung), file=sys.stderr)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
@@ -304,8 +333,10 @@ def table_row(name: str, rung: dict[str, Any]) -> str:
         gc += " FAILS"
     d = rung.get("directions")
     fast = g.get("fast_seconds")
-    cells += [gc, _s(d["seconds"]) if d and d.get("seconds") else "", _s(fast) if fast else "",
-              f"{fast / d['seconds']:.2f}x" if d and d.get("seconds") and fast else ""]
+    # --directions 1 against fast_mode in-process both: the check's own seconds (start-up left out)
+    dsec = d.get("check_seconds") if d else None
+    cells += [gc, f"{dsec * 1000:.0f} ms" if dsec else "", f"{fast * 1000:.0f} ms" if fast else "",
+              f"{fast / dsec:.2f}x" if dsec and fast else ""]
     return "| " + " | ".join(cells) + " |"
 
 
