@@ -324,7 +324,8 @@ def table_row(name: str, rung: dict[str, Any]) -> str:
             continue
         ratio = (g["seconds"] / r["seconds"]) if g.get("seconds") else None
         cells += [_s(r["seconds"]) + ("" if r.get("passed", True) else " FAIL"), f"{r.get('entries_per_s', 0):,.0f}",
-                  f"{r.get('peak_rss_mb', 0):.0f} MB", f"{r['seconds'] / r['floor_seconds']:.1f}x",
+                  f"{r.get('peak_rss_mb', 0):.0f} MB",
+                  f"{r.get('check_seconds', r['seconds']) / r['floor_seconds']:.0f}x",
                   f"{ratio:.0f}x" if ratio else ""]
     gc = _s(g.get("seconds")) if g else ""
     if g.get("extrapolated"):
@@ -346,8 +347,9 @@ def render(results: dict[str, Any]) -> str:
             "| network scope | entries/s | peak RSS | vs floor | vs gradcheck | gradcheck "
             "| --directions 1 | fast_mode | fast_mode / directions |")
     sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
-    lines = [f"{m['workers']} workers on {m['cores']} cores; matmul {m['matmul_gflops_per_core']:.2f} GFLOP/s a core",
-             "", head, sep]
+    lines = [f"{m['workers']} workers on {m['cores']} cores; matmul {m['matmul_gflops_per_core']:.2f} GFLOP/s a core. "
+             "Times are whole processes (start-up included); 'vs floor' is the check's own seconds over the "
+             "floor's; ~ marks a gradcheck time extrapolated from the entries measured.", "", head, sep]
     lines += [table_row(name, rung) for name, rung in results["rungs"].items()]
     return "\n".join(lines)
 

@@ -68,6 +68,7 @@ class Report:
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
     strict: bool = False  # --strict: an unresolved tensor fails the config too
     floor: resolution.Floor | None = field(default=None, repr=False)  # the smallest gradient the method resolves
+    scope: str = "network"  # "layer": each layer alone against the δ it received (layer_scope)
 
     @classmethod
     def failed_to_load(cls, source: str, message: str) -> Report:
@@ -303,6 +304,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     report.seconds = time.perf_counter() - t0
     report.samples, report.avoid_kinks = samples, avoid_kinks
     report.strict = strict
+    report.scope = scope
     return report
 
 

@@ -235,3 +235,18 @@ def test_cli_scope_and_workers(monkeypatch):
     broken._no_sigma_prime(monkeypatch)
     fail = runner.invoke(main, ["check", "seed", "--scope", "layer", "--format", "json"])
     assert fail.exit_code == 1
+
+
+def test_a_baseline_is_compared_within_its_scope_only(tmp_path):
+    """The layer scope's errors are far below the network scope's: a baseline recorded in one
+    scope is not compared with a run in the other (it would call every tensor a regression)."""
+    from cnngrad import baseline
+
+    recorded = baseline.record([check("seed", scope="layer")])
+    assert recorded["configs"]["seed"]["scope"] == "layer"
+    other = check("seed")
+    baseline.compare(other, recorded)
+    assert not other.regressions and "--scope layer" in other.baseline_note
+    same = check("seed", scope="layer")
+    baseline.compare(same, recorded)
+    assert not same.regressions and not same.baseline_note
