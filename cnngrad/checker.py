@@ -345,6 +345,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         report.floor = floor_of(how.method, is_complex)
         rows = targets(net, deltas, grads)
+        network_refs = {row.ref for row in rows}
         if how.scope == "layer":  # every layer's input δ too
             rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row)
         for row in rows:
@@ -406,6 +407,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol)
+        if how.scope == "layer":
+            layer_scope.kinks_only([row.verdict for row in rows], network_refs)
         report.fallbacks = list(fd.fast_fallbacks)
         for row in rows:
             check, g, key = row.verdict, row.grad, row.ref.key
@@ -416,7 +419,13 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 full[check.indices] = check.numeric
             report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
         if how.scope == "layer":  # the links tied together: ∂C/∂x through the whole network
-            e2e = layer_scope.end_to_end(whole, deltas[0], kinds_of(net)[0], problem.rng, how.tol, report.floor)
+            e2e = layer_scope.end_to_end(whole, deltas[0], kinds_of(net)[0], problem.rng, how.tol, report.floor,
+                                         next(row.picks for row in rows if row.ref == TensorRef.delta(0)))
+            if not is_complex:  # the same second look (complex step) as every network-scope row
+                checks = [e2e]
+                confirm_failures(checks, [TensorRef.delta(0)], numeric_side, how.method, how.tol, how.fd_dtype,
+                                 how.workers, floor_of("complex", True))
+                e2e = layer_scope.as_end_to_end(checks[0], e2e)
             report.rows.append(e2e)
             if e2e.mismatch and not report.localisation:
                 report.localisation = layer_scope.WIRING
