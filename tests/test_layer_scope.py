@@ -281,3 +281,17 @@ def test_a_baseline_is_compared_within_its_scope_only(tmp_path):
     same = check("seed", scope="layer")
     baseline.compare(same, recorded)
     assert not same.regressions and not same.baseline_note
+
+
+def test_the_layer_scope_report_validates_against_the_json_schema():
+    import json
+
+    import jsonschema
+
+    result = CliRunner().invoke(main, ["check", "maxpool", "--scope", "layer", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    schema = json.loads((Path(__file__).parent.parent / "cnngrad" / "schemas" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    records = report["configs"][0]["records"]
+    assert {r["layer"] for r in records if r["role"] == "delta"} == set(range(8))  # every layer's input δ
