@@ -45,6 +45,7 @@ def record(reports: list[Report]) -> dict[str, Any]:
             continue
         configs[rep.name] = {
             "digest": rep.digest, "method": rep.method, "eps": rep.eps, "fd_dtype": rep.fd_dtype,
+            **({"scope": rep.scope} if rep.scope != "network" else {}),
             "tensors": {f"{r.layer}.{r.tensor}": {"norm_rel": _finite(r.metrics.norm_rel),
                                                    "max_abs": _finite(r.metrics.max_abs)} for r in rep.rows},
         }
@@ -69,6 +70,10 @@ def compare(report: Report, baseline: dict[str, Any], factor: float = DEFAULT_FA
                                 f"{entry.get('digest')} -> {report.digest}): not compared; record it again")
         return
     how = (entry.get("method"), entry.get("eps"), entry.get("fd_dtype"))
+    if entry.get("scope", "network") != report.scope:  # the scopes' errors are not comparable
+        report.baseline_note = (f"{report.name} was recorded with --scope {entry.get('scope', 'network')}; this run "
+                                f"used --scope {report.scope}: not compared")
+        return
     if how != (report.method, report.eps, report.fd_dtype):
         report.baseline_note = (f"{report.name} was recorded with method {how[0]}, eps {how[1]}, numeric "
                                 f"{how[2]}; this run used {report.method}, {report.eps}, {report.fd_dtype}: "

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import adjoint as adjoint_mod
 from . import config as cfg
 from . import diagnose as diagnose_mod
-from . import resolution, structural
+from . import layer_scope, resolution, structural
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
@@ -71,6 +72,7 @@ class Report:
     numeric: dict[str, Array] = field(default_factory=dict, repr=False)
     strict: bool = False  # --strict: an unresolved tensor fails the config too
     floor: resolution.Floor | None = field(default=None, repr=False)  # the smallest gradient the method resolves
+    scope: str = "network"  # "layer": each layer alone against the δ it received (layer_scope)
 
     @classmethod
     def failed_to_load(cls, source: str, message: str) -> Report:
@@ -296,7 +298,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
           localize: bool = False, avoid_kinks: bool = False, max_params: float | None = None,
-          max_memory_mb: float | None = None, strict: bool = False) -> Report:
+          max_memory_mb: float | None = None, strict: bool = False, scope: str = "network") -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -316,9 +318,13 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
     ``progress(done, total)`` is called as entries are finished; ``workers`` processes
-    share a large check (default: up to 2), with the same numbers as one.
+    share a large check (default: every core this process may use), with the same numbers
+    as one (bit for bit).
     ``strict``: an unresolved tensor (below the resolution of the differences) fails the
-    config too.  The complex step (``method="complex"``) needs every layer to carry an
+    config too.  ``scope``: ``"network"`` differences C end to end for every entry;
+    ``"layer"`` differences each layer alone, contracted with the δ its backward received,
+    plus a short end-to-end check (``layer_scope``; README "Scopes").
+    The complex step (``method="complex"``) needs every layer to carry an
     imaginary part (``complex_probe``): else ConfigError "complex step not available for
     layer i (Class)"."""
     if isinstance(config, dict):
@@ -338,7 +344,10 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
                                else m.default_tol[config.dtype])
     samples = samples if samples is not None else config.check.get("samples")
     guard(config, samples, directions, max_params, max_memory_mb)
-    how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress)
+    if scope not in layer_scope.SCOPES:
+        raise cfg.ConfigError(f"scope: unknown scope {scope!r}; known: {', '.join(layer_scope.SCOPES)}")
+    how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress,
+                   scope)
     t0 = time.perf_counter()
     problem = build(config)
     if m.is_complex:
@@ -347,7 +356,10 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         why = ComplexProbe(net, x).network()
         if why:
             raise cfg.ConfigError(f"method {method}: {why}; use --method central or richardson")
-    with warnings.catch_warnings():
+    # one BLAS thread throughout: a check's matmuls are small, and threads that wait for each
+    # other on a busy machine made a LeNet-sized forward pass 20x slower; the analytic side
+    # is then the same bit for bit whatever the machine's load or core count
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         if m.is_complex:  # a layer that drops Im after all (a false complex_safe): a plugin error, exit 2
             warnings.simplefilter("error", np.exceptions.ComplexWarning)
         report = _run(config, problem, how)
@@ -359,6 +371,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     report.seconds = time.perf_counter() - t0
     report.samples, report.avoid_kinks = samples, avoid_kinks
     report.strict = strict
+    report.scope = scope
     return report
 
 
@@ -376,6 +389,7 @@ class Settings:
     localize: bool
     workers: int | None
     progress: Callable[[int, int], None] | None
+    scope: str = "network"  # or "layer": each layer alone against the δ it received (layer_scope)
 
 
 def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
@@ -402,6 +416,9 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         report.floor = floor_of(how.method, is_complex)
         rows = targets(net, deltas, grads, inner)
+        network_refs = {row.ref for row in rows}
+        if how.scope == "layer":  # every layer's input δ too
+            rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row)
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
         total = sum(len(row.picks) for row in rows)
@@ -414,6 +431,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
         fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
+        whole = fd  # the network end to end (the layer scope's end-to-end check)
+        received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
+        if how.scope == "layer":
+            fd = layer_scope.LinkDifferences(fd, received)  # type: ignore[assignment]
         if how.directions:
             for row in rows:
                 g = row.grad
@@ -446,6 +467,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                      and (how.convergence or row.verdict.mismatch)]
             if again:  # the same entries at h/2
                 half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
+                if how.scope == "layer":
+                    half = layer_scope.LinkDifferences(half, received)  # type: ignore[assignment]
                 for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
                     c = row.verdict
                     ok = ~(c.kink_mask | num.kinks)
@@ -461,6 +484,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner)
+        if how.scope == "layer":
+            layer_scope.kinks_only([row.verdict for row in rows], network_refs)
         report.fallbacks = list(fd.fast_fallbacks)
         for row in rows:
             check, g, key = row.verdict, row.grad, row.ref.key
@@ -470,6 +495,17 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             if check.mode == "entries":
                 full[check.indices] = check.numeric
             report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
+        if how.scope == "layer":  # the links tied together: ∂C/∂x through the whole network
+            e2e = layer_scope.end_to_end(whole, deltas[0], kinds_of(net)[0], problem.rng, how.tol, report.floor,
+                                         next(row.picks for row in rows if row.ref == TensorRef.delta(0)))
+            if not is_complex:  # the same second look (complex step) as every network-scope row
+                checks = [e2e]
+                confirm_failures(checks, [TensorRef.delta(0)], numeric_side, how.method, how.tol, how.fd_dtype,
+                                 how.workers, floor_of("complex", True))
+                e2e = layer_scope.as_end_to_end(checks[0], e2e)
+            report.rows.append(e2e)
+            if e2e.mismatch and not report.localisation:
+                report.localisation = layer_scope.WIRING
     return report
 
 

@@ -206,6 +206,13 @@ def check_options(f: Callable) -> Callable:
                      help="Refuse a check that would difference more than N entries [default: 1e7]."),
         click.option("--max-memory", "max_memory_mb", type=PositiveFloat(), default=None, metavar="MB",
                      help="Refuse a check estimated to need more memory [default: a quarter of the available]."),
+        click.option("--scope", type=click.Choice(["network", "layer"]), default="network", show_default=True,
+                     help="network: difference the loss end to end for every entry; layer: difference each "
+                          "layer alone against the δ its backward received (cost linear in depth, the "
+                          "culprit named by construction), plus an end-to-end check along 2 directions."),
+        click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Processes sharing one config's differences [default: every core this process "
+                          "may use]; the numbers are the same bit for bit for any N."),
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Check this many configs at once, in separate processes (same numbers as one)."),
     ]):

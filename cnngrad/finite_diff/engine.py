@@ -9,7 +9,6 @@ samples as in the unperturbed pass, which they are up to there).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from ..network import Network
 from ..refs import TensorRef
 from . import planning, workers
+from . import workers as _workers
 from .methods import get_method
 from .shortcuts import capabilities, kink_state
 
@@ -49,8 +49,8 @@ class FiniteDifferences:
     """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``.
 
     ``progress(n)`` is called with the number of entries finished after each chunk.
-    ``workers`` processes share the chunks of a large check (default: one per core, at
-    most 2); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
+    ``workers`` processes share the chunks of a large check (default: every core this
+    process may use); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
     Every chunk is computed the same way wherever it runs, with one BLAS thread, so the
     numbers are the same bit for bit whatever the number of workers.  ``fast_fallbacks``
     says, one sentence each, where a shortcut was not taken and plain passes ran instead.
@@ -64,7 +64,7 @@ class FiniteDifferences:
         # the dtype perturbed values live in: complex for the complex step
         self.work = np.result_type(x.dtype, np.complex64) if self.method.is_complex else x.dtype
         self.budget = memory_budget
-        self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+        self.workers = workers if workers is not None else _workers.default_workers()
         self.progress = progress or (lambda n: None)
         self.n = x.shape[0]
         self.caps = [capabilities(layer) for layer in net.layers]

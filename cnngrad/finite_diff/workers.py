@@ -6,6 +6,7 @@ limits it), so the numbers are the same bit for bit whatever the number of worke
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,15 @@ def _work(job: Job) -> tuple[Job, tuple[Array, Array]]:
     fns, indices = _STATE
     ti, lo, hi = job
     return job, fns[ti](indices[ti][lo:hi])
+
+
+def default_workers() -> int:
+    """Every core this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where
+    the system has no affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, Array]]], indices: list[Array],

@@ -1,0 +1,358 @@
+"""The speed ladder of issue 14: five nets, cnngrad in both scopes against torch's gradcheck.
+
+    PYTHONPATH=. python benchmarks/ladder.py                 # every rung, both scopes
+    PYTHONPATH=. python benchmarks/ladder.py --rungs lenet,deep --scopes layer
+    PYTHONPATH=. python benchmarks/ladder.py --quick         # lenet and deep, layer scope, no full gradcheck
+
+Each cnngrad run is a whole process (``python -m cnngrad check CONFIG --scope S``): its wall
+time (start-up included), entries differenced per second and peak RSS (``os.wait4``).
+``torch.autograd.gradcheck`` runs on the same function and numbers (``torch_peer``), with
+one torch thread; where a full run would pass ``--gradcheck-budget`` seconds (default 120),
+it is timed on a measured subset of the entries (a slice of x, the rest held constant: the
+same two whole-network forward passes an entry) and extrapolated, and marked ``~``.
+``--directions 1`` is timed against ``gradcheck(fast_mode=True)``, both in-process (the
+check's own seconds from its JSON report: start-up left out, as fast_mode has none).
+
+The floor of a rung: the FLOPs its scope must spend — two evaluations (central differences)
+of everything an entry changes, in the perturbed layer alone (layer scope) or in every layer
+from it to the loss (network scope, windows growing with each layer's kernel) — at the
+matmul rate measured here (float64, one core per worker).  Results go to
+``benchmarks/results-ladder.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from cnngrad.config import load  # noqa: E402
+from cnngrad.finite_diff.workers import default_workers  # noqa: E402
+from cnngrad.network import Problem, build  # noqa: E402
+
+RUNGS: dict[str, Path] = {
+    "lenet": ROOT / "configs" / "lenet.yaml",
+    "cifar": HERE / "ladder-cifar.yaml",
+    "vgg": HERE / "ladder-vgg.yaml",
+    "wide64": HERE / "ladder-wide64.yaml",
+    "deep": HERE / "ladder-deep.yaml",
+}
+
+
+# ---------------------------------------------------------------------------- cnngrad runs
+
+
+def run_cnngrad(config: Path, scope: str, workers: int, extra: list[str], timeout: float) -> dict[str, Any]:
+    """One ``cnngrad check`` process: wall seconds, peak RSS (MB, from ``os.wait4``: the
+    process and the workers it waited for), its verdict and the entries it differenced."""
+    import tempfile
+
+    cmd = [sys.executable, "-m", "cnngrad", "check", str(config), "--scope", scope, "--workers", str(workers),
+           "--format", "json", "--max-params", "1e9", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=str(ROOT))
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                return {"scope": scope, "timeout": timeout, "seconds": None}
+            time.sleep(0.005)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text, message = out.read(), err.read().decode(errors="replace")
+    if proc.returncode not in (0, 1):
+        return {"scope": scope, "error": message[-500:], "seconds": None}
+    report = json.loads(text)["configs"][0]
+    entries = sum(r["checked"] + r["kinks"] for r in report["records"] if r["mode"] == "entries")
+    directions = sum(r["checked"] + r["kinks"] for r in report["records"] if r["mode"] == "directions")
+    return {"scope": scope, "seconds": seconds, "check_seconds": report["seconds"], "passed": report["passed"],
+            "entries": entries, "directions": directions, "entries_per_s": entries / seconds,
+            "kinks": sum(r["kinks"] for r in report["records"]), "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+# ---------------------------------------------------------------------------- gradcheck
+
+
+def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, Any]:
+    """torch.autograd.gradcheck on the same function, one torch thread.  A slice of x is
+    checked first (the rest held constant: the same two whole-network forward passes an
+    entry) and its time extrapolated by entries; the full gradcheck runs only if that
+    estimate fits ``budget`` seconds (else the row is marked ``extrapolated``)."""
+    import torch
+    from torch_peer import TorchPeer
+
+    torch.set_num_threads(1)
+    peer = TorchPeer(problem)
+    leaves = peer.leaves()
+    total = sum(t.numel() for t in leaves)
+    out: dict[str, Any] = {"entries": total}
+    if fast:
+        t0 = time.perf_counter()
+        ok = torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True,
+                                      raise_exception=False)
+        out["fast_seconds"], out["fast_passed"] = time.perf_counter() - t0, bool(ok)
+    with torch.no_grad():  # one whole-network forward, to size the measured subset
+        t0 = time.perf_counter()
+        for _ in range(3):
+            peer.loss(*leaves)
+        forward = (time.perf_counter() - t0) / 3
+    m = int(min(leaves[0].numel(), max(20, min(budget, 60.0) / 8 / (2 * forward))))  # ~budget/8 s of work
+    x_flat = leaves[0].detach().reshape(-1)
+    rest = [t.detach() for t in leaves[1:]]
+
+    def on_slice(sub: Any) -> Any:
+        x = torch.cat([sub, x_flat[m:]]).reshape(leaves[0].shape)
+        return peer.loss(x, *rest)
+
+    sub = x_flat[:m].clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    ok = torch.autograd.gradcheck(on_slice, (sub,), eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=False)
+    measured = time.perf_counter() - t0
+    estimate = measured * total / m
+    out.update(measured_entries=m, measured_seconds=measured, passed_subset=bool(ok))
+    if estimate > budget:
+        out.update(seconds=estimate, extrapolated=True)
+        return out
+    t0 = time.perf_counter()
+    ok = torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=False)
+    out.update(seconds=time.perf_counter() - t0, passed=bool(ok), extrapolated=False, estimate=estimate)
+    return out
+
+
+def gradcheck_in_child(config: Path, budget: float, fast: bool, timeout: float) -> dict[str, Any]:
+    """``gradcheck_times`` in its own process, so torch's memory never inflates this one
+    (whose size every cnngrad child's peak RSS starts from)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--gradcheck-of", str(config),
+           "--gradcheck-budget", str(budget)] + ([] if fast else ["--no-directions"])
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=str(ROOT))
+    if done.returncode != 0:
+        return {"error": done.stderr.decode(errors="replace")[-500:]}
+    return json.loads(done.stdout)
+
+
+# ---------------------------------------------------------------------------- floors
+
+
+def matmul_rate() -> float:
+    """FLOP/s of one core on a float64 matmul (the best of a few 384×384 products)."""
+    from threadpoolctl import threadpool_limits
+
+    a, b = np.random.default_rng(0).standard_normal((2, 384, 384))
+    best = math.inf
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(7):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return 2 * 384**3 / best
+
+
+def _layer_costs(problem: Problem) -> list[dict[str, Any]]:
+    """Per layer: kind, input/output shape per sample, and MACs per output entry (fan-in)."""
+    out, shape = [], tuple(problem.config.in_shape)
+    for spec, layer in zip(problem.net.specs, problem.net.layers):
+        o = spec.options
+        if spec.kind == "conv":
+            fan = shape[0] * int(np.prod(layer.k))
+        elif spec.kind == "dense":
+            fan = shape[0]
+        elif spec.kind == "pool":
+            fan = int(np.prod(layer.k))
+        elif spec.kind == "activation":
+            fan = 1
+        else:
+            fan = 0
+        out.append({"kind": spec.kind, "in": shape, "out": tuple(layer.out_shape), "fan": fan, "opts": o,
+                    "layer": layer})
+        shape = tuple(layer.out_shape)
+    return out
+
+
+def _grow(c: dict[str, Any], h: int, w: int, channels: int) -> tuple[int, int, int]:
+    """The window of c's output an input window (channels, h, w) can change."""
+    if c["kind"] in ("conv", "pool"):
+        layer = c["layer"]
+        (kh, kw), (sh, sw) = layer.k, layer.s
+        d = getattr(layer, "d", (1, 1))
+        h2 = min(c["out"][1], math.ceil((h + (kh - 1) * d[0]) / sh))
+        w2 = min(c["out"][2], math.ceil((w + (kw - 1) * d[1]) / sw))
+        return (c["out"][0] if c["kind"] == "conv" else channels), h2, w2
+    if c["kind"] == "activation":
+        return channels, h, w
+    return -1, -1, -1  # flatten / dense: everything
+
+
+def _suffix_flops(costs: list[dict[str, Any]], start: int, window: tuple[int, int, int] | None) -> float:
+    """FLOPs (2 per MAC) of layers start… for one sample, the changed part only."""
+    flops, win = 0.0, window
+    for c in costs[start:]:
+        if win is None or win[0] < 0 or len(c["in"]) != 3:
+            flops += 2 * int(np.prod(c["out"])) * c["fan"]
+            win = None
+            continue
+        win = _grow(c, win[1], win[2], win[0])
+        size = int(np.prod(c["out"])) if win[0] < 0 else win[0] * win[1] * win[2]
+        flops += 2 * size * c["fan"]
+    return flops
+
+
+def floors(problem: Problem) -> dict[str, float]:
+    """FLOPs each scope must spend: two evaluations of what every entry changes."""
+    costs, n = _layer_costs(problem), problem.config.batch
+    network = layer = 0.0
+    for l, c in enumerate(costs):
+        per_in = int(np.prod(c["in"]))
+        # an input entry of layer l (δ^{l-1}): one sample; its window in layer l
+        win = (1, 1, 1) if len(c["in"]) == 3 else None
+        own = _suffix_flops(costs[l:l + 1], 0, win)
+        layer += 2 * n * per_in * own
+        if l == 0:
+            network += 2 * n * per_in * _suffix_flops(costs, 0, win)
+        for name, P in c["layer"].params.items():
+            # a parameter entry: every sample; in its layer one output channel (conv W, tied b) or unit
+            if c["kind"] == "conv":
+                first = 2 * c["out"][1] * c["out"][2] * (c["fan"] if name == "W" else 1)
+                whole_win = (1, c["out"][1], c["out"][2])
+            else:
+                first, whole_win = 2 * c["fan"], None
+            rest = _suffix_flops(costs, l + 1, whole_win) if l + 1 < len(costs) else 0.0
+            layer += 2 * P.size * n * first
+            network += 2 * P.size * n * (first + rest)
+    return {"network": network, "layer": layer}
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rungs", default=",".join(RUNGS), help=f"comma-separated subset of {', '.join(RUNGS)}")
+    ap.add_argument("--scopes", default="layer,network", help="layer, network or both")
+    ap.add_argument("--network-rungs", default="lenet,cifar,vgg,deep",
+                    help="the rungs the network scope runs on (it takes tens of minutes on wide64)")
+    ap.add_argument("--workers", type=int, default=default_workers())
+    ap.add_argument("--gradcheck-budget", type=float, default=120.0,
+                    help="seconds a full gradcheck may take before it is extrapolated from a subset")
+    ap.add_argument("--no-gradcheck", action="store_true")
+    ap.add_argument("--no-directions", action="store_true", help="skip --directions 1 vs fast_mode")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a cnngrad run is given up")
+    ap.add_argument("--quick", action="store_true", help="lenet and deep, layer scope, gradcheck budget 10 s")
+    ap.add_argument("--output", default=str(HERE / "results-ladder.json"))
+    ap.add_argument("--render", metavar="JSON", help="print the table of a stored results file and exit")
+    ap.add_argument("--gradcheck-of", metavar="CONFIG", help=argparse.SUPPRESS)  # the child of gradcheck_in_child
+    args = ap.parse_args(argv)
+    if args.gradcheck_of:
+        times = gradcheck_times(build(load(args.gradcheck_of)), args.gradcheck_budget, fast=not args.no_directions)
+        print(json.dumps(times))
+        return 0
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    if args.quick:
+        args.rungs, args.scopes, args.gradcheck_budget = "lenet,deep", "layer", 10.0
+    rungs = [r.strip() for r in args.rungs.split(",") if r.strip()]
+    unknown = [r for r in rungs if r not in RUNGS]
+    if unknown:
+        ap.error(f"unknown rungs {unknown}; known: {', '.join(RUNGS)}")
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    rate = matmul_rate()
+    print(f"matmul rate: {rate / 1e9:.2f} GFLOP/s per core; {args.workers} workers", file=sys.stderr)
+    results: dict[str, Any] = {"machine": {"cores": default_workers(), "workers": args.workers,
+                                           "matmul_gflops_per_core": rate / 1e9}, "rungs": {}}
+    for name in rungs:
+        config = RUNGS[name]
+        problem = build(load(str(config)))
+        fl = floors(problem)
+        rung: dict[str, Any] = {"config": str(config.relative_to(ROOT)), "scopes": {}}
+        for scope in scopes:
+            if scope == "network" and name not in args.network_rungs.split(","):
+                continue
+            print(f"{name}: cnngrad --scope {scope} …", file=sys.stderr)
+            r = run_cnngrad(config, scope, args.workers, [], args.timeout)
+            r["floor_flops"] = fl[scope]
+            r["floor_seconds"] = fl[scope] / (rate * args.workers)
+            rung["scopes"][scope] = r
+        if not args.no_directions:
+            print(f"{name}: cnngrad --directions 1 …", file=sys.stderr)
+            rung["directions"] = run_cnngrad(config, "network", args.workers, ["--directions", "1"], args.timeout)
+        if not args.no_gradcheck:
+            print(f"{name}: torch gradcheck …", file=sys.stderr)
+            rung["gradcheck"] = gradcheck_in_child(config, args.gradcheck_budget, not args.no_directions,
+                                                   10 * args.gradcheck_budget + 600)
+        results["rungs"][name] = rung
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")  # each rung as it is done
+        print(table_row(name, rung), file=sys.stderr)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+    return 0
+
+
+def _s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} s" if x < 100 else f"{x:,.0f} s"
+
+
+def table_row(name: str, rung: dict[str, Any]) -> str:
+    g = rung.get("gradcheck", {})
+    cells = [name, f"{g.get('entries', '')}"]
+    for scope in ("layer", "network"):
+        r = rung["scopes"].get(scope)
+        if r is None:
+            cells += ["", "", "", "", ""]
+            continue
+        if r.get("seconds") is None:
+            cells += [f"> {r.get('timeout', 0):.0f} s (timeout)", "", "", "", ""]
+            continue
+        ratio = (g["seconds"] / r["seconds"]) if g.get("seconds") else None
+        cells += [_s(r["seconds"]) + ("" if r.get("passed", True) else " FAIL"), f"{r.get('entries_per_s', 0):,.0f}",
+                  f"{r.get('peak_rss_mb', 0):.0f} MB",
+                  f"{r.get('check_seconds', r['seconds']) / r['floor_seconds']:.0f}x",
+                  f"{ratio:.0f}x" if ratio else ""]
+    gc = _s(g.get("seconds")) if g else ""
+    if g.get("extrapolated"):
+        gc = "~" + gc + f" (from {g['measured_entries']} entries)"
+    elif g and not g.get("passed", True):
+        gc += " FAILS"
+    d = rung.get("directions")
+    fast = g.get("fast_seconds")
+    # --directions 1 against fast_mode in-process both: the check's own seconds (start-up left out)
+    dsec = d.get("check_seconds") if d else None
+    cells += [gc, f"{dsec * 1000:.0f} ms" if dsec else "", f"{fast * 1000:.0f} ms" if fast else "",
+              f"{fast / dsec:.2f}x" if dsec and fast else ""]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    head = ("| net | entries (x + params) | layer scope | entries/s | peak RSS | vs floor | vs gradcheck "
+            "| network scope | entries/s | peak RSS | vs floor | vs gradcheck | gradcheck "
+            "| --directions 1 | fast_mode | fast_mode / directions |")
+    sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
+    lines = [f"{m['workers']} workers on {m['cores']} cores; matmul {m['matmul_gflops_per_core']:.2f} GFLOP/s a core. "
+             "Times are whole processes (start-up included); 'vs floor' is the check's own seconds over the "
+             "floor's; ~ marks a gradcheck time extrapolated from the entries measured.", "", head, sep]
+    lines += [table_row(name, rung) for name, rung in results["rungs"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""``--scope layer``: every layer's backward checked against differences of that layer alone.
+
+For layer l with input ``a^{l-1}``, output ``z^l`` and the δ its backward received,
+``δ^l = ∂C/∂z^l`` (the analytic one, as the layers above passed it down), the numeric
+gradient of a parameter entry θ_j is the layer's own forward, differenced and contracted
+with that δ::
+
+    ⟨δ^l, (z^l(θ + h·e_j) − z^l(θ − h·e_j)) / 2h⟩      against the analytic ∂C/∂θ_j
+
+and the same for an entry of its input, against the δ^{l-1} its backward passes down.  This
+is the chain rule checked link by link: each entry costs one layer (not the network above
+it), a wrong backward fails at its own layer only (the layers below it pass, being right
+for the δ they were given), so the culprit is named by construction.  What it does not see
+— the wiring between layers and the loss's gradient — a short end-to-end check along
+random directions of x covers (``end_to_end``).
+
+Changes are carried the way the network scope carries them, where a layer declares it
+(``finite_diff.shortcuts``): a parameter's perturbed output channel (``forward_perturbed``,
+spot-checked against a real pass first), an input entry's window (``window``/``region``/
+``elementwise``), one input unit of a dense layer (``input_delta``); else real forward
+passes — one sample a row for a per-sample layer, a whole perturbed batch for one that is not.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..finite_diff import FiniteDifferences
+from ..refs import TensorRef
+from .links import LinkDifferences
+
+Array = np.ndarray
+END_TO_END_DIRECTIONS = 2  # random directions of x for the end-to-end check
+__all__ = ["LinkDifferences", "SCOPES", "received_deltas", "link_rows", "end_to_end", "as_end_to_end",
+           "kinks_only", "WIRING"]
+
+SCOPES = ("network", "layer")
+
+
+def received_deltas(deltas: list[Array], out_delta: Array) -> list[Array]:
+    """δ^l, ∂C/∂(output of layer l), as each layer's backward received it: the δ the layer
+    above passed down (``deltas[l + 1]``), the loss's gradient for the last layer."""
+    return list(deltas[1:]) + [out_delta]
+
+
+def link_rows(rows: list, deltas: list[Array], kinds: list[str], row_type: Any) -> list:
+    """The network scope's rows and δ at every inner layer boundary (each layer's input):
+    in the layer scope every layer's backward is checked on everything it returns."""
+    have = {row.ref for row in rows}
+    rows = rows + [row_type(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(deltas))
+                   if TensorRef.delta(l) not in have]
+    rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))  # stable: a layer's order stays
+    return rows
+
+
+def end_to_end(fd: FiniteDifferences, g: Array, kind: str, rng: np.random.Generator, tol: float,
+               floor: Any, picks: Array, k: int = END_TO_END_DIRECTIONS) -> Any:
+    """∂C/∂x along ``k`` random unit directions through the whole network (2k passes for
+    central differences): the links checked one by one, this ties them together — a wrong
+    wiring between layers, or a wrong loss gradient, fails here and nowhere else.  A
+    direction whose derivative is small drowns in rounding (the loss's ~ε·C/h); so, as with
+    ``--directions``, a failure is checked again entry by entry at ``picks`` through the
+    whole network (the network scope's check of ∂C/∂x), and that is the row's verdict."""
+    from ..compare import judge
+
+    V = rng.standard_normal((k, g.size))
+    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    along, kinks = fd.directional(TensorRef.delta(0), V)
+    check = judge(TensorRef.delta(0), kind, g.shape, np.arange(k), V @ g.reshape(-1).astype(np.float64), along,
+                  kinks, tol, mode="directions", floor=floor)
+    what = "end to end: ∂C/∂x through the whole network and the loss"
+    if check.passed:
+        check.note = f"{what}, along {k} random directions"
+        return check
+    num = fd.numeric([(TensorRef.delta(0), picks)])[0]
+    entries = judge(TensorRef.delta(0), kind, g.shape, picks, g.reshape(-1)[picks].astype(np.float64), num.values,
+                    num.kinks, tol, floor=floor)
+    entries.note = (f"{what}: failed along {k} random directions (norm rel {check.metrics.norm_rel:.1e}); "
+                    f"checked entry by entry")
+    return entries
+
+
+def kinks_only(checks: list, network_refs: set[TensorRef]) -> None:
+    """An inner δ that only the layer scope checks, every one of whose stencils crossed a
+    kink (ties in a max pool's windows, e.g. of relu zeros or of a padded border): nothing
+    could be compared, so it is UNRESOLVED — not a failure of a tensor the network scope
+    would not have checked at all (the layers around it are still checked against it)."""
+    for c in checks:
+        if c.ref not in network_refs and c.failed and c.checked == 0 and c.kinks > 0:
+            c.status = "unresolved"
+            c.reason = (f"not checked: every one of its {c.kinks} entries' stencils crossed a kink (an inner δ the "
+                        f"network scope does not check); --avoid-kinks or a smaller --eps may resolve it")
+
+
+def as_end_to_end(check: Any, first: Any) -> Any:
+    """``check`` (the complex step's second look at the end-to-end row ``first``, or
+    ``first`` itself) marked as the end-to-end row."""
+    if check is not first and "end to end" not in check.note:
+        check.note = f"{first.note}; {check.note}"
+    return check
+
+
+WIRING = ("every layer's backward checks out against its own forward, but ∂C/∂x end to end does not: "
+          "the wiring between the layers (which δ each backward receives) or the loss's gradient is wrong")

@@ -1,0 +1,297 @@
+"""``--scope layer``: each layer against differences of that layer alone (cnngrad/layer_scope.py).
+
+Oracles: a plain loop of central differences of the whole network's loss written here (for
+correct code the contracted link differences must equal it), the network scope's verdicts,
+and deliberately broken backward passes (tests/test_broken.py's injectors).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_broken as broken
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+
+from cnngrad import check
+from cnngrad.cli import main
+from cnngrad.config import load
+from cnngrad.finite_diff import workers
+from cnngrad.losses import SoftmaxCrossEntropy
+from cnngrad.network import build
+from cnngrad.strategies import configs
+
+SHIPPED = sorted(p.stem for p in (Path(__file__).parent.parent / "cnngrad" / "configs").glob("*.yaml"))
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def statuses(report) -> dict:
+    return {(r.ref, r.mode): r.status for r in report.rows}
+
+
+def plain_loop(name: str, h: float = 1e-6) -> dict[str, np.ndarray]:
+    """∂C/∂θ for every parameter and ∂C/∂x by a loop of central differences of the whole
+    network's loss, one entry at a time (no cnngrad engine)."""
+    p = build(load(name))
+    net, x, y = p.net, p.x, p.y
+
+    def cost() -> float:
+        return net.cost(net.forward(x)[0], y)
+
+    out = {}
+    for i, layer in enumerate(net.layers):
+        for pname, P in layer.params.items():
+            g = np.empty(P.size)
+            flat = P.reshape(-1)
+            for j in range(P.size):
+                old = flat[j]
+                flat[j] = old + h
+                up = cost()
+                flat[j] = old - h
+                down = cost()
+                flat[j] = old
+                g[j] = (up - down) / (2 * h)
+            out[f"layers.{i}.{pname}"] = g.reshape(P.shape)
+    g = np.empty(x.size)
+    flat = x.reshape(-1)
+    for j in range(x.size):
+        old = flat[j]
+        flat[j] = old + h
+        up = cost()
+        flat[j] = old - h
+        down = cost()
+        flat[j] = old
+        g[j] = (up - down) / (2 * h)
+    out["input"] = g.reshape(x.shape)
+    return out
+
+
+@pytest.mark.parametrize("name", ["seed", "maxpool"])
+def test_link_differences_equal_a_plain_loop_over_the_whole_network(name):
+    """For correct code each link's numeric gradient (the layer alone, contracted with the δ
+    it received) is ∂C/∂θ itself: it must equal whole-network central differences."""
+    report = check(name, scope="layer")
+    assert report.passed
+    truth = plain_loop(name)
+    for key, g in truth.items():
+        numeric = report.numeric[key]
+        err = np.linalg.norm(numeric - g) / (np.linalg.norm(numeric) + np.linalg.norm(g))
+        assert err < 1e-7, (key, err)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_both_scopes_agree_on_the_shipped_configs(name):
+    network, layer = check(name, samples=40), check(name, samples=40, scope="layer")
+    assert network.passed == layer.passed
+    common = {k: v for k, v in statuses(network).items() if k in statuses(layer)}
+    assert common and all(statuses(layer)[k] == v for k, v in common.items())
+    # the layer scope has a row for every layer's input δ and the end-to-end check
+    refs = {r.ref for r in layer.rows}
+    assert all(any(r.path == (i,) and r.is_delta for r in refs) for i in range(len(layer.problem.net.layers)))
+    assert any("end to end" in r.note for r in layer.rows)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(dtypes=("float64", "float32")))
+def test_both_scopes_agree_on_random_networks(raw):
+    network, layer = check(raw), check(raw, scope="layer")
+    assert network.passed and layer.passed, [(r.ref, r.metrics.norm_rel) for r in network.failures + layer.failures]
+
+
+def test_a_direction_drowned_in_rounding_is_checked_entry_by_entry():
+    """Hypothesis found it: a tiny net whose ∂C/∂x along a random direction is ~1e-5, where
+    the loss's rounding (~ε·C/h) is 1e-6 of it.  The end-to-end row is then checked entry by
+    entry through the network, as --directions does, and passes (no false FAIL)."""
+    conv = {"conv": {"filters": 1, "kernel": 1}}
+    pool = {"pool": {"kind": "max", "size": 1, "stride": [1, 2]}}
+    raw = {"name": "tiny", "seed": 7, "input": {"batch": 1, "channels": 1, "height": 3, "width": 3},
+           "layers": [conv, conv, pool, pool], "loss": "mse"}
+    report = check(raw, scope="layer")
+    assert report.passed
+    e2e = [r for r in report.rows if "end to end" in r.note]
+    assert len(e2e) == 1 and e2e[0].mode == "entries" and "failed along 2 random directions" in e2e[0].note
+
+
+def test_an_inner_delta_all_at_ties_is_unresolved_not_failed():
+    """Hypothesis found it: a padded 1x1 conv makes rows equal to its bias, and a max pool
+    over them ties — every stencil of that pool's input δ crosses a kink.  The network scope
+    never checks that δ; the layer scope reports it UNRESOLVED (exit 0), not FAIL."""
+    raw = {"name": "ties", "seed": 0, "input": {"batch": 1, "channels": 1, "height": 7, "width": 3},
+           "layers": [{"conv": {"filters": 1, "kernel": [4, 1], "dilation": [2, 1]}},
+                      {"conv": {"filters": 1, "kernel": 1, "padding": [1, 0]}},
+                      {"pool": {"kind": "max", "size": 1, "stride": [2, 1]}},
+                      {"pool": {"kind": "max", "size": [1, 2], "stride": 1}}], "loss": "mse"}
+    report = check(raw, scope="layer")
+    assert check(raw).passed and report.passed and report.return_code == 0
+    tied = [r for r in report.rows if r.ref.path == (3,) and r.ref.is_delta]
+    assert tied[0].unresolved and tied[0].checked == 0 and "crossed a kink" in tied[0].reason
+    assert check(raw, scope="layer", strict=True).return_code == 1
+
+
+def culprit_rows(report) -> set[int]:
+    return {r.layer for r in report.failures if "end to end" not in r.note}
+
+
+# (bug, config, the layer localisation must name, the kind of layer the bug is in)
+BUGS = [
+    pytest.param(broken._no_rotation, "lenet", 3, "conv", id="kernel-not-rotated"),
+    pytest.param(broken._no_sigma_prime, "seed", 3, "activation", id="no-sigma-prime"),
+    pytest.param(broken._no_stride_zeros, "strided", 4, "conv", id="stride-zeros-not-inserted"),
+    pytest.param(broken._bias_mean, "lenet", 3, "conv", id="bias-not-summed"),
+]
+
+
+@pytest.mark.parametrize("bug, name, culprit, kind", BUGS)
+def test_a_bug_in_one_layer_fails_in_both_scopes_at_that_layer(monkeypatch, bug, name, culprit, kind):
+    """Each bug is in every layer of its kind; the first of them in backprop order is named.
+    In the layer scope only layers of that kind fail (the others are right for the δ they
+    were given); in the network scope every layer below the culprit fails too."""
+    bug(monkeypatch)
+    network, layer = check(name, samples=60), check(name, samples=60, scope="layer")
+    assert network.return_code == layer.return_code == 1
+    assert network.localisation.startswith(f"layer {culprit} ({kind})")
+    assert layer.localisation.startswith(f"layer {culprit} ({kind})")
+    assert max(culprit_rows(layer)) == culprit
+    links = [r for r in layer.failures if "end to end" not in r.note]
+    assert links and all(r.kind == kind for r in links), [str(r.ref) for r in links]
+
+
+def test_a_bug_in_the_last_layer_is_located_by_the_layer_scope(monkeypatch):
+    """Dense's ∂C/∂W transposed-ish: scaled by 2 in the last layer only."""
+    from cnngrad.layers import Dense
+
+    original = Dense.backward
+
+    def backward(self, delta, cache):
+        delta_prev, grads = original(self, delta, cache)
+        if self.out_shape == (10,):
+            delta_prev = 2 * delta_prev
+        return delta_prev, grads
+
+    monkeypatch.setattr(Dense, "backward", backward)
+    report = check("lenet", samples=30, scope="layer")
+    assert report.return_code == 1 and report.localisation.startswith("layer 9 (dense)")
+    assert {(r.layer, r.tensor) for r in report.failures if "end to end" not in r.note} == {(9, "input")}
+
+
+def test_a_wrong_wiring_passes_every_link_and_fails_end_to_end(monkeypatch):
+    """The loss's gradient doubled: every layer is right for the δ it receives, so every link
+    passes; the end-to-end check fails and says the wiring or the loss is wrong."""
+    original = SoftmaxCrossEntropy.gradient
+    monkeypatch.setattr(SoftmaxCrossEntropy, "gradient", staticmethod(lambda a, y: 2 * original(a, y)))
+    report = check("lenet", samples=30, scope="layer")
+    assert report.return_code == 1
+    assert [r.note.split(":")[0] for r in report.failures] == ["end to end"]
+    assert "checked entry by entry" in report.failures[0].note  # confirmed: not rounding along a direction
+    assert "wiring" in report.localisation
+    assert not check("lenet", samples=30).passed  # the network scope sees it everywhere
+
+
+def test_a_layer_that_is_not_per_sample_is_perturbed_with_whole_batches(monkeypatch):
+    """Batch norm (a plugin that does not declare per_sample) passes; declaring it
+    per-sample would perturb one sample alone, which is wrong for it — and fails."""
+    path = str(PLUGINS / "batchnorm_null.yaml")
+    report = check(path, plugins=True, scope="layer")
+    assert report.passed
+    assert any("does not declare per_sample" in f for f in report.fallbacks)
+    from cnngrad.network import PluginLayer
+
+    init = PluginLayer.__init__
+
+    def declared_per_sample(self, *args):
+        init(self, *args)
+        self.per_sample = True
+
+    monkeypatch.setattr(PluginLayer, "__init__", declared_per_sample)
+    wrong = check(path, plugins=True, scope="layer")
+    assert (1, "input") in {(r.layer, r.tensor) for r in wrong.failures}
+
+
+def test_the_classic_batchnorm_bug_is_located_by_the_layer_scope():
+    report = check(str(PLUGINS / "batchnorm_constant_stats.yaml"), plugins=True, scope="layer")
+    assert report.return_code == 1 and report.localisation.startswith("layer 1 ")
+
+
+@pytest.mark.parametrize("method", ["forward", "richardson", "complex"])
+def test_every_method_in_the_layer_scope(monkeypatch, method):
+    assert check("lenet", samples=30, scope="layer", method=method).passed
+    broken._no_sigma_prime(monkeypatch)
+    report = check("seed", scope="layer", method=method)
+    assert report.localisation.startswith("layer 3 ")
+
+
+def test_directions_in_the_layer_scope(monkeypatch):
+    assert check("lenet", scope="layer", directions=2).passed
+    broken._no_rotation(monkeypatch)
+    report = check("lenet", scope="layer", directions=2)
+    assert report.return_code == 1 and report.localisation.startswith("layer 3 ")
+
+
+def test_kinks_are_flagged_in_the_layer_scope():
+    """A step as large as the pre-activations makes relu/max-pool stencils cross kinks: they
+    are counted and left out, as in the network scope."""
+    report = check("maxpool", scope="layer", eps=1e-1, tol=1.0)
+    assert any(r.kinks for r in report.rows if r.kind in ("activation", "pool"))
+
+
+@pytest.mark.parametrize("scope", ["network", "layer"])
+def test_the_same_numbers_for_any_worker_count(monkeypatch, scope):
+    """Forked workers (forced here: the check is small) give the numbers of one, bit for bit."""
+    one = check("maxpool", scope=scope, workers=1)
+    monkeypatch.setattr(workers, "PARALLEL_WORK", 0)
+    many = check("maxpool", scope=scope, workers=3)
+    assert one.numeric.keys() == many.numeric.keys()
+    for key in one.numeric:
+        assert np.array_equal(one.numeric[key], many.numeric[key], equal_nan=True), key
+
+
+def test_all_cores_by_default():
+    import os
+
+    from cnngrad.finite_diff import FiniteDifferences
+
+    p = build(load("seed"))
+    fd = FiniteDifferences(p.net, p.x, p.y, 1e-6)
+    assert fd.workers == len(os.sched_getaffinity(0)) == workers.default_workers()
+
+
+def test_cli_scope_and_workers(monkeypatch):
+    runner = CliRunner()
+    ok = runner.invoke(main, ["check", "seed", "--scope", "layer", "--workers", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert "end to end" in ok.output
+    bad = runner.invoke(main, ["check", "seed", "--scope", "everything"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    broken._no_sigma_prime(monkeypatch)
+    fail = runner.invoke(main, ["check", "seed", "--scope", "layer", "--format", "json"])
+    assert fail.exit_code == 1
+
+
+def test_a_baseline_is_compared_within_its_scope_only(tmp_path):
+    """The layer scope's errors are far below the network scope's: a baseline recorded in one
+    scope is not compared with a run in the other (it would call every tensor a regression)."""
+    from cnngrad import baseline
+
+    recorded = baseline.record([check("seed", scope="layer")])
+    assert recorded["configs"]["seed"]["scope"] == "layer"
+    other = check("seed")
+    baseline.compare(other, recorded)
+    assert not other.regressions and "--scope layer" in other.baseline_note
+    same = check("seed", scope="layer")
+    baseline.compare(same, recorded)
+    assert not same.regressions and not same.baseline_note
+
+
+def test_the_layer_scope_report_validates_against_the_json_schema():
+    import json
+
+    import jsonschema
+
+    result = CliRunner().invoke(main, ["check", "maxpool", "--scope", "layer", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    schema = json.loads((Path(__file__).parent.parent / "cnngrad" / "schemas" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    records = report["configs"][0]["records"]
+    assert {r["layer"] for r in records if r["role"] == "delta"} == set(range(8))  # every layer's input δ
