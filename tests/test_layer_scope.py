@@ -86,6 +86,9 @@ def test_both_scopes_agree_on_the_shipped_configs(name):
     assert network.passed == layer.passed
     common = {k: v for k, v in statuses(network).items() if k in statuses(layer)}
     assert common and all(statuses(layer)[k] == v for k, v in common.items())
+    if any(spec.kind == "block" for spec in layer.problem.config.layers):  # not inside blocks yet: it says so
+        assert layer.scope == "network" and any("inside blocks" in note for note in layer.fallbacks)
+        return
     # the layer scope has a row for every layer's input δ and the end-to-end check
     refs = {r.ref for r in layer.rows}
     assert all(any(r.path == (i,) and r.is_delta for r in refs) for i in range(len(layer.problem.net.layers)))

@@ -28,6 +28,7 @@ class LinkDifferences(InputLinks):
 
     def __init__(self, fd: FiniteDifferences, received: list[Array]) -> None:
         self.fd, self.net, self.method = fd, fd.net, fd.method
+        self.inputs = fd.inputs  # every layer's input in the unperturbed pass (diagnosis reads them)
         self.received = [np.asarray(d, dtype=np.result_type(d, np.float64)) for d in received]
         self.fast_fallbacks: list[str] = list(fd.fast_fallbacks)
         self._spot: dict[tuple[int, str], bool] = {}
