@@ -269,7 +269,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     more entries or use more memory (default 10M entries, a quarter of the available memory).
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
-    ``progress(done, total)`` is called as entries are finished; ``workers`` processes
+    ``progress(done, total)`` is called as work is finished (bytes of perturbed activations,
+    what the time follows; ``total`` grows as more is planned); ``workers`` processes
     share a large check (default: up to 2), with the same numbers as one."""
     if isinstance(config, dict):
         config = cfg.validate(config, plugins=plugins)
@@ -327,16 +328,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads))
         rows, kinds = targets(net, deltas, grads)
         picks = [select(problem.rng, g.size, how.samples) for *_, g, _ in rows]
-        total = sum(len(idx) for idx in picks)
-        done = [0]
-
-        def advance(n: int) -> None:
-            done[0] += n
-            if how.progress is not None:
-                how.progress(done[0], total)
-
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
-        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
+        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=how.progress, workers=how.workers)
 
         def entry_row(r: int, num: Any) -> TensorCheck:
             _, layer, tensor, g, _ = rows[r]
@@ -351,7 +344,6 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 num, kinks = fd.directional(target, V)
                 checks[r] = judge(layer, kinds[r], tensor, g.shape, np.arange(how.directions),
                                   V @ g.reshape(-1).astype(np.float64), num, kinks, how.tol, mode="directions")
-                advance(len(picks[r]))
         todo = [r for r, c in enumerate(checks) if c is None or not c.passed]  # entry by entry
         try:
             numeric = fd.numeric([(rows[r][4], picks[r]) for r in todo])

@@ -25,7 +25,6 @@ before the batch mean, so a sample the perturbation does not reach adds an exact
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import _malloc
+from . import _malloc, pool
 from . import conv as C
 from .network import Network
 
@@ -42,14 +41,6 @@ Array = np.ndarray
 # Bytes of perturbed activations above which a check is shared among worker processes
 # (below it, forking costs more than it saves).
 PARALLEL_WORK = 256 << 20
-_STATE: Any = None  # (chunk functions, index arrays), inherited by forked workers
-
-
-def _work(job: tuple[int, int, int]) -> tuple[tuple[int, int, int], tuple[Array, Array]]:
-    """A worker's task: one chunk of one tensor, by the functions the parent planned."""
-    fns, indices = _STATE
-    ti, lo, hi = job
-    return job, fns[ti](indices[ti][lo:hi])
 
 
 class Interrupted(KeyboardInterrupt):
@@ -163,7 +154,9 @@ def _row_bytes(net: Network, start: int, itemsize: int) -> int:
 class FiniteDifferences:
     """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``.
 
-    ``progress(n)`` is called with the number of entries finished after each chunk.
+    ``progress(done, planned)`` is called after each chunk with the work finished and the
+    work planned so far, in bytes of perturbed activations (what a chunk's time follows:
+    an entry of the input δ costs far more than one of the last bias).
     ``workers`` processes share the chunks of a large check (default: one per core, at
     most 2); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
     Every chunk is computed the same way wherever it runs, with one BLAS thread, so the
@@ -171,7 +164,7 @@ class FiniteDifferences:
     """
 
     def __init__(self, net: Network, x: Array, y: Array, eps: float, method: str = "central",
-                 memory_budget: int = 16 << 20, progress: Callable[[int], None] | None = None,
+                 memory_budget: int = 16 << 20, progress: Callable[[int, int], None] | None = None,
                  workers: int | None = None) -> None:
         self.net, self.x, self.y, self.eps = net, x, y, eps
         self.method = get_method(method)
@@ -179,7 +172,8 @@ class FiniteDifferences:
         self.work = np.result_type(x.dtype, np.complex64) if self.method.is_complex else x.dtype
         self.budget = memory_budget
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or (lambda done, planned: None)
+        self.work_done = self.work_planned = 0
         self.n = x.shape[0]
         # the unperturbed pass: every layer's input and output, caches, kink states, ℓ_n(θ)
         self.inputs, self.caches = [x], []
@@ -242,6 +236,7 @@ class FiniteDifferences:
         jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
                 for ti in order for lo in range(0, len(targets[ti][1]), plans[ti].chunk)]
         work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
+        self.work_planned += work
         results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
@@ -249,7 +244,8 @@ class FiniteDifferences:
                 for (ti, lo, hi), (v, k) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
                     left[ti] -= 1
-                    self.progress(hi - lo)
+                    self.work_done += (hi - lo) * plans[ti].row_bytes
+                    self.progress(self.work_done, self.work_planned)
         except KeyboardInterrupt:
             finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
             raise Interrupted(finished) from None
@@ -288,21 +284,17 @@ class FiniteDifferences:
         return self._combine(losses, steps, samples, crossed)
 
     def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Iterator:
-        """Yield ``(job, result)`` for every job: here, or — for a large check, where the
-        system can fork — on ``workers`` forked processes that inherit the whole problem."""
-        global _STATE
-        if (self.workers > 1 and len(jobs) > 1 and work > PARALLEL_WORK
-                and "fork" in multiprocessing.get_all_start_methods()):
-            _STATE = (fns, [idx for _, idx in targets])
+        """Yield ``(job, result)`` for every job: here, or — for a large check — on up to
+        ``workers`` forked processes that inherit the whole problem (``pool.run_jobs``: a
+        dead worker raises ``pool.WorkerDied``, Ctrl-C kills the workers at once)."""
+        def one(job: tuple[int, int, int]) -> tuple[Array, Array]:
+            ti, lo, hi = job
+            return fns[ti](targets[ti][1][lo:hi])
+
+        workers = self.workers if work > PARALLEL_WORK else 1
+        if workers > 1:
             _malloc.trim()  # fewer pages to map into each worker
-            try:
-                with multiprocessing.get_context("fork").Pool(self.workers) as pool:
-                    yield from pool.imap_unordered(_work, jobs)
-            finally:
-                _STATE = None
-        else:
-            for ti, lo, hi in jobs:
-                yield (ti, lo, hi), fns[ti](targets[ti][1][lo:hi])
+        yield from pool.run_jobs(one, jobs, workers)
 
     def _plan_input(self, layer_index: int = 0) -> Plan:
         """δ at the input of layer ``layer_index`` (for 0, ∂C/∂x): its input a is perturbed

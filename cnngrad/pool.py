@@ -1,0 +1,330 @@
+"""Run jobs on forked worker processes, robustly: a dead worker is an error, never a hang.
+
+``run_jobs(fn, jobs, workers)`` yields ``(job, fn(job))`` as results arrive, in any order.
+Why not ``multiprocessing.Pool`` / ``ProcessPoolExecutor``: a worker killed with SIGKILL hangs
+the first forever and breaks the second with a traceback; Ctrl-C can deadlock in
+``Pool.terminate`` and makes every worker print a ``KeyboardInterrupt`` traceback.  Here:
+
+* the parent owns the signals: workers ignore SIGINT (a terminal's Ctrl-C reaches the whole
+  process group), take SIGTERM's default (die, silently), and die with the parent
+  (``PR_SET_PDEATHSIG``), so nothing outlives a killed parent;
+* one pipe each way per worker; ``fn`` is not pickled (the worker inherits it by forking),
+  only jobs and results travel;
+* a worker's death shows as end-of-file on its result pipe (only it holds the write end):
+  the parent reaps it and raises :class:`WorkerDied` naming the job it was running;
+* on any exit from the generator (results all in, an exception, Ctrl-C, ``close()``) every
+  worker still alive gets SIGKILL and is reaped: no queue, no thread, nothing to join;
+* workers leave with ``os._exit``: no atexit handler, no second flush of the parent's buffers,
+  no traceback on stderr.
+
+A job's exception comes back pickled and is raised in the parent.  Inside ``fn``,
+:func:`send` passes a message (e.g. progress) to the parent's ``on_message(job, message)``.
+``CNNGRAD_WORKER_PIDS=FILE`` appends each worker's pid to FILE when it starts (for tests
+that kill one).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection, wait
+from typing import Any, TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+PIDS_ENV = "CNNGRAD_WORKER_PIDS"
+_PR_SET_PDEATHSIG = 1
+_channel: Connection | None = None  # in a worker: where send() writes
+_inline: Callable[[Any], None] | None = None  # in the parent running jobs itself: on_message for the job
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without a result: killed (by a signal, the OOM killer) or exited."""
+
+    def __init__(self, job: Any, pid: int, status: int | None) -> None:
+        self.job, self.pid, self.status = job, pid, status
+        super().__init__(f"worker process {pid} died ({describe(status)}) before finishing its job")
+
+
+def describe(status: int | None) -> str:
+    """``waitpid``'s status in words: "killed by SIGKILL", "exit code 3"."""
+    if status is None:
+        return "status unknown"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name}" + (", perhaps out of memory" if sig == signal.SIGKILL else "")
+    return f"exit code {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"status {status}"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap(requested: int, jobs: int) -> int:
+    """Workers worth forking: no more than jobs to share, nor than usable cores; at least 1."""
+    return max(1, min(requested, jobs, usable_cores()))
+
+
+def send(message: Any) -> None:
+    """From inside a job: hand ``message`` to the parent's ``on_message(job, message)``.
+    Does nothing outside ``run_jobs``."""
+    if _channel is not None:
+        _channel.send(("msg", message))
+    elif _inline is not None:
+        _inline(message)
+
+
+def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int,
+             on_message: Callable[[J, Any], None] | None = None) -> Iterator[tuple[J, R]]:
+    """``(job, fn(job))`` for every job, as each finishes, on ``cap(workers, len(jobs))``
+    forked processes (in this process when that is 1).  Raises :class:`WorkerDied` when a
+    worker dies, and a job's own exception as it was raised; either way, and when the
+    caller stops iterating, every worker is killed before the generator exits."""
+    jobs = list(jobs)
+    n = cap(workers, len(jobs)) if hasattr(os, "fork") else 1
+    if n <= 1:
+        yield from _inline_jobs(fn, jobs, on_message)
+        return
+    procs: list[_Worker] = []
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for _ in range(n):
+            procs.append(_Worker.fork(fn, procs))
+        yield from _drive(procs, jobs, on_message)
+    finally:
+        _shutdown(procs)
+
+
+def _inline_jobs(fn: Callable, jobs: list, on_message: Callable | None) -> Iterator[tuple[Any, Any]]:
+    global _inline
+    for job in jobs:
+        _inline = (lambda m, job=job: on_message(job, m)) if on_message is not None else None
+        try:
+            result = fn(job)
+        finally:
+            _inline = None
+        yield job, result
+
+
+class _Worker:
+    """One forked process: its pid, the pipe its jobs go down and the one results come up."""
+
+    def __init__(self, pid: int, tasks: Connection, results: Connection) -> None:
+        self.pid, self.tasks, self.results = pid, tasks, results
+        self.job: Any = None  # the job it is running, None when idle
+        self.alive = True
+
+    @classmethod
+    def fork(cls, fn: Callable, siblings: list[_Worker]) -> _Worker:
+        task_r, task_w = Pipe(duplex=False)
+        result_r, result_w = Pipe(duplex=False)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            code = 1
+            try:
+                for other in siblings:  # only the parent may hold the others' pipes
+                    other.tasks.close()
+                    other.results.close()
+                task_w.close()
+                result_r.close()
+                _become_worker(parent)
+                code = _serve(fn, task_r, result_w)
+            finally:
+                os._exit(code)
+        task_r.close()
+        result_w.close()
+        worker = cls(pid, task_w, result_r)
+        _announce(pid)
+        return worker
+
+
+def _become_worker(parent: int) -> None:
+    """Signals belong to the parent; die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _serve(fn: Callable, tasks: Connection, results: Connection) -> int:
+    """The worker's loop: a job in, its result (or its exception) out, until told to stop."""
+    global _channel
+    _channel = results
+    while True:
+        try:
+            job = tasks.recv()
+        except (EOFError, OSError):
+            return 0
+        if job is None:
+            return 0
+        try:
+            reply: tuple = ("ok", fn(job))
+        except BaseException as e:  # noqa: BLE001 — everything goes back to the parent
+            reply = ("err", e, traceback.format_exc())
+        try:
+            results.send(reply)
+        except (BrokenPipeError, EOFError, OSError):
+            return 0
+        except Exception as e:  # the result or the exception does not pickle
+            try:
+                results.send(("err", RuntimeError(f"a worker's reply could not be sent back: {e!r}"),
+                              reply[2] if reply[0] == "err" else ""))
+            except (BrokenPipeError, EOFError, OSError):
+                return 0
+        finally:
+            try:
+                sys.stdout.flush()  # what the job printed, not what the parent had buffered (flushed before fork)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _announce(pid: int) -> None:
+    path = os.environ.get(PIDS_ENV)
+    if path:
+        try:
+            with open(path, "a", encoding="ascii") as f:
+                f.write(f"{pid}\n")
+        except OSError:
+            pass
+
+
+def _drive(procs: list[_Worker], jobs: list, on_message: Callable | None) -> Iterator[tuple[Any, Any]]:
+    pending = list(reversed(jobs))  # pop() takes them in order
+    for w in procs:
+        _give(w, pending)
+    while any(w.job is not None for w in procs):
+        busy = {w.results: w for w in procs if w.job is not None}
+        for conn in wait(list(busy)):
+            w = busy[conn]
+            try:
+                reply = conn.recv()
+            except (EOFError, OSError):
+                w.alive = False
+                raise WorkerDied(w.job, w.pid, _reap(w.pid)) from None
+            if reply[0] == "msg":
+                if on_message is not None:
+                    on_message(w.job, reply[1])
+                continue
+            job, w.job = w.job, None
+            if reply[0] == "err":
+                error = reply[1]
+                if reply[2] and hasattr(error, "add_note"):
+                    error.add_note(f"in worker process {w.pid}:\n{reply[2]}")
+                raise error
+            _give(w, pending)
+            yield job, reply[1]
+
+
+def _give(w: _Worker, pending: list) -> None:
+    """The next job to an idle worker, or tell it to stop."""
+    if pending:
+        w.job = pending.pop()
+        w.tasks.send(w.job)
+    else:
+        try:
+            w.tasks.send(None)
+        except OSError:
+            pass
+
+
+def _reap(pid: int, patience: float = 1.0) -> int | None:
+    """The exit status of a worker whose pipe closed (it is exiting); SIGKILL if it lingers."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return os.waitpid(pid, 0)[1]
+    except (ProcessLookupError, ChildProcessError):
+        return None
+
+
+def _shutdown(procs: list[_Worker]) -> None:
+    """Kill every worker still running and reap it; signals wait until this is done."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        for w in procs:
+            if w.alive:
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for w in procs:
+            if w.alive:
+                try:
+                    os.waitpid(w.pid, 0)
+                except ChildProcessError:
+                    pass
+                w.alive = False
+            w.tasks.close()
+            w.results.close()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class Stop:
+    """Which signal stopped a run (0: none yet); see :func:`interruptible`."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+@contextmanager
+def interruptible() -> Iterator[Stop]:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt in the main thread, so a run stops the
+    same way whichever came (workers killed, the finished part reported); ``Stop.signum``
+    says which.  Outside the main thread, nothing changes."""
+    stop = Stop()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.signum = stop.signum or signum
+        raise KeyboardInterrupt
+
+    try:
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        old = {}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
