@@ -244,7 +244,11 @@ def _give(w: _Worker, pending: list) -> None:
     """The next job to an idle worker, or tell it to stop."""
     if pending:
         w.job = pending.pop()
-        w.tasks.send(w.job)
+        try:
+            w.tasks.send(w.job)
+        except OSError:  # its end of the pipe is gone: it died
+            w.alive = False
+            raise WorkerDied(w.job, w.pid, _reap(w.pid)) from None
     else:
         try:
             w.tasks.send(None)

@@ -1,0 +1,271 @@
+"""Worker processes that can die, signals, and the limits of a run (issue 11, cases 3, 4, 11).
+
+Every process case runs ``python -m cnngrad`` as a subprocess against a temporary folder,
+bounded by a timeout (a hang fails the test instead of stalling it) and synchronised on
+events — the pid file the pool writes (``CNNGRAD_WORKER_PIDS``) — never on fixed sleeps.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from cnngrad import pool
+from cnngrad.checker import check
+from cnngrad.progress import LazyProgress
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes are forked")
+
+BOUND = 120  # seconds any subprocess may take: far above the real time, only there to turn a hang into a failure
+
+# Large enough (input δ: 24,576 entries through two 16-filter convs) that the check shares its
+# chunks among worker processes (more than finite_diff.PARALLEL_WORK), ~10 s on 2 cores.
+SLOW = """input: {batch: 8, channels: 3, height: 32, width: 32}
+layers:
+  - conv: {filters: 16, kernel: 5, padding: 2}
+  - activation: tanh
+  - conv: {filters: 16, kernel: 5, padding: 2}
+  - activation: tanh
+  - flatten: {}
+  - dense: {units: 10}
+loss: softmax_cross_entropy
+"""
+
+TINY = """input: {batch: 2, channels: 1, height: 5, width: 5}
+layers:
+  - conv: {filters: 2, kernel: 3}
+  - activation: tanh
+  - flatten: {}
+  - dense: {units: 3}
+loss: mse
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    pids = tmp_path / "pids"
+    env = {**os.environ, pool.PIDS_ENV: str(pids)}
+    proc = subprocess.Popen([sys.executable, "-m", "cnngrad", "check", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    return proc, pids
+
+
+def wait_for_pids(proc: subprocess.Popen, pids: Path, count: int) -> list[int]:
+    """Block until the pool has written ``count`` worker pids (an event, not a fixed sleep)."""
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline:
+        lines = pids.read_text().split("\n")[:-1] if pids.exists() else []  # whole lines only
+        if len(lines) >= count:
+            return [int(p) for p in lines]
+        assert proc.poll() is None, f"cnngrad ended before forking {count} workers: {proc.communicate()}"
+        os.sched_yield()
+    proc.kill()
+    raise AssertionError("no workers were forked")
+
+
+def gone(pid: int) -> bool:
+    """The process no longer exists: it was killed and reaped (a zombie still has /proc/PID)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def assert_silent(stderr: str) -> None:
+    for word in ("Traceback", "KeyboardInterrupt", "BrokenPipe", "BrokenProcessPool"):
+        assert word not in stderr, stderr
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    (tmp_path / name).write_text(text)
+    return name
+
+
+# --------------------------------------------------------------------------- the pool itself
+
+
+def square(x: int) -> int:
+    pool.send(("seen", x))
+    return x * x
+
+
+def test_pool_gives_every_result_once_and_relays_messages():
+    seen = []
+    out = dict(pool.run_jobs(square, range(20), 2, on_message=lambda job, m: seen.append((job, m))))
+    assert out == {x: x * x for x in range(20)}
+    assert sorted(seen) == [(x, ("seen", x)) for x in range(20)]
+    inline = dict(pool.run_jobs(square, range(5), 1, on_message=lambda job, m: seen.append((job, m))))
+    assert inline == {x: x * x for x in range(5)}
+
+
+def test_a_jobs_exception_comes_back_as_itself():
+    def bad(x: int) -> int:
+        if x == 3:
+            raise ValueError("three is bad")
+        return x
+
+    with pytest.raises(ValueError, match="three is bad"):
+        list(pool.run_jobs(bad, range(8), 2))
+
+
+def test_a_killed_worker_is_an_error_naming_its_job_and_the_others_are_killed(tmp_path):
+    pids = tmp_path / "pids"
+
+    def suicidal(x: int) -> int:
+        if x == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    os.environ[pool.PIDS_ENV] = str(pids)
+    try:
+        with pytest.raises(pool.WorkerDied, match="killed by SIGKILL") as died:
+            list(pool.run_jobs(suicidal, range(10), 2))
+    finally:
+        del os.environ[pool.PIDS_ENV]
+    assert died.value.job == 5
+    workers = [int(p) for p in pids.read_text().split()]
+    assert len(workers) == 2 and all(gone(p) for p in workers)  # reaped before run_jobs returned
+
+
+def test_stopping_early_kills_and_reaps_the_workers(tmp_path):
+    pids = tmp_path / "pids"
+    os.environ[pool.PIDS_ENV] = str(pids)
+    try:
+        it = pool.run_jobs(square, range(100), 2)
+        next(it)
+        it.close()
+    finally:
+        del os.environ[pool.PIDS_ENV]
+    assert all(gone(int(p)) for p in pids.read_text().split())
+
+
+def test_workers_are_capped_by_jobs_and_usable_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert pool.usable_cores() == 3
+    assert pool.cap(1000, 2) == 2
+    assert pool.cap(1000, 50) == 3
+    assert pool.cap(1, 50) == 1
+    assert pool.cap(4, 0) == 1
+
+
+def test_numbers_are_the_same_with_any_worker_count():
+    from cnngrad import finite_diff
+    from cnngrad.config import load
+    from cnngrad.network import build
+
+    problem = build(load("lenet"))
+    targets = [("input", np.arange(problem.x.size)), ((0, "W"), np.arange(problem.net.layers[0].params["W"].size))]
+    runs = []
+    for workers in (1, 2):
+        old = finite_diff.PARALLEL_WORK
+        finite_diff.PARALLEL_WORK = 0  # share even this small check
+        try:
+            fd = finite_diff.FiniteDifferences(problem.net, problem.x, problem.y, 1e-6, workers=workers,
+                                               memory_budget=1 << 18)
+            runs.append([(n.values.tobytes(), n.kinks.tobytes()) for n in fd.numeric(targets)])
+        finally:
+            finite_diff.PARALLEL_WORK = old
+    assert runs[0] == runs[1]
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_a_killed_check_worker_is_an_exit_2_error_naming_the_config(tmp_path):
+    proc, pids = start(tmp_path, write(tmp_path, "slow.yaml", SLOW), "--quiet")
+    first = wait_for_pids(proc, pids, 1)[0]
+    os.kill(first, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=BOUND)
+    assert proc.returncode == 2, (stdout, stderr)
+    assert stderr.startswith("Error: slow.yaml: worker process ") and "killed by SIGKILL" in stderr
+    assert len(stderr.splitlines()) == 1
+    assert_silent(stderr)
+
+
+def test_a_killed_jobs_worker_fails_its_config_and_the_others_still_report(tmp_path):
+    slow = write(tmp_path, "slow.yaml", SLOW)
+    tiny = write(tmp_path, "tiny.yaml", TINY)
+    proc, pids = start(tmp_path, slow, tiny, "--jobs", "2", "--quiet")
+    first = wait_for_pids(proc, pids, 1)[0]  # the first worker takes the first config
+    os.kill(first, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=BOUND)
+    assert proc.returncode == 2, (stdout, stderr)
+    assert "Error: slow.yaml: worker process" in stderr and "killed by SIGKILL" in stderr
+    assert "PASSED: 5/5 tensors" in stdout  # tiny.yaml was checked all the same
+    assert_silent(stderr)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGINT, 130), (signal.SIGINT, 130),
+                                       (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_shared_check_with_the_partial_report(tmp_path, sig, code):
+    proc, pids = start(tmp_path, write(tmp_path, "slow.yaml", SLOW))
+    workers = wait_for_pids(proc, pids, 2)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=BOUND)  # a deadlock (Pool.terminate's) fails here
+    assert proc.returncode == code, (stdout, stderr)
+    assert "slow: interrupted after" in stdout
+    assert stderr.splitlines()[-1].startswith("interrupted: 0 of 1 configs checked")
+    assert_silent(stderr)
+    assert all(gone(p) for p in workers)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_jobs_with_what_finished(tmp_path, sig, code):
+    proc, pids = start(tmp_path, write(tmp_path, "slow.yaml", SLOW), write(tmp_path, "slow2.yaml", SLOW),
+                       "--jobs", "2")
+    workers = wait_for_pids(proc, pids, 2)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=BOUND)
+    assert proc.returncode == code, (stdout, stderr)
+    assert "interrupted: 0 of 2 configs checked" in stderr
+    assert_silent(stderr)
+    assert all(gone(p) for p in workers)
+
+
+def test_jobs_fork_no_more_workers_than_configs(tmp_path):
+    a, b = write(tmp_path, "a.yaml", TINY), write(tmp_path, "b.yaml", TINY.replace("units: 3", "units: 4"))
+    proc, pids = start(tmp_path, a, b, "--jobs", "1000", "--quiet")
+    stdout, stderr = proc.communicate(timeout=BOUND)
+    assert proc.returncode == 0, (stdout, stderr)
+    assert 1 <= len(pids.read_text().split()) <= min(2, pool.usable_cores())
+    assert stdout.count("PASSED") == 2
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_counts_work_not_entries():
+    calls: list[tuple[int, int]] = []
+    check("lenet", progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1] > 0  # all the work planned was done
+    # an entry of ∂C/∂x runs the whole network; one of the last bias only the loss: far less work
+    from cnngrad import finite_diff
+    from cnngrad.config import load
+    from cnngrad.network import build
+
+    problem = build(load("lenet"))
+    fd = finite_diff.FiniteDifferences(problem.net, problem.x, problem.y, 1e-6)
+    last = len(problem.net.layers) - 1
+    assert fd._plan_input().row_bytes > 20 * fd._plan_param(last, "b").row_bytes
+
+
+def test_the_bar_has_a_row_per_config_in_flight_and_a_config_count():
+    buf = io.StringIO()
+    bar = LazyProgress(after=0.0, console=Console(file=buf, force_terminal=True, width=100))
+    bar.configs(0, 3)
+    bar.update(0, "a", 10, 100)
+    bar.update(1, "[b]", 50, 100)  # a name is text, not markup
+    assert bar.bar is not None and len(bar.bar.tasks) == 3
+    bar.finish(0)
+    bar.configs(1, 3)
+    assert [t.description for t in bar.bar.tasks] == ["configs 1/3", r"\[b]"]
+    bar.close()
+    assert "configs" in buf.getvalue()
