@@ -139,7 +139,8 @@ def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]]) ->
         if i > 0 and net.specs[i].kind == "custom":  # a plugin's backward shows in the δ it passes down
             rows.append((key_of(i, "input"), i, "input", deltas[i], (i, "input")))
         rows += [(key_of(i, name), i, name, grads[i][name], (i, name)) for name in layer.params]
-    kinds = [kinds_of(net)[layer] for _, layer, *_ in rows]
+    every = kinds_of(net)  # once: per row it was quadratic in depth
+    kinds = [every[layer] for _, layer, *_ in rows]
     return rows, kinds
 
 
@@ -250,7 +251,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
           localize: bool = False, avoid_kinks: bool = False, max_params: float | None = None,
-          max_memory_mb: float | None = None) -> Report:
+          max_memory_mb: float | None = None, max_layers: int | None = None, jobs: int = 1) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -266,7 +267,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     tensor again at h/2 (failing tensors always are),
     to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
     ``max_params`` / ``max_memory_mb``: refuse (ConfigError) a run estimated to difference
-    more entries or use more memory (default 10M entries, a quarter of the available memory).
+    more entries or use more memory (default 10M entries, a quarter of the available memory,
+    shared by ``jobs`` configs run at once), ``max_layers``: refuse a deeper config (1000).
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
     ``progress(done, total)`` is called as work is finished (bytes of perturbed activations,
@@ -286,7 +288,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         tol = config.check.get("tol", FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != fd_dtype
                                else m.default_tol[config.dtype])
     samples = samples if samples is not None else config.check.get("samples")
-    guard(config, samples, directions, max_params, max_memory_mb)
+    guard(config, samples, directions, max_params, max_memory_mb, method, convergence, workers, jobs, max_layers)
     how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress)
     t0 = time.perf_counter()
     problem = build(config)

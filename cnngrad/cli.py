@@ -136,8 +136,11 @@ def check_options(f: Callable) -> Callable:
                      help="Refuse a check that would difference more than N entries [default: 1e7]."),
         click.option("--max-memory", "max_memory_mb", type=PositiveFloat(), default=None, metavar="MB",
                      help="Refuse a check estimated to need more memory [default: a quarter of the available]."),
+        click.option("--max-layers", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Refuse a config of more than N layers before building it [default: 1000]."),
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Check this many configs at once, in separate processes (same numbers as one)."),
+                     help="Check this many configs at once, in separate processes (same numbers as one; "
+                          "at most one per config and usable core; they share --max-memory)."),
     ]):
         f = option(f)
     return f
@@ -189,7 +192,7 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
     cores): a worker that dies fails its config (exit 2) and the others go on."""
     workers = pool.cap(jobs, len(refs))
     if workers > 1:
-        return _run_parallel(refs, seed, plugins, {**options, "workers": 1}, workers, debug)
+        return _run_parallel(refs, seed, plugins, {**options, "workers": 1, "jobs": workers}, workers, debug)
     reports: list[Report] = []
     for ref in refs:
         bar = LazyProgress()

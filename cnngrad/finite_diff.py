@@ -25,6 +25,7 @@ before the batch mean, so a sample the perturbation does not reach adds an exact
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -139,16 +140,18 @@ def _kink_state(layer: Any, cache: tuple) -> Array | None:
     return fn(cache) if fn is not None else None
 
 
-def _row_bytes(net: Network, start: int, itemsize: int) -> int:
-    """Bytes one sample row takes through ``layers[start:]``: activations, and the
-    im2col copies that conv and pool layers make (their receptive fields, unrolled)."""
-    total = 0
-    for spec, layer in zip(net.specs[start:], net.layers[start:]):
-        out = int(np.prod(layer.out_shape))
-        taps = int(np.prod(getattr(layer, "k", (1, 1))))
-        cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
-        total += 3 * out + cols
-    return max(total, 1) * itemsize
+def _suffix_row_bytes(net: Network, itemsize: int) -> list[int]:
+    """``rows[l]``: bytes one sample row takes through ``layers[l:]`` (activations, and the
+    im2col copies that conv and pool layers make: their receptive fields, unrolled), for
+    every l in one pass from the end — planning stays linear in depth."""
+    rows = [0] * (len(net.layers) + 1)
+    for l in range(len(net.layers) - 1, -1, -1):
+        spec, layer = net.specs[l], net.layers[l]
+        out = math.prod(layer.out_shape)
+        cols = int(spec.in_shape[0]) * math.prod(getattr(layer, "k", (1, 1))) * math.prod(layer.out_shape[1:]) \
+            if spec.kind in ("conv", "pool") else 0
+        rows[l] = rows[l + 1] + 3 * out + cols
+    return [max(r, 1) * itemsize for r in rows]
 
 
 class FiniteDifferences:
@@ -185,6 +188,7 @@ class FiniteDifferences:
         self.c0 = net.loss.per_sample(a, y)  # (N,)
         self.base_kinks = [_kink_state(l, c) for l, c in zip(net.layers, self.caches)]
         self.fast_fallbacks: list[str] = []  # tensors whose forward_perturbed failed its spot check
+        self.row_bytes = _suffix_row_bytes(net, x.dtype.itemsize)  # per start layer, once
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -471,7 +475,7 @@ class FiniteDifferences:
         return a, l, crossed
 
     def _plan(self, start: int, rows_per_entry: int, run: Callable) -> Plan:
-        row_bytes = _row_bytes(self.net, start, self.x.dtype.itemsize) * rows_per_entry
+        row_bytes = self.row_bytes[start] * rows_per_entry
         return Plan(max(1, self.budget // row_bytes), row_bytes, run)
 
     def _forward_each(self, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:

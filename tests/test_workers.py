@@ -269,3 +269,113 @@ def test_the_bar_has_a_row_per_config_in_flight_and_a_config_count():
     assert [t.description for t in bar.bar.tasks] == ["configs 1/3", r"\[b]"]
     bar.close()
     assert "configs" in buf.getvalue()
+
+
+# --------------------------------------------------------------------------- limits: memory and depth
+
+
+def deep(tmp_path: Path, layers: int) -> str:
+    body = "".join("  - dense: {units: 3}\n" if i % 2 else "  - activation: tanh\n" for i in range(layers - 1))
+    return write(tmp_path, f"deep{layers}.yaml", "input: {batch: 1, channels: 1, height: 2, width: 2}\n"
+                                                 f"layers:\n  - flatten: {{}}\n{body}loss: mse\n")
+
+
+def test_a_very_deep_config_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cnngrad import checker
+    from cnngrad.cli import main
+
+    def never(*args, **kw):
+        raise AssertionError("built a network the limits refuse")
+
+    monkeypatch.setattr(checker, "build", never)
+    path = str(tmp_path / deep(tmp_path, 8000))
+    result = CliRunner().invoke(main, ["check", path])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: layers: deep8000 has 8,000 layers, more than --max-layers 1,000")
+    assert "layer forward calls" in result.stderr and "raise --max-layers" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    result = CliRunner().invoke(main, ["check", str(tmp_path / deep(tmp_path, 30)), "--max-layers", "20"])
+    assert result.exit_code == 2 and "more than --max-layers 20" in result.stderr
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["check", str(tmp_path / deep(tmp_path, 30)), "--max-layers", "30", "--quiet"])
+    assert result.exit_code in (0, 1), result.output  # within the limit: checked
+
+
+def test_planning_is_linear_in_depth_and_agrees_with_the_estimate(tmp_path):
+    """The engine's bytes per row from every start layer, in one pass, equal a plain sum per
+    start (the old quadratic way), and the estimate's model of them."""
+    from cnngrad import finite_diff
+    from cnngrad.config import load
+    from cnngrad.network import build
+    from cnngrad.resources import suffix_row_bytes
+
+    for ref in ("lenet", "strided", "maxpool", str(tmp_path / deep(tmp_path, 40))):
+        config = load(ref)
+        problem = build(config)
+        fd = finite_diff.FiniteDifferences(problem.net, problem.x, problem.y, 1e-6)
+        plain = []
+        for start in range(len(config.layers) + 1):
+            total = 0
+            for spec in config.layers[start:]:
+                out = int(np.prod(spec.out_shape))
+                taps = int(np.prod(spec.options.get("kernel", spec.options.get("size", (1, 1)))))
+                total += 3 * out + (spec.in_shape[0] * taps * int(np.prod(spec.out_shape[1:]))
+                                    if spec.kind in ("conv", "pool") else 0)
+            plain.append(max(total, 1) * 8)
+        assert fd.row_bytes == plain == suffix_row_bytes(config)
+
+
+def test_the_estimate_grows_with_every_mode():
+    from cnngrad.config import load
+    from cnngrad.resources import estimate
+
+    lenet = load("lenet")
+    base = estimate(lenet, workers=1)
+    assert estimate(lenet, workers=1, method="complex").memory_mb > base.memory_mb  # complex rows: twice the bytes
+    assert estimate(lenet, workers=1, method="richardson").passes == 2 * base.passes  # 4 steps, not 2
+    assert estimate(lenet, workers=1, convergence=True).memory_mb > base.memory_mb  # a second engine at h/2
+    assert estimate(lenet, workers=1, directions=1000).memory_mb > estimate(lenet, workers=1, directions=10).memory_mb
+    assert estimate(lenet, workers=2).memory_mb > base.memory_mb  # lenet is large enough to share
+
+
+def test_memory_refusal_names_the_estimate_the_mode_and_the_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from cnngrad.cli import main
+
+    result = CliRunner().invoke(main, ["check", "lenet", "--directions", "1000", "--max-memory", "100"])
+    assert result.exit_code == 2
+    assert "lenet needs about" in result.stderr and "1000 directions" in result.stderr
+    assert "more than --max-memory 100 MB" in result.stderr and "raise --max-memory" in result.stderr
+    a, b = write(tmp_path, "a.yaml", TINY), write(tmp_path, "b.yaml", TINY)
+    one = CliRunner().invoke(main, ["check", str(tmp_path / a), "--max-memory", "80"])
+    assert one.exit_code == 0, one.output  # alone it fits in 80 MB
+    result = CliRunner().invoke(main, ["check", str(tmp_path / a), str(tmp_path / b), "--jobs", "2",
+                                       "--max-memory", "80"])
+    if pool.usable_cores() > 1:  # two configs at once: each gets half of 80 MB, less than the interpreter
+        assert result.exit_code == 2 and "with --jobs 2 (40 MB)" in result.stderr and "lower --jobs" in result.stderr
+
+
+@pytest.mark.parametrize("samples, mode", [(50, []), (50, ["--method", "complex"]), (20, ["--method", "richardson"]),
+                                           (50, ["--directions", "20"]), (50, ["--convergence"])])
+def test_the_estimate_is_within_2x_of_the_measured_peak(samples, mode):
+    """One process (--samples keeps lenet below the size that forks workers): its peak RSS
+    from wait4, exact, against the estimate."""
+    from cnngrad.config import load
+    from cnngrad.resources import estimate
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnngrad", "check", "lenet", "--samples", str(samples), *mode,
+                             "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.communicate(timeout=BOUND)
+    assert proc.returncode == 0
+    kw = {"method": mode[1]} if mode[:1] == ["--method"] else {"directions": int(mode[1])} \
+        if mode[:1] == ["--directions"] else {"convergence": True} if mode else {}
+    est = estimate(load("lenet"), samples=samples, **kw)
+    assert est.processes == 1
+    peak = usage.ru_maxrss / 1024
+    assert 0.5 <= est.memory_mb / peak <= 2.0, (est.memory_mb, peak)
