@@ -176,10 +176,17 @@ loss: softmax_cross_entropy
 def test_ctrl_c_leaves_no_partial_files(tmp_path):
     (tmp_path / "slow.yaml").write_text(SLOW)
     out, npz = tmp_path / "report.json", tmp_path / "run.npz"
+    pids = tmp_path.parent / f"{tmp_path.name}.pids"  # the pool writes its workers' pids: the check is under way
     proc = subprocess.Popen([sys.executable, "-m", "cnngrad", "check", str(tmp_path / "slow.yaml"),
                              "--method", "richardson", "--format", "json", "--output", str(out), "--save", str(npz)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)  # the cheap tensors are done by then, the input δ is not
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CNNGRAD_WORKER_PIDS": str(pids)})
+    while not pids.exists() or not pids.read_text().endswith("\n"):  # an event, not a fixed sleep
+        try:  # the process ending, or 20 ms: then look again
+            proc.wait(timeout=0.02)
+            raise AssertionError(proc.communicate())
+        except subprocess.TimeoutExpired:
+            pass
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, (stdout, stderr)

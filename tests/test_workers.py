@@ -67,8 +67,11 @@ def wait_for_pids(proc: subprocess.Popen, pids: Path, count: int) -> list[int]:
         lines = pids.read_text().split("\n")[:-1] if pids.exists() else []  # whole lines only
         if len(lines) >= count:
             return [int(p) for p in lines]
-        assert proc.poll() is None, f"cnngrad ended before forking {count} workers: {proc.communicate()}"
-        os.sched_yield()
+        try:  # wait for the process to end, or 20 ms: whichever comes first, then look again
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            continue
+        raise AssertionError(f"cnngrad ended before forking {count} workers: {proc.communicate()}")
     proc.kill()
     raise AssertionError("no workers were forked")
 
