@@ -200,8 +200,10 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
             reports.append(_check_one(ref, seed, plugins, options, progress=bar, debug=debug))
         except KeyboardInterrupt as stop:  # Ctrl-C: stop here; the caller reports what finished
             partial = getattr(stop, "report", None)
-            if partial is not None:
-                reports.append(partial)
+            if partial is None:  # stopped before any row was done (loading, planning): say so all the same
+                partial = Report.failed_to_load(ref, "")
+                partial.interrupted = True
+            reports.append(partial)
             break
         finally:
             bar.close()
@@ -348,7 +350,12 @@ def baseline() -> None:
 def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plugins: bool, debug: bool,
                     jobs: int, **options: Any) -> None:
     """Check CONFIG... and store each tensor's errors, keyed by the config's digest."""
-    reports = run_all(expand(configs), seed, plugins, options, jobs, debug)
+    refs = expand(configs)
+    with pool.interruptible() as stop:
+        reports = run_all(refs, seed, plugins, options, jobs, debug)
+    if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # a part is no baseline
+        click.echo(f"interrupted: no baseline written to {output}", err=True)
+        sys.exit(stop.exit_code)
     for rep in reports:
         if rep.error:
             click.echo(f"Error: {rep.error}", err=True)

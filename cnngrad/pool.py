@@ -7,7 +7,7 @@ the first forever and breaks the second with a traceback; Ctrl-C can deadlock in
 
 * the parent owns the signals: workers ignore SIGINT (a terminal's Ctrl-C reaches the whole
   process group), take SIGTERM's default (die, silently), and die with the parent
-  (``PR_SET_PDEATHSIG``), so nothing outlives a killed parent;
+  (``PR_SET_PDEATHSIG``), so nothing outlives a killed parent (``worker``);
 * one pipe each way per worker; ``fn`` is not pickled (the worker inherits it by forking),
   only jobs and results travel;
 * a worker's death shows as end-of-file on its result pipe (only it holds the write end):
@@ -24,26 +24,23 @@ that kill one).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
+
+from . import worker
+from .interrupt import Stop, interruptible
+from .worker import send
 
 J = TypeVar("J")
 R = TypeVar("R")
 
 PIDS_ENV = "CNNGRAD_WORKER_PIDS"
-_PR_SET_PDEATHSIG = 1
-_channel: Connection | None = None  # in a worker: where send() writes
-_inline: Callable[[Any], None] | None = None  # in the parent running jobs itself: on_message for the job
 
 
 class WorkerDied(RuntimeError):
@@ -81,15 +78,6 @@ def cap(requested: int, jobs: int) -> int:
     return max(1, min(requested, jobs, usable_cores()))
 
 
-def send(message: Any) -> None:
-    """From inside a job: hand ``message`` to the parent's ``on_message(job, message)``.
-    Does nothing outside ``run_jobs``."""
-    if _channel is not None:
-        _channel.send(("msg", message))
-    elif _inline is not None:
-        _inline(message)
-
-
 def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int,
              on_message: Callable[[J, Any], None] | None = None) -> Iterator[tuple[J, R]]:
     """``(job, fn(job))`` for every job, as each finishes, on ``cap(workers, len(jobs))``
@@ -106,20 +94,19 @@ def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int,
         sys.stdout.flush()
         sys.stderr.flush()
         for _ in range(n):
-            procs.append(_Worker.fork(fn, procs))
+            _Worker.fork(fn, procs)  # on the list before any signal can stop us
         yield from _drive(procs, jobs, on_message)
     finally:
         _shutdown(procs)
 
 
 def _inline_jobs(fn: Callable, jobs: list, on_message: Callable | None) -> Iterator[tuple[Any, Any]]:
-    global _inline
     for job in jobs:
-        _inline = (lambda m, job=job: on_message(job, m)) if on_message is not None else None
+        worker._inline = (lambda m, job=job: on_message(job, m)) if on_message is not None else None
         try:
             result = fn(job)
         finally:
-            _inline = None
+            worker._inline = None
         yield job, result
 
 
@@ -133,74 +120,34 @@ class _Worker:
 
     @classmethod
     def fork(cls, fn: Callable, siblings: list[_Worker]) -> _Worker:
+        """Fork a worker running ``fn`` on the jobs it is sent; it joins ``siblings``."""
         task_r, task_w = Pipe(duplex=False)
         result_r, result_w = Pipe(duplex=False)
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            code = 1
-            try:
-                for other in siblings:  # only the parent may hold the others' pipes
-                    other.tasks.close()
-                    other.results.close()
-                task_w.close()
-                result_r.close()
-                _become_worker(parent)
-                code = _serve(fn, task_r, result_w)
-            finally:
-                os._exit(code)
+        # no signal between the fork and the worker being on the list that _shutdown kills
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns
+                code = 1
+                try:
+                    for other in siblings:  # only the parent may hold the others' pipes
+                        other.tasks.close()
+                        other.results.close()
+                    task_w.close()
+                    result_r.close()
+                    worker.become_worker(parent, old)
+                    code = worker.serve(fn, task_r, result_w)
+                finally:
+                    os._exit(code)
+            proc = cls(pid, task_w, result_r)
+            siblings.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         task_r.close()
         result_w.close()
-        worker = cls(pid, task_w, result_r)
         _announce(pid)
-        return worker
-
-
-def _become_worker(parent: int) -> None:
-    """Signals belong to the parent; die with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _serve(fn: Callable, tasks: Connection, results: Connection) -> int:
-    """The worker's loop: a job in, its result (or its exception) out, until told to stop."""
-    global _channel
-    _channel = results
-    while True:
-        try:
-            job = tasks.recv()
-        except (EOFError, OSError):
-            return 0
-        if job is None:
-            return 0
-        try:
-            reply: tuple = ("ok", fn(job))
-        except BaseException as e:  # noqa: BLE001 — everything goes back to the parent
-            reply = ("err", e, traceback.format_exc())
-        try:
-            results.send(reply)
-        except (BrokenPipeError, EOFError, OSError):
-            return 0
-        except Exception as e:  # the result or the exception does not pickle
-            try:
-                results.send(("err", RuntimeError(f"a worker's reply could not be sent back: {e!r}"),
-                              reply[2] if reply[0] == "err" else ""))
-            except (BrokenPipeError, EOFError, OSError):
-                return 0
-        finally:
-            try:
-                sys.stdout.flush()  # what the job printed, not what the parent had buffered (flushed before fork)
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+        return proc
 
 
 def _announce(pid: int) -> None:
@@ -300,35 +247,4 @@ def _shutdown(procs: list[_Worker]) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class Stop:
-    """Which signal stopped a run (0: none yet); see :func:`interruptible`."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM."""
-        return 128 + (self.signum or signal.SIGINT)
-
-
-@contextmanager
-def interruptible() -> Iterator[Stop]:
-    """SIGINT and SIGTERM both raise KeyboardInterrupt in the main thread, so a run stops the
-    same way whichever came (workers killed, the finished part reported); ``Stop.signum``
-    says which.  Outside the main thread, nothing changes."""
-    stop = Stop()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.signum = stop.signum or signum
-        raise KeyboardInterrupt
-
-    try:
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        old = {}
-    try:
-        yield stop
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+__all__ = ["PIDS_ENV", "Stop", "WorkerDied", "cap", "interruptible", "run_jobs", "send", "usable_cores"]

@@ -382,3 +382,22 @@ def test_the_estimate_is_within_2x_of_the_measured_peak(samples, mode):
     assert est.processes == 1
     peak = usage.ru_maxrss / 1024
     assert 0.5 <= est.memory_mb / peak <= 2.0, (est.memory_mb, peak)
+
+
+def test_ctrl_c_before_any_row_still_reports_the_config_and_writes_no_baseline(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cnngrad import cli
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt  # as if it came while loading or planning, before any row
+
+    monkeypatch.setattr(cli, "run_check", interrupted)
+    result = CliRunner().invoke(cli.main, ["check", "lenet", "seed"])
+    assert result.exit_code == 130
+    assert "lenet: interrupted after 0 finished tensors" in result.stdout
+    assert "interrupted: 0 of 2 configs checked" in result.stderr
+    out = tmp_path / "base.json"
+    result = CliRunner().invoke(cli.main, ["baseline", "record", "lenet", "-o", str(out)])
+    assert result.exit_code == 130 and not out.exists()
+    assert "no baseline written" in result.stderr
