@@ -6,7 +6,8 @@
 
 Each mode runs ``python -m cnngrad check CONFIG ...`` in a subprocess.  The peak is the largest
 sum of VmRSS over the process and its worker processes, sampled every 5 ms from /proc, and at
-least the process's own peak (``wait4``'s ru_maxrss, exact).  Forked workers share the
+least the process's own peak (``wait4``'s ru_maxrss, exact, taken by a small python that
+forks it).  Forked workers share the
 parent's pages copy-on-write; RSS counts a shared page in every process that touched it, as
 the estimate does.  Linux only (/proc).
 """
@@ -52,7 +53,7 @@ MODES: list[tuple[str, list[str], dict]] = [
 ]
 
 
-def _tree_rss(root: int) -> int:
+def _tree_rss(root: int, descend: bool = True) -> int:
     """Sum of VmRSS (bytes) of ``root`` and its descendants (/proc/PID/task/*/children)."""
     total, todo = 0, [root]
     while todo:
@@ -60,7 +61,7 @@ def _tree_rss(root: int) -> int:
         try:
             with open(f"/proc/{pid}/statm", encoding="ascii") as f:
                 total += int(f.read().split()[1]) * PAGE
-            for task in os.listdir(f"/proc/{pid}/task"):
+            for task in os.listdir(f"/proc/{pid}/task") if descend else ():
                 with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
                     todo += [int(c) for c in f.read().split()]
         except (OSError, ValueError):
@@ -68,25 +69,33 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+# A small python forks the check and reports its exact peak (wait4): a child spawned straight
+# from this (large) process would start its high-water mark at this process's size.
+WRAP = ("import os, sys\npid = os.fork()\nif pid == 0:\n"
+        "    os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n"
+        "_, status, usage = os.wait4(pid, 0)\n"
+        "print(usage.ru_maxrss, os.waitstatus_to_exitcode(status), file=sys.stderr)\n")
+
+
 def measure(args: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """(peak MB of the process tree, the process's own peak MB, exit code)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cnngrad", "check", *args, "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    """(peak MB of the check's process tree, the check process's own peak MB, exit code)."""
+    proc = subprocess.Popen([sys.executable, "-c", WRAP, "-m", "cnngrad", "check", *args, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peak = [0]
     done = threading.Event()
 
-    def sample() -> None:
+    def sample() -> None:  # the wrapper's descendants, not the wrapper
         while not done.wait(0.005):
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            peak[0] = max(peak[0], _tree_rss(proc.pid) - _tree_rss(proc.pid, descend=False))
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, stderr = proc.communicate()
     done.set()
     t.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    own = usage.ru_maxrss / 1024  # kB on Linux
-    return max(peak[0] / 2**20, own), own, proc.returncode
+    own_kb, code = map(int, stderr.split()[-2:])
+    own = own_kb / 1024
+    return max(peak[0] / 2**20, own), own, code
 
 
 def main() -> None:
