@@ -213,8 +213,8 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
 def _run_parallel(refs: list[str], seed: int | None, plugins: bool, options: dict[str, Any], workers: int,
                   debug: bool) -> list[Report]:
     """Configs shared among worker processes (each config's own chunks stay in its worker),
-    one bar row per config in flight.  A worker's death fails its config; the configs still
-    running then are run again on fresh workers."""
+    one bar row per config in flight.  A worker's death fails its config (exit 2); a fresh
+    worker takes the configs left."""
     bar = LazyProgress()
     done: dict[int, Report] = {}
 
@@ -224,20 +224,17 @@ def _run_parallel(refs: list[str], seed: int | None, plugins: bool, options: dic
     def on_message(i: int, message: tuple[int, int]) -> None:
         bar.update(i, Path(refs[i]).stem, *message)
 
+    def buried(i: int, error: pool.WorkerDied) -> Report:
+        if debug:
+            raise error
+        return Report.failed_to_load(refs[i], f"{refs[i]}: {error}")
+
     bar.configs(0, len(refs))
-    todo = list(range(len(refs)))
     try:
-        while todo:
-            try:
-                for i, report in pool.run_jobs(one, todo, workers, on_message):
-                    done[i] = report
-                    bar.finish(i)
-                    bar.configs(len(done), len(refs))
-            except pool.WorkerDied as e:
-                if debug:
-                    raise
-                done[e.job] = Report.failed_to_load(refs[e.job], f"{refs[e.job]}: {e}")
-            todo = [i for i in todo if i not in done]
+        for i, report in pool.run_jobs(one, range(len(refs)), workers, on_message, dead=buried):
+            done[i] = report
+            bar.finish(i)
+            bar.configs(len(done), len(refs))
     except KeyboardInterrupt:  # the caller reports what finished
         pass
     finally:

@@ -79,11 +79,14 @@ def cap(requested: int, jobs: int) -> int:
 
 
 def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int,
-             on_message: Callable[[J, Any], None] | None = None) -> Iterator[tuple[J, R]]:
+             on_message: Callable[[J, Any], None] | None = None,
+             dead: Callable[[J, WorkerDied], R] | None = None) -> Iterator[tuple[J, R]]:
     """``(job, fn(job))`` for every job, as each finishes, on ``cap(workers, len(jobs))``
-    forked processes (in this process when that is 1).  Raises :class:`WorkerDied` when a
-    worker dies, and a job's own exception as it was raised; either way, and when the
-    caller stops iterating, every worker is killed before the generator exits."""
+    forked processes (in this process when that is 1).  When a worker dies: with ``dead``,
+    its job's result is ``dead(job, error)`` and a fresh worker takes its place; without,
+    :class:`WorkerDied` is raised.  A job's own exception is raised as it was.  However the
+    generator ends (done, an exception, Ctrl-C, ``close()``), every worker still alive is
+    killed and reaped first."""
     jobs = list(jobs)
     n = cap(workers, len(jobs)) if hasattr(os, "fork") else 1
     if n <= 1:
@@ -95,7 +98,7 @@ def run_jobs(fn: Callable[[J], R], jobs: Iterable[J], workers: int,
         sys.stderr.flush()
         for _ in range(n):
             _Worker.fork(fn, procs)  # on the list before any signal can stop us
-        yield from _drive(procs, jobs, on_message)
+        yield from _drive(fn, procs, jobs, on_message, dead)
     finally:
         _shutdown(procs)
 
@@ -160,19 +163,31 @@ def _announce(pid: int) -> None:
             pass
 
 
-def _drive(procs: list[_Worker], jobs: list, on_message: Callable | None) -> Iterator[tuple[Any, Any]]:
+def _drive(fn: Callable, procs: list[_Worker], jobs: list, on_message: Callable | None,
+           dead: Callable | None) -> Iterator[tuple[Any, Any]]:
     pending = list(reversed(jobs))  # pop() takes them in order
-    for w in procs:
-        _give(w, pending)
-    while any(w.job is not None for w in procs):
-        busy = {w.results: w for w in procs if w.job is not None}
+    idle = list(reversed(procs))  # the first worker takes the first job
+    while True:
+        while idle:
+            w = idle.pop()
+            try:
+                _give(w, pending)
+            except WorkerDied as err:
+                yield err.job, _bury(w, err, dead)
+                if pending:
+                    idle.append(_Worker.fork(fn, procs))
+        busy = {w.results: w for w in procs if w.alive and w.job is not None}
+        if not busy:
+            return
         for conn in wait(list(busy)):
             w = busy[conn]
             try:
                 reply = conn.recv()
-            except (EOFError, OSError):
-                w.alive = False
-                raise WorkerDied(w.job, w.pid, _reap(w.pid)) from None
+            except (EOFError, OSError):  # only the worker held the write end: it is gone
+                yield w.job, _bury(w, WorkerDied(w.job, w.pid, _reap(w.pid)), dead)
+                if pending:
+                    idle.append(_Worker.fork(fn, procs))
+                continue
             if reply[0] == "msg":
                 if on_message is not None:
                     on_message(w.job, reply[1])
@@ -183,7 +198,7 @@ def _drive(procs: list[_Worker], jobs: list, on_message: Callable | None) -> Ite
                 if reply[2] and hasattr(error, "add_note"):
                     error.add_note(f"in worker process {w.pid}:\n{reply[2]}")
                 raise error
-            _give(w, pending)
+            idle.append(w)
             yield job, reply[1]
 
 
@@ -194,13 +209,22 @@ def _give(w: _Worker, pending: list) -> None:
         try:
             w.tasks.send(w.job)
         except OSError:  # its end of the pipe is gone: it died
-            w.alive = False
             raise WorkerDied(w.job, w.pid, _reap(w.pid)) from None
     else:
         try:
             w.tasks.send(None)
         except OSError:
             pass
+
+
+def _bury(w: _Worker, err: WorkerDied, dead: Callable | None) -> Any:
+    """A dead worker (reaped): off the books; its job's result, or the error raised."""
+    w.alive, w.job = False, None
+    w.tasks.close()
+    w.results.close()
+    if dead is None:
+        raise err
+    return dead(err.job, err)
 
 
 def _reap(pid: int, patience: float = 1.0) -> int | None:

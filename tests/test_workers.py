@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -135,6 +136,30 @@ def test_a_killed_worker_is_an_error_naming_its_job_and_the_others_are_killed(tm
     assert died.value.job == 5
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 2 and all(gone(p) for p in workers)  # reaped before run_jobs returned
+
+
+def test_with_dead_a_killed_workers_job_gets_its_answer_and_a_fresh_worker_goes_on(tmp_path):
+    pids, ran, victim = tmp_path / "pids", tmp_path / "ran", tmp_path / "victim"
+
+    def suicidal(x: int) -> int:
+        with open(ran, "a") as f:  # every job run, wherever
+            f.write(f"{x}\n")
+        if x == 0:
+            victim.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        while not victim.exists() or os.path.exists(f"/proc/{victim.read_text()}"):
+            select.select([], [], [], 0.005)  # hold job 1 until the parent has reaped the dead worker
+        return x
+
+    os.environ[pool.PIDS_ENV] = str(pids)
+    try:
+        out = dict(pool.run_jobs(suicidal, range(10), 2, dead=lambda job, err: f"died: {err.pid}"))
+    finally:
+        del os.environ[pool.PIDS_ENV]
+    workers = [int(p) for p in pids.read_text().split()]
+    assert out == {0: f"died: {workers[0]}", **{x: x for x in range(1, 10)}}
+    assert sorted(int(x) for x in ran.read_text().split()) == list(range(10))  # each job ran once: none again
+    assert len(workers) == 3 and all(gone(p) for p in workers)  # two, and one in place of the dead
 
 
 def test_stopping_early_kills_and_reaps_the_workers(tmp_path):
