@@ -54,10 +54,12 @@ loss: mse
 
 
 def start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``cnngrad check ARGS`` in a session of its own (a signal to its group reaches the
+    workers too, as a terminal's Ctrl-C does)."""
     pids = tmp_path / "pids"
     env = {**os.environ, pool.PIDS_ENV: str(pids)}
     proc = subprocess.Popen([sys.executable, "-m", "cnngrad", "check", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True)
     return proc, pids
 
 
@@ -230,12 +232,17 @@ def test_a_killed_jobs_worker_fails_its_config_and_the_others_still_report(tmp_p
     assert_silent(stderr)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGINT, 130), (signal.SIGINT, 130),
-                                       (signal.SIGTERM, 143)])
-def test_a_signal_stops_a_shared_check_with_the_partial_report(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, group", [(signal.SIGINT, 130, False), (signal.SIGINT, 130, True),
+                                              (signal.SIGINT, 130, True), (signal.SIGTERM, 143, False),
+                                              (signal.SIGTERM, 143, True)])
+def test_a_signal_stops_a_shared_check_with_the_partial_report(tmp_path, sig, code, group):
+    """To the parent alone, or to its whole process group (a terminal's Ctrl-C, ``kill -TERM -PGID``)."""
     proc, pids = start(tmp_path, write(tmp_path, "slow.yaml", SLOW))
     workers = wait_for_pids(proc, pids, 2)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=BOUND)  # a deadlock (Pool.terminate's) fails here
     assert proc.returncode == code, (stdout, stderr)
     assert "slow: interrupted after" in stdout
