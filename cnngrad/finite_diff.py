@@ -475,7 +475,11 @@ class FiniteDifferences:
         return a, l, crossed
 
     def _plan(self, start: int, rows_per_entry: int, run: Callable) -> Plan:
-        row_bytes = self.row_bytes[start] * rows_per_entry
+        # a row also holds the input of layer ``start`` (the perturbed layer's output) a few
+        # times over, and its indices: near the end that is most of it (the last dense W's
+        # rows would otherwise go in one 100 MB chunk against a 16 MB budget)
+        held = 3 * int(np.prod(self.inputs[start].shape[1:])) * self.x.dtype.itemsize + 64
+        row_bytes = (self.row_bytes[start] + held) * rows_per_entry
         return Plan(max(1, self.budget // row_bytes), row_bytes, run)
 
     def _forward_each(self, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:

@@ -64,7 +64,7 @@ class LazyProgress:
             return
         assert self.bar is not None
         if self.count is None:
-            self.count = self.bar.add_task("configs", total=total)
+            self.count = self.bar.add_task(f"configs {done}/{total}", total=total)
         self.bar.update(self.count, completed=done, total=total,
                         description=f"configs {done}/{total}")
 

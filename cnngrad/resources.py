@@ -98,12 +98,12 @@ class Estimate:
 def _chunks(entries: int, rows_per_entry: int, start: int, rows: list[int], in_bytes: int,
             budget: int) -> tuple[int, int]:
     """How many chunks the engine cuts a tensor into, and the bytes of the largest: as many
-    entries a chunk as fit ``budget`` at ``rows[start]`` a row (at least one), each row then
-    also holding the perturbed layer's output (``in_bytes``: the input of layer ``start``) a
-    few times over, which the engine's own count leaves out (it matters when the rows start
-    near the end: the last dense layer's W goes in one chunk)."""
-    per_chunk = min(entries, max(1, budget // (rows_per_entry * rows[start])))
-    return -(-entries // max(per_chunk, 1)), per_chunk * rows_per_entry * (rows[start] + 3 * in_bytes + 64)
+    entries a chunk as fit ``budget`` (at least one), a row taking ``rows[start]`` and the
+    perturbed layer's output (``in_bytes``: the input of layer ``start``) a few times over
+    (``FiniteDifferences._plan``)."""
+    row = rows_per_entry * (rows[start] + 3 * in_bytes + 64)
+    per_chunk = min(entries, max(1, budget // row))
+    return -(-entries // max(per_chunk, 1)), per_chunk * row
 
 
 def estimate(config: cfg.Config, samples: int | None = None, directions: int | None = None,
