@@ -139,7 +139,8 @@ def estimate(config: cfg.Config, samples: int | None = None, directions: int | N
         arrays += ITEM * (size["activations"] + size["cols"])
     if directions:
         arrays += 2 * ITEM * directions * max(k for k, _, _ in tensors)
-    procs = pool.cap(2 if workers is None else workers, 2**31) if work > PARALLEL_WORK else 1
+    # directions run in this process (only a failing tensor is then differenced entry by entry)
+    procs = pool.cap(2 if workers is None else workers, 2**31) if work > PARALLEL_WORK and not directions else 1
     mb = 2**20
     if procs == 1:
         total = INTERPRETER_MB * mb + arrays + chunk
