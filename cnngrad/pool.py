@@ -179,10 +179,10 @@ def _drive(fn: Callable, procs: list[_Worker], jobs: list, on_message: Callable 
         busy = {w.results: w for w in procs if w.alive and w.job is not None}
         if not busy:
             return
-        for conn in wait(list(busy)):
-            w = busy[conn]
+        for ready in wait(list(busy)):
+            w = busy[ready]  # type: ignore[index]  # wait() gives back the connections it was given
             try:
-                reply = conn.recv()
+                reply = w.results.recv()
             except (EOFError, OSError):  # only the worker held the write end: it is gone
                 yield w.job, _bury(w, WorkerDied(w.job, w.pid, _reap(w.pid)), dead)
                 if pending:
@@ -194,7 +194,7 @@ def _drive(fn: Callable, procs: list[_Worker], jobs: list, on_message: Callable 
                 continue
             job, w.job = w.job, None
             if reply[0] == "err":
-                error = reply[1]
+                error: BaseException = reply[1]
                 if reply[2] and hasattr(error, "add_note"):
                     error.add_note(f"in worker process {w.pid}:\n{reply[2]}")
                 raise error

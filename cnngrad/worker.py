@@ -30,7 +30,7 @@ def send(message: Any) -> None:
         _inline(message)
 
 
-def become_worker(parent: int, mask: Iterable[signal.Signals]) -> None:
+def become_worker(parent: int, mask: Iterable[int]) -> None:
     """Signals belong to the parent; die with it; own stdio objects (another thread of the
     parent, e.g. the progress bar's, may have held their locks at the fork)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
