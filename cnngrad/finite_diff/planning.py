@@ -13,6 +13,7 @@ entries fit a chunk of the memory budget.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,16 +41,28 @@ class Plan:
     run: Callable[[Array], tuple[Array, Array]]
 
 
-def row_bytes(net: Network, start: int, itemsize: int) -> int:
-    """Bytes one sample row takes through ``layers[start:]``: activations, and the
-    im2col copies that conv and pool layers make (their receptive fields, unrolled)."""
-    total = 0
-    for spec, layer in zip(net.specs[start:], net.layers[start:]):
-        out = int(np.prod(layer.out_shape))
-        taps = int(np.prod(getattr(layer, "k", (1, 1))))
-        cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
-        total += 3 * out + cols
-    return max(total, 1) * itemsize
+def suffix_row_bytes(net: Network, itemsize: int) -> list[int]:
+    """``rows[l]``: bytes one sample row takes through ``layers[l:]`` (activations, and the
+    im2col copies that conv and pool layers make: their receptive fields, unrolled), for
+    every l in one pass from the end — planning stays linear in depth
+    (``resources.suffix_row_bytes`` is the same from the config's shapes)."""
+    rows = [0] * (len(net.layers) + 1)
+    for l in range(len(net.layers) - 1, -1, -1):
+        spec, layer = net.specs[l], net.layers[l]
+        out = math.prod(layer.out_shape)
+        cols = int(spec.in_shape[0]) * math.prod(getattr(layer, "k", (1, 1))) * math.prod(layer.out_shape[1:]) \
+            if spec.kind in ("conv", "pool") else 0
+        rows[l] = rows[l + 1] + 3 * out + cols
+    return [max(r, 1) * itemsize for r in rows]
+
+
+def entry_bytes(fd: FiniteDifferences, start: int, rows_per_entry: int) -> int:
+    """Bytes the rows of one entry (or direction) take from layer ``start`` on: each row its
+    way through ``layers[start:]`` (``fd.row_bytes``), and the input of layer ``start`` — the
+    perturbed layer's output — a few times over, with its indices.  Near the end that is most
+    of it: without it the last dense W's rows went in one 100 MB chunk against a 16 MB budget."""
+    held = 3 * math.prod(fd.inputs[start].shape[1:]) * fd.x.dtype.itemsize + 64
+    return (fd.row_bytes[start] + held) * rows_per_entry
 
 
 def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
@@ -66,7 +79,7 @@ def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
 
 
 def _chunked(fd: FiniteDifferences, start: int, rows_per_entry: int, run: Callable) -> Plan:
-    size = row_bytes(fd.net, start, fd.x.dtype.itemsize) * rows_per_entry
+    size = entry_bytes(fd, start, rows_per_entry)
     return Plan(max(1, fd.budget // size), size, run)
 
 
