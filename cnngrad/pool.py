@@ -142,7 +142,7 @@ class _Worker:
                     worker.become_worker(parent, old)
                     code = worker.serve(fn, task_r, result_w)
                 finally:
-                    os._exit(code)
+                    worker.hard_exit(code)
             proc = cls(pid, task_w, result_r)
             siblings.append(proc)
         finally:

@@ -17,6 +17,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# the real os._exit, taken at import: a fork made while another thread runs plugin code has
+# ``plugins.no_exit``'s stand-in (which raises) in os._exit, and a worker must leave for sure
+hard_exit = os._exit
 _channel: Connection | None = None  # in a worker: where send() writes
 _inline: Callable[[Any], None] | None = None  # in the parent running jobs itself: on_message for the job
 
@@ -43,7 +46,7 @@ def become_worker(parent: int, mask: Iterable[int]) -> None:
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+        hard_exit(1)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         try:

@@ -176,6 +176,41 @@ def test_stopping_early_kills_and_reaps_the_workers(tmp_path):
     assert all(gone(int(p)) for p in pids.read_text().split())
 
 
+LEAVE_DURING_PLUGIN_CODE = """
+import threading
+from cnngrad import plugins, pool
+inside, done = threading.Event(), threading.Event()
+
+def plugin_call():  # another thread inside plugin code: os._exit is plugins.no_exit's stand-in
+    with plugins.no_exit():
+        inside.set()
+        done.wait()
+
+t = threading.Thread(target=plugin_call)
+t.start()
+inside.wait()
+try:
+    results = sorted(pool.run_jobs(lambda x: x * x, range(6), 2))
+except SystemExit:  # a worker whose os._exit raised: it runs on in the parent's code
+    print("a worker escaped", flush=True)
+    raise
+print(results, flush=True)
+done.set()
+t.join()
+"""
+
+
+def test_a_worker_forked_while_plugin_code_runs_still_leaves(tmp_path):
+    """A fork made while another thread is inside plugin code copies ``plugins.no_exit``'s
+    os._exit (it raises): the worker leaves by the real one all the same — it never goes on
+    running the parent's code (which would print the results twice)."""
+    proc = subprocess.run([sys.executable, "-c", LEAVE_DURING_PLUGIN_CODE], capture_output=True, text=True,
+                          timeout=BOUND, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[(0, 0), (1, 1), (2, 4), (3, 9), (4, 16), (5, 25)]\n", proc.stdout
+    assert proc.stderr == ""
+
+
 def test_workers_are_capped_by_jobs_and_usable_cores(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert pool.usable_cores() == 3
