@@ -84,6 +84,9 @@ class FiniteDifferences:
             f"each perturbed copy of the batch ran through it as its own pass, whole batches throughout"
             for i, (layer, c) in enumerate(zip(net.layers, self.caps)) if not c.per_sample]
         self.row_bytes = planning.suffix_row_bytes(net, x.dtype.itemsize)  # per start layer, once
+        self.per_sample_from = [True] * (len(net.layers) + 1)  # [l]: layers l… all per_sample (one pass too)
+        for l in range(len(net.layers) - 1, -1, -1):
+            self.per_sample_from[l] = self.per_sample_from[l + 1] and self.caps[l].per_sample
 
     # ------------------------------------------------------------------ rows to losses
 

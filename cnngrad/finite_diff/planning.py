@@ -97,7 +97,7 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
         fd.fast_fallbacks.append(f"{where}: the windowed pass disagrees with whole forward passes; "
                                  f"whole rows were run instead")
         end = layer_index
-    whole_batches = not all(c.per_sample for c in fd.caps[layer_index:])
+    whole_batches = not fd.per_sample_from[layer_index]
 
     def run(idx: Array) -> tuple[Array, Array]:
         n_of, pos = np.divmod(idx, per)
