@@ -298,7 +298,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
           localize: bool = False, avoid_kinks: bool = False, max_params: float | None = None,
-          max_memory_mb: float | None = None, strict: bool = False, scope: str = "network") -> Report:
+          max_memory_mb: float | None = None, strict: bool = False, scope: str = "network",
+          max_layers: int | None = None, jobs: int = 1) -> Report:
     """Check every parameter tensor and the input δ of ``config`` (a Config, a path or
     the name of a shipped config).
 
@@ -314,10 +315,12 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     tensor again at h/2 (failing tensors always are),
     to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
     ``max_params`` / ``max_memory_mb``: refuse (ConfigError) a run estimated to difference
-    more entries or use more memory (default 10M entries, a quarter of the available memory).
+    more entries or use more memory (default 10M entries, a quarter of the available memory,
+    shared by ``jobs`` configs run at once), ``max_layers``: refuse a deeper config (1000).
     ``avoid_kinks``: draw the input again (up to MAX_REDRAWS times, from the same seed's
     stream) until no checked entry's stencil crosses a ReLU or max-pool kink.
-    ``progress(done, total)`` is called as entries are finished; ``workers`` processes
+    ``progress(done, total)`` is called as work is finished (bytes of perturbed activations,
+    what the time follows; ``total`` grows as more is planned); ``workers`` processes
     share a large check (default: every core this process may use), with the same numbers
     as one (bit for bit).
     ``strict``: an unresolved tensor (below the resolution of the differences) fails the
@@ -343,7 +346,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         tol = config.check.get("tol", FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != fd_dtype
                                else m.default_tol[config.dtype])
     samples = samples if samples is not None else config.check.get("samples")
-    guard(config, samples, directions, max_params, max_memory_mb)
+    guard(config, samples, directions, max_params, max_memory_mb, method, convergence, workers, jobs, max_layers)
     if scope not in layer_scope.SCOPES:
         raise cfg.ConfigError(f"scope: unknown scope {scope!r}; known: {', '.join(layer_scope.SCOPES)}")
     inside_blocks = scope == "layer" and any(spec.kind == "block" for spec in config.layers)
@@ -427,16 +430,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row)
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
-        total = sum(len(row.picks) for row in rows)
-        done = [0]
-
-        def advance(n: int) -> None:
-            done[0] += n
-            if how.progress is not None:
-                how.progress(done[0], total)
-
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
-        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=advance, workers=how.workers)
+        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=how.progress, workers=how.workers)
         whole = fd  # the network end to end (the layer scope's end-to-end check)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if how.scope == "layer":
@@ -450,7 +445,6 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 row.check = judge(row.ref, row.kind, g.shape, np.arange(how.directions),
                                   V @ g.reshape(-1).astype(np.float64), along, kinks, how.tol, mode="directions",
                                   floor=report.floor)
-                advance(len(row.picks))
         todo = [row for row in rows if row.check is None or not row.check.passed]  # entry by entry
         try:
             numeric = fd.numeric([(row.ref, row.picks) for row in todo])

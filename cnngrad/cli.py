@@ -4,20 +4,15 @@ from __future__ import annotations
 import functools
 import io
 import json
-import multiprocessing
 import sys
-import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
-from . import __version__, _malloc
+from . import __version__, _malloc, pool
 from . import baseline as baseline_mod
 from . import config as cfg
 from . import output as out_files
@@ -27,6 +22,7 @@ from .checker import check as run_check
 from .escape import printable
 from .finite_diff import METHODS
 from .formats import FORMATS
+from .progress import LazyProgress, tick
 from .sources import survey
 
 
@@ -83,37 +79,6 @@ class Samples(click.ParamType):
         if n < 1:
             self.fail(f"{n} is not >= 1", param, ctx)
         return n
-
-
-class LazyProgress:
-    """A rich progress bar on stderr, shown only on a terminal and only once a check has
-    run for more than ``after`` seconds (a quick check prints no bar at all)."""
-
-    def __init__(self, after: float = 1.0, console: Console | None = None) -> None:
-        self.after, self.t0 = after, time.monotonic()
-        self.bar: Progress | None = None
-        self.task: Any = None
-        self.console = console or Console(stderr=True)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
-            if not self.console.is_terminal or time.monotonic() - self.t0 < self.after:
-                return
-            self.bar = Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("entries"), RateColumn(), TimeRemainingColumn(),
-                                console=self.console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("check", total=total)
-        self.bar.update(self.task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-class RateColumn(ProgressColumn):
-    def render(self, task: Any) -> Text:
-        return Text(f"{task.speed:,.0f}/s" if task.speed else "")
 
 
 class ReportConsole(Console):
@@ -213,8 +178,11 @@ def check_options(f: Callable) -> Callable:
         click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Processes sharing one config's differences [default: every core this process "
                           "may use]; the numbers are the same bit for bit for any N."),
+        click.option("--max-layers", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Refuse a config of more than N layers before building it [default: 1000]."),
         click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Check this many configs at once, in separate processes (same numbers as one)."),
+                     help="Check this many configs at once, in separate processes (same numbers as one; "
+                          "at most one per config and usable core; they share --max-memory)."),
     ]):
         f = option(f)
     return f
@@ -237,17 +205,18 @@ def expand(refs: tuple[str, ...]) -> list[str]:
 
 def _check_one(ref: str, seed: int | None, plugins: bool, options: dict[str, Any],
                progress: Callable | None = None, debug: bool = False) -> Report:
-    """One config's report; a config that cannot be loaded, or whose plugin breaks the layer
-    protocol, becomes a report saying why (with --debug: the traceback)."""
+    """One config's report; a config that cannot be loaded, whose plugin breaks the layer
+    protocol, or whose worker process died, becomes a report saying why (with --debug: the
+    traceback)."""
     try:
         config = cfg.load(ref, plugins=plugins)
         if seed is not None:
             config.seed = seed
         return run_check(config, progress=progress, **options)
-    except cfg.ConfigError as e:
+    except (cfg.ConfigError, pool.WorkerDied) as e:
         if debug:
             raise
-        return Report.failed_to_load(ref, str(e))
+        return Report.failed_to_load(ref, f"{ref}: {e}" if isinstance(e, pool.WorkerDied) else str(e))
 
 
 def _check_one_slim(args: tuple) -> Report:
@@ -259,19 +228,13 @@ def _check_one_slim(args: tuple) -> Report:
 
 def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str, Any], jobs: int,
             debug: bool) -> list[Report]:
-    if jobs > 1 and len(refs) > 1:
-        options = {**options, "workers": 1}  # the configs share the cores, not each config's chunks
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        done: list[Report] = []
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-        try:
-            for report in pool.map(_check_one_slim, [(ref, seed, plugins, options, None, debug) for ref in refs]):
-                done.append(report)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            return done
-        pool.shutdown()
-        return done
+    """Every config's report, in the order given; on Ctrl-C/SIGTERM, those finished (a
+    config cut short in this process with its finished rows, ``interrupted`` set).
+    ``--jobs`` runs configs on that many worker processes (no more than configs and usable
+    cores): a worker that dies fails its config (exit 2) and the others go on."""
+    workers = pool.cap(jobs, len(refs))
+    if workers > 1:
+        return _run_parallel(refs, seed, plugins, {**options, "workers": 1, "jobs": workers}, workers, debug)
     reports: list[Report] = []
     for ref in refs:
         bar = LazyProgress()
@@ -279,12 +242,46 @@ def run_all(refs: list[str], seed: int | None, plugins: bool, options: dict[str,
             reports.append(_check_one(ref, seed, plugins, options, progress=bar, debug=debug))
         except KeyboardInterrupt as stop:  # Ctrl-C: stop here; the caller reports what finished
             partial = getattr(stop, "report", None)
-            if partial is not None:
-                reports.append(partial)
+            if partial is None:  # stopped before any row was done (loading, planning): say so all the same
+                partial = Report.failed_to_load(ref, "")
+                partial.interrupted = True
+            reports.append(partial)
             break
         finally:
             bar.close()
     return reports
+
+
+def _run_parallel(refs: list[str], seed: int | None, plugins: bool, options: dict[str, Any], workers: int,
+                  debug: bool) -> list[Report]:
+    """Configs shared among worker processes (each config's own chunks stay in its worker),
+    one bar row per config in flight.  A worker's death fails its config (exit 2); a fresh
+    worker takes the configs left."""
+    bar = LazyProgress()
+    done: dict[int, Report] = {}
+
+    def one(i: int) -> Report:
+        return _check_one_slim((refs[i], seed, plugins, options, tick(pool.send), debug))
+
+    def on_message(i: int, message: tuple[int, int]) -> None:
+        bar.update(i, Path(refs[i]).stem, *message)
+
+    def buried(i: int, error: pool.WorkerDied) -> Report:
+        if debug:
+            raise error
+        return Report.failed_to_load(refs[i], f"{refs[i]}: {error}")
+
+    bar.configs(0, len(refs))
+    try:
+        for i, report in pool.run_jobs(one, range(len(refs)), workers, on_message, dead=buried):
+            done[i] = report
+            bar.finish(i)
+            bar.configs(len(done), len(refs))
+    except KeyboardInterrupt:  # the caller reports what finished
+        pass
+    finally:
+        bar.close()
+    return [done[i] for i in sorted(done)]
 
 
 def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, str | None],
@@ -355,9 +352,9 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
             baseline = baseline_mod.load(baseline_file)
         except (ValueError, OSError) as e:
             raise UsageFailure(f"--baseline {baseline_file}: {e}") from None
-    with out_files.stdout_to_stderr():  # a plugin's print() must not corrupt the report
-        reports = run_all(refs, seed, plugins, options, jobs, debug)
-    verdict(130 if len(reports) < len(refs) or any(rep.interrupted for rep in reports)
+    with out_files.stdout_to_stderr(), pool.interruptible() as stop:  # a plugin's print() must not corrupt
+        reports = run_all(refs, seed, plugins, options, jobs, debug)  # the report; Ctrl-C/SIGTERM: 130/143
+    verdict(stop.exit_code if len(reports) < len(refs) or any(rep.interrupted for rep in reports)
             else max(rep.return_code for rep in reports))
     if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # Ctrl-C: what finished
         out = stdout()
@@ -374,7 +371,7 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         done = sum(not rep.interrupted for rep in reports)
         click.echo(f"interrupted: {done} of {len(refs)} configs checked; no report or .npz written", err=True)
         sys.stdout.flush()
-        sys.exit(130)
+        sys.exit(stop.exit_code)
     for rep in reports:
         if rep.error:
             click.echo(printable(f"Error: {rep.error}"), err=True)
@@ -443,8 +440,11 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
         baseline_mod.duplicates(survey(refs).names)
     except baseline_mod.DuplicateName as e:
         raise UsageFailure(str(e)) from None
-    with out_files.stdout_to_stderr():
+    with out_files.stdout_to_stderr(), pool.interruptible() as stop:
         reports = run_all(refs, seed, plugins, options, jobs, debug)
+    if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # a part is no baseline
+        click.echo(printable(f"interrupted: no baseline written to {output}"), err=True)
+        sys.exit(stop.exit_code)
     for rep in reports:
         if rep.error:
             click.echo(printable(f"Error: {rep.error}"), err=True)

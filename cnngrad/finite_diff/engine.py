@@ -48,7 +48,9 @@ class Numeric:
 class FiniteDifferences:
     """Numeric gradients of one problem ``(net, x, y)`` with step h and a ``Method``.
 
-    ``progress(n)`` is called with the number of entries finished after each chunk.
+    ``progress(done, planned)`` is called after each chunk with the work finished and the
+    work planned so far, in bytes of perturbed activations (what a chunk's time follows:
+    an entry of the input δ costs far more than one of the last bias).
     ``workers`` processes share the chunks of a large check (default: every core this
     process may use); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
     Every chunk is computed the same way wherever it runs, with one BLAS thread, so the
@@ -57,7 +59,7 @@ class FiniteDifferences:
     """
 
     def __init__(self, net: Network, x: Array, y: Array, eps: float, method: str = "central",
-                 memory_budget: int = 16 << 20, progress: Callable[[int], None] | None = None,
+                 memory_budget: int = 16 << 20, progress: Callable[[int, int], None] | None = None,
                  workers: int | None = None) -> None:
         self.net, self.x, self.y, self.eps = net, x, y, eps
         self.method = get_method(method)
@@ -65,7 +67,8 @@ class FiniteDifferences:
         self.work = np.result_type(x.dtype, np.complex64) if self.method.is_complex else x.dtype
         self.budget = memory_budget
         self.workers = workers if workers is not None else _workers.default_workers()
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or (lambda done, planned: None)
+        self.work_done = self.work_planned = 0
         self.n = x.shape[0]
         self.caps = [capabilities(layer) for layer in net.layers]
         # the unperturbed pass: every layer's input and output, caches, kink states, ℓ_n(θ)
@@ -81,6 +84,10 @@ class FiniteDifferences:
             f"layers[{i}] {getattr(layer, 'kind', type(layer).__name__)} does not declare per_sample: "
             f"each perturbed copy of the batch ran through it as its own pass, whole batches throughout"
             for i, (layer, c) in enumerate(zip(net.layers, self.caps)) if not c.per_sample]
+        self.row_bytes = planning.suffix_row_bytes(net, x.dtype.itemsize)  # per start layer, once
+        self.per_sample_from = [True] * (len(net.layers) + 1)  # [l]: layers l… all per_sample (one pass too)
+        for l in range(len(net.layers) - 1, -1, -1):
+            self.per_sample_from[l] = self.per_sample_from[l + 1] and self.caps[l].per_sample
 
     # ------------------------------------------------------------------ rows to losses
 
@@ -165,6 +172,7 @@ class FiniteDifferences:
         jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
                 for ti in order for lo in range(0, len(targets[ti][1]), plans[ti].chunk)]
         work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
+        self.work_planned += work
         results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool), np.full(len(idx), np.nan))
                    for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
@@ -175,7 +183,8 @@ class FiniteDifferences:
                     if e:
                         results[ti][2][lo:hi] = e[0]
                     left[ti] -= 1
-                    self.progress(hi - lo)
+                    self.work_done += (hi - lo) * plans[ti].row_bytes
+                    self.progress(self.work_done, self.work_planned)
         except KeyboardInterrupt:
             finished = [Numeric(idx, v, k, self._errors(e)) if n == 0 else None
                         for (_, idx), (v, k, e), n in zip(targets, results, left)]
@@ -202,7 +211,7 @@ class FiniteDifferences:
             with threadpool_limits(1, user_api="blas"):
                 return directional(self, ref, V)
         start = ref.index if ref.is_delta else ref.index + 1
-        per_direction = planning.row_bytes(self.net, start, self.x.dtype.itemsize) * len(self.method.offsets) * self.n
+        per_direction = planning.entry_bytes(self, start, len(self.method.offsets) * self.n)
         chunk = max(1, self.budget // per_direction)
         values, kinks = [], []
         with threadpool_limits(1, user_api="blas"):

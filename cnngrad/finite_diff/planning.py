@@ -13,6 +13,7 @@ entries fit a chunk of the memory budget.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,27 @@ def _elements(specs: list, layers: list) -> int:
     return total
 
 
+def suffix_row_bytes(net: Network, itemsize: int) -> list[int]:
+    """``rows[l]``: bytes one sample row takes through ``layers[l:]`` (activations, and the
+    im2col copies that conv and pool layers make: their receptive fields, unrolled), for
+    every l in one pass from the end — planning stays linear in depth
+    (``resources.suffix_row_bytes`` is the same from the config's shapes)."""
+    rows = [0] * (len(net.layers) + 1)
+    for l in range(len(net.layers) - 1, -1, -1):
+        spec, layer = net.specs[l], net.layers[l]
+        rows[l] = rows[l + 1] + _elements([spec], [layer])  # a block counts all of its paths
+    return [max(r, 1) * itemsize for r in rows]
+
+
+def entry_bytes(fd: FiniteDifferences, start: int, rows_per_entry: int) -> int:
+    """Bytes the rows of one entry (or direction) take from layer ``start`` on: each row its
+    way through ``layers[start:]`` (``fd.row_bytes``), and the input of layer ``start`` — the
+    perturbed layer's output — a few times over, with its indices.  Near the end that is most
+    of it: without it the last dense W's rows went in one 100 MB chunk against a 16 MB budget."""
+    held = 3 * math.prod(fd.inputs[start].shape[1:]) * fd.x.dtype.itemsize + 64
+    return (fd.row_bytes[start] + held) * rows_per_entry
+
+
 def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
     """The plan for one tensor, named by its ref (inside a block: ``inner.plan_inner``)."""
     if not isinstance(ref, TensorRef):  # the old ("input", idx) / ((l, name), idx) targets
@@ -77,7 +99,7 @@ def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
 
 
 def _chunked(fd: FiniteDifferences, start: int, rows_per_entry: int, run: Callable) -> Plan:
-    size = row_bytes(fd.net, start, fd.x.dtype.itemsize) * rows_per_entry
+    size = entry_bytes(fd, start, rows_per_entry)
     return Plan(max(1, fd.budget // size), size, run)
 
 
@@ -95,7 +117,7 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
         fd.fast_fallbacks.append(f"{where}: the windowed pass disagrees with whole forward passes; "
                                  f"whole rows were run instead")
         end = layer_index
-    whole_batches = not all(c.per_sample for c in fd.caps[layer_index:])
+    whole_batches = not fd.per_sample_from[layer_index]
 
     def run(idx: Array) -> tuple[Array, ...]:  # values, kinks (, error estimates)
         n_of, pos = np.divmod(idx, per)

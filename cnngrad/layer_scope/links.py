@@ -42,6 +42,7 @@ class LinkDifferences(InputLinks):
         jobs = [(ti, lo, min(lo + chunk, len(idx))) for ti, ((_, idx), (chunk, _, _)) in enumerate(zip(targets, plans))
                 for lo in range(0, len(idx), chunk)]
         work = sum(len(idx) * per for (_, idx), (_, per, _) in zip(targets, plans))
+        self.fd.work_planned += work
         results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
@@ -50,7 +51,8 @@ class LinkDifferences(InputLinks):
                                                              [idx for _, idx in targets], work, self.fd.workers):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
                     left[ti] -= 1
-                    self.fd.progress(hi - lo)
+                    self.fd.work_done += (hi - lo) * plans[ti][1]
+                    self.fd.progress(self.fd.work_done, self.fd.work_planned)
         except KeyboardInterrupt:
             finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
             raise Interrupted(finished) from None
