@@ -49,7 +49,7 @@ def run_layers(entries: list, prefix: str, params: dict[str, Any], a: Any) -> An
             if o.get("mode", "correlation") == "convolution":
                 W = torch.flip(W, dims=(-2, -1))
             z = F.conv2d(a, W, stride=pair(o.get("stride", 1)), padding=pair(o.get("padding", 0)),
-                         dilation=pair(o.get("dilation", 1)))
+                         dilation=pair(o.get("dilation", 1)), groups=o.get("groups", 1))
             bias = o.get("bias", "tied")
             if bias == "tied":
                 z = z + params[f"layers.{key}.b"][None, :, None, None]
@@ -61,6 +61,10 @@ def run_layers(entries: list, prefix: str, params: dict[str, Any], a: Any) -> An
         elif kind == "pool":
             size, stride = pair(o.get("size", 2)), pair(o.get("stride", o.get("size", 2)))
             a = (F.max_pool2d if o.get("kind", "max") == "max" else F.avg_pool2d)(a, size, stride=stride)
+        elif kind == "upsample":
+            mode = o.get("mode", "nearest")
+            a = F.interpolate(a, scale_factor=o.get("scale", 2), mode=mode,
+                              **({"align_corners": False} if mode == "bilinear" else {}))
         elif kind == "flatten":
             a = a.reshape(a.shape[0], -1)
         elif kind == "dense":
