@@ -3,8 +3,11 @@ once left cnngrad/diagnose and cnngrad/layer_scope out of a non-editable install
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parent.parent
 
