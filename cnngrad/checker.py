@@ -164,7 +164,7 @@ class Row:
         idx = self.picks if indices is None else indices
         check = judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
                       numeric.values, numeric.kinks, tol, floor=floor)
-        errors = getattr(numeric, "errors", None)
+        errors = numeric.errors
         if errors is not None and check.checked:  # Ridders: its own error estimate, shown beside the verdict
             ok = ~numeric.kinks
             check.estimate = float(np.max(errors[ok]))

@@ -17,7 +17,7 @@ import numpy as np
 from ..blocks import Block
 from ..refs import TensorRef
 from .propagate import agrees
-from .shortcuts import capabilities
+from .shortcuts import capabilities, kink_state
 
 if TYPE_CHECKING:
     from .engine import FiniteDifferences
@@ -47,10 +47,10 @@ def _after(sub: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _own_kinks(leaf: Any, cache: Any, base: Any) -> bool:
-    fn = getattr(leaf, "kink_state", None)
-    if not callable(fn) or base is None:
+    """Did the leaf's own kink state (as it declares one: ``shortcuts.kink_state``) move?"""
+    if base is None:
         return False
-    state = fn(cache)
+    state = kink_state(leaf, capabilities(leaf), cache)
     return state is not None and bool(np.any(np.asarray(state) != np.asarray(base)))
 
 
@@ -60,8 +60,7 @@ def perturbed_outputs(fd: FiniteDifferences, leaf: Any, name: str, a_prev: Array
     ``params[name]`` (then restored): outputs stacked (len·N, …), and whether its own kink
     state moved, per output (len,)."""
     original = leaf.params[name]
-    fn = getattr(leaf, "kink_state", None)
-    base = fn(base_cache) if callable(fn) else None
+    base = kink_state(leaf, capabilities(leaf), base_cache)
     outs, own = [], np.zeros(len(values), dtype=bool)
     try:
         for g, value in enumerate(values):
