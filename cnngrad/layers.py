@@ -191,8 +191,32 @@ def _real(a: Array) -> Array:
     return a.real if np.iscomplexobj(a) else a
 
 
+def _tail(z: Array, scale: float) -> tuple[Array, Array]:
+    """``(Re z ≥ 0, e^(−scale·|z|))``, with |z| continued analytically (``z`` or ``−z`` by
+    the sign of Re z), so complex-safe; never overflows, and the small side keeps all its
+    digits (``1 + tanh z`` or ``1 − a`` near saturation keeps only a few)."""
+    pos = _real(z) >= 0
+    return pos, np.exp(-scale * np.where(pos, z, -z))
+
+
 def _sigmoid(z: Array) -> Array:
-    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # no overflow for any z; analytic, so complex-safe
+    """``σ(z) = 1/(1 + e^−z)``, as ``e^z/(1 + e^z)`` where Re z < 0: relative accuracy on
+    both sides (a tiny σ is exact, not ``1 + tanh`` to a few digits)."""
+    pos, e = _tail(z, 1.0)
+    return np.where(pos, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _sigmoid_prime(z: Array) -> Array:
+    """``σ'(z) = σ(z)(1 − σ(z)) = e^−|z| / (1 + e^−|z|)²`` — from z, not from a = σ(z): with
+    a ≈ 1, ``a(1 − a)`` keeps only the digits of 1 − a (3 of them at z ≈ 30)."""
+    _, e = _tail(z, 1.0)
+    return e / (1.0 + e) ** 2
+
+
+def _tanh_prime(z: Array) -> Array:
+    """``tanh'(z) = 1 − tanh²z = sech²z = 4e^−2|z| / (1 + e^−2|z|)²``, exact near saturation."""
+    _, e = _tail(z, 2.0)
+    return 4.0 * e / (1.0 + e) ** 2
 
 
 def _softplus(z: Array) -> Array:
@@ -206,8 +230,8 @@ def _softplus(z: Array) -> Array:
 
 # name -> (σ, σ'), each with the parameter (leaky_relu's slope) as keyword
 ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
-    "sigmoid": (lambda z: _sigmoid(z), lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
-    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "sigmoid": (lambda z: _sigmoid(z), lambda z: _sigmoid_prime(z)),
+    "tanh": (np.tanh, lambda z: _tanh_prime(z)),
     "relu": (lambda z: np.where(_real(z) > 0, z, 0.0 * z), lambda z: (_real(z) > 0).astype(z.dtype)),
     "leaky_relu": (lambda z, alpha=0.01: np.where(_real(z) > 0, z, alpha * z),
                    lambda z, alpha=0.01: np.where(_real(z) > 0, 1.0, alpha).astype(z.dtype)),
@@ -215,11 +239,6 @@ ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "identity": (lambda z: z, lambda z: np.ones_like(z)),
 }
 KINKED = {"relu", "leaky_relu"}
-# σ' written with a = σ(z), where that is cheaper than from z (same value: tests compare them)
-FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
-    "sigmoid": lambda a: a * (1.0 - a),
-    "tanh": lambda a: 1.0 - a * a,
-}
 
 
 class Activation:
@@ -244,10 +263,9 @@ class Activation:
         return a, (z, a)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
-        """``δ^l = δ_a ⊙ σ'(z^l)`` — the seed's Hadamard factor."""
-        z, a = cache
-        if self.function in FROM_OUTPUT:
-            return delta * FROM_OUTPUT[self.function](a), {}
+        """``δ^l = δ_a ⊙ σ'(z^l)`` — the seed's Hadamard factor, σ' evaluated at z (see
+        ``_sigmoid_prime``: from a, a saturated σ' loses its digits)."""
+        z, _ = cache
         return delta * self.sigma_prime(z, **self._kw), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
