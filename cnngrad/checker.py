@@ -270,6 +270,23 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         report.numeric_full[row.ref.key] = numeric
 
 
+def _rounding_only(rows: list[Row], net: Network, wide: tuple, tol: float, trust: float, dtype: str) -> None:
+    """Failing rows of a float32 network whose mismatch is the backward's own rounding
+    (``resolution.precision_bound``) become unresolved, with the reason: not a failure, and
+    never a pass."""
+    failing = [row for row in rows if row.verdict.mismatch]
+    if not failing:
+        return
+    wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
+    for row in failing:
+        reason = resolution.precision_bound(row.verdict, wide_rows[row.ref], tol, trust, dtype) \
+            if row.ref in wide_rows else ""
+        if reason:
+            c = row.verdict
+            c.status, c.reason = "unresolved", reason
+            c.note = "; ".join(part for part in c.note.split("; ") if not part.startswith("the complex step confirms"))
+
+
 def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
                      grads: list[dict[str, Array]]) -> list[str]:
     """Where the forward or backward pass first produced inf or NaN, named by layer."""
@@ -417,7 +434,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
-        measured = resolution.measured_rounding(net, x, y, deltas, grads)
+        traced_wide = resolution.wide_trace(net, x, y)  # the same backward in longdouble
+        measured = resolution.measured_rounding(net, x, y, deltas, grads, traced_wide)
 
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
@@ -481,6 +499,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     row.check = check
 
         second_look(rows)
+        if config.dtype != "float64" and traced_wide is not None:
+            _rounding_only(rows, net, traced_wide, how.tol, resolution.trusted(deltas, grads), config.dtype)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner)

@@ -86,6 +86,7 @@ class TensorCheck:
     kink_mask: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # which of those stencils crossed a kink
     reason: str = ""  # why the status is not norm rel against tol: every entry a kink, below the floor
     estimate: float | None = None  # Ridders: the largest per-entry error estimate (absolute), else None
+    confirmed: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # the complex step's values, where it confirmed a failure
 
     @property
     def passed(self) -> bool:

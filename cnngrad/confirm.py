@@ -79,6 +79,7 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         elif redo.failed and c.failed:
             confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
             c.note = "; ".join(filter(None, [c.note, confirmed]))
+            c.confirmed = num.values
         elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step
             redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
             checks[r] = redo

@@ -112,7 +112,9 @@ def summary(report: Report) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     grew = f" ({len(report.regressions)} grew past the baseline)" if report.regressions else ""
     if unsure:
-        grew += f", {unsure} unresolved (below the resolution{'; --strict fails them' if report.strict else ''})"
+        why = "below the resolution" if all(r.reason.startswith("gradients") for r in report.unresolved) \
+            else "below the resolution or the dtype's rounding"
+        grew += f", {unsure} unresolved ({why}{'; --strict fails them' if report.strict else ''})"
     parts = [f"{verdict}: {good}/{n} tensors within tol {report.tol:.0e}{grew}",
              f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")

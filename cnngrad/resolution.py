@@ -83,34 +83,83 @@ def largest(arrays: list[Array]) -> float:
                    default=0.0)
 
 
-def measured_rounding(net: Any, x: Array, y: Array, deltas: list[Array], grads: list[dict[str, Array]]) -> float:
-    """The backward's own rounding, measured: the largest |g − g_wide| over every δ (``deltas``)
-    and parameter gradient (``grads``), g_wide from the same network, x and y run in
-    ``np.longdouble`` (11 more bits than float64 on x86).  A gradient that is 0 in truth is
-    all rounding, so it is at most this.  0 where longdouble is no wider than float64 or a
-    layer does not run in it (a plugin may not)."""
+def wide_trace(net: Any, x: Array, y: Array) -> tuple[list[Array], list[dict[str, Array]],
+                                                      dict[tuple[int, ...], Array]] | None:
+    """The same network, x and y run in ``np.longdouble`` (11 more bits than float64 on x86):
+    δ at every layer boundary, every parameter gradient, δ inside blocks — the backward's
+    own arithmetic, with its rounding made smaller.  None where longdouble is no wider than
+    float64 or a layer does not run in it (a plugin may not)."""
     wide_t = np.longdouble
     if np.finfo(wide_t).eps >= np.finfo(np.float64).eps:
-        return 0.0
+        return None
     wide = copy.deepcopy(net)
+    inner: dict[tuple[int, ...], Array] = {}
     try:
         for layer in wide.layers:
             for name in layer.params:
                 layer.params[name] = layer.params[name].astype(wide_t)
             for name in getattr(layer, "buffers", {}):
                 layer.buffers[name] = layer.buffers[name].astype(wide_t)
-        _, wide_deltas, wide_grads, _ = wide.trace(x.astype(wide_t), y.astype(wide_t) if y.dtype.kind == "f" else y)
-        pairs = list(zip(deltas, wide_deltas))
-        pairs += [(g[name], w[name]) for g, w in zip(grads, wide_grads) for name in g]
         with np.errstate(all="ignore"):
-            diffs = [np.abs(np.asarray(a, dtype=wide_t) - np.asarray(b, dtype=wide_t)) for a, b in pairs]
-            worst = max((float(np.max(d, where=np.isfinite(d), initial=0.0)) for d in diffs if d.size), default=0.0)
+            _, deltas, grads, _ = wide.trace(x.astype(wide_t), y.astype(wide_t) if y.dtype.kind == "f" else y, inner)
     except Exception:  # a layer that does not take longdouble: no measurement
+        return None
+    return deltas, grads, inner
+
+
+def measured_rounding(net: Any, x: Array, y: Array, deltas: list[Array], grads: list[dict[str, Array]],
+                      wide: tuple[list[Array], list[dict[str, Array]], Any] | None = None) -> float:
+    """The backward's own rounding, measured: the largest |g − g_wide| over every δ (``deltas``)
+    and parameter gradient (``grads``), g_wide from ``wide_trace`` (or ``wide``, its result).
+    A gradient that is 0 in truth is all rounding, so it is at most this.  0 where there is
+    no wide trace."""
+    wide = wide if wide is not None else wide_trace(net, x, y)
+    if wide is None:
         return 0.0
-    # more than √ε·G is not rounding but a backward that computes something else in longdouble
-    # (a dtype-dependent branch): trusting it would excuse real errors, so it is not used
+    wide_deltas, wide_grads, _ = wide
+    pairs = list(zip(deltas, wide_deltas))
+    pairs += [(g[name], w[name]) for g, w in zip(grads, wide_grads) for name in g]
+    with np.errstate(all="ignore"):
+        diffs = [np.abs(np.asarray(a, dtype=np.longdouble) - np.asarray(b, dtype=np.longdouble)) for a, b in pairs]
+        worst = max((float(np.max(d, where=np.isfinite(d), initial=0.0)) for d in diffs if d.size), default=0.0)
+    return worst if worst <= trusted(deltas, grads) else 0.0
+
+
+def trusted(deltas: list[Array], grads: list[dict[str, Array]]) -> float:
+    """How far a gradient may move between the network's dtype and longdouble and still be
+    called rounding: √ε·G.  More is not rounding but a backward that computes something else
+    in longdouble (a dtype-dependent branch): trusting it would excuse real errors."""
     unit = float(np.finfo(np.result_type(*[g.dtype for g in deltas])).eps)
-    return worst if worst <= np.sqrt(unit) * largest(deltas + [g for gr in grads for g in gr.values()]) else 0.0
+    return float(np.sqrt(unit)) * largest(deltas + [g for gr in grads for g in gr.values()])
+
+
+def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: str) -> str:
+    """Why a failing row of a low-precision network (float32) is not a failure, or "".
+
+    ``wide``: the row's analytic gradient from ``wide_trace`` (the same backward in
+    longdouble); the differences are the complex step's where it confirmed the failure
+    (``confirm``), else the row's.  The row is the backward's own rounding, not a wrong formula, when that
+    same backward, run wide, agrees with the differences (norm rel ≤ tol) while its
+    ``dtype`` result is off from the wide one by no more than rounding can (``trust``, see
+    ``trusted``, per entry).  A bug is in the wide run too, so it is never excused here —
+    only a backward wrong in float32 alone (a dtype-dependent branch) within √ε·G would be."""
+    from .compare import metrics  # compare imports Floor from here
+    ok = ~check.kink_mask
+    if check.mode != "entries" or not ok.any():
+        return ""
+    w = np.asarray(wide, dtype=np.float64).reshape(-1)[check.indices][ok]
+    numeric = check.numeric if check.confirmed is None else check.confirmed  # the complex step, where it ran
+    g, n = check.analytic[ok], numeric[ok]
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(g))):
+        return ""
+    wide_rel = metrics(w, n).norm_rel
+    off = float(np.max(np.abs(g - w)))
+    if not (wide_rel <= tol and off <= trust):
+        return ""
+    by = "the complex step" if check.confirmed is not None else "the differences"
+    return (f"{dtype} rounding of the backward: the same backward run in longdouble agrees with {by} "
+            f"(norm rel {wide_rel:.1e} ≤ tol), its {dtype} result is off by up to {off:.1e} "
+            f"(cancellation): check this layer in float64 to judge it at tol")
 
 
 def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, loss: float, out: Array,
