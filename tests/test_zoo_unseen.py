@@ -1,0 +1,95 @@
+"""The unseen zoo (tests/zoo_unseen/): buggy layers written without looking at the diagnosis
+catalogue, and their correct twins.
+
+1. Each layer against PyTorch autograd, on its own: every twin's forward and backward agree
+   with torch's to ~1e-10; every bug's forward agrees and its backward does not (so each bug is
+   real, by an oracle that is not cnngrad).
+2. cnngrad on each config: a bug fails, localisation names its layer, and a stated diagnosis
+   contains the phrase a right diagnosis must contain (``# expect: -``: only ``no known
+   pattern`` is right); a twin passes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnngrad import config as cfg
+from cnngrad.checker import check
+from cnngrad.network import build
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = sorted((ROOT / "tests" / "zoo_unseen").glob("*.yaml"))
+BUGS = [p for p in ZOO if not p.stem.startswith("twin_")]
+TWINS = [p for p in ZOO if p.stem.startswith("twin_")]
+
+_spec = importlib.util.spec_from_file_location("zoo_bench", ROOT / "benchmarks" / "zoo.py")
+zoo_bench = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("zoo_bench", zoo_bench)  # dataclasses look their module up there
+_spec.loader.exec_module(zoo_bench)
+
+
+def test_the_unseen_zoo_is_big_enough():
+    assert len(BUGS) >= 16 and len(TWINS) >= 8
+    phrases = [zoo_bench.expectations(p)["expect"] for p in BUGS]
+    assert sum(p == "-" for p in phrases) >= 3 and all(phrases)
+
+
+def zoo_layer(path: Path):
+    """The plugin in the config (the user's own object) and its input shape."""
+    net = build(cfg.load(str(path), plugins=True)).net
+    (i,) = [i for i, spec in enumerate(net.specs) if spec.kind == "custom"]
+    return net.layers[i].layer, net.layers[i].in_shape
+
+
+def torch_grads(layer, x: np.ndarray, delta: np.ndarray):
+    """The layer's maths in torch (independent of the zoo code): out, ∂/∂x and ∂/∂params."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    xt = torch.tensor(x, requires_grad=True)
+    ps = {k: torch.tensor(v, requires_grad=True) for k, v in layer.params.items()}
+    name = type(layer).__name__
+    if name == "UConv":
+        out = F.conv2d(xt, ps["W"], ps["b"], stride=layer.s, padding=layer.p, dilation=layer.d, groups=layer.g)
+    elif name == "UConvT":
+        out = F.conv_transpose2d(xt, ps["W"], ps["b"], stride=layer.s, padding=layer.p, dilation=layer.d)
+    elif name == "UDense":
+        out = F.linear(xt, ps["W"], ps["b"])
+    elif name == "UPool":
+        pool = F.avg_pool2d if layer.kind == "avg" else F.max_pool2d
+        out = pool(xt, layer.k, layer.s)
+    else:
+        out = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus,
+               "leaky_relu": lambda t: F.leaky_relu(t, layer.alpha)}[layer.function](xt)
+    grads = torch.autograd.grad(out, [xt, *ps.values()], torch.tensor(delta))
+    return out.detach().numpy(), {"input": grads[0].numpy(), **{k: g.numpy() for k, g in zip(ps, grads[1:])}}
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b) + 1e-300))
+
+
+@pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)
+def test_each_unseen_layer_against_torch(path):
+    pytest.importorskip("torch")
+    layer, in_shape = zoo_layer(path)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((cfg.load(str(path), plugins=True).batch,) + tuple(in_shape))
+    out, cache = layer.forward(x)
+    delta = rng.standard_normal(out.shape)
+    d_in, grads = layer.backward(delta, cache)
+    t_out, t_grads = torch_grads(layer, x, delta)
+    assert out.shape == t_out.shape and rel(out, t_out) < 1e-12  # the forward is right in the bugs too
+    errors = {"input": rel(d_in, t_grads["input"]), **{k: rel(g, t_grads[k]) for k, g in grads.items()}}
+    if path.stem.startswith("twin_"):
+        assert max(errors.values()) < 1e-10, errors
+    else:
+        assert max(errors.values()) > 1e-6, errors  # wrong by torch, beyond any tolerance
+
+
+@pytest.mark.parametrize("path", TWINS, ids=lambda p: p.stem)
+def test_each_unseen_twin_passes(path):
+    assert check(str(path), plugins=True).return_code == 0
