@@ -170,3 +170,77 @@ def test_torch_geometry_is_declared_or_read_or_left_to_inference():
         g = geometry_of(by_name[name])
         assert (g.op, g.kernel, g.stride, g.padding) == ("conv", (3, 3), (2, 2), (1, 1)), (name, g)
     assert set(by_name["torch_delta_rot90_wrapped"].params) == {"conv.weight", "conv.bias"}
+
+
+# ------------------------------------------------------------------ geometry: declared, inferred, wrong
+
+
+def _unseen_module():
+    spec = importlib.util.spec_from_file_location("unseen_layers_t", ROOT / "tests" / "zoo_unseen" / "unseen_layers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _said(layer, bug: str, geometry) -> list[str]:
+    """diagnose() on the layer's δ with ``bug``, the truth being the same layer with no bug
+    (an exact oracle: no finite differences), the layer declaring ``geometry``."""
+    from cnngrad.diagnose import diagnose
+    from cnngrad.refs import TensorRef
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((3,) + layer.in_shape)
+    out, cache = layer.forward(a)
+    d_out = rng.standard_normal(out.shape)
+    layer.bug = "none"
+    truth = layer.backward(d_out, cache)[0]
+    layer.bug, layer.geometry = bug, geometry
+    analytic = layer.backward(d_out, cache)[0]
+    return diagnose(analytic, truth, TensorRef.delta(0), layer, 3, delta_out=d_out, a_prev=a, tol=1e-6)
+
+
+@pytest.mark.parametrize("bug,phrase", [("delta_rot90", "rot90"), ("delta_stride_offset", "offset (1, 1)"),
+                                        ("delta_transposed", "transposed kernel")])
+def test_a_conv_geometry_is_used_declared_or_inferred_and_a_wrong_one_says_nothing(bug, phrase):
+    mod = _unseen_module()
+
+    def conv():
+        layer = mod.UConv((2, 9, 8), np.random.default_rng(0), filters=3, kernel=3, stride=2, padding=1, bug=bug)
+        layer.in_shape = (2, 9, 8)
+        return layer
+
+    declared = conv().geometry
+    assert any(phrase in s for s in _said(conv(), bug, declared))
+    assert any(phrase in s for s in _said(conv(), bug, None))  # nothing declared: inferred from W's shape, verified
+    for wrong in ({**declared, "stride": 1}, {**declared, "padding": 0}, {**declared, "op": "conv_transpose"}):
+        said = _said(conv(), bug, wrong)  # a declaration that does not fit the layer: no sentence built on it
+        assert not any(s.startswith("δ is the") for s in said), (wrong, said)  # (a plain shift may still be seen)
+
+
+def test_a_four_d_parameter_that_is_no_kernel_gets_no_conv_sentence():
+    """A locally connected layer (per-pixel weights W (o, c, h, w): out[n,o] = Σ_c W[o,c] ⊙ a[n,c])
+    declares nothing; its W has a conv kernel's shape (5x5 on 5x5 images, padding 2 fits the
+    output size), but no conv reproduces the true δ, so inference gives no geometry and
+    nothing conv-shaped is said of a flipped W."""
+    from cnngrad.diagnose import diagnose
+    from cnngrad.refs import TensorRef
+
+    class LocallyConnected:
+        per_sample = True
+
+        def __init__(self):
+            self.params = {"W": np.random.default_rng(1).standard_normal((3, 2, 5, 5))}
+
+        def forward(self, a):
+            return np.einsum("nchw,ochw->nohw", a, self.params["W"]), a
+
+        def backward(self, delta, a):
+            return np.einsum("nohw,ochw->nchw", delta, self.params["W"]), {"W": np.einsum("nohw,nchw->ochw", delta, a)}
+
+    layer, rng = LocallyConnected(), np.random.default_rng(2)
+    a = rng.standard_normal((3, 2, 5, 5))
+    d_out = rng.standard_normal((3, 3, 5, 5))
+    truth = layer.backward(d_out, a)[0]
+    wrong = np.einsum("nohw,ochw->nchw", d_out, layer.params["W"][..., ::-1, ::-1])
+    said = diagnose(wrong, truth, TensorRef.delta(0), layer, 3, delta_out=d_out, a_prev=a, tol=1e-6)
+    assert said and all(s.startswith(NO_PATTERN) for s in said), said
