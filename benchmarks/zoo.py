@@ -1,15 +1,19 @@
 """The zoo's score: caught / located / diagnosed right / diagnosed wrong, and the twins.
 
-    python benchmarks/zoo.py [--method central] [--directions K] [--verbose]
+    python benchmarks/zoo.py [--zoo FOLDER] [--method central] [--directions K] [--verbose]
 
-Every ``tests/zoo/*.yaml`` is checked (``--plugins``: the layers are tests/zoo/zoo_layers.py).
+Every ``*.yaml`` of the folder (default ``tests/zoo``; ``--zoo tests/zoo_unseen`` for the bugs
+written without looking at the catalogue) is checked with ``--plugins`` (the layers are the
+folder's own module, e.g. tests/zoo/zoo_layers.py).
 A bug's file says in comments which layer is wrong (``# culprit: 1 (ZooPool)``) and a phrase
 its diagnosis must contain (``# expect: stride²``).  A bug is *caught* if the check fails,
 *located* if localisation names that layer, *diagnosed right* if a diagnosis line of that
 layer contains the phrase, *diagnosed wrong* if it states a diagnosis without it (a
 ``no known pattern`` line is neither).  ``# expect: -`` marks a bug no catalogue entry
 describes (written after the catalogue, to test it): its only right answer is ``no known
-pattern``, so any stated diagnosis counts as wrong.  A twin (``twin_*.yaml``) must pass.
+pattern``, so any stated diagnosis counts as wrong.  A twin (``twin_*.yaml``) must pass.  A
+config the method cannot run (``--method complex`` through a layer without complex
+arithmetic) is counted as *not available*, not scored.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cnngrad.checker import check  # noqa: E402
+from cnngrad.config import ConfigError  # noqa: E402
 from cnngrad.diagnose import NO_PATTERN  # noqa: E402
 
 ZOO = ROOT / "tests" / "zoo"
@@ -67,11 +72,21 @@ def run(path: Path, **options) -> Outcome:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", type=Path, default=ZOO, help="folder of zoo configs (default tests/zoo)")
     ap.add_argument("--method", default=None)
     ap.add_argument("--directions", type=int, default=None)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
-    outcomes = [run(p, method=args.method, directions=args.directions) for p in sorted(ZOO.glob("*.yaml"))]
+    paths = sorted(args.zoo.glob("*.yaml"))
+    if not paths:
+        ap.error(f"--zoo {args.zoo}: no *.yaml configs there")
+    outcomes, unavailable = [], []
+    for p in paths:
+        try:
+            outcomes.append(run(p, method=args.method, directions=args.directions))
+        except ConfigError as e:  # e.g. --method complex on a layer that cannot run complex arithmetic
+            unavailable.append(p.stem)
+            print(f"{p.stem}: not available: {e}")
     bugs = [o for o in outcomes if not o.twin]
     twins = [o for o in outcomes if o.twin]
     for o in outcomes:
@@ -80,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"caught={o.caught} located={o.located} right={o.right} wrong={o.wrong}"
             print(f"{o.name}: {mark}\n    {o.localisation}\n" + "".join(f"    {d}\n" for d in o.diagnoses), end="")
     n, unknown = len(bugs), [o for o in bugs if o.unknown]
-    print(f"zoo: {n} bugs ({len(unknown)} outside the catalogue: 'no known pattern' is right for them)"
+    print(f"{args.zoo.name}: {n} bugs ({len(unknown)} outside the catalogue: 'no known pattern' is right for them)"
           f" · caught {sum(o.caught for o in bugs)}/{n} · located {sum(o.located for o in bugs)}/{n} · "
           f"diagnosed right {sum(o.right for o in bugs)}/{n} · diagnosed wrong {sum(o.wrong for o in bugs)}/{n} · "
-          f"twins passing {sum(not o.caught for o in twins)}/{len(twins)}")
+          f"twins passing {sum(not o.caught for o in twins)}/{len(twins)}"
+          + (f" · not available {len(unavailable)}" if unavailable else ""))
     ok = all(o.caught and o.located and not o.wrong for o in bugs) and not any(o.caught for o in twins)
     return 0 if ok else 1
 

@@ -14,13 +14,13 @@ layer cannot lead to a confident, wrong sentence.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from . import geometry as G
 from .case import Candidate, Case, Raw, close
+from .convs import conv_family, conv_transpose_family
 from .generic import masks_family, params_family, per_sample_family, shifts_family
 
 Array = np.ndarray
@@ -30,7 +30,8 @@ __all__ = ["Candidate", "Case", "candidates", "close"]
 def candidates(case: Case) -> Iterator[Candidate]:
     """Every catalogue entry that applies to this tensor, most specific first."""
     families: tuple[Callable[[Case], Iterator[Raw]], ...] = (
-        _conv, _dense, _pool, _elementwise, masks_family, shifts_family, params_family, per_sample_family)
+        conv_family, conv_transpose_family, _dense, _pool, _elementwise, masks_family, shifts_family, params_family,
+        per_sample_family)
     for family in families:
         try:
             for cand in family(case):
@@ -40,59 +41,6 @@ def candidates(case: Case) -> Iterator[Candidate]:
 
 
 # ---------------------------------------------------------------- geometry-built families
-
-
-def _conv(c: Case) -> Iterator[Raw]:
-    g, W = c.geometry, getattr(c.layer, "params", {}).get("W")
-    if g is None or g.op != "conv" or g.groups != 1 or W is None or c.delta_out is None or c.a_prev is None:
-        return
-    W, d_out, (dh, dw) = np.asarray(W, dtype=np.float64), c.delta_out.astype(np.float64), g.dilation
-    if c.ref.is_delta:
-        hw = c.n.shape[2:]
-        if not c.fits(G.conv_input_grad(g, d_out, W, hw)):
-            return
-        kernels = [(W[..., ::-1, ::-1], "ROT180(W) where W belongs (or W where ROT180(W) belongs): the kernel's "
-                    "rotation is wrong"),
-                   (W[..., ::-1, :], "W with one axis flipped (rows): ROT180 flips both"),
-                   (W[..., :, ::-1], "W with one axis flipped (columns): ROT180 flips both")]
-        if W.shape[-1] == W.shape[-2]:  # a transposed or quarter-turned kernel has the same shape only if square
-            kernels += [(W.swapaxes(-1, -2), "Wᵀ per kernel (W[u, v] read as W[v, u]): a transposed kernel, not a "
-                         "rotated one"),
-                        (np.rot90(W, 1, axes=(-2, -1)), "W rotated by 90°: rot90 where ROT180 belongs"),
-                        (np.rot90(W, -1, axes=(-2, -1)), "W rotated by −90°: rot90 where ROT180 belongs")]
-        for kernel, says in kernels:
-            yield f"δ is the backward of a conv slid with {says}", G.conv_input_grad(g, d_out, kernel, hw), None
-        if (dh, dw) != (1, 1):
-            yield (f"δ is the backward with the dilation ignored (1 where the layer has {dh}x{dw})",
-                   G.conv_input_grad(g, d_out, W, hw, dilation=(1, 1)), None)
-        yield (f"δ is the backward with the dilation applied twice ({dh * dh}x{dw * dw} where the layer has {dh}x{dw})",
-               G.conv_input_grad(g, d_out, W, hw, dilation=(dh * dh, dw * dw)), None)
-        (sh, sw), (ph, pw) = g.stride, g.padding
-        if (sh, sw) != (1, 1):
-            yield (f"δ is the backward with the stride ignored (1 where the layer has {sh}x{sw}): the stride's zeros "
-                   f"were not inserted between δ's entries", G.conv_input_grad(replace(g, stride=(1, 1)), d_out, W, hw),
-                   None)
-            for off in ((1, 0), (0, 1), (1, 1)):
-                yield (f"δ is the backward with the stride's zeros inserted at offset {off} (stride {sh}x{sw}): "
-                       f"δ placed at i·s+{off[0]} where i·s belongs", G.conv_input_grad(g, d_out, W, hw, offset=off),
-                       None)
-        for top in sorted({0, ph, 2 * ph}):
-            for left in sorted({0, pw, 2 * pw}):
-                if (top, left) != (ph, pw):
-                    yield (f"δ is the backward cropped at ({top}, {left}) where the padding ({ph}, {pw}) belongs: "
-                           f"padding cropped from one side", G.conv_input_grad(g, d_out, W, hw, crop=(top, left)), None)
-    elif c.ref.name == "W":
-        if not c.fits(G.conv_weight_grad(g, c.a_prev, d_out)):
-            return
-        if g.stride != (1, 1):
-            yield (f"∂C/∂W is the correlation with the stride ignored (1 where the layer has {g.stride[0]}x"
-                   f"{g.stride[1]}): ã read at i + u·d where i·s + u·d belongs",
-                   G.conv_weight_grad(replace(g, stride=(1, 1)), c.a_prev, d_out), None)
-        if (dh, dw) != (1, 1):
-            yield (f"∂C/∂W is the correlation with the dilation ignored (1 where the layer has {dh}x{dw})",
-                   G.conv_weight_grad(g, c.a_prev, d_out, dilation=(1, 1)), None)
-        yield (f"∂C/∂W is the correlation with the dilation applied twice ({dh * dh}x{dw * dw} where the layer has "
-               f"{dh}x{dw})", G.conv_weight_grad(g, c.a_prev, d_out, dilation=(dh * dh, dw * dw)), None)
 
 
 def _dense(c: Case) -> Iterator[Raw]:
@@ -120,9 +68,15 @@ def _pool(c: Case) -> Iterator[Raw]:
     if g.op == "avg_pool":
         if not c.fits(G.pool_input_grad(g, d_out, a_prev, "avg")):
             return
-        if sh * sw != kh * kw:
-            yield (f"δ is each window's δ divided by the stride² ({sh}·{sw}) instead of the window size ({kh}·{kw})",
-                   G.pool_input_grad(g, d_out, a_prev, "avg", divisor=sh * sw), None)
+        divisors: dict[int, str] = {}  # the first name of a value wins: the stride² before a side
+        for div, says in ((sh * sw, f"the stride² ({sh}·{sw})"), (kh * kh, f"kh² ({kh}·{kh}, the window taken as "
+                          "square)"), (kw * kw, f"kw² ({kw}·{kw}, the window taken as square)"),
+                          (kh, f"one side of the window ({kh})"), (kw, f"one side of the window ({kw})")):
+            divisors.setdefault(div, says)
+        for div, says in divisors.items():
+            if div != kh * kw:
+                yield (f"δ is each window's δ divided by {says} instead of the window size ({kh}·{kw})",
+                       G.pool_input_grad(g, d_out, a_prev, "avg", divisor=div), None)
         yield "δ is each window's δ not divided by the window size", G.pool_input_grad(g, d_out, a_prev, "every"), None
         if overlap:
             yield ("δ is written window by window, each over the last, where overlapping windows add up "
@@ -131,8 +85,11 @@ def _pool(c: Case) -> Iterator[Raw]:
         return
     if not c.fits(G.pool_input_grad(g, d_out, a_prev, "first")):
         return
-    for route, says in (("argmin", "each window's minimum"), ("transposed", "the transposed tap of each window's "
-                        "maximum (offset (u, v) read as (v, u))"), ("every", "every entry of each window"),
+    tap = ("the transposed tap of each window's maximum (offset (u, v) read as (v, u))" if kh == kw else
+           f"the wrong tap of each {kh}x{kw} window: the maximum's index counted column by column (column-major) "
+           "and read back row by row")
+    for route, says in (("argmin", "each window's minimum"), ("transposed", tap),
+                        ("every", "every entry of each window"),
                         ("avg", "each window shared equally, as in average pooling")):
         yield f"δ goes to {says} instead of its maximum", G.pool_input_grad(g, d_out, a_prev, route), None
     if overlap:
