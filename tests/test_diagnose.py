@@ -123,3 +123,16 @@ def test_a_bias_mean_over_batch_and_positions_is_named():
     db = d_out.sum(axis=(0, 2, 3))
     (line,) = said(d_out.mean(axis=(0, 2, 3)), db, layer, a, d_out, TensorRef.param(1, "b"))
     assert "= 1/(N·H·W) = 1/243" in line and "(residual" in line
+
+
+def test_wrong_entries_are_named_only_when_they_are_a_minority() -> None:
+    """"k wrong entries; every other entry matches" needs other entries: a 3-entry bias
+    with every entry off (a float32 sum's rounding, say) is no single-entry bug."""
+    from cnngrad.diagnose.case import Case
+    from cnngrad.diagnose.facts import single_entries
+
+    n = np.array([1.0, -2.0, 3.0])
+    one = Case(np.array([1.0, -2.5, 3.0]), n, TensorRef.param((1,), "b"), None, None, 2, 1e-6)
+    assert "one wrong entry" in (single_entries(one) or "")
+    every = Case(n * (1 + 1e-3), n, TensorRef.param((1,), "b"), None, None, 2, 1e-6)
+    assert single_entries(every) is None

@@ -29,10 +29,11 @@ def _spans(idx: Array, size: int) -> str:
 
 
 def single_entries(c: Case) -> str | None:
-    """If at most 3 entries are wrong and setting them right leaves a match: say so."""
+    """If at most 3 entries are wrong, fewer than half of them, and setting them right leaves
+    a match: say so (every entry of a 3-entry bias wrong is no "single entry" bug)."""
     err = np.abs(c.a - c.n)
     bad = err > WRONG * max(float(np.max(np.abs(c.n))), 1e-300)
-    if not 0 < bad.sum() <= 3:
+    if not 0 < bad.sum() <= 3 or 2 * bad.sum() >= bad.size:
         return None
     fixed = np.where(bad, c.n, c.a)
     residual = close(fixed, c.n)
