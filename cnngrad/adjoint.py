@@ -136,3 +136,16 @@ def check_network(layers: list, x: Array, kinds: list[str], seed: int) -> list[A
             found.append(check_layer(layer, a, rng, TensorRef.delta(i), kinds[i]))
         a = layer.forward(a)[0]
     return found
+
+
+def localise(found: list[Adjoint]) -> tuple[int | str | None, str]:
+    """The culprit and localisation sentence when only the dot-product test failed (the
+    differences resolved nothing wrong): each failing layer is wrong on its own — the test
+    needs no other layer — so the first is named and every one listed."""
+    bad = [a for a in found if a.failed]
+    if not bad:
+        return None, ""
+    named = ", ".join(f"{a.ref.json_layer} ({a.kind})" for a in bad)
+    return bad[0].ref.json_layer, (f"layer {named}: backward is not the adjoint of the forward (dot-product "
+                                   f"test rel {bad[0].worst:.1e} > {bad[0].tol:.0e}), below what the "
+                                   f"differences resolve")

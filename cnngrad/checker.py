@@ -504,6 +504,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner)
+        if not report.localisation:  # only the dot-product test saw it: it names its layer
+            report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":
             layer_scope.kinks_only([row.verdict for row in rows], network_refs)
         report.fallbacks = list(fd.fast_fallbacks)

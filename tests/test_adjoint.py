@@ -73,3 +73,20 @@ def test_json_reports_one_adjoint_record_per_linear_layer():
     records = data["configs"][0]["adjoint"]
     assert [r["layer"] for r in records] == [0, 2, 3, 5, 6, 7, 9]  # conv, avg pool, conv, avg pool, flatten, dense ×2
     assert all(r["status"] == "pass" and r["rel"] < 1e-14 for r in records)
+
+
+def test_a_slip_only_the_dot_product_test_sees_is_located(monkeypatch):
+    """δ of the conv off by 1 + 1e-9: far below what the differences resolve at tol 1e-6,
+    wrong by construction, caught by the adjoint test alone — which names its layer."""
+    original = Conv.backward
+    monkeypatch.setattr(Conv, "backward",
+                        lambda self, delta, cache: (original(self, delta, cache)[0] * (1 + 1e-9),
+                                                    original(self, delta, cache)[1]))
+    raw = {"seed": 2, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6},
+           "layers": [{"activation": "tanh"}, {"conv": {"filters": 2, "kernel": 3}}, {"activation": "tanh"},
+                      {"flatten": {}}, {"dense": {"units": 3}}], "loss": "mse"}
+    report = check(raw)
+    assert not report.passed
+    assert all(not r.failed for r in report.rows)  # the differences saw nothing
+    assert report.culprit == 1
+    assert report.localisation.startswith("layer 1 (conv): backward is not the adjoint")
