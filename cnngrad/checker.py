@@ -284,7 +284,8 @@ def _rounding_only(rows: list[Row], net: Network, wide: tuple, tol: float, trust
         if reason:
             c = row.verdict
             c.status, c.reason = "unresolved", reason
-            c.note = "; ".join(part for part in c.note.split("; ") if not part.startswith("the complex step confirms"))
+            c.note = "; ".join(part.replace(" and disagrees", "") for part in c.note.split("; ")
+                               if not part.startswith("the complex step confirms"))
 
 
 def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
@@ -500,7 +501,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         second_look(rows)
         if config.dtype != "float64" and traced_wide is not None:
-            _rounding_only(rows, net, traced_wide, how.tol, resolution.trusted(deltas, grads), config.dtype)
+            _rounding_only(rows, net, traced_wide, how.tol,
+                           resolution.rounding_trust(deltas, grads, loss, outputs[-1], y), config.dtype)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner)

@@ -133,6 +133,15 @@ def trusted(deltas: list[Array], grads: list[dict[str, Array]]) -> float:
     return float(np.sqrt(unit)) * largest(deltas + [g for gr in grads for g in gr.values()])
 
 
+def rounding_trust(deltas: list[Array], grads: list[dict[str, Array]], loss: float, out: Array, y: Array) -> float:
+    """How far a low-precision backward may be off from its longdouble run and still be
+    rounding, per entry: ``trusted`` (√ε·G), or ``K·ε·S`` with S the size of the numbers the
+    loss gradient is made of (``loss_scale``): a saturated softmax's p − y, with p = 1 − 1e-9
+    rounded to 1 in float32, is off by ~1e-9 from terms of size 1, however small G is."""
+    unit = float(np.finfo(np.result_type(*[g.dtype for g in deltas])).eps)
+    return max(trusted(deltas, grads), MARGIN * unit * loss_scale(loss, out, y))
+
+
 def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: str) -> str:
     """Why a failing row of a low-precision network (float32) is not a failure, or "".
 
@@ -141,8 +150,9 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
     (``confirm``), else the row's.  The row is the backward's own rounding, not a wrong formula, when that
     same backward, run wide, agrees with the differences (norm rel ≤ tol) while its
     ``dtype`` result is off from the wide one by no more than rounding can (``trust``, see
-    ``trusted``, per entry).  A bug is in the wide run too, so it is never excused here —
-    only a backward wrong in float32 alone (a dtype-dependent branch) within √ε·G would be."""
+    ``rounding_trust``, per entry).  A bug is in the wide run too, so it is never excused
+    here — only a backward wrong in float32 alone (a dtype-dependent branch) within that
+    bound would be."""
     from .compare import metrics  # compare imports Floor from here
     ok = ~check.kink_mask
     if check.mode != "entries" or not ok.any():

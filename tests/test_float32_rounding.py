@@ -8,6 +8,10 @@ diagnosis blaming "3 wrong entries".  Now the same backward is run in longdouble
 UNRESOLVED with that reason (never a pass: ``--strict`` fails it).  A real bug is in the
 longdouble run too, and still fails.
 
+The same holds where a saturated softmax rounds p = 1 − 1e-9 to 1 in float32 (loss 0):
+p − y is 0 instead of −1e-9, every gradient of the net loses its digits, and the bound on
+rounding is ε·S with S the size of p and y, not of the tiny gradients.
+
 Oracle of the test's own: Richardson-extrapolated central differences in a loop written
 here, on the float64 copy of the network.
 """
@@ -48,6 +52,51 @@ CANCELLING = {
     ],
     "loss": "softmax_cross_entropy",
 }
+
+
+SATURATED_SOFTMAX = {
+    "name": "saturated-softmax", "seed": 4274835806, "dtype": "float32",
+    "input": {"batch": 2, "channels": 2, "height": 4, "width": 9},
+    "init": {"normal": 0.7406373075487123},
+    "layers": [
+        {"conv": {"filters": 4, "kernel": [1, 4], "stride": [2, 1], "padding": 0, "dilation": [1, 1],
+                  "bias": "untied", "mode": "convolution"}},
+        {"block": {"merge": "add", "paths": [[{"activation": "relu"}], []]}},
+        {"flatten": {}},
+        {"dense": {"units": 2, "bias": False}},
+    ],
+    "loss": "softmax_cross_entropy",
+}
+
+
+def float64_copy(raw: dict):
+    """The float32 net's parameters, x and y, cast up exactly."""
+    problem = build(cfg.validate(raw))
+    net = copy.deepcopy(problem.net)
+    for layer in net.layers:
+        for name in layer.params:
+            layer.params[name] = layer.params[name].astype(np.float64)
+    return problem, net, problem.x.astype(np.float64), problem.y
+
+
+def richardson(net, x, y, theta: np.ndarray, h: float) -> np.ndarray:
+    """∂C/∂θ entry by entry: Richardson on central differences (h and h/2)."""
+    def cost() -> float:
+        a = x
+        for layer in net.layers:
+            a, _ = layer.forward(a)
+        return net.cost(a, y)
+
+    def central(k: int, step: float) -> float:
+        old = theta.flat[k]
+        theta.flat[k] = old + step
+        up = cost()
+        theta.flat[k] = old - step
+        down = cost()
+        theta.flat[k] = old
+        return (up - down) / (2 * step)
+
+    return np.array([(4 * central(k, h / 2) - central(k, h)) / 3 for k in range(theta.size)])
 
 
 def oracle_bias_gradient() -> np.ndarray:
@@ -121,3 +170,32 @@ def test_a_real_bias_bug_in_float32_still_fails(monkeypatch, factor: float) -> N
     assert not report.passed
     row = next(r for r in report.rows if str(r.ref) == "layers[1] b")
     assert row.failed
+
+
+def test_a_saturated_float32_softmax_is_unresolved_and_its_formula_right() -> None:
+    problem, net64, x64, y = float64_copy(SATURATED_SOFTMAX)
+    truth = richardson(net64, x64, y, net64.layers[3].params["W"], 1e-2)
+    assert 1e-10 < np.max(np.abs(truth)) < 1e-7  # saturated: tiny, and resolved by the oracle
+    _, _, grads32, _ = problem.net.trace(problem.x, problem.y)
+    _, _, grads64, _ = net64.trace(x64, y)
+    rel = lambda g: np.linalg.norm(g.reshape(-1) - truth) / np.linalg.norm(truth)  # noqa: E731
+    assert rel(grads32[3]["W"].astype(np.float64)) > 0.1  # float32 lost the digits
+    assert rel(grads64[3]["W"]) < 1e-4  # the formula is right (to the oracle's own rounding: C ~1e-9 from terms ~20)
+    report = check(cfg.validate(SATURATED_SOFTMAX))
+    assert report.passed and not any(r.failed for r in report.rows)
+    row = next(r for r in report.rows if str(r.ref) == "layers[3] W")
+    assert row.unresolved and "float32 rounding" in row.reason
+    assert "disagrees" not in row.note
+
+
+def test_a_real_dense_bug_under_a_saturated_float32_softmax_still_fails(monkeypatch) -> None:
+    original = L.Dense.backward
+
+    def scaled(self, delta, cache):
+        d, grads = original(self, delta, cache)
+        return d, {name: g * (1 + 1e-3) for name, g in grads.items()}
+
+    monkeypatch.setattr(L.Dense, "backward", scaled)
+    report = check(cfg.validate(SATURATED_SOFTMAX))
+    assert not report.passed
+    assert next(r for r in report.rows if str(r.ref) == "layers[3] W").failed
