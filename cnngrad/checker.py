@@ -373,9 +373,6 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     guard(config, samples, directions, max_params, max_memory_mb, method, convergence, workers, jobs, max_layers)
     if scope not in layer_scope.SCOPES:
         raise cfg.ConfigError(f"scope: unknown scope {scope!r}; known: {', '.join(layer_scope.SCOPES)}")
-    inside_blocks = scope == "layer" and any(spec.kind == "block" for spec in config.layers)
-    if inside_blocks:  # the links are a chain's; a block's inner layers are checked end to end
-        scope = "network"
     how = Settings(eps, float(tol), samples, method, fd_dtype, directions or 0, convergence, localize, workers,
                    progress, scope, tol_rule)
     t0 = time.perf_counter()
@@ -402,9 +399,6 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     report.samples, report.avoid_kinks = samples, avoid_kinks
     report.strict = strict
     report.scope = scope
-    if inside_blocks:
-        report.fallbacks.append("--scope layer does not reach inside blocks yet: this network was checked "
-                                "with --scope network")
     return report
 
 
@@ -453,7 +447,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         rows = targets(net, deltas, grads, inner)
         network_refs = {row.ref for row in rows}
         if how.scope == "layer":  # every layer's input δ too
-            rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row)
+            rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row, inner, lambda p: kind_at(net, p))
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
@@ -461,7 +455,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         whole = fd  # the network end to end (the layer scope's end-to-end check)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if how.scope == "layer":
-            fd = layer_scope.LinkDifferences(fd, received)  # type: ignore[assignment]
+            fd = layer_scope.LinkDifferences(fd, received, inner)  # type: ignore[assignment]
         if how.directions:
             for row in rows:
                 g = row.grad
@@ -494,7 +488,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             if again:  # the same entries at h/2
                 half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
                 if how.scope == "layer":
-                    half = layer_scope.LinkDifferences(half, received)  # type: ignore[assignment]
+                    half = layer_scope.LinkDifferences(half, received, inner)  # type: ignore[assignment]
                 for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
                     c = row.verdict
                     ok = ~(c.kink_mask | num.kinks)
