@@ -158,3 +158,21 @@ def test_the_command_line_names_inner_links_by_path(monkeypatch):
     result = CliRunner().invoke(main, ["check", "resnet-block", "--scope", "layer"])
     assert result.exit_code == 1
     assert "layer 4.0.1 (activation): backward is wrong" in result.output
+
+
+def test_inner_links_give_the_same_numbers_for_any_worker_count(monkeypatch):
+    from cnngrad.finite_diff import workers
+
+    one = check("inception-mini", scope="layer", workers=1)
+    monkeypatch.setattr(workers, "PARALLEL_WORK", 0)  # forked workers even for a small check
+    many = check("inception-mini", scope="layer", workers=3)
+    assert one.numeric.keys() == many.numeric.keys()
+    for key in one.numeric:
+        assert np.array_equal(one.numeric[key], many.numeric[key], equal_nan=True), key
+
+
+def test_directions_reach_inner_links(monkeypatch):
+    assert check("resnet-block", scope="layer", directions=2).passed
+    _softplus_without_sigma_prime(monkeypatch)
+    report = check("resnet-block", scope="layer", directions=2)
+    assert report.return_code == 1 and report.culprit == "4.0.1"
