@@ -175,7 +175,8 @@ class Row:
             note = (f"tol {tol:.1e} from the estimate ({tolerance.MARGIN:g}x its bound {bound:.1e}, "
                     f"at most the default {ceiling:.0e})")
         elif estimate:
-            note = f"no Ridders estimate for this row: the default tol {tol:.0e}"
+            why = "every entry's stencil crossed a kink" if errors is not None else "no Ridders estimate for this row"
+            note = f"{why}: the default tol {tol:.0e}"
         check = judge(self.ref, self.kind, self.grad.shape, idx, analytic, numeric.values, numeric.kinks, tol,
                       floor=floor)
         if errors is not None and check.checked:  # Ridders: its own error estimate, shown beside the verdict

@@ -14,10 +14,10 @@ above the default (the config's ``check.tol``, else the method's)::
     tol = min(default, max(FLOOR, MARGIN · bound))
 
 So the estimate can only make a check *stricter*: a noisy or huge estimate leaves the
-default, and a NaN or infinite one too.  A row without an estimate (a direction, a layer
-scope's link) keeps the default.  A float32 backward's rounding (~1e-7 of G) makes its
-bound large, so the default stays: the estimate cannot tighten what the backward cannot
-deliver.
+default, and a NaN or infinite one too.  A row without an estimate (the layer scope's
+end-to-end row, along directions) keeps the default; in the layer scope each link has an
+estimate of its own.  A float32 backward's rounding (~1e-7 of G) makes its bound large, so
+the default stays: the estimate cannot tighten what the backward cannot deliver.
 """
 from __future__ import annotations
 

@@ -139,3 +139,18 @@ def test_json_and_junit_carry_each_rows_tol(monkeypatch, tmp_path):
     messages = [f.get("message", "") for f in failures]
     tols = [float(m.rsplit("> tol ", 1)[1]) for m in messages if "> tol " in m]
     assert tols and all(t <= 1e-9 for t in tols), messages
+
+
+def test_the_layer_scope_sets_each_links_tol_from_its_estimate(monkeypatch):
+    """Each link (the layer alone) has an estimate of its own; the end-to-end row, along
+    directions, keeps the default."""
+    rep = check("smooth", method="ridders", tol="estimate", scope="layer")
+    assert rep.passed
+    links = [r for r in rep.rows if "end to end" not in r.note]
+    assert links and all(r.estimate is not None and FLOOR <= r.tol <= 1e-9 for r in links)
+    assert all(r.tol == 1e-6 for r in rep.rows if "end to end" in r.note)
+    scaled_backward(monkeypatch, TINY_BUG)
+    assert check("smooth", method="ridders", scope="layer").passed  # the default tol: blind
+    rep = check("smooth", method="ridders", tol="estimate", scope="layer")
+    assert rep.return_code == 1 and rep.localisation.startswith("layer 7 (activation)")
+    assert {r.kind for r in rep.failures if "end to end" not in r.note} == {"activation"}

@@ -39,6 +39,14 @@ class InputLinks:
         """⟨δ, Δz⟩ per offset and entry, of shape (M, K) -> the method's quotient (K,)."""
         return self.method.combine(contracted[:, :, None], steps, np.zeros((contracted.shape[1], 1)))
 
+    def _finish(self, contracted: Array, steps: Array, crossed: Array) -> tuple[Array, ...]:
+        """(quotient, kinks) per entry — and, for a method with an error estimate per entry
+        (Ridders), the estimates: (K,) each."""
+        if self.method.tableau is not None:
+            values, errors = self.method.tableau(contracted[:, :, None], steps, np.zeros((contracted.shape[1], 1)))
+            return values, crossed, errors
+        return self._quotient(contracted, steps), crossed
+
     # ------------------------------------------------------------------ the input
 
     def _input_window(self, link: Link, idx: Array) -> tuple[Array, Array]:
@@ -80,7 +88,7 @@ class InputLinks:
                 state = kink_state(layer, caps, cache)
                 if state is not None:
                     crossed |= np.any((state != C.crop_at(base, i0, j0, wh, ww, samples)).reshape(g, -1), axis=1)
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
     def _input_units(self, link: Link, idx: Array) -> tuple[Array, Array]:
         """A dense layer: one input unit moves z by ``forward_input_delta``."""
@@ -94,7 +102,7 @@ class InputLinks:
             change = layer.forward_input_delta(steps[m][:, None].astype(np.result_type(a_prev, fd.work)),
                                                units[:, None])
             contracted[m] = np.sum(change * delta[samples], axis=1)
-        return self._quotient(contracted, steps), np.zeros(len(idx), dtype=bool)
+        return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
     def _input_rows(self, link: Link, idx: Array) -> tuple[Array, Array]:
         """A per-sample layer: the perturbed sample alone, one row an entry."""
@@ -114,7 +122,7 @@ class InputLinks:
             if base is not None:
                 state = kink_state(layer, link.caps, cache)
                 crossed |= np.any((state != base[samples]).reshape(g, -1), axis=1)
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
     def _input_batches(self, link: Link, idx: Array) -> tuple[Array, Array]:
         """A layer that is not per-sample: the whole perturbed batch, one pass an entry and step."""
@@ -130,7 +138,7 @@ class InputLinks:
                 out, cache = layer.forward(a)
                 contracted[m, k] = np.sum((out - z0) * delta)
                 crossed[k] |= moved(layer, link.caps, cache, base)
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
     # ------------------------------------------------------------------ along directions
 

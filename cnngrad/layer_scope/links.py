@@ -51,20 +51,27 @@ class LinkDifferences(InputLinks):
                 for lo in range(0, len(idx), chunk)]
         work = sum(len(idx) * per for (_, idx), (_, per, _) in zip(targets, plans))
         self.fd.work_planned += work
-        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
+        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool), np.full(len(idx), np.nan))
+                   for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):
-                for (ti, lo, hi), (v, k) in workers.run_jobs(jobs, [run for _, _, run in plans],
-                                                             [idx for _, idx in targets], work, self.fd.workers):
+                for (ti, lo, hi), (v, k, *e) in workers.run_jobs(jobs, [run for _, _, run in plans],
+                                                                 [idx for _, idx in targets], work, self.fd.workers):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
+                    if e:  # Ridders: an error estimate per entry
+                        results[ti][2][lo:hi] = e[0]
                     left[ti] -= 1
                     self.fd.work_done += (hi - lo) * plans[ti][1]
                     self.fd.progress(self.fd.work_done, self.fd.work_planned)
         except KeyboardInterrupt:
-            finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
+            finished = [Numeric(idx, v, k, self._errors(e)) if n == 0 else None
+                        for (_, idx), (v, k, e), n in zip(targets, results, left)]
             raise Interrupted(finished) from None
-        return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
+        return [Numeric(idx, v, k, self._errors(e)) for (_, idx), (v, k, e) in zip(targets, results)]
+
+    def _errors(self, e: Array) -> Array | None:
+        return e if self.method.tableau is not None else None
 
     def _plan(self, ref: TensorRef) -> tuple[int, int, Run]:
         """(entries a chunk, bytes of work an entry, the chunk's function) for one tensor."""
@@ -137,7 +144,7 @@ class LinkDifferences(InputLinks):
             d = np.moveaxis(delta[:, channel], 1, 0)  # (K, n, …)
             change = values - np.moveaxis(z0[:, channel], 1, 0)
             contracted[m] = np.sum((change * d).reshape(len(idx), -1), axis=1)
-        return self._quotient(contracted, steps), np.zeros(len(idx), dtype=bool)
+        return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
     def _param_passes(self, link: Link, name: str, idx: Array) -> tuple[Array, Array]:
         """A real forward pass of the whole batch per perturbed entry and step."""
@@ -159,7 +166,7 @@ class LinkDifferences(InputLinks):
                     crossed[k] |= moved(layer, link.caps, cache, base)
         finally:
             layer.params[name] = original
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
     # ------------------------------------------------------------------ the input
 
