@@ -12,6 +12,7 @@ from importlib import resources
 import jsonschema
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from cnngrad import config as cfg
@@ -154,3 +155,11 @@ def test_the_layer_scope_sets_each_links_tol_from_its_estimate(monkeypatch):
     rep = check("smooth", method="ridders", tol="estimate", scope="layer")
     assert rep.return_code == 1 and rep.localisation.startswith("layer 7 (activation)")
     assert {r.kind for r in rep.failures if "end to end" not in r.note} == {"activation"}
+
+
+def test_a_float32_backward_keeps_tolerances_above_its_own_rounding():
+    raw = yaml.safe_load(cfg.shipped_configs()["smooth"].read_text())
+    raw["dtype"] = "float32"
+    rep = check(raw, method="ridders", tol="estimate")
+    assert rep.passed and rep.tol == 1e-4
+    assert all(1e-7 <= r.tol <= 1e-4 for r in rep.rows)
