@@ -66,13 +66,13 @@ class PositiveFloat(click.ParamType):
         return v
 
 
-class Tolerance(PositiveFloat):
+class Tolerance(click.ParamType):
     """``--tol T|estimate``: a number, or each tensor's tol from Ridders' estimate (tolerance.py)."""
 
     name = "T|estimate"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float | str:
-        return "estimate" if value == "estimate" else super().convert(value, param, ctx)
+        return "estimate" if value == "estimate" else PositiveFloat().convert(value, param, ctx)
 
 
 class Samples(click.ParamType):

@@ -49,7 +49,7 @@ class InputLinks:
 
     # ------------------------------------------------------------------ the input
 
-    def _input_window(self, link: Link, idx: Array) -> tuple[Array, Array]:
+    def _input_window(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A local per-sample layer: each input entry moves a window of z only; carry that
         window (``propagate.windowed``'s one-layer step) and contract it with δ^l there."""
         layer, fd, caps = link.layer, self.fd, link.caps
@@ -90,7 +90,7 @@ class InputLinks:
                     crossed |= np.any((state != C.crop_at(base, i0, j0, wh, ww, samples)).reshape(g, -1), axis=1)
         return self._finish(contracted, steps, crossed)
 
-    def _input_units(self, link: Link, idx: Array) -> tuple[Array, Array]:
+    def _input_units(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A dense layer: one input unit moves z by ``forward_input_delta``."""
         layer, fd = link.layer, self.fd
         a_prev, delta = link.a_prev, link.delta
@@ -104,7 +104,7 @@ class InputLinks:
             contracted[m] = np.sum(change * delta[samples], axis=1)
         return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
-    def _input_rows(self, link: Link, idx: Array) -> tuple[Array, Array]:
+    def _input_rows(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A per-sample layer: the perturbed sample alone, one row an entry."""
         layer, fd = link.layer, self.fd
         a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base
@@ -124,7 +124,7 @@ class InputLinks:
                 crossed |= np.any((state != base[samples]).reshape(g, -1), axis=1)
         return self._finish(contracted, steps, crossed)
 
-    def _input_batches(self, link: Link, idx: Array) -> tuple[Array, Array]:
+    def _input_batches(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A layer that is not per-sample: the whole perturbed batch, one pass an entry and step."""
         layer = link.layer
         a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base

@@ -9,6 +9,7 @@ shortcut but ``forward_perturbed`` (spot-checked) and ``elementwise`` is taken.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -21,7 +22,7 @@ from .inputs import InputLinks, moved
 from .tree import Link, Links
 
 Array = np.ndarray
-Run = Callable[[Array], tuple[Array, Array]]
+Run = Callable[[Array], tuple[Array, ...]]
 
 
 class LinkDifferences(InputLinks):
@@ -56,11 +57,12 @@ class LinkDifferences(InputLinks):
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):
-                for (ti, lo, hi), (v, k, *e) in workers.run_jobs(jobs, [run for _, _, run in plans],
-                                                                 [idx for _, idx in targets], work, self.fd.workers):
-                    results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
-                    if e:  # Ridders: an error estimate per entry
-                        results[ti][2][lo:hi] = e[0]
+                runs: list[Any] = [run for _, _, run in plans]  # (values, kinks[, errors]) each
+                for (ti, lo, hi), out in workers.run_jobs(jobs, runs, [idx for _, idx in targets], work,
+                                                          self.fd.workers):
+                    results[ti][0][lo:hi], results[ti][1][lo:hi] = out[0], out[1]
+                    if len(out) > 2:  # Ridders: an error estimate per entry
+                        results[ti][2][lo:hi] = out[2]
                     left[ti] -= 1
                     self.fd.work_done += (hi - lo) * plans[ti][1]
                     self.fd.progress(self.fd.work_done, self.fd.work_planned)
@@ -131,7 +133,7 @@ class LinkDifferences(InputLinks):
                                            f"pass; the layer scope ran real passes instead")
         return self._spot[(path, name)]
 
-    def _param_perturbed(self, link: Link, name: str, idx: Array) -> tuple[Array, Array]:
+    def _param_perturbed(self, link: Link, name: str, idx: Array) -> tuple[Array, ...]:
         """``forward_perturbed``: each entry moves one output channel (unit) of z; contract
         that channel's change with δ^l there."""
         layer, fd = link.layer, self.fd
@@ -146,7 +148,7 @@ class LinkDifferences(InputLinks):
             contracted[m] = np.sum((change * d).reshape(len(idx), -1), axis=1)
         return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
-    def _param_passes(self, link: Link, name: str, idx: Array) -> tuple[Array, Array]:
+    def _param_passes(self, link: Link, name: str, idx: Array) -> tuple[Array, ...]:
         """A real forward pass of the whole batch per perturbed entry and step."""
         layer = link.layer
         z0, delta, base = link.z, link.delta, link.base
