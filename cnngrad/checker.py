@@ -359,17 +359,19 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     m = get_method(method)
     if eps is None:  # the config's step was chosen for the config's method, not for another
         eps = config.check["eps"] if "eps" in config.check and method == config_method else m.default_eps[fd_dtype]
-    tol_rule = "estimate" if tol == "estimate" else "fixed"
+    configured = config.check.get("tol")  # a number, or "estimate"
+    tol_rule = "estimate" if tol == "estimate" or (tol is None and configured == "estimate") else "fixed"
     if tol_rule == "estimate":
+        said = "--tol estimate" if tol == "estimate" else "check.tol: estimate"
         tol = None
         if m.tableau is None:
-            raise cfg.ConfigError(f"--tol estimate needs --method ridders (the only method with an error estimate "
+            raise cfg.ConfigError(f"{said} needs --method ridders (the only method with an error estimate "
                                   f"per entry), not {method}")
         if directions:
-            raise cfg.ConfigError("--tol estimate: the estimate is per entry; drop --directions")
+            raise cfg.ConfigError(f"{said}: the estimate is per entry; drop --directions")
     if tol is None:
-        tol = config.check.get("tol", FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != fd_dtype
-                               else m.default_tol[config.dtype])
+        tol = configured if isinstance(configured, float) else \
+            FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != fd_dtype else m.default_tol[config.dtype]
     samples = samples if samples is not None else config.check.get("samples")
     guard(config, samples, directions, max_params, max_memory_mb, method, convergence, workers, jobs, max_layers)
     if scope not in layer_scope.SCOPES:

@@ -163,3 +163,22 @@ def test_a_float32_backward_keeps_tolerances_above_its_own_rounding():
     rep = check(raw, method="ridders", tol="estimate")
     assert rep.passed and rep.tol == 1e-4
     assert all(1e-7 <= r.tol <= 1e-4 for r in rep.rows)
+
+
+def test_a_config_can_ask_for_it_and_a_reproducer_keeps_it(monkeypatch, tmp_path):
+    raw = yaml.safe_load(cfg.shipped_configs()["smooth"].read_text())
+    raw["check"] = {"method": "ridders", "tol": "estimate"}
+    rep = check(raw)
+    assert rep.passed and rep.tol_rule == "estimate" and all(r.tol <= 1e-9 for r in rep.rows)
+    assert check(raw, tol=1e-6).tol_rule == "fixed"  # a number given overrides it
+    with pytest.raises(cfg.ConfigError, match="check.tol: estimate needs --method ridders"):
+        check({**raw, "check": {"tol": "estimate"}})
+    with pytest.raises(cfg.ConfigError, match="check.tol"):
+        cfg.validate({**raw, "check": {"tol": "loose"}})
+    scaled_backward(monkeypatch, TINY_BUG)
+    result = CliRunner().invoke(main, ["check", "smooth", "--method", "ridders", "--tol", "estimate",
+                                       "--reproducer", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    written = list(tmp_path.glob("*.yaml"))
+    assert len(written) == 1 and yaml.safe_load(written[0].read_text())["check"]["tol"] == "estimate"
+    assert CliRunner().invoke(main, ["check", str(written[0])]).exit_code == 1  # it reproduces the failure
