@@ -176,3 +176,24 @@ def test_directions_reach_inner_links(monkeypatch):
     _softplus_without_sigma_prime(monkeypatch)
     report = check("resnet-block", scope="layer", directions=2)
     assert report.return_code == 1 and report.culprit == "4.0.1"
+
+
+def test_a_batch_coupling_plugin_inside_a_block(tmp_path):
+    """Batch norm as a plugin (not per_sample) inside a residual path: its link runs whole
+    batches; correct, both scopes agree (the bias before it unresolved, 0 in truth); with its
+    backward treating the batch statistics as constants, both name it."""
+    import shutil
+    from pathlib import Path
+
+    from test_blocks import BN_IN_A_BLOCK
+
+    shutil.copy(Path(__file__).parent / "plugins" / "batchnorm.py", tmp_path / "batchnorm.py")
+    for bug in ("null", "constant_stats"):
+        path = tmp_path / f"bn_{bug}.yaml"
+        path.write_text(BN_IN_A_BLOCK.format(bug=bug), encoding="utf-8")
+        network, layer = check(str(path), plugins=True), check(str(path), plugins=True, scope="layer")
+        if bug == "null":
+            agree(network, layer)
+        assert layer.return_code == network.return_code and layer.localisation == network.localisation
+    assert layer.culprit == "1.0.1"
+    assert [r.layer for r in layer.failures if "end to end" not in r.note] == [1, "1.0.1"]
