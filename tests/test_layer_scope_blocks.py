@@ -1,5 +1,5 @@
 """``--scope layer`` inside blocks: every inner layer against the δ it received, the
-block's own input row (its merge, ``δ^{l-1} = Σ_p δ_p``) against the whole block alone.
+block's own input row (its merge, ``δ^{l-1} = Σ_p δ_p``) against its paths' first links.
 
 Oracles: a plain loop of central differences of the whole network's loss written here
 (tests/test_blocks.py's ``central``), the network scope's verdicts and localisation, and
@@ -86,7 +86,7 @@ def test_inner_links_equal_a_plain_loop_over_the_whole_network():
         assert np.linalg.norm(numeric - truth) <= 1e-7 * np.linalg.norm(truth), (path, name)
         checked += 1
     assert checked >= 5
-    a_in = net.layers[0].forward(x)[0]  # the input of block 1: its row is the whole block alone
+    a_in = net.layers[0].forward(x)[0]  # the input of block 1: its row sums its paths' first links
 
     def cost_from() -> float:
         return net.cost(net.forward(a_in, start=1)[0], y)
@@ -115,7 +115,7 @@ def _concat_hands_out_the_wrong_channels(mp) -> None:
 def test_a_bug_in_one_inner_layer_fails_in_both_scopes_at_that_layer(monkeypatch, bug, name, culprit, kind):
     """The bug is in every layer of its kind; both scopes fail and name the same layer, the
     first of them in backprop order.  In the layer scope the failing links are layers of that
-    kind and blocks around them (a block's input row differences the whole block)."""
+    kind and blocks whose path starts with one (a block's input row sums its paths' first links)."""
     bug(monkeypatch)
     network, layer = check(name), check(name, scope="layer")
     assert network.return_code == layer.return_code == 1
@@ -126,15 +126,18 @@ def test_a_bug_in_one_inner_layer_fails_in_both_scopes_at_that_layer(monkeypatch
     assert all(r.kind == kind or (r.kind == "block" and r.ref.is_delta) for r in links), [str(r.ref) for r in links]
 
 
-def test_a_merge_that_forgets_the_sum_is_blamed_on_its_block(monkeypatch):
+@pytest.mark.parametrize("name, culprit", [("resnet-block", 4), ("inception-mini", "2.1.0"), ("unet-mini", "2.1.3")])
+def test_a_merge_that_forgets_the_sum_is_blamed_on_its_block(monkeypatch, name, culprit):
     """δ^{l-1} = δ of the last path only: every inner layer is right for what it received;
-    the block's own input row (the whole block differenced alone) fails, and the block is named."""
+    the block's own input row (its paths' first links summed, the identity's share added) fails,
+    and the block — nested ones too — is named, as in the network scope."""
     _merge_forgets_the_sum(monkeypatch)
-    network, layer = check("resnet-block"), check("resnet-block", scope="layer")
+    network, layer = check(name), check(name, scope="layer")
     assert layer.return_code == 1
-    assert layer.localisation == network.localisation == "layer 4 (block): backward is wrong; layers 5-8 check out"
+    assert layer.culprit == network.culprit == culprit
+    assert layer.localisation == network.localisation and layer.localisation.startswith(f"layer {culprit} (block)")
     links = [r for r in layer.failures if "end to end" not in r.note]
-    assert links and all(r.ref.is_delta and len(r.ref.path) == 1 and r.kind == "block" for r in links)
+    assert links and all(r.ref.is_delta and r.kind == "block" for r in links)
 
 
 @pytest.mark.parametrize("name", ["inception-mini", "unet-mini"])
@@ -196,4 +199,4 @@ def test_a_batch_coupling_plugin_inside_a_block(tmp_path):
             agree(network, layer)
         assert layer.return_code == network.return_code and layer.localisation == network.localisation
     assert layer.culprit == "1.0.1"
-    assert [r.layer for r in layer.failures if "end to end" not in r.note] == [1, "1.0.1"]
+    assert [r.layer for r in layer.failures if "end to end" not in r.note] == ["1.0.1"]  # that link only

@@ -15,7 +15,7 @@ for the δ they were given), so the culprit is named by construction.  What it d
 random directions of x covers (``end_to_end``).
 
 Inside a block every layer is a link of its own, against the δ it received (``tree.py``);
-the block's own input row differences the whole block alone, which checks its merge
+the block's own input row sums its paths' first links, which checks its merge
 (``δ^{l-1} = Σ_p δ_p``).
 
 Changes are carried the way the network scope carries them, where a layer declares it

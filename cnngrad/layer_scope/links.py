@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..blocks import Block
 from ..finite_diff import FiniteDifferences, Interrupted, Numeric, workers
 from ..finite_diff.inner import spot_check
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
 from ..refs import TensorRef
 from .inputs import InputLinks, moved
-from .tree import Link, Links
+from .tree import Link, Links, share
 
 Array = np.ndarray
 Run = Callable[[Array], tuple[Array, ...]]
@@ -83,6 +84,8 @@ class LinkDifferences(InputLinks):
             raise ValueError(f"{ref}: {e}") from None
         if not ref.is_delta and ref.name not in link.layer.params:
             raise ValueError(f"{ref}: the layer has no parameter {ref.name!r}")
+        if ref.is_delta and isinstance(link.layer, Block):
+            return self._fan_out(ref, link)
         caps, out, a, item = link.caps, link.z, link.a_prev, 16
         if not ref.is_delta:
             if caps.can("perturbed") and not caps.kink_state and self._spot_ok(ref.path, link, ref.name):
@@ -105,6 +108,33 @@ class LinkDifferences(InputLinks):
             return self._chunk(per), per, lambda idx: self._input_rows(link, idx)
         per = (a.size + out.size) * item * 4
         return 1, per, lambda idx: self._input_batches(link, idx)
+
+    def _fan_out(self, ref: TensorRef, link: Link) -> tuple[int, int, Run]:
+        """A block's own input row: its forward feeds the input a to every path unchanged, so
+        ``δ^{l-1} = Σ_p δ_p`` — numerically, the links of each path's first layer at the same
+        entries, plus, for an identity path ``[]``, the merge's share of δ^l itself (exact).
+        A backward that sums the paths wrongly fails here, every inner link passing."""
+        block, n_paths = link.layer, len(link.layer.paths)
+        firsts = [self._plan(TensorRef.delta(ref.path + (p, 0))) if block.paths[p] else None for p in range(n_paths)]
+        shares = [None if block.paths[p] else share(block, p, link.delta).reshape(-1) for p in range(n_paths)]
+        plans = [plan for plan in firsts if plan is not None]
+        chunk = min((c for c, _, _ in plans), default=self._chunk(16))
+        per = sum(w for _, w, _ in plans) or 16
+        tableau = self.method.tableau is not None
+
+        def run(idx: Array) -> tuple[Array, ...]:
+            values, kinks, errors = np.zeros(len(idx)), np.zeros(len(idx), dtype=bool), np.zeros(len(idx))
+            for plan, d in zip(firsts, shares):
+                if plan is None:  # the identity: ∂z/∂a = I, nothing to difference
+                    values = values + d[idx]  # type: ignore[index]
+                    continue
+                out = plan[2](idx)
+                values, kinks = values + out[0], kinks | out[1]
+                if tableau:
+                    errors = errors + out[2]
+            return (values, kinks, errors) if tableau else (values, kinks)
+
+        return chunk, per, run
 
     def _chunk(self, per: int) -> int:
         return int(max(1, min(8192, self.fd.budget // max(per, 1))))

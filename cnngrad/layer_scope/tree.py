@@ -12,8 +12,9 @@ block's own δ^l, as the block's *forward* defines it:
 The split is taken from the forward, not read from what ``Block.backward`` passed: a
 backward that split δ^l wrongly leaves the last layer of a path with gradients that do not
 match its link (as in the network scope, where that layer's rows fail).  The other half of
-the merge, ``δ^{l-1} = Σ_p δ_p`` (the block's input feeds every path), is the link of the
-block's own input row: the whole block differenced alone against δ^l.
+the merge, ``δ^{l-1} = Σ_p δ_p`` (the block's input feeds every path unchanged), is the
+block's own input row: the links of each path's first layer at the same entries, plus an
+identity path's share of δ^l (``LinkDifferences._fan_out``).
 """
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ class Link:
     top: bool
 
 
+def share(block: Block, p: int, delta: Array) -> Array:
+    """The merge's share of the block's δ^l for path p: all of it (add), its channels (concat)."""
+    return delta if block.merge == "add" else delta[:, block.splits[p]:block.splits[p + 1]]
+
+
 def inner_received(layers: list[Any], received: list[Array], inner: dict[Path, Array]) -> dict[Path, Array]:
     """δ received by every layer inside a block, keyed by its index path: the next layer's
     input δ (``inner``), or the merge's share of the block's δ (``received[i]`` at the top)."""
@@ -55,7 +61,7 @@ def inner_received(layers: list[Any], received: list[Array], inner: dict[Path, A
 
     def walk(block: Block, at: Path, d_out: Array) -> None:
         for p, path in enumerate(block.paths):
-            d = d_out if block.merge == "add" else d_out[:, block.splits[p]:block.splits[p + 1]]
+            d = share(block, p, d_out)
             for j in range(len(path) - 1, -1, -1):
                 here = at + (p, j)
                 out[here] = d
