@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from . import adjoint as adjoint_mod
 from . import config as cfg
 from . import diagnose as diagnose_mod
-from . import layer_scope, resolution, structural
+from . import layer_scope, resolution, structural, tolerance
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
@@ -73,6 +73,7 @@ class Report:
     strict: bool = False  # --strict: an unresolved tensor fails the config too
     floor: resolution.Floor | None = field(default=None, repr=False)  # the smallest gradient the method resolves
     scope: str = "network"  # "layer": each layer alone against the δ it received (layer_scope)
+    tol_rule: str = "fixed"  # "estimate": each row's tol from Ridders' estimate, at most ``tol`` (tolerance.py)
 
     @classmethod
     def failed_to_load(cls, source: str, message: str) -> Report:
@@ -159,18 +160,31 @@ class Row:
         return self.check
 
     def judge(self, numeric: Any, tol: float, indices: Array | None = None,
-              floor: resolution.Floor | None = None) -> TensorCheck:
-        """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks)."""
+              floor: resolution.Floor | None = None, estimate: bool = False) -> TensorCheck:
+        """This row's verdict from ``Numeric`` values at ``indices`` (default: the picks);
+        ``estimate`` (``--tol estimate``): ``tol`` is the ceiling, the row's own comes from
+        Ridders' estimate (``tolerance.from_estimate``)."""
         idx = self.picks if indices is None else indices
-        check = judge(self.ref, self.kind, self.grad.shape, idx, self.grad.reshape(-1)[idx].astype(np.float64),
-                      numeric.values, numeric.kinks, tol, floor=floor)
-        errors = numeric.errors
+        analytic = self.grad.reshape(-1)[idx].astype(np.float64)
+        errors, ok = numeric.errors, ~numeric.kinks
+        note = ""
+        if estimate and errors is not None and ok.any():
+            ceiling = tol
+            rounding = floor.rounding / resolution.MARGIN if floor is not None else 0.0
+            tol, bound = tolerance.from_estimate(analytic[ok], numeric.values[ok], errors[ok], rounding, tol)
+            note = (f"tol {tol:.1e} from the estimate ({tolerance.MARGIN:g}x its bound {bound:.1e}, "
+                    f"at most the default {ceiling:.0e})")
+        elif estimate:
+            why = "every entry's stencil crossed a kink" if errors is not None else "no Ridders estimate for this row"
+            note = f"{why}: the default tol {tol:.0e}"
+        check = judge(self.ref, self.kind, self.grad.shape, idx, analytic, numeric.values, numeric.kinks, tol,
+                      floor=floor)
         if errors is not None and check.checked:  # Ridders: its own error estimate, shown beside the verdict
-            ok = ~numeric.kinks
             check.estimate = float(np.max(errors[ok]))
             size = float(np.linalg.norm(check.analytic[ok]) + np.linalg.norm(numeric.values[ok]))
             check.note = (f"Ridders error estimate: ≤ {check.estimate:.1e} per entry, "
                           f"{float(np.linalg.norm(errors[ok])) / size if size else 0.0:.1e} in norm rel")
+        check.note = "; ".join(filter(None, [check.note, note]))
         return check
 
 
@@ -219,7 +233,8 @@ DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to dia
 
 def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
               samples: int | None, rng: np.random.Generator, tol: float,
-              second_look: Callable[[list[Row]], None], inner: dict[tuple[int, ...], Array] | None = None) -> None:
+              second_look: Callable[[list[Row]], None], inner: dict[tuple[int, ...], Array] | None = None,
+              estimate: bool = False) -> None:
     """Add δ at every inner layer boundary (``deltas``) to the rows, give them the same second
     look as every other row (h/2, the complex step: a δ row failing only from truncation must not
     blame its layer), name the first layer whose own backward is wrong, and test that layer's
@@ -234,7 +249,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     for row in extra:
         row.picks = select(rng, row.grad.size, samples)
     for row, num in zip(extra, fd.numeric([(row.ref, row.picks) for row in extra])):
-        row.check = row.judge(num, tol, floor=report.floor)
+        row.check = row.judge(num, tol, floor=report.floor, estimate=estimate)
     second_look(extra)
     rows += extra
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
@@ -270,7 +285,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         report.numeric_full[row.ref.key] = numeric
 
 
-def _rounding_only(rows: list[Row], net: Network, wide: tuple, tol: float, trust: float, dtype: str) -> None:
+def _rounding_only(rows: list[Row], net: Network, wide: tuple, trust: float, dtype: str) -> None:
     """Failing rows of a float32 network whose mismatch is the backward's own rounding
     (``resolution.precision_bound``) become unresolved, with the reason: not a failure, and
     never a pass."""
@@ -279,7 +294,7 @@ def _rounding_only(rows: list[Row], net: Network, wide: tuple, tol: float, trust
         return
     wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
     for row in failing:
-        reason = resolution.precision_bound(row.verdict, wide_rows[row.ref], tol, trust, dtype) \
+        reason = resolution.precision_bound(row.verdict, wide_rows[row.ref], row.verdict.tol, trust, dtype) \
             if row.ref in wide_rows else ""
         if reason:
             c = row.verdict
@@ -311,7 +326,7 @@ def kinds_of(net: Network) -> list[str]:
     return [spec.kind if spec.kind != "custom" else layer.kind for spec, layer in zip(net.specs, net.layers)]
 
 
-def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: float | None = None,
+def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: float | str | None = None,
           samples: int | None = None, method: str | None = None, plugins: bool = False,
           progress: Callable[[int, int], None] | None = None, workers: int | None = None,
           directions: int | None = None, fd_dtype: str | None = None, convergence: bool = False,
@@ -332,6 +347,8 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     backward is wrong (done anyway when a tensor fails).  ``convergence``: difference every
     tensor again at h/2 (failing tensors always are),
     to tell a wrong gradient (the error does not shrink with h) from a step-size problem.
+    ``tol="estimate"`` (method ``ridders`` only): each tensor's tolerance comes from Ridders'
+    error estimate, never above the default (``tolerance.from_estimate``).
     ``max_params`` / ``max_memory_mb``: refuse (ConfigError) a run estimated to difference
     more entries or use more memory (default 10M entries, a quarter of the available memory,
     shared by ``jobs`` configs run at once), ``max_layers``: refuse a deeper config (1000).
@@ -360,18 +377,25 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     m = get_method(method)
     if eps is None:  # the config's step was chosen for the config's method, not for another
         eps = config.check["eps"] if "eps" in config.check and method == config_method else m.default_eps[fd_dtype]
+    configured = config.check.get("tol")  # a number, or "estimate"
+    tol_rule = "estimate" if tol == "estimate" or (tol is None and configured == "estimate") else "fixed"
+    if tol_rule == "estimate":
+        said = "--tol estimate" if tol == "estimate" else "check.tol: estimate"
+        tol = None
+        if m.tableau is None:
+            raise cfg.ConfigError(f"{said} needs --method ridders (the only method with an error estimate "
+                                  f"per entry), not {method}")
+        if directions:
+            raise cfg.ConfigError(f"{said}: the estimate is per entry; drop --directions")
     if tol is None:
-        tol = config.check.get("tol", FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != fd_dtype
-                               else m.default_tol[config.dtype])
+        tol = configured if isinstance(configured, float) else \
+            FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != fd_dtype else m.default_tol[config.dtype]
     samples = samples if samples is not None else config.check.get("samples")
     guard(config, samples, directions, max_params, max_memory_mb, method, convergence, workers, jobs, max_layers)
     if scope not in layer_scope.SCOPES:
         raise cfg.ConfigError(f"scope: unknown scope {scope!r}; known: {', '.join(layer_scope.SCOPES)}")
-    inside_blocks = scope == "layer" and any(spec.kind == "block" for spec in config.layers)
-    if inside_blocks:  # the links are a chain's; a block's inner layers are checked end to end
-        scope = "network"
-    how = Settings(eps, tol, samples, method, fd_dtype, directions or 0, convergence, localize, workers, progress,
-                   scope)
+    how = Settings(eps, float(tol), samples, method, fd_dtype, directions or 0, convergence, localize, workers,
+                   progress, scope, tol_rule)
     t0 = time.perf_counter()
     problem = build(config)
     if m.is_complex:
@@ -396,9 +420,6 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     report.samples, report.avoid_kinks = samples, avoid_kinks
     report.strict = strict
     report.scope = scope
-    if inside_blocks:
-        report.fallbacks.append("--scope layer does not reach inside blocks yet: this network was checked "
-                                "with --scope network")
     return report
 
 
@@ -417,6 +438,7 @@ class Settings:
     workers: int | None
     progress: Callable[[int, int], None] | None
     scope: str = "network"  # or "layer": each layer alone against the δ it received (layer_scope)
+    tol_rule: str = "fixed"  # or "estimate": each row's tol from Ridders' estimate, at most ``tol``
 
 
 def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
@@ -430,7 +452,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
                         convergence=how.convergence, source=config.source or config.name,
                         digest=config.digest(), raw=config.raw,
-                        faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken)
+                        faults=numerical_faults(outputs, kinds_of(net), loss, deltas[0], grads), structural=broken,
+                        tol_rule=how.tol_rule)
         wide = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
         report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
@@ -446,7 +469,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         rows = targets(net, deltas, grads, inner)
         network_refs = {row.ref for row in rows}
         if how.scope == "layer":  # every layer's input δ too
-            rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row)
+            rows = layer_scope.link_rows(rows, deltas, kinds_of(net), Row, inner, lambda p: kind_at(net, p))
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
@@ -454,7 +477,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         whole = fd  # the network end to end (the layer scope's end-to-end check)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if how.scope == "layer":
-            fd = layer_scope.LinkDifferences(fd, received)  # type: ignore[assignment]
+            fd = layer_scope.LinkDifferences(fd, received, inner)  # type: ignore[assignment]
         if how.directions:
             for row in rows:
                 g = row.grad
@@ -468,13 +491,13 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         try:
             numeric = fd.numeric([(row.ref, row.picks) for row in todo])
         except Interrupted as stop:  # Ctrl-C: the rows finished so far travel with it
-            report.rows = [row.judge(num, how.tol, floor=report.floor)
+            report.rows = [row.judge(num, how.tol, floor=report.floor, estimate=how.tol_rule == "estimate")
                            for row, num in zip(todo, stop.finished) if num is not None]
             report.interrupted = True
             stop.report = report  # type: ignore[attr-defined]
             raise
         for row, num in zip(todo, numeric):
-            check = row.judge(num, how.tol, floor=report.floor)
+            check = row.judge(num, how.tol, floor=report.floor, estimate=how.tol_rule == "estimate")
             if row.check is not None:
                 check.note = (f"failed along {how.directions} directions "
                               f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
@@ -487,7 +510,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             if again:  # the same entries at h/2
                 half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
                 if how.scope == "layer":
-                    half = layer_scope.LinkDifferences(half, received)  # type: ignore[assignment]
+                    half = layer_scope.LinkDifferences(half, received, inner)  # type: ignore[assignment]
                 for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
                     c = row.verdict
                     ok = ~(c.kink_mask | num.kinks)
@@ -501,11 +524,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         second_look(rows)
         if config.dtype != "float64" and traced_wide is not None:
-            _rounding_only(rows, net, traced_wide, how.tol,
+            _rounding_only(rows, net, traced_wide,
                            resolution.rounding_trust(deltas, grads, loss, outputs[-1], y), config.dtype)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
-                      how.tol, second_look, inner)
+                      how.tol, second_look, inner, how.tol_rule == "estimate")
         if not report.localisation:  # only the dot-product test saw it: it names its layer
             report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":

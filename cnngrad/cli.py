@@ -66,6 +66,15 @@ class PositiveFloat(click.ParamType):
         return v
 
 
+class Tolerance(click.ParamType):
+    """``--tol T|estimate``: a number, or each tensor's tol from Ridders' estimate (tolerance.py)."""
+
+    name = "T|estimate"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | str:
+        return "estimate" if value == "estimate" else PositiveFloat().convert(value, param, ctx)
+
+
 class Samples(click.ParamType):
     name = "N|all"
 
@@ -141,9 +150,11 @@ def check_options(f: Callable) -> Callable:
         click.option("--eps", type=PositiveFloat(), default=None,
                      help="Finite-difference step h [default: config's for its method, else the method's: "
                           "central 1e-6 (float32 1e-2), forward 1e-8, richardson 5e-3, complex 1e-20]."),
-        click.option("--tol", type=PositiveFloat(), default=None,
+        click.option("--tol", type=Tolerance(), default=None,
                      help="Pass when norm rel <= TOL [default: config's, else the method's: 1e-6 "
-                          "(forward 1e-5, complex 1e-9); float32 1e-4 (1e-2 native)]."),
+                          "(forward 1e-5, complex 1e-9); float32 1e-4 (1e-2 native)]. 'estimate' (with "
+                          "--method ridders): each tensor's tol is 10x Ridders' error estimate (in norm rel, "
+                          "plus the backward's rounding), at least 1.8e-15, at most that default: stricter only."),
         click.option("--samples", type=Samples(), default=None,
                      help="Check N random entries per tensor [default: all]."),
         click.option("--method", type=click.Choice(list(METHODS)), default=None,

@@ -89,6 +89,12 @@ class TensorCheck:
     confirmed: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # the complex step's values, where it confirmed a failure
 
     @property
+    def tol_text(self) -> str:
+        """The row's tol as shown: ``1e-06``, or ``6.2e-12`` when one digit would round it (--tol estimate)."""
+        short = f"{self.tol:.0e}"
+        return short if float(short) == self.tol else f"{self.tol:.1e}"
+
+    @property
     def passed(self) -> bool:
         return self.status == "pass"
 

@@ -534,7 +534,7 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
     if "eps" in check:
         chk["eps"] = _float("check.eps", check["eps"])
     if "tol" in check:
-        chk["tol"] = _float("check.tol", check["tol"])
+        chk["tol"] = "estimate" if check["tol"] == "estimate" else _float("check.tol", check["tol"])  # tolerance.py
     if "samples" in check and check["samples"] != "all":
         chk["samples"] = _int("check.samples", check["samples"])
     if "directions" in check:

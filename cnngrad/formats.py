@@ -98,7 +98,7 @@ def to_junit(reports: list[Report]) -> str:
             case = ET.SubElement(suite, "testcase", classname=f"{rep.name}.{r.ref.place}.{r.kind}",
                                  name=f"{r.ref.place} {r.kind} {label}", time="0")
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
-                       f"max_rel={r.metrics.max_rel:.3e} tol={r.tol:.0e} checked={r.checked} kinks={r.kinks}")
+                       f"max_rel={r.metrics.max_rel:.3e} tol={r.tol_text} checked={r.checked} kinks={r.kinks}")
             regression = rep.regressions.get((r.layer, r.tensor))
             if r.unresolved and not regression:
                 n_skip += 1
@@ -107,7 +107,7 @@ def to_junit(reports: list[Report]) -> str:
             elif not r.passed or regression:
                 n_fail += 1
                 message = f"{label}: " + (regression or r.reason
-                                          or f"norm rel {r.metrics.norm_rel:.3e} > tol {r.tol:.0e}")
+                                          or f"norm rel {r.metrics.norm_rel:.3e} > tol {r.tol_text}")
                 located = rep.localisation if rep.culprit == r.layer else ""
                 ET.SubElement(case, "failure", message=message, type="GradientMismatch").text = \
                     "\n".join(filter(None, [metrics, r.worst_entry(), r.note, located,

@@ -76,7 +76,7 @@ def failure_lines(report: Report) -> list[str]:
         elif r.reason:  # failed without a comparison: every entry a kink
             lines.append(f"{where}: {r.reason}")
         else:
-            lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol:.0e}; {r.worst_entry()}")
+            lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol_text}; {r.worst_entry()}")
         lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
         lines += [f"    diagnosis: {text}" for text in r.diagnosis]
     if report.localisation:
@@ -115,7 +115,9 @@ def summary(report: Report) -> str:
         why = "below the resolution" if all(r.reason.startswith("gradients") for r in report.unresolved) \
             else "below the resolution or the dtype's rounding"
         grew += f", {unsure} unresolved ({why}{'; --strict fails them' if report.strict else ''})"
-    parts = [f"{verdict}: {good}/{n} tensors within tol {report.tol:.0e}{grew}",
+    within = f"tol {report.tol:.0e}" if report.tol_rule != "estimate" else \
+        f"their tol from Ridders' estimate (≤ {report.tol:.0e})"
+    parts = [f"{verdict}: {good}/{n} tensors within {within}{grew}",
              f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"

@@ -30,7 +30,7 @@ def reproducible(report: Report) -> dict[str, Any]:
     raw["name"] = report.name
     raw["seed"] = report.seed
     check = dict(raw.get("check") or {})
-    check.update(method=report.method, eps=report.eps, tol=report.tol,
+    check.update(method=report.method, eps=report.eps, tol="estimate" if report.tol_rule == "estimate" else report.tol,
                  samples="all" if report.samples is None else report.samples,
                  fd_dtype="native" if report.fd_dtype != "float64" else "float64")
     for key, value in (("directions", report.directions), ("avoid_kinks", report.avoid_kinks)):

@@ -17,6 +17,10 @@ configs are differenced in float64 too; the complex step doubles every perturbed
   the problem it touches; ``--jobs J`` runs J configs at once, so each gets 1/J of the limit;
 * the interpreter with numpy, rich and click: about 45 MB.
 
+Inside a block every inner layer counts: its parameters are tensors of their own (their
+rows run from the block on), and a row through the block carries every inner layer's
+activations and im2col copy (``row_elements``).
+
 Depth is bounded the same way (``--max-layers``): planning and every perturbed pass are
 linear in depth, but a very deep config is refused before it is even built.
 """
@@ -64,19 +68,43 @@ def _prod(shape: tuple[int, ...]) -> int:
     return n
 
 
+def row_elements(spec: cfg.LayerSpec) -> int:
+    """Entries one sample's row takes through one layer: its output three times and the
+    im2col copy of a conv or pooling layer; a block, every inner layer's (nested blocks
+    too) and its merged output."""
+    out = _prod(spec.out_shape)
+    if spec.kind == "block":
+        return 3 * out + sum(row_elements(inner) for path in spec.paths for inner in path)
+    cols = 0
+    if spec.kind in ("conv", "pool"):
+        taps = _prod(spec.options.get("kernel", spec.options.get("size", (1, 1))))
+        cols = int(spec.in_shape[0]) * taps * _prod(spec.out_shape[1:])
+    return 3 * out + cols
+
+
+def inner_specs(spec: cfg.LayerSpec) -> list[cfg.LayerSpec]:
+    """Every layer inside a block, depth-first (a nested block before its own)."""
+    out = []
+    for path in spec.paths:
+        for inner in path:
+            out += [inner] + inner_specs(inner)
+    return out
+
+
+def param_count(spec: cfg.LayerSpec) -> int:
+    """Parameters of one built-in layer (a block's are its inner layers', counted apart; a plugin's: 0)."""
+    if spec.kind in ("custom", "block"):
+        return 0
+    return cfg._param_count(spec.kind, spec.options, spec.in_shape, spec.out_shape)
+
+
 def suffix_row_bytes(config: cfg.Config) -> list[int]:
-    """``rows[l]``: bytes one sample's row takes through ``layers[l:]`` (activations three
-    times, the im2col copy of conv and pooling layers), for every l at once: one pass
-    from the last layer back, linear in depth (``finite_diff.planning.suffix_row_bytes`` from the built network)."""
+    """``rows[l]``: bytes one sample's row takes through ``layers[l:]`` (``row_elements``
+    each), for every l at once: one pass from the last layer back, linear in depth
+    (``finite_diff.planning.suffix_row_bytes`` from the built network)."""
     rows = [0] * (len(config.layers) + 1)
     for l in range(len(config.layers) - 1, -1, -1):
-        spec = config.layers[l]
-        out = _prod(spec.out_shape)
-        cols = 0
-        if spec.kind in ("conv", "pool"):
-            taps = _prod(spec.options.get("kernel", spec.options.get("size", (1, 1))))
-            cols = int(spec.in_shape[0]) * taps * _prod(spec.out_shape[1:])
-        rows[l] = rows[l + 1] + 3 * out + cols
+        rows[l] = rows[l + 1] + row_elements(config.layers[l])
     return [max(r, 1) * ITEM for r in rows]
 
 
@@ -116,10 +144,12 @@ def estimate(config: cfg.Config, samples: int | None = None, directions: int | N
     rows = suffix_row_bytes(config)
     ins = [ITEM * _prod(spec.in_shape) for spec in config.layers] + [ITEM * _prod(config.layers[-1].out_shape)]
     # per tensor: entries, perturbed rows per entry and the layer they start at — an input
-    # entry moves one sample (m rows), a parameter every sample (m·N rows, from layer l+1)
+    # entry moves one sample (m rows), a parameter every sample (m·N rows, from layer l+1;
+    # inside block l, from the block itself: the rest of its path, then layers l+1…)
     tensors = [(size["input"], m, 0)]
     for l, spec in enumerate(config.layers):
-        count = cfg._param_count(spec.kind, spec.options, spec.in_shape, spec.out_shape) if spec.kind != "custom" else 0
+        count = param_count(spec)
+        tensors += [(k, m * n, l) for k in map(param_count, inner_specs(spec)) if k]
         if count:
             tensors.append((count, m * n, l + 1))
         elif spec.kind == "custom" and l > 0:  # its δ is checked: rows from the plugin on

@@ -107,8 +107,9 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
                 errors[t, e] = metrics(g[ok], num.values[ok]).norm_rel
     labels = [f"{row.ref.layer} {row.kind} {row.ref.label}" for row in rows]
     m = get_method(method)
-    tol = config.check.get("tol", FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != "float64"
-                           else m.default_tol["float64"])  # what `cnngrad check` would pass at
+    tol = config.check.get("tol")  # what `cnngrad check` would pass at (with tol: estimate, at most the default)
+    if not isinstance(tol, float):
+        tol = FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != "float64" else m.default_tol["float64"]
     return Sweep(config.name, method, list(eps_values), labels, errors, tol, config.seed, config.dtype)
 
 

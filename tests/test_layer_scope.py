@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 from cnngrad import check
+from cnngrad.checker import walk_specs
 from cnngrad.cli import main
 from cnngrad.config import load
 from cnngrad.finite_diff import workers
@@ -86,12 +87,11 @@ def test_both_scopes_agree_on_the_shipped_configs(name):
     assert network.passed == layer.passed
     common = {k: v for k, v in statuses(network).items() if k in statuses(layer)}
     assert common and all(statuses(layer)[k] == v for k, v in common.items())
-    if any(spec.kind == "block" for spec in layer.problem.config.layers):  # not inside blocks yet: it says so
-        assert layer.scope == "network" and any("inside blocks" in note for note in layer.fallbacks)
-        return
-    # the layer scope has a row for every layer's input δ and the end-to-end check
+    assert layer.scope == "layer" and not any("inside blocks" in note for note in layer.fallbacks)
+    # the layer scope has a row for every layer's input δ (inside blocks too) and the end-to-end check
     refs = {r.ref for r in layer.rows}
     assert all(any(r.path == (i,) and r.is_delta for r in refs) for i in range(len(layer.problem.net.layers)))
+    assert all(any(r.path == path and r.is_delta for r in refs) for path, _ in walk_specs(layer.problem.net.specs))
     assert any("end to end" in r.note for r in layer.rows)
 
 

@@ -14,6 +14,10 @@ for the δ they were given), so the culprit is named by construction.  What it d
 — the wiring between layers and the loss's gradient — a short end-to-end check along
 random directions of x covers (``end_to_end``).
 
+Inside a block every layer is a link of its own, against the δ it received (``tree.py``);
+the block's own input row sums its paths' first links, which checks its merge
+(``δ^{l-1} = Σ_p δ_p``).
+
 Changes are carried the way the network scope carries them, where a layer declares it
 (``finite_diff.shortcuts``): a parameter's perturbed output channel (``forward_perturbed``,
 spot-checked against a real pass first), an input entry's window (``window``/``region``/
@@ -44,12 +48,16 @@ def received_deltas(deltas: list[Array], out_delta: Array) -> list[Array]:
     return list(deltas[1:]) + [out_delta]
 
 
-def link_rows(rows: list, deltas: list[Array], kinds: list[str], row_type: Any) -> list:
-    """The network scope's rows and δ at every inner layer boundary (each layer's input):
-    in the layer scope every layer's backward is checked on everything it returns."""
+def link_rows(rows: list, deltas: list[Array], kinds: list[str], row_type: Any,
+              inner: dict[tuple[int, ...], Array] | None = None, kind_at: Any = None) -> list:
+    """The network scope's rows and δ at every inner layer boundary (each layer's input,
+    inside blocks too: ``inner``, each named by ``kind_at(path)``): in the layer scope every
+    layer's backward is checked on everything it returns."""
     have = {row.ref for row in rows}
     rows = rows + [row_type(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(deltas))
                    if TensorRef.delta(l) not in have]
+    rows += [row_type(TensorRef.delta(path), kind_at(path), d) for path, d in sorted((inner or {}).items())
+             if TensorRef.delta(path) not in have]
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))  # stable: a layer's order stays
     return rows
 

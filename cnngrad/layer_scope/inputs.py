@@ -14,16 +14,17 @@ import numpy as np
 from .. import conv as C
 from ..finite_diff import FiniteDifferences
 from ..finite_diff.shortcuts import kink_state
+from .tree import Link
 
 Array = np.ndarray
 
 
 class InputLinks:
-    """δ at a layer's input, for ``LinkDifferences`` (which supplies what is declared here)."""
+    """δ at a layer's input, for ``LinkDifferences`` (which supplies what is declared here);
+    each method takes the layer's ``Link`` (``tree.py``): top level or inside a block."""
 
     fd: FiniteDifferences
     net: Any
-    received: list[Array]
     method: Any  # finite_diff.Method
 
     def _steps(self, base: Array) -> tuple[Array, Array]:
@@ -38,13 +39,21 @@ class InputLinks:
         """⟨δ, Δz⟩ per offset and entry, of shape (M, K) -> the method's quotient (K,)."""
         return self.method.combine(contracted[:, :, None], steps, np.zeros((contracted.shape[1], 1)))
 
+    def _finish(self, contracted: Array, steps: Array, crossed: Array) -> tuple[Array, ...]:
+        """(quotient, kinks) per entry — and, for a method with an error estimate per entry
+        (Ridders), the estimates: (K,) each."""
+        if self.method.tableau is not None:
+            values, errors = self.method.tableau(contracted[:, :, None], steps, np.zeros((contracted.shape[1], 1)))
+            return values, crossed, errors
+        return self._quotient(contracted, steps), crossed
+
     # ------------------------------------------------------------------ the input
 
-    def _input_window(self, l: int, idx: Array) -> tuple[Array, Array]:
+    def _input_window(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A local per-sample layer: each input entry moves a window of z only; carry that
         window (``propagate.windowed``'s one-layer step) and contract it with δ^l there."""
-        layer, fd, caps = self.net.layers[l], self.fd, self.fd.caps[l]
-        a_prev, z0, delta, base = fd.inputs[l], fd.inputs[l + 1], self.received[l], fd.base_kinks[l]
+        layer, fd, caps = link.layer, self.fd, link.caps
+        a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base
         per = a_prev[0].size
         samples, positions = idx // per, idx % per
         ch, y0, x0 = np.unravel_index(positions, a_prev.shape[1:])
@@ -79,12 +88,12 @@ class InputLinks:
                 state = kink_state(layer, caps, cache)
                 if state is not None:
                     crossed |= np.any((state != C.crop_at(base, i0, j0, wh, ww, samples)).reshape(g, -1), axis=1)
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
-    def _input_units(self, l: int, idx: Array) -> tuple[Array, Array]:
+    def _input_units(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A dense layer: one input unit moves z by ``forward_input_delta``."""
-        layer, fd = self.net.layers[l], self.fd
-        a_prev, delta = fd.inputs[l], self.received[l]
+        layer, fd = link.layer, self.fd
+        a_prev, delta = link.a_prev, link.delta
         per = a_prev.shape[1]
         samples, units = idx // per, idx % per
         _, steps = self._steps(a_prev[samples, units])
@@ -93,12 +102,12 @@ class InputLinks:
             change = layer.forward_input_delta(steps[m][:, None].astype(np.result_type(a_prev, fd.work)),
                                                units[:, None])
             contracted[m] = np.sum(change * delta[samples], axis=1)
-        return self._quotient(contracted, steps), np.zeros(len(idx), dtype=bool)
+        return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
-    def _input_rows(self, l: int, idx: Array) -> tuple[Array, Array]:
+    def _input_rows(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A per-sample layer: the perturbed sample alone, one row an entry."""
-        layer, fd = self.net.layers[l], self.fd
-        a_prev, z0, delta, base = fd.inputs[l], fd.inputs[l + 1], self.received[l], fd.base_kinks[l]
+        layer, fd = link.layer, self.fd
+        a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base
         per = a_prev[0].size
         samples, positions = idx // per, idx % per
         new, steps = self._steps(a_prev.reshape(fd.n, -1)[samples, positions])
@@ -111,14 +120,14 @@ class InputLinks:
             out, cache = layer.forward(rows.reshape((g,) + a_prev.shape[1:]))
             contracted[m] = np.sum(((out - z0[samples]) * delta[samples]).reshape(g, -1), axis=1)
             if base is not None:
-                state = kink_state(layer, fd.caps[l], cache)
+                state = kink_state(layer, link.caps, cache)
                 crossed |= np.any((state != base[samples]).reshape(g, -1), axis=1)
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
-    def _input_batches(self, l: int, idx: Array) -> tuple[Array, Array]:
+    def _input_batches(self, link: Link, idx: Array) -> tuple[Array, ...]:
         """A layer that is not per-sample: the whole perturbed batch, one pass an entry and step."""
-        layer, fd = self.net.layers[l], self.fd
-        a_prev, z0, delta, base = fd.inputs[l], fd.inputs[l + 1], self.received[l], fd.base_kinks[l]
+        layer = link.layer
+        a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base
         new, steps = self._steps(a_prev.reshape(-1)[idx])
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(len(idx), dtype=bool)
@@ -128,8 +137,8 @@ class InputLinks:
                 a.reshape(-1)[j] = new[m, k]
                 out, cache = layer.forward(a)
                 contracted[m, k] = np.sum((out - z0) * delta)
-                crossed[k] |= moved(layer, fd.caps[l], cache, base)
-        return self._quotient(contracted, steps), crossed
+                crossed[k] |= moved(layer, link.caps, cache, base)
+        return self._finish(contracted, steps, crossed)
 
     # ------------------------------------------------------------------ along directions
 

@@ -3,35 +3,45 @@
 Parameters here (``forward_perturbed`` where the layer offers it and passes its spot check,
 else a real pass of the whole batch per entry), inputs in ``inputs.py``, directions below;
 chunks run here or on the workers like the network scope's, with the same numbers either way.
+A layer inside a block is a link too (``tree.py``); there, as in the network scope, no
+shortcut but ``forward_perturbed`` (spot-checked) and ``elementwise`` is taken.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..blocks import Block
 from ..finite_diff import FiniteDifferences, Interrupted, Numeric, workers
+from ..finite_diff.inner import spot_check
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
 from ..refs import TensorRef
 from .inputs import InputLinks, moved
+from .tree import Link, Links, share
 
 Array = np.ndarray
-Run = Callable[[Array], tuple[Array, Array]]
+Run = Callable[[Array], tuple[Array, ...]]
 
 
 class LinkDifferences(InputLinks):
     """Numeric gradients of each layer alone, contracted with the δ it received.
 
     ``fd`` holds the unperturbed pass (inputs, caches, kink states, capabilities) of the
-    numeric side; ``received[l]`` is δ^l, ∂C/∂(output of layer l), of that output's shape."""
+    numeric side; ``received[l]`` is δ^l, ∂C/∂(output of layer l), of that output's shape;
+    ``inner``: δ at the input of every layer inside a block (``Network.backward``'s), from
+    which the δ each inner layer received follows (``tree.inner_received``)."""
 
-    def __init__(self, fd: FiniteDifferences, received: list[Array]) -> None:
+    def __init__(self, fd: FiniteDifferences, received: list[Array],
+                 inner: dict[tuple[int, ...], Array] | None = None) -> None:
         self.fd, self.net, self.method = fd, fd.net, fd.method
         self.inputs = fd.inputs  # every layer's input in the unperturbed pass (diagnosis reads them)
-        self.received = [np.asarray(d, dtype=np.result_type(d, np.float64)) for d in received]
+        self.links = Links(fd, received, inner)
+        self.received = self.links.received
         self.fast_fallbacks: list[str] = list(fd.fast_fallbacks)
-        self._spot: dict[tuple[int, str], bool] = {}
+        self._spot: dict[tuple[tuple[int, ...], str], bool] = {}
 
     # ------------------------------------------------------------------ the targets
 
@@ -43,94 +53,135 @@ class LinkDifferences(InputLinks):
                 for lo in range(0, len(idx), chunk)]
         work = sum(len(idx) * per for (_, idx), (_, per, _) in zip(targets, plans))
         self.fd.work_planned += work
-        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool)) for _, idx in targets]
+        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool), np.full(len(idx), np.nan))
+                   for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):
-                for (ti, lo, hi), (v, k) in workers.run_jobs(jobs, [run for _, _, run in plans],
-                                                             [idx for _, idx in targets], work, self.fd.workers):
-                    results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
+                runs: list[Any] = [run for _, _, run in plans]  # (values, kinks[, errors]) each
+                for (ti, lo, hi), out in workers.run_jobs(jobs, runs, [idx for _, idx in targets], work,
+                                                          self.fd.workers):
+                    results[ti][0][lo:hi], results[ti][1][lo:hi] = out[0], out[1]
+                    if len(out) > 2:  # Ridders: an error estimate per entry
+                        results[ti][2][lo:hi] = out[2]
                     left[ti] -= 1
                     self.fd.work_done += (hi - lo) * plans[ti][1]
                     self.fd.progress(self.fd.work_done, self.fd.work_planned)
         except KeyboardInterrupt:
-            finished = [Numeric(idx, v, k) if n == 0 else None for (_, idx), (v, k), n in zip(targets, results, left)]
+            finished = [Numeric(idx, v, k, self._errors(e)) if n == 0 else None
+                        for (_, idx), (v, k, e), n in zip(targets, results, left)]
             raise Interrupted(finished) from None
-        return [Numeric(idx, v, k) for (_, idx), (v, k) in zip(targets, results)]
+        return [Numeric(idx, v, k, self._errors(e)) for (_, idx), (v, k, e) in zip(targets, results)]
+
+    def _errors(self, e: Array) -> Array | None:
+        return e if self.method.tableau is not None else None
 
     def _plan(self, ref: TensorRef) -> tuple[int, int, Run]:
         """(entries a chunk, bytes of work an entry, the chunk's function) for one tensor."""
-        if len(ref.path) != 1 or not 0 <= ref.index < len(self.net.layers):
-            raise ValueError(f"{ref}: no such layer in a network of {len(self.net.layers)} layers")
-        l = ref.index
-        caps, fd = self.fd.caps[l], self.fd
-        out = fd.inputs[l + 1]
-        item = 16
+        try:
+            link = self.links.at(ref.path)
+        except ValueError as e:
+            raise ValueError(f"{ref}: {e}") from None
+        if not ref.is_delta and ref.name not in link.layer.params:
+            raise ValueError(f"{ref}: the layer has no parameter {ref.name!r}")
+        if ref.is_delta and isinstance(link.layer, Block):
+            return self._fan_out(ref, link)
+        caps, out, a, item = link.caps, link.z, link.a_prev, 16
         if not ref.is_delta:
-            if caps.can("perturbed") and not caps.kink_state and self._spot_ok(l, ref.name):
+            if caps.can("perturbed") and not caps.kink_state and self._spot_ok(ref.path, link, ref.name):
                 per = out[:, 0].size * item * 4
-                return self._chunk(per), per, lambda idx: self._param_perturbed(l, ref.name, idx)
+                return self._chunk(per), per, lambda idx: self._param_perturbed(link, ref.name, idx)
             per = out.size * item * 4
-            return 1, per, lambda idx: self._param_passes(l, ref.name, idx)
-        a = fd.inputs[l]
-        if caps.per_sample and a.ndim == 4 and (caps.can("window") or caps.can("region") or caps.can("elementwise")) \
-                and self._windows_ok(l):
+            return 1, per, lambda idx: self._param_passes(link, ref.name, idx)
+        local = caps.can("elementwise") or (link.top and (caps.can("window") or caps.can("region")))
+        if caps.per_sample and a.ndim == 4 and local and self._windows_ok(ref.path, link):
             zero = np.zeros(1, dtype=int)
-            wh, ww = (1, 1) if caps.can("elementwise") else self.net.layers[l].window(zero, zero, 1, 1)[2:]
+            wh, ww = (1, 1) if caps.can("elementwise") else link.layer.window(zero, zero, 1, 1)[2:]
             # the window, the input region it reads, unrolled (im2col) in a conv's correlate
             per = item * (a.shape[1] * wh * ww * 16 + 3 * out.shape[1] * wh * ww)
-            return self._chunk(per), per, lambda idx: self._input_window(l, idx)
-        if caps.per_sample and a.ndim == 2 and caps.can("input_delta") and not caps.kink_state:
+            return self._chunk(per), per, lambda idx: self._input_window(link, idx)
+        if link.top and caps.per_sample and a.ndim == 2 and caps.can("input_delta") and not caps.kink_state:
             per = out.shape[1] * item * 4
-            return self._chunk(per), per, lambda idx: self._input_units(l, idx)
+            return self._chunk(per), per, lambda idx: self._input_units(link, idx)
         if caps.per_sample:
             per = (a[0].size + out[0].size) * item * 4
-            return self._chunk(per), per, lambda idx: self._input_rows(l, idx)
+            return self._chunk(per), per, lambda idx: self._input_rows(link, idx)
         per = (a.size + out.size) * item * 4
-        return 1, per, lambda idx: self._input_batches(l, idx)
+        return 1, per, lambda idx: self._input_batches(link, idx)
+
+    def _fan_out(self, ref: TensorRef, link: Link) -> tuple[int, int, Run]:
+        """A block's own input row: its forward feeds the input a to every path unchanged, so
+        ``δ^{l-1} = Σ_p δ_p`` — numerically, the links of each path's first layer at the same
+        entries, plus, for an identity path ``[]``, the merge's share of δ^l itself (exact).
+        A backward that sums the paths wrongly fails here, every inner link passing."""
+        block, n_paths = link.layer, len(link.layer.paths)
+        firsts = [self._plan(TensorRef.delta(ref.path + (p, 0))) if block.paths[p] else None for p in range(n_paths)]
+        shares = [None if block.paths[p] else share(block, p, link.delta).reshape(-1) for p in range(n_paths)]
+        plans = [plan for plan in firsts if plan is not None]
+        chunk = min((c for c, _, _ in plans), default=self._chunk(16))
+        per = sum(w for _, w, _ in plans) or 16
+        tableau = self.method.tableau is not None
+
+        def run(idx: Array) -> tuple[Array, ...]:
+            values, kinks, errors = np.zeros(len(idx)), np.zeros(len(idx), dtype=bool), np.zeros(len(idx))
+            for plan, d in zip(firsts, shares):
+                if plan is None:  # the identity: ∂z/∂a = I, nothing to difference
+                    values = values + d[idx]  # type: ignore[index]
+                    continue
+                out = plan[2](idx)
+                values, kinks = values + out[0], kinks | out[1]
+                if tableau:
+                    errors = errors + out[2]
+            return (values, kinks, errors) if tableau else (values, kinks)
+
+        return chunk, per, run
 
     def _chunk(self, per: int) -> int:
         return int(max(1, min(8192, self.fd.budget // max(per, 1))))
 
-    def _windows_ok(self, l: int) -> bool:
-        """Does layer l's window shortcut agree with a real forward pass (the network scope's
+    def _windows_ok(self, path: tuple[int, ...], link: Link) -> bool:
+        """Does the layer's window shortcut agree with a real forward pass (the network scope's
         spot check)?  Else its input is differenced by real passes, and a fallback says so."""
-        if (l, "window") not in self._spot:
-            ok = self.fd.caps[l].can("elementwise") or spot_check_windows(self.fd, l, l + 1)
-            self._spot[(l, "window")] = ok
+        if (path, "window") not in self._spot:
+            ok = link.caps.can("elementwise") or spot_check_windows(self.fd, path[0], path[0] + 1)
+            self._spot[(path, "window")] = ok
             if not ok:
-                self.fast_fallbacks.append(f"layers[{l}]: its window shortcut disagreed with a real forward pass; "
+                self.fast_fallbacks.append(f"{link.where}: its window shortcut disagreed with a real forward pass; "
                                            f"the layer scope ran real passes for its input instead")
-        return self._spot[(l, "window")]
+        return self._spot[(path, "window")]
 
-    def _spot_ok(self, l: int, name: str) -> bool:
-        if (l, name) not in self._spot:
-            ok = spot_check_perturbed(self.fd, l, name)
-            self._spot[(l, name)] = ok
+    def _spot_ok(self, path: tuple[int, ...], link: Link, name: str) -> bool:
+        if (path, name) not in self._spot:
+            if link.top:
+                ok = spot_check_perturbed(self.fd, path[0], name)
+            else:
+                ok = link.layer.params[name].flags.c_contiguous and \
+                    spot_check(link.layer, link.a_prev, link.z, link.cache, name)
+            self._spot[(path, name)] = ok
             if not ok:
-                self.fast_fallbacks.append(f"layers[{l}] {name}: forward_perturbed disagreed with a real forward pass; "
-                                      f"the layer scope ran real passes instead")
-        return self._spot[(l, name)]
+                self.fast_fallbacks.append(f"{link.where} {name}: forward_perturbed disagreed with a real forward "
+                                           f"pass; the layer scope ran real passes instead")
+        return self._spot[(path, name)]
 
-    def _param_perturbed(self, l: int, name: str, idx: Array) -> tuple[Array, Array]:
+    def _param_perturbed(self, link: Link, name: str, idx: Array) -> tuple[Array, ...]:
         """``forward_perturbed``: each entry moves one output channel (unit) of z; contract
         that channel's change with δ^l there."""
-        layer, fd = self.net.layers[l], self.fd
-        z0, delta = fd.inputs[l + 1], self.received[l]
+        layer, fd = link.layer, self.fd
+        z0, delta = link.z, link.delta
         offs = np.asarray(self.method.offsets)[:, None] * fd.eps
         steps = np.broadcast_to(offs, (len(offs), len(idx)))
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         for m in range(len(offs)):
-            channel, values = layer.forward_perturbed(z0, fd.caches[l], name, idx, steps[m])
+            channel, values = layer.forward_perturbed(z0, link.cache, name, idx, steps[m])
             d = np.moveaxis(delta[:, channel], 1, 0)  # (K, n, …)
             change = values - np.moveaxis(z0[:, channel], 1, 0)
             contracted[m] = np.sum((change * d).reshape(len(idx), -1), axis=1)
-        return self._quotient(contracted, steps), np.zeros(len(idx), dtype=bool)
+        return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
-    def _param_passes(self, l: int, name: str, idx: Array) -> tuple[Array, Array]:
+    def _param_passes(self, link: Link, name: str, idx: Array) -> tuple[Array, ...]:
         """A real forward pass of the whole batch per perturbed entry and step."""
-        layer, fd = self.net.layers[l], self.fd
-        z0, delta, base = fd.inputs[l + 1], self.received[l], fd.base_kinks[l]
+        layer = link.layer
+        z0, delta, base = link.z, link.delta, link.base
         original = layer.params[name]
         flat0 = original.reshape(-1)
         new, steps = self._steps(flat0[idx])
@@ -142,22 +193,21 @@ class LinkDifferences(InputLinks):
                     p = original.astype(new.dtype)
                     p.reshape(-1)[j] = new[m, k]
                     layer.params[name] = p
-                    out, cache = layer.forward(fd.inputs[l])
+                    out, cache = layer.forward(link.a_prev)
                     contracted[m, k] = np.sum((out - z0) * delta)
-                    crossed[k] |= moved(layer, fd.caps[l], cache, base)
+                    crossed[k] |= moved(layer, link.caps, cache, base)
         finally:
             layer.params[name] = original
-        return self._quotient(contracted, steps), crossed
+        return self._finish(contracted, steps, crossed)
 
     # ------------------------------------------------------------------ the input
 
     def directional(self, ref: TensorRef, V: Array) -> tuple[Array, Array]:
         """``⟨δ^l, (z^l(θ + h·v) − z^l(θ − h·v)) / 2h⟩`` along each row v of V (of shape
         (K, size)), a real pass of the layer on the whole batch per direction and step."""
-        l = ref.index
-        layer, fd = self.net.layers[l], self.fd
-        z0, delta, base = fd.inputs[l + 1], self.received[l], fd.base_kinks[l]
-        original = fd.inputs[l] if ref.is_delta else layer.params[ref.name]
+        link, fd = self.links.at(ref.path), self.fd
+        layer, z0, delta, base = link.layer, link.z, link.delta, link.base
+        original = link.a_prev if ref.is_delta else layer.params[ref.name]
         offs = np.asarray(self.method.offsets) * fd.eps
         steps = np.broadcast_to(offs[:, None], (len(offs), len(V)))
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
@@ -171,9 +221,9 @@ class LinkDifferences(InputLinks):
                             out, cache = layer.forward(shifted)
                         else:
                             layer.params[ref.name] = shifted
-                            out, cache = layer.forward(fd.inputs[l])
+                            out, cache = layer.forward(link.a_prev)
                         contracted[m, k] = np.sum((out - z0) * delta)
-                        crossed[k] |= moved(layer, fd.caps[l], cache, base)
+                        crossed[k] |= moved(layer, link.caps, cache, base)
             finally:
                 if not ref.is_delta:
                     layer.params[ref.name] = original
