@@ -37,10 +37,11 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
+from torch_peer import TorchPeer  # noqa: E402
 
+from cnngrad import _malloc  # noqa: E402
 from cnngrad.config import load  # noqa: E402
 from cnngrad.network import Problem, build  # noqa: E402
-from torch_peer import TorchPeer  # noqa: E402
 
 DEFAULT = [HERE / "ladder-vgg.yaml", HERE / "vgg-issue14.yaml"]
 TOLERANCE = 1e-10
@@ -66,7 +67,7 @@ def agree(problem: Problem, peer: TorchPeer) -> float:
     leaves = peer.leaves()
     c = peer.forward_backward(leaves)
     theirs = [t.grad.numpy() for t in leaves]
-    worst = abs(loss - float(c)) / max(1.0, abs(loss))
+    worst = abs(loss - float(c.detach())) / max(1.0, abs(loss))
     names = ["x"] + [f"layers[{i}].{n}" for i, n in peer.keys]
     for name, a, b in zip(names, mine, theirs):
         scale = max(np.max(np.abs(b)), np.finfo(np.float64).tiny)
@@ -111,13 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("configs", nargs="*", type=Path, default=DEFAULT)
     ap.add_argument("--runs", type=int, default=9, help="alternating rounds (default 9)")
     ap.add_argument("--block", type=int, default=5, help="timed calls a round (default 5)")
+    ap.add_argument("--malloc", choices=["default", "tuned", "both"], default="both",
+                    help="glibc malloc as a library user has it (default), as the cnngrad command sets it "
+                         "(tuned: cnngrad._malloc.tune(), for torch too: same process), or each in its own "
+                         "process (both, the default)")
     ap.add_argument("--coretype", help="afterwards, the same run again in a process with OPENBLAS_CORETYPE "
                                        "set to this (or unset, if it is set here and this is 'none')")
     args = ap.parse_args(argv)
+    again = [*map(str, args.configs), "--runs", str(args.runs), "--block", str(args.block)]
+    if args.malloc == "both":
+        codes = [_child([*again, "--malloc", mode], dict(os.environ)) for mode in ("default", "tuned")]
+        if args.coretype:
+            env = dict(os.environ)
+            if args.coretype.lower() == "none":
+                env.pop("OPENBLAS_CORETYPE", None)
+            else:
+                env["OPENBLAS_CORETYPE"] = args.coretype
+            codes += [_child([*again, "--malloc", mode], env) for mode in ("default", "tuned")]
+        return max(codes)
+    if args.malloc == "tuned" and not _malloc.tune():
+        sys.exit("fwd_bwd: could not tune malloc here (not glibc?)")
 
-    torch.set_default_dtype(torch.float64)
-    load_avg = os.getloadavg()
-    print(f"cores {cores()}, load average {load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}, "
+    load_avg = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"\n=== malloc {args.malloc}: cores {cores()}, load average {load_avg}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
           f"numpy {np.__version__}, torch {torch.__version__}")
     for path in args.configs:
@@ -129,17 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         for threads in sorted({1, cores()}):
             r = race(problem, peer, threads, args.runs, args.block)
             print(f"  {threads} thread{'s' if threads > 1 else ' '}: cnngrad {r['cnngrad'] * 1e3:8.3f} ms   "
-                  f"torch {r['torch'] * 1e3:8.3f} ms   cnngrad/torch {r['ratio']:.2f}x")
-    if args.coretype:
-        env = dict(os.environ)
-        if args.coretype.lower() == "none":
-            env.pop("OPENBLAS_CORETYPE", None)
-        else:
-            env["OPENBLAS_CORETYPE"] = args.coretype
-        print("\n--- again with OPENBLAS_CORETYPE", env.get("OPENBLAS_CORETYPE", "(unset)"), flush=True)
-        cmd = [sys.executable, __file__, *map(str, args.configs), "--runs", str(args.runs), "--block", str(args.block)]
-        return subprocess.run(cmd, env=env, check=False).returncode
+                  f"torch {r['torch'] * 1e3:8.3f} ms   cnngrad/torch {r['ratio']:.3g}x")
     return 0
+
+
+def _child(args: list[str], env: dict[str, str]) -> int:
+    sys.stdout.flush()
+    return subprocess.run([sys.executable, __file__, *args], env=env, check=False).returncode
 
 
 if __name__ == "__main__":

@@ -229,8 +229,8 @@ def full_convolve(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: P
 
 def full_convolve_col2im(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
                          d: Pair = (1, 1)) -> np.ndarray:
-    """The same δ as :func:`full_convolve`, computed the other way round (what the conv
-    layer runs: no padded copy of δ to unroll).
+    """The same δ as :func:`full_convolve`, computed the other way round (one of the two
+    ways of :func:`input_delta`: no padded copy of δ to unroll, nor any stride's zeros).
 
     Full convolution of δ with W means every δ[n,o,i,j] is spread over the window it was
     computed from, weighted by the kernel:
