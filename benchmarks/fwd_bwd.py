@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("configs", nargs="*", type=Path, default=DEFAULT)
     ap.add_argument("--runs", type=int, default=9, help="alternating rounds (default 9)")
     ap.add_argument("--block", type=int, default=5, help="timed calls a round (default 5)")
+    ap.add_argument("--threads", default="1,all", help="BLAS thread counts to time, 'all' = every core "
+                                                        "(default 1,all)")
     ap.add_argument("--malloc", choices=["default", "tuned", "both"], default="both",
                     help="glibc malloc as a library user has it (default), as the cnngrad command sets it "
                          "(tuned: cnngrad._malloc.tune(), for torch too: same process), or each in its own "
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coretype", help="afterwards, the same run again in a process with OPENBLAS_CORETYPE "
                                        "set to this (or unset, if it is set here and this is 'none')")
     args = ap.parse_args(argv)
-    again = [*map(str, args.configs), "--runs", str(args.runs), "--block", str(args.block)]
+    again = [*map(str, args.configs), "--runs", str(args.runs), "--block", str(args.block), "--threads", args.threads]
+    counts = sorted({cores() if t.strip() == "all" else int(t) for t in args.threads.split(",")})
     if args.malloc == "both":
         codes = [_child([*again, "--malloc", mode], dict(os.environ)) for mode in ("default", "tuned")]
         if args.coretype:
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         err = agree(problem, peer)
         print(f"\n{path.name}: {entries(problem):,} entries, batch {problem.x.shape[0]}; "
               f"gradients agree with torch to {err:.1e} (relative, ≤ {TOLERANCE:g})")
-        for threads in sorted({1, cores()}):
+        for threads in counts:
             r = race(problem, peer, threads, args.runs, args.block)
             print(f"  {threads} thread{'s' if threads > 1 else ' '}: cnngrad {r['cnngrad'] * 1e3:8.3f} ms   "
                   f"torch {r['torch'] * 1e3:8.3f} ms   cnngrad/torch {r['ratio']:.3g}x")
