@@ -281,7 +281,7 @@ class Activation:
         ``_sigmoid_prime``: from a, a saturated σ' loses its digits)."""
         z, _ = cache
         if self.function == "relu":  # σ' is the mask [Re z > 0]: multiply by it, no float copy of it
-            return np.multiply(delta, _real(z) > 0), {}
+            return np.multiply(delta, _real(z) > 0, dtype=np.result_type(delta, z)), {}
         return delta * self.sigma_prime(z, **self._kw), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
