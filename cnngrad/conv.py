@@ -55,7 +55,10 @@ def pad(x: np.ndarray, p: Pair) -> np.ndarray:
     ph, pw = p
     if ph == 0 and pw == 0:
         return x
-    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)])
+    h, w = x.shape[-2:]
+    out = np.zeros(x.shape[:-2] + (h + 2 * ph, w + 2 * pw), dtype=x.dtype)  # cheaper than np.pad
+    out[..., ph : ph + h, pw : pw + w] = x
+    return out
 
 
 def crop(x: np.ndarray, p: Pair) -> np.ndarray:
@@ -106,19 +109,17 @@ def col2im(cols: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1), d: Pair =
     """The adjoint of :func:`im2col`: add every column entry back where it was read from.
 
     cols of shape (n, c, kh, kw, Ho, Wo) -> of shape (n, c, *in_hw), entry (u, v, i, j)
-    added at ``[i·sh + u·dh, j·sw + v·dw]``.  Done one axis at a time — the kw taps into
-    the columns, then the kh taps into the rows — a loop over kh + kw taps, not the pixels.
+    added at ``[i·sh + u·dh, j·sw + v·dw]``: one strided add of a whole (n, c, Ho, Wo)
+    slab per tap (u, v) — a loop over the kh·kw taps, not the pixels.
     """
     n, c, kh, kw, ho, wo = cols.shape
     H, W = in_hw
-    rows = np.zeros((n, c, kh, ho, W), dtype=cols.dtype)
-    for v in range(kw):
-        x = v * d[1]
-        rows[..., x : x + s[1] * (wo - 1) + 1 : s[1]] += cols[:, :, :, v]
     out = np.zeros((n, c, H, W), dtype=cols.dtype)
     for u in range(kh):
         y = u * d[0]
-        out[:, :, y : y + s[0] * (ho - 1) + 1 : s[0]] += rows[:, :, u]
+        for v in range(kw):
+            x = v * d[1]
+            out[:, :, y : y + s[0] * (ho - 1) + 1 : s[0], x : x + s[1] * (wo - 1) + 1 : s[1]] += cols[:, :, u, v]
     return out
 
 
@@ -228,8 +229,8 @@ def full_convolve(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: P
 
 def full_convolve_col2im(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
                          d: Pair = (1, 1)) -> np.ndarray:
-    """The same δ as :func:`full_convolve`, computed the other way round (what the conv
-    layer runs: no padded copy of δ to unroll).
+    """The same δ as :func:`full_convolve`, computed the other way round (one of the two
+    ways of :func:`input_delta`: no padded copy of δ to unroll, nor any stride's zeros).
 
     Full convolution of δ with W means every δ[n,o,i,j] is spread over the window it was
     computed from, weighted by the kernel:
@@ -243,6 +244,32 @@ def full_convolve_col2im(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int
     _, c, kh, kw = W.shape
     cols = np.matmul(W.reshape(o, -1).T, delta.reshape(n, o, -1))  # (n, c·kh·kw, Ho·Wo)
     return col2im(cols.reshape(n, c, kh, kw, ho, wo), in_hw, s, d)
+
+
+def input_delta(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], p: Pair = (0, 0),
+                s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+    """δ w.r.t. the *unpadded* input of a correlation layer (what the conv layer runs):
+    ``crop(full_convolve(δ, W), p)``, with the crop folded in where that saves work.
+
+    delta of shape (n, o, Ho, Wo), W of shape (o, c, kh, kw), ``in_hw`` the unpadded input's
+    (H, W) -> of shape (n, c, H, W).
+
+    Two ways, the cheaper one taken (both against the loop reference in ``tests/test_conv.py``):
+
+    * stride 1, no more filters than channels (o ≤ c), p ≤ extent − 1: the padded δ
+      correlated with ``ROT180(W)`` (:func:`full_convolve`), δ padded by ``extent − 1 − p``
+      instead of ``extent − 1`` so that the correlation yields the cropped rows and columns
+      only — one im2col of δ (o·kh·kw rows) and one matmul, no col2im;
+    * otherwise :func:`full_convolve_col2im` (``Kᵀδ``, c·kh·kw rows, then kh·kw strided adds)
+      and the crop: fewer rows to move when c < o, and no s−1 zeros dilating δ for a stride.
+    """
+    ke = (effective_kernel(W.shape[-2], d[0]), effective_kernel(W.shape[-1], d[1]))
+    if s == (1, 1) and W.shape[0] <= W.shape[1] and p[0] <= ke[0] - 1 and p[1] <= ke[1] - 1:
+        delta_hat = pad(delta, (ke[0] - 1 - p[0], ke[1] - 1 - p[1]))
+        W_rot = np.ascontiguousarray(rot180(W).swapaxes(0, 1))  # (c, o, kh, kw)
+        return correlate(delta_hat, W_rot, (1, 1), d)
+    padded = (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1])
+    return crop(full_convolve_col2im(delta, W, padded, s, d), p)
 
 
 def full_convolve_naive(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1),
@@ -282,8 +309,10 @@ def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
     o = delta.shape[1]
     if cols is None:
         cols = im2col(a_pad, k, s, d)  # (n, c·kh·kw, Ho·Wo), the forward pass's columns
-    # δ_cols @ colsᵀ per sample, summed over the batch
-    return np.matmul(delta.reshape(n, o, -1), cols.transpose(0, 2, 1)).sum(axis=0).reshape(o, c, k[0], k[1])
+    # (cols @ δᵀ)ᵀ per sample, summed over the batch (cols as the matmul's left operand: the
+    # faster of the two orders here)
+    g = np.matmul(cols, delta.reshape(n, o, -1).transpose(0, 2, 1)).sum(axis=0)  # (c·kh·kw, o)
+    return np.ascontiguousarray(g.T).reshape(o, c, k[0], k[1])
 
 
 def weight_grad_naive(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),

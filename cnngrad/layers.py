@@ -102,17 +102,22 @@ class Conv:
         return K if self.groups == 1 else GC.dense_kernel(K, self.groups, self.in_shape[0])
 
     def forward(self, a_prev: Array) -> tuple[Array, tuple]:
+        """``z = K ⋆ ã + b``: one im2col and one matmul.  The cache is ``(ã,)`` only: the
+        columns (kh·kw times ã's size) are unrolled again by the backward, which is cheaper
+        than holding them — the memory of every layer's columns at once is what made a
+        forward + backward slow (fresh pages on every pass)."""
         a_pad = C.pad(a_prev, self.p)  # ã^{l-1}
         cols = C.im2col(a_pad, self.k, self.s, self.d)
         if self.groups == 1:
             z = C.correlate(a_pad, self._kernel(), self.s, self.d, cols=cols)
         else:
             z = GC.correlate(cols, self._kernel(), self.groups, self.out_shape[1:])
+        del cols
         if self.bias == "tied":
             z += self.params["b"][:, None, None]
         elif self.bias == "untied":
             z += self.params["b"]
-        return z, (a_pad, cols)
+        return z, (a_pad,)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """``δ^{l-1} = δ^l * ROT180(w^l)`` (full convolution; for ``correlation`` mode the
@@ -120,15 +125,16 @@ class Conv:
         the padding; ``∂C/∂W = ã^{l-1} ⋆ δ^l`` (valid correlation; ROT180 of it in
         ``convolution`` mode: the seed's ``δ * σ(ROT180(z^{l-1}))``); ``∂C/∂b = Σ δ``.
         Grouped: the same, each group of filters with its own channels (``grouped.py``)."""
-        a_pad, cols = cache
-        # the full convolution, as col2im of Kᵀδ (= correlating padded δ with ROT180(K))
+        (a_pad,) = cache
         if self.groups == 1:
-            full = C.full_convolve_col2im(delta, self._kernel(), a_pad.shape[-2:], self.s, self.d)
-            nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d, cols=cols)
+            nabla_w = C.weight_grad(a_pad, delta, self.k, self.s, self.d)
+            # the full convolution, cropped (conv.input_delta: padded δ ⋆ ROT180(K), or col2im of Kᵀδ)
+            in_hw = (a_pad.shape[-2] - 2 * self.p[0], a_pad.shape[-1] - 2 * self.p[1])
+            delta_prev = C.input_delta(delta, self._kernel(), in_hw, self.p, self.s, self.d)
         else:
+            nabla_w = GC.weight_grad(C.im2col(a_pad, self.k, self.s, self.d), delta, self.groups, self.k)
             full = GC.full_convolve(delta, self._kernel(), self.groups, a_pad.shape[-2:], self.s, self.d)
-            nabla_w = GC.weight_grad(cols, delta, self.groups, self.k)
-        delta_prev = C.crop(full, self.p)
+            delta_prev = C.crop(full, self.p)
         grads = {"W": C.rot180(nabla_w) if self.mode == "convolution" else nabla_w}
         if self.bias == "tied":
             grads["b"] = delta.sum(axis=(0, 2, 3))
@@ -228,11 +234,19 @@ def _softplus(z: Array) -> Array:
     return np.where(pos, z + np.log1p(np.exp(np.where(pos, -z, 0))), np.log1p(np.exp(np.where(pos, 0, z))))
 
 
+def _relu(z: Array) -> Array:
+    """``max(z, 0)`` as ``z · [Re z > 0]``: one multiply by the mask (a NaN stays NaN, as
+    ``where(z > 0, z, 0·z)`` had it); complex z keeps its imaginary part where Re z > 0."""
+    if np.iscomplexobj(z):
+        return np.where(z.real > 0, z, 0.0 * z)
+    return np.multiply(z, z > 0)
+
+
 # name -> (σ, σ'), each with the parameter (leaky_relu's slope) as keyword
 ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "sigmoid": (lambda z: _sigmoid(z), lambda z: _sigmoid_prime(z)),
     "tanh": (np.tanh, lambda z: _tanh_prime(z)),
-    "relu": (lambda z: np.where(_real(z) > 0, z, 0.0 * z), lambda z: (_real(z) > 0).astype(z.dtype)),
+    "relu": (lambda z: _relu(z), lambda z: (_real(z) > 0).astype(z.dtype)),
     "leaky_relu": (lambda z, alpha=0.01: np.where(_real(z) > 0, z, alpha * z),
                    lambda z, alpha=0.01: np.where(_real(z) > 0, 1.0, alpha).astype(z.dtype)),
     "softplus": (lambda z: _softplus(z), lambda z: _sigmoid(z)),
@@ -266,6 +280,8 @@ class Activation:
         """``δ^l = δ_a ⊙ σ'(z^l)`` — the seed's Hadamard factor, σ' evaluated at z (see
         ``_sigmoid_prime``: from a, a saturated σ' loses its digits)."""
         z, _ = cache
+        if self.function == "relu":  # σ' is the mask [Re z > 0]: multiply by it, no float copy of it
+            return np.multiply(delta, _real(z) > 0, dtype=np.result_type(delta, z)), {}
         return delta * self.sigma_prime(z, **self._kw), {}
 
     def kink_state(self, cache: tuple) -> Array | None:
@@ -312,31 +328,32 @@ class Pool:
             z /= self.k[0] * self.k[1]
             return z, (a.shape, None)
         z, idx = None, None
-        for t, tap in self._taps(a):  # running max; ties keep the first maximal entry
+        for t, tap in self._taps(a):  # running max, in place; ties keep the first maximal entry
             if z is None:
                 z, idx = tap.copy(), np.zeros(tap.shape, dtype=np.intp)
             else:
                 better = _real(tap) > _real(z)
                 z = np.where(better, tap, z)
-                idx[better] = t  # type: ignore[index]  # set with z, at the first tap
+                idx += better * (t - idx)  # t where better (set with z, at the first tap)
         return z, (a.shape, idx)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """avg: each window's δ shared equally, ``δ/(kh·kw)``; max: all of it to the
-        window's (first) maximum.  Overlapping windows add up."""
+        window's (first) maximum, ``δ · [argmax = tap]`` at each tap.  Overlapping windows
+        add up.  A loop over the kh·kw taps, each one strided slab of the input's shape."""
         shape, idx = cache
         kh, kw = self.k
-        if self.pool == "avg":
-            g = np.broadcast_to((delta / (kh * kw))[..., None, None], delta.shape + (kh, kw))
-        else:
-            onehot = np.arange(kh * kw) == idx[..., None]
-            g = (onehot * delta[..., None]).reshape(delta.shape + (kh, kw))
-        if self.s == self.k:  # windows tile without overlap: one strided write, no adds
-            n, c, ho, wo = delta.shape
-            out = np.zeros(shape, dtype=g.dtype)
-            out[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)[...] = g.transpose(0, 1, 2, 4, 3, 5)
-            return out, {}
-        return C.col2im(g.transpose(0, 1, 4, 5, 2, 3), shape[-2:], self.s), {}
+        share = delta / (kh * kw) if self.pool == "avg" else None
+        overlap = self.s[0] < kh or self.s[1] < kw
+        out = np.zeros(shape, dtype=delta.dtype)
+        for t, tap in self._taps(out):  # writable strided views of out
+            if share is not None:
+                tap += share
+            elif overlap:
+                tap += np.multiply(delta, idx == t)
+            else:  # each input entry in one window at most: written once
+                np.multiply(delta, idx == t, out=tap)
+        return out, {}
 
     def kink_state(self, cache: tuple) -> Array | None:
         return cache[1]

@@ -107,7 +107,8 @@ def _groups_interleaved(mp):
         _, grads = original(self, delta, cache)
         f = delta.shape[1]
         perm = np.argsort(np.arange(f) % self.groups, kind="stable")
-        a_pad, cols = cache
+        (a_pad,) = cache
+        cols = C.im2col(a_pad, self.k, self.s, self.d)
         full = GC.full_convolve(delta[:, perm], self._kernel()[perm], self.groups, a_pad.shape[-2:], self.s, self.d)
         w = np.empty_like(grads["W"])
         w[perm] = GC.weight_grad(cols, delta[:, perm], self.groups, self.k)
