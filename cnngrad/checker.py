@@ -417,7 +417,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
-        measured = resolution.measured_rounding(net, x, y, deltas, grads)
+        # measured only if a failing row needs it (a longdouble pass: the largest fixed cost of a small check)
+        measured = resolution.lazily(lambda: resolution.measured_rounding(net, x, y, deltas, grads))
 
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,

@@ -25,7 +25,8 @@ and never a failure.  A gradient above the resolution on either side still decid
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,13 @@ class Floor:
     method: str
     loss: float
     rounding: float = 0.0
+    # the measured part of ``rounding`` (``K·measured_rounding``), taken only when a row needs
+    # it (a failing row the floor might cover): the longdouble pass costs more than a small check
+    measure: Callable[[], float] | None = field(default=None, compare=False, repr=False)
+
+    def backward_rounding(self) -> float:
+        """The analytic side's rounding: ``rounding``, or the measured one if larger."""
+        return max(self.rounding, self.measure()) if self.measure is not None else self.rounding
 
     def covers(self, analytic: Array, numeric: Array) -> bool:
         """Both sides at most the resolution, and finite (a NaN is a failure, not a floor)."""
@@ -52,14 +60,16 @@ class Floor:
         n = np.abs(np.asarray(numeric, dtype=np.float64))
         if g.size == 0 or not (np.all(np.isfinite(g)) and np.all(np.isfinite(n))):
             return False
-        return bool(g.max() <= max(self.value, self.rounding) and n.max() <= self.value)
+        if not n.max() <= self.value:
+            return False
+        return bool(g.max() <= self.value or g.max() <= self.backward_rounding())
 
     def reason(self, analytic: Array, numeric: Array) -> str:
         """Why a row is unresolved, and what would help."""
         size = max(float(np.max(np.abs(analytic))), float(np.max(np.abs(numeric))))
         magnitude = f"~{size:.0e}" if size > 0 else "0"
         if float(np.max(np.abs(analytic))) > self.value:  # the analytic side is ~0 to its own rounding
-            magnitude += f" (analytic ~0 to the backward's rounding {self.rounding:.0e})"
+            magnitude += f" (analytic ~0 to the backward's rounding {self.backward_rounding():.0e})"
         return (f"gradients {magnitude} below the resolution {self.value:.0e} of {self.method} at "
                 f"loss {self.loss:.3g}: rescale the loss / inputs, or check this layer in a non-saturated regime")
 
@@ -113,12 +123,24 @@ def measured_rounding(net: Any, x: Array, y: Array, deltas: list[Array], grads: 
     return worst if worst <= np.sqrt(unit) * largest(deltas + [g for gr in grads for g in gr.values()]) else 0.0
 
 
+def lazily(measure: Callable[[], float]) -> Callable[[], float]:
+    """``measure`` run once, on the first call (``measured_rounding`` when a floor needs it)."""
+    done: list[float] = []
+
+    def once() -> float:
+        if not done:
+            done.append(measure())
+        return done[0]
+    return once
+
+
 def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, loss: float, out: Array,
-          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0, measured: float = 0.0) -> Floor:
+          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0,
+          measured: float | Callable[[], float] = 0.0) -> Floor:
     """The resolution of ``method`` (a method name; ``complex_step`` for the complex step)
     with step ``eps``, the numeric side running in ``dtype``; the backward runs in
     ``net_dtype`` and its largest gradient entry is ``gradients`` (G); ``measured``: its
-    rounding as ``measured_rounding`` found it."""
+    rounding as ``measured_rounding`` found it, or a function that measures it when asked."""
     unit = float(np.finfo(np.dtype(dtype)).eps)
     from .finite_diff.methods import METHODS  # a tableau (Ridders) differences down to its smallest step
     if method in METHODS and METHODS[method].tableau is not None:
@@ -126,5 +148,9 @@ def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, lo
     scale = loss_scale(loss, out, y)
     value = MARGIN * unit * scale / (1.0 if complex_step else eps)
     label = "the complex step" if complex_step else f"{method} differences"
+    if callable(measured):
+        thunk = measured
+        return Floor(value, label, float(loss), MARGIN * float(np.finfo(np.dtype(net_dtype)).eps) * gradients,
+                     measure=lambda: MARGIN * thunk())
     rounding = MARGIN * max(float(np.finfo(np.dtype(net_dtype)).eps) * gradients, measured)
     return Floor(value, label, float(loss), rounding)
