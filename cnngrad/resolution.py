@@ -50,6 +50,10 @@ class Floor:
     # it (a failing row the floor might cover): the longdouble pass costs more than a small check
     measure: Callable[[], float] | None = field(default=None, compare=False, repr=False)
 
+    def __reduce__(self) -> tuple[Any, tuple[float, str, float, float]]:
+        """Pickled (a report sent back by a worker) with the rounding measured, not the function."""
+        return (Floor, (self.value, self.method, self.loss, self.backward_rounding()))
+
     def backward_rounding(self) -> float:
         """The analytic side's rounding: ``rounding``, or the measured one if larger."""
         return max(self.rounding, self.measure()) if self.measure is not None else self.rounding
