@@ -14,13 +14,14 @@ from threadpoolctl import threadpool_limits
 from ..finite_diff import FiniteDifferences, Interrupted, Numeric, workers
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
 from ..refs import TensorRef
+from .grouped import GroupedInputs
 from .inputs import InputLinks, moved
 
 Array = np.ndarray
 Run = Callable[[Array], tuple[Array, Array]]
 
 
-class LinkDifferences(InputLinks):
+class LinkDifferences(InputLinks, GroupedInputs):
     """Numeric gradients of each layer alone, contracted with the δ it received.
 
     ``fd`` holds the unperturbed pass (inputs, caches, kink states, capabilities) of the
@@ -73,6 +74,9 @@ class LinkDifferences(InputLinks):
             per = out.size * item * 4
             return 1, per, lambda idx: self._param_passes(l, ref.name, idx)
         a = fd.inputs[l]
+        grouped = self.grouped_plan(l)  # entries whose windows cannot overlap share a pass
+        if grouped is not None:
+            return grouped
         if caps.per_sample and a.ndim == 4 and (caps.can("window") or caps.can("region") or caps.can("elementwise")) \
                 and self._windows_ok(l):
             zero = np.zeros(1, dtype=int)
