@@ -29,6 +29,7 @@ from ..finite_diff.shortcuts import kink_state
 
 Array = np.ndarray
 MAX_CHUNK = 1 << 16  # entries a chunk: one class's pass carries all of its rows at once
+ROWS_BUDGET = 32 << 20  # bytes of Δz (and its products) one forward_input_delta call may hold
 
 
 def period(starts: Array, width: int) -> int:
@@ -91,6 +92,29 @@ class GroupedInputs:
             self._spot[(l, "input_delta")] = agrees(z0[:1] + fast, real, z0[:1])  # type: ignore[attr-defined]
         return bool(self._spot[(l, "input_delta")]) and self._windows_ok(l)  # type: ignore[attr-defined]
 
+    def _linear_classes(self, l: int, idx: Array, change: Array, cls: Array, where: tuple) -> Array:
+        """``⟨δ^l, Δz⟩`` over each entry's window for a layer linear in its input: Δz = K ⋆ (a
+        class's changes) by ``forward_input_delta``, every (class, sample) of a channel a row
+        of one call (rows are independent: the same numbers however many share a call)."""
+        layer, n, delta = self.net.layers[l], self.fd.n, self.received[l]
+        s, ch, y, x, i0, j0, wh, ww = where
+        shape = self.fd.inputs[l].shape[2:]
+        rows_a_call = max(1, (ROWS_BUDGET // (self.fd.inputs[l + 1][0].size * 8 * 3)))
+        first = np.empty(len(idx), dtype=np.result_type(change, delta))
+        for c0 in np.unique(ch):
+            sel = np.flatnonzero(ch == c0)
+            pairs, inv = np.unique(cls[sel] * n + s[sel], return_inverse=True)
+            for r0 in range(0, len(pairs), rows_a_call):
+                mine = (inv >= r0) & (inv < r0 + rows_a_call)
+                k, r = sel[mine], inv[mine] - r0
+                d = np.zeros((min(rows_a_call, len(pairs) - r0),) + shape, dtype=change.dtype)
+                d[r, y[k], x[k]] = change[k]
+                dz = layer.forward_input_delta(d, int(c0))  # (rows, o, ho, wo)
+                prod = np.einsum("rohw,rohw->rhw", dz, delta[pairs[r0:r0 + len(d)] % n])  # Σ over o
+                win = sliding_window_view(prod, (wh, ww), axis=(-2, -1))[r, i0[k], j0[k]]
+                first[k] = np.sum(win.reshape(len(k), -1), axis=1)
+        return first
+
     def _input_grouped(self, l: int, idx: Array, how: str, py: int, px: int) -> tuple[Array, Array]:
         """Layer l's input entries ``idx`` (flat), a pass a class of entries whose windows
         cannot overlap; each entry's ``⟨δ^l, Δz⟩`` summed over its own window."""
@@ -114,21 +138,15 @@ class GroupedInputs:
         i0, j0, wh, ww = layer.window(y, x, 1, 1)
         channelwise = how == "forward" and caps.can("channelwise")
         key = ((np.zeros_like(ch) if channelwise else ch) * py + y % py) * px + x % px
+        if how == "linear":
+            first = self._linear_classes(l, idx, new[0] - a_prev.reshape(-1)[idx], (y % py) * px + x % px,
+                                         (s, ch, y, x, i0, j0, wh, ww))
+            for m in range(new.shape[0]):  # Δz(s·e) = (s / s₀)·Δz(s₀·e)
+                contracted[m] = first if m == 0 else first * (steps[m] / steps[0])
+            return self._quotient(contracted, steps), crossed  # type: ignore[attr-defined]
         order = np.argsort(key, kind="stable")
         cuts = np.flatnonzero(np.diff(key[order])) + 1
         for members in np.split(order, cuts):
-            c0 = int(ch[members[0]])
-            if how == "linear":  # Δz = K ⋆ (the class's changes): linear, exact for every step
-                rows, inv = np.unique(s[members], return_inverse=True)
-                d = np.zeros((len(rows),) + a_prev.shape[2:], dtype=new.dtype)
-                d[inv, y[members], x[members]] = new[0, members] - a_prev.reshape(-1)[idx[members]]
-                dz = layer.forward_input_delta(d, c0)  # (rows, o, ho, wo)
-                prod = np.sum(dz * delta[rows], axis=1)  # (rows, ho, wo)
-                win = sliding_window_view(prod, (wh, ww), axis=(-2, -1))[inv, i0[members], j0[members]]
-                first = np.sum(win.reshape(len(members), -1), axis=1)
-                for m in range(new.shape[0]):  # Δz(s·e) = (s / s₀)·Δz(s₀·e)
-                    contracted[m, members] = first if m == 0 else first * (steps[m, members] / steps[0, members])
-                continue
             for m in range(new.shape[0]):  # a real pass of the whole batch with the class moved
                 a = a_prev.astype(new.dtype)
                 a.reshape(-1)[idx[members]] = new[m, members]

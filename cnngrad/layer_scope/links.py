@@ -118,17 +118,19 @@ class LinkDifferences(InputLinks, GroupedInputs):
 
     def _param_perturbed(self, l: int, name: str, idx: Array) -> tuple[Array, Array]:
         """``forward_perturbed``: each entry moves one output channel (unit) of z; contract
-        that channel's change with δ^l there."""
+        that channel's change with δ^l there.  z is linear in the parameter (what the shortcut
+        declares), so one step is run and the others scaled from it, as for a linear input."""
         layer, fd = self.net.layers[l], self.fd
         z0, delta = fd.inputs[l + 1], self.received[l]
         offs = np.asarray(self.method.offsets)[:, None] * fd.eps
         steps = np.broadcast_to(offs, (len(offs), len(idx)))
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
-        for m in range(len(offs)):
-            channel, values = layer.forward_perturbed(z0, fd.caches[l], name, idx, steps[m])
-            d = np.moveaxis(delta[:, channel], 1, 0)  # (K, n, …)
-            change = values - np.moveaxis(z0[:, channel], 1, 0)
-            contracted[m] = np.sum((change * d).reshape(len(idx), -1), axis=1)
+        channel, values = layer.forward_perturbed(z0, fd.caches[l], name, idx, steps[0])
+        change = (values - np.moveaxis(z0[:, channel], 1, 0)).reshape(len(idx), -1)
+        d = np.moveaxis(delta[:, channel], 1, 0).reshape(len(idx), -1)  # (K, n·…)
+        contracted[0] = np.einsum("ki,ki->k", change, d)
+        for m in range(1, len(offs)):  # Δz(s·e) = (s / s₀)·Δz(s₀·e)
+            contracted[m] = contracted[0] * (steps[m] / steps[0])
         return self._quotient(contracted, steps), np.zeros(len(idx), dtype=bool)
 
     def _param_passes(self, l: int, name: str, idx: Array) -> tuple[Array, Array]:
