@@ -19,7 +19,6 @@ from threadpoolctl import threadpool_limits
 
 from . import adjoint as adjoint_mod
 from . import config as cfg
-from . import diagnose as diagnose_mod
 from . import layer_scope, resolution, structural
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
@@ -225,6 +224,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     blame its layer), name the first layer whose own backward is wrong, and test that layer's
     failing tensors against the usual bugs (``out_delta``: ∂C/∂ the last layer's output).  With
     blocks (``inner``: δ inside them) localisation walks the tree."""
+    from . import diagnose as diagnose_mod  # only a failing check gets here: imported then (start-up)
     have = {row.ref for row in rows}
     kinds = kinds_of(net)
     extra = [Row(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(net.layers))
