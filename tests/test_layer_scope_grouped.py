@@ -61,7 +61,7 @@ def plain(fd, received, l: int, h: float) -> tuple[np.ndarray, np.ndarray]:
     return values, crossed
 
 
-@pytest.mark.parametrize("l", [0, 1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("l", [0, 1, 2, 3, 4, 5, 6, 7])
 def test_grouped_input_links_equal_a_plain_loop(l):
     ld, fd, received = links(1e-6)
     assert ld.grouped_plan(l) is not None  # every layer here is grouped

@@ -13,8 +13,8 @@ of every channel share a pass too (a window then is one output channel's).
 
 The pass is the layer's ``forward_input_delta`` of the perturbation alone where the layer is
 linear in its input (``window`` and ``input_delta``: a conv), else its real ``forward`` on the
-whole perturbed batch (``region``: pooling; ``elementwise``: activations), whose kink states
-are compared window by window.
+whole perturbed batch (``region``: pooling; ``elementwise``: activations; ``reshape``: flatten,
+output entry k being input entry k in C order), whose kink states are compared window by window.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class GroupedInputs:
         caps, a, out = self.fd.caps[l], self.fd.inputs[l], self.fd.inputs[l + 1]
         if not caps.per_sample:
             return None
-        if caps.can("elementwise"):
+        if caps.can("elementwise") or caps.can("reshape"):  # output entry k is input entry k's alone
             return MAX_CHUNK, 16 * 4, lambda idx: self._input_grouped(l, idx, "elementwise", 1, 1)
         if a.ndim != 4 or out.ndim != 4:
             return None
@@ -124,7 +124,7 @@ class GroupedInputs:
         new, steps = self._steps(a_prev.reshape(-1)[idx])
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(g, dtype=bool)
-        if how == "elementwise":  # every entry its own window: one pass for the chunk
+        if how == "elementwise":  # every entry its own window (flat index k: z's entry k): one pass a chunk
             for m in range(new.shape[0]):
                 a = a_prev.astype(new.dtype)
                 a.reshape(-1)[idx] = new[m]
