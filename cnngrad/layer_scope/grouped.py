@@ -29,6 +29,9 @@ from ..finite_diff.shortcuts import kink_state
 
 Array = np.ndarray
 MAX_CHUNK = 1 << 16  # entries a chunk: one class's pass carries all of its rows at once
+# entries a chunk where a class's pass is the layer's forward on the whole batch (pooling,
+# activations, flatten): it costs the same for 1 entry or all, so a chunk takes the tensor
+WHOLE_CHUNK = 1 << 22
 ROWS_BUDGET = 32 << 20  # bytes of Δz (and its products) one forward_input_delta call may hold
 
 
@@ -58,7 +61,7 @@ class GroupedInputs:
         if not caps.per_sample:
             return None
         if caps.can("elementwise") or caps.can("reshape"):  # output entry k is input entry k's alone
-            return MAX_CHUNK, 16 * 4, lambda idx: self._input_grouped(l, idx, "elementwise", 1, 1)
+            return WHOLE_CHUNK, 16 * 4, lambda idx: self._input_grouped(l, idx, "elementwise", 1, 1)
         if a.ndim != 4 or out.ndim != 4:
             return None
         linear = caps.can("window") and caps.can("input_delta")
@@ -76,7 +79,7 @@ class GroupedInputs:
             return MAX_CHUNK, per, lambda idx: self._input_grouped(l, idx, "linear", py, px)
         if not self._windows_ok(l):  # type: ignore[attr-defined]
             return None
-        return MAX_CHUNK, per, lambda idx: self._input_grouped(l, idx, "forward", py, px)
+        return WHOLE_CHUNK, per, lambda idx: self._input_grouped(l, idx, "forward", py, px)
 
     def _input_delta_ok(self, l: int) -> bool:
         """``forward_input_delta`` against a real forward pass: two entries of the first
