@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                          "falls back to every entry)")
     ap.add_argument("--output", default=str(HERE / "results-ladder.json"))
     ap.add_argument("--render", metavar="JSON", help="print the table of a stored results file and exit")
+    ap.add_argument("--readme", metavar="JSON", help="print the README's table of a stored results file and exit")
     ap.add_argument("--gradcheck-of", metavar="CONFIG", help=argparse.SUPPRESS)  # the child of gradcheck_in_child
     args = ap.parse_args(argv)
     if args.gradcheck_of:
@@ -313,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.render:
         print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    if args.readme:
+        print(readme_table(json.loads(Path(args.readme).read_text())))
         return 0
     if args.quick:
         args.rungs, args.scopes, args.gradcheck_budget = "lenet,deep", "layer", 10.0
@@ -413,6 +417,42 @@ def render(results: dict[str, Any]) -> str:
              "gradcheck time extrapolated from the entries measured; --directions 1 and fast_mode are in-process "
              "seconds.", "", head, sep]
     lines += [table_row(name, rung) for name, rung in results["rungs"].items()]
+    return "\n".join(lines)
+
+
+LABELS = {"lenet": "LeNet", "cifar": "CIFAR-style, 2 conv 3x3 + relu + max pool, 3x32x32",
+          "vgg": "VGG-style, 5 conv 3x3, 3x32x32", "wide64": "3x64x64, 3 conv up to 128 filters",
+          "deep": "deep and narrow, 12 conv of 8 filters, 3x32x32"}
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's table: whole-process seconds (the check's own in brackets), the ratios
+    to gradcheck, and --directions 1 (both scopes) against fast_mode, in-process."""
+    def ms(d: dict[str, Any] | None) -> str:
+        if not d:
+            return "—"
+        if d.get("seconds") is None:
+            return f"> {d.get('timeout', 0):.0f} s"
+        return f"{d['check_seconds'] * 1000:,.0f} ms"
+
+    lines = ["| net | entries (x + params) | layer scope | vs gradcheck | network scope | vs gradcheck | gradcheck "
+             "| `--directions 1`: network, layer | `fast_mode` |", "|" + "---|" * 9]
+    for name, rung in results["rungs"].items():
+        g = rung.get("gradcheck", {})
+        cells = [LABELS.get(name, name), f"{g.get('entries', 0):,}"]
+        for scope in ("layer", "network"):
+            r = rung["scopes"].get(scope)
+            if r is None or r.get("seconds") is None:
+                cells += ["not run" if r is None else f"> {r.get('timeout', 0):.0f} s", ""]
+                continue
+            cells += [f"{_s(r['seconds'])} ({_s(r['check_seconds'])})" + ("" if r.get("passed", True) else " FAIL"),
+                      f"{g['seconds'] / r['seconds']:,.0f}x" if g.get("seconds") else ""]
+        gc = _s(g.get("seconds")) if g else ""
+        cells.append(("~" + gc) if g.get("extrapolated") else gc)
+        cells.append(f"{ms(rung.get('directions'))}, {ms(rung.get('directions_layer'))}")
+        fast = g.get("fast_seconds")
+        cells.append(f"{fast * 1000:,.0f} ms" if fast else "")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
