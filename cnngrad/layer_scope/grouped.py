@@ -134,7 +134,7 @@ class GroupedInputs:
                 out, cache = layer.forward(a)
                 contracted[m] = (out.reshape(-1)[idx] - z0.reshape(-1)[idx]) * delta.reshape(-1)[idx]
                 state = kink_state(layer, caps, cache) if base is not None else None
-                if state is not None:
+                if state is not None and base is not None:
                     crossed |= state.reshape(-1)[idx] != base.reshape(-1)[idx]
             return self._quotient(contracted, steps), crossed  # type: ignore[attr-defined]
         s, ch, y, x = np.unravel_index(idx, a_prev.shape)
@@ -161,7 +161,7 @@ class GroupedInputs:
                 win = sliding_window_view(prod, (wh, ww), axis=(-2, -1))[at + (i0[members], j0[members])]
                 contracted[m, members] = np.sum(win.reshape(len(members), -1), axis=1)
                 state = kink_state(layer, caps, cache) if base is not None else None
-                if state is not None:
+                if state is not None and base is not None:
                     moved = state != base
                     if not channelwise:
                         moved = np.any(moved, axis=1)
