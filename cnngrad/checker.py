@@ -19,7 +19,6 @@ from threadpoolctl import threadpool_limits
 
 from . import adjoint as adjoint_mod
 from . import config as cfg
-from . import diagnose as diagnose_mod
 from . import layer_scope, resolution, structural, tolerance
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
@@ -240,6 +239,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     blame its layer), name the first layer whose own backward is wrong, and test that layer's
     failing tensors against the usual bugs (``out_delta``: ∂C/∂ the last layer's output).  With
     blocks (``inner``: δ inside them) localisation walks the tree."""
+    from . import diagnose as diagnose_mod  # only a failing check gets here: imported then (start-up)
     have = {row.ref for row in rows}
     kinds = kinds_of(net)
     extra = [Row(TensorRef.delta(l), kinds[l], deltas[l]) for l in range(1, len(net.layers))
@@ -285,12 +285,13 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         report.numeric_full[row.ref.key] = numeric
 
 
-def _rounding_only(rows: list[Row], net: Network, wide: tuple, trust: float, dtype: str) -> None:
+def _rounding_only(rows: list[Row], net: Network, traced_wide: Callable[[], Any], trust: float, dtype: str) -> None:
     """Failing rows of a float32 network whose mismatch is the backward's own rounding
     (``resolution.precision_bound``) become unresolved, with the reason: not a failure, and
     never a pass."""
     failing = [row for row in rows if row.verdict.mismatch]
-    if not failing:
+    wide = traced_wide() if failing else None  # (δs, gradients, inner δs) in longdouble, or None
+    if wide is None:
         return
     wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
     for row in failing:
@@ -458,8 +459,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         report.adjoint = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
         is_complex = get_method(how.method).is_complex
         biggest = resolution.largest(deltas + [g for grad in grads for g in grad.values()])
-        traced_wide = resolution.wide_trace(net, x, y)  # the same backward in longdouble
-        measured = resolution.measured_rounding(net, x, y, deltas, grads, traced_wide)
+        # the same backward in longdouble, traced only if a failing row needs it (a longdouble pass:
+        # the largest fixed cost of a small check): for the floor, and for a float32 row's rounding
+        traced_wide = resolution.lazily(lambda: resolution.wide_trace(net, x, y))
+        measured = resolution.lazily(lambda: resolution.measured_rounding(net, x, y, deltas, grads, traced_wide()))
 
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
@@ -523,7 +526,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     row.check = check
 
         second_look(rows)
-        if config.dtype != "float64" and traced_wide is not None:
+        if config.dtype != "float64":
             _rounding_only(rows, net, traced_wide,
                            resolution.rounding_trust(deltas, grads, loss, outputs[-1], y), config.dtype)
         if how.localize or any(row.verdict.mismatch for row in rows):

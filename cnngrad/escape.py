@@ -15,8 +15,9 @@ from rich.text import Text
 # C0 and C1 controls, DEL, line/paragraph separators and the bidirectional overrides
 # (which reorder what a terminal or a code review shows: "trojan source")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# what XML 1.0 allows: tab, newline, carriage return, and these ranges
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# what XML 1.0 forbids: the complement of \t \n \r, U+0020–U+D7FF, U+E000–U+FFFD, U+10000 up, spelled
+# out (the negated class takes 8 ms to compile, at every start)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _NOT_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 
 

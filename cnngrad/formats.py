@@ -7,7 +7,6 @@ import json
 import math
 import re
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from . import __version__
 from . import report as render
@@ -84,6 +83,8 @@ def to_junit(reports: list[Report]) -> str:
     """JUnit XML: a testsuite per config, a testcase per (layer, tensor); a failing tensor
     carries its metrics in <failure>, an unresolved one its reason in <skipped>, a config
     that could not be checked an <error>."""
+    from xml.etree import ElementTree as ET  # here, not at start-up
+
     suites = ET.Element("testsuites", name="cnngrad")
     total = failures = errors = skipped = 0
     for rep in reports:

@@ -29,13 +29,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection, wait
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import worker
 from .interrupt import Stop, interruptible
 from .worker import send
+
+if TYPE_CHECKING:  # multiprocessing is imported when workers are forked, not at start-up
+    from multiprocessing.connection import Connection
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -124,6 +125,8 @@ class _Worker:
     @classmethod
     def fork(cls, fn: Callable, siblings: list[_Worker]) -> _Worker:
         """Fork a worker running ``fn`` on the jobs it is sent; it joins ``siblings``."""
+        from multiprocessing import Pipe
+
         task_r, task_w = Pipe(duplex=False)
         result_r, result_w = Pipe(duplex=False)
         parent = os.getpid()
@@ -165,6 +168,8 @@ def _announce(pid: int) -> None:
 
 def _drive(fn: Callable, procs: list[_Worker], jobs: list, on_message: Callable | None,
            dead: Callable | None) -> Iterator[tuple[Any, Any]]:
+    from multiprocessing.connection import wait
+
     pending = list(reversed(jobs))  # pop() takes them in order
     idle = list(reversed(procs))  # the first worker takes the first job
     while True:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:  # rich.progress is imported when a bar is shown (a long run on a terminal), not at start-up
+    from rich.progress import Progress, TaskID
 
 
 class LazyProgress:
@@ -36,6 +38,8 @@ class LazyProgress:
         if self.bar is None:
             if not self.console.is_terminal or time.monotonic() - self.t0 < self.after:
                 return False
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                                 TimeRemainingColumn(), console=self.console, transient=True)
             self.bar.start()

@@ -25,12 +25,14 @@ and never a failure.  A gradient above the resolution on either side still decid
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 Array = np.ndarray
+T = TypeVar("T")
 MARGIN = 10.0  # K: the rounding of a forward pass adds up over its layers
 
 
@@ -45,6 +47,17 @@ class Floor:
     method: str
     loss: float
     rounding: float = 0.0
+    # the measured part of ``rounding`` (``K·measured_rounding``), taken only when a row needs
+    # it (a failing row the floor might cover): the longdouble pass costs more than a small check
+    measure: Callable[[], float] | None = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[float, str, float, float]]:
+        """Pickled (a report sent back by a worker) with the rounding measured, not the function."""
+        return (Floor, (self.value, self.method, self.loss, self.backward_rounding()))
+
+    def backward_rounding(self) -> float:
+        """The analytic side's rounding: ``rounding``, or the measured one if larger."""
+        return max(self.rounding, self.measure()) if self.measure is not None else self.rounding
 
     def covers(self, analytic: Array, numeric: Array) -> bool:
         """Both sides at most the resolution, and finite (a NaN is a failure, not a floor)."""
@@ -52,14 +65,16 @@ class Floor:
         n = np.abs(np.asarray(numeric, dtype=np.float64))
         if g.size == 0 or not (np.all(np.isfinite(g)) and np.all(np.isfinite(n))):
             return False
-        return bool(g.max() <= max(self.value, self.rounding) and n.max() <= self.value)
+        if not n.max() <= self.value:
+            return False
+        return bool(g.max() <= self.value or g.max() <= self.backward_rounding())
 
     def reason(self, analytic: Array, numeric: Array) -> str:
         """Why a row is unresolved, and what would help."""
         size = max(float(np.max(np.abs(analytic))), float(np.max(np.abs(numeric))))
         magnitude = f"~{size:.0e}" if size > 0 else "0"
         if float(np.max(np.abs(analytic))) > self.value:  # the analytic side is ~0 to its own rounding
-            magnitude += f" (analytic ~0 to the backward's rounding {self.rounding:.0e})"
+            magnitude += f" (analytic ~0 to the backward's rounding {self.backward_rounding():.0e})"
         return (f"gradients {magnitude} below the resolution {self.value:.0e} of {self.method} at "
                 f"loss {self.loss:.3g}: rescale the loss / inputs, or check this layer in a non-saturated regime")
 
@@ -172,12 +187,24 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
             f"(cancellation): check this layer in float64 to judge it at tol")
 
 
+def lazily(measure: Callable[[], T]) -> Callable[[], T]:
+    """``measure`` run once, on the first call (``measured_rounding`` when a floor needs it)."""
+    done: list[T] = []
+
+    def once() -> T:
+        if not done:
+            done.append(measure())
+        return done[0]
+    return once
+
+
 def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, loss: float, out: Array,
-          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0, measured: float = 0.0) -> Floor:
+          y: Array, net_dtype: str | np.dtype = "float64", gradients: float = 0.0,
+          measured: float | Callable[[], float] = 0.0) -> Floor:
     """The resolution of ``method`` (a method name; ``complex_step`` for the complex step)
     with step ``eps``, the numeric side running in ``dtype``; the backward runs in
     ``net_dtype`` and its largest gradient entry is ``gradients`` (G); ``measured``: its
-    rounding as ``measured_rounding`` found it."""
+    rounding as ``measured_rounding`` found it, or a function that measures it when asked."""
     unit = float(np.finfo(np.dtype(dtype)).eps)
     from .finite_diff.methods import METHODS  # a tableau (Ridders) differences down to its smallest step
     if method in METHODS and METHODS[method].tableau is not None:
@@ -185,5 +212,9 @@ def floor(method: str, complex_step: bool, eps: float, dtype: str | np.dtype, lo
     scale = loss_scale(loss, out, y)
     value = MARGIN * unit * scale / (1.0 if complex_step else eps)
     label = "the complex step" if complex_step else f"{method} differences"
+    if callable(measured):
+        thunk = measured
+        return Floor(value, label, float(loss), MARGIN * float(np.finfo(np.dtype(net_dtype)).eps) * gradients,
+                     measure=lambda: MARGIN * thunk())
     rounding = MARGIN * max(float(np.finfo(np.dtype(net_dtype)).eps) * gradients, measured)
     return Floor(value, label, float(loss), rounding)

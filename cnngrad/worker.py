@@ -13,8 +13,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # multiprocessing is imported when workers are forked, not at start-up
+    from multiprocessing.connection import Connection
 
 _PR_SET_PDEATHSIG = 1
 # the real os._exit, taken at import: a fork made while another thread runs plugin code has

@@ -8,6 +8,7 @@ hang), Ctrl-C kills the workers at once.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -19,6 +20,12 @@ Job = tuple[int, int, int]  # (target, first entry, end): a chunk of one target'
 # Bytes of perturbed activations above which a check is shared among worker processes
 # (below it, forking costs more than it saves); ``resources.PARALLEL_WORK`` is the same.
 PARALLEL_WORK = 256 << 20
+# Seconds a check eligible for workers runs here first: forking them and sending the results
+# back costs ~50 ms, more than a check that ends within this time would save.  The rest is
+# shared only if it is estimated (from the time per chunk so far) to take FORK_WORTH seconds
+# more.  ``PARALLEL_WORK = 0`` forks at once (tests that share even a tiny check).
+INLINE_FIRST = 0.1
+FORK_WORTH = 0.15
 
 
 def default_workers() -> int:
@@ -33,13 +40,21 @@ def default_workers() -> int:
 def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, Array]]], indices: list[Array],
              work: int, workers: int) -> Iterator[tuple[Job, tuple[Array, Array]]]:
     """Yield ``(job, fns[t](indices[t][lo:hi]))`` for every job ``(t, lo, hi)``: here, or —
-    for a large check (``work`` bytes) — on up to ``workers`` forked processes that inherit
-    the whole problem (``pool.run_jobs``)."""
+    for a large check (``work`` bytes) that is still far from done after ``INLINE_FIRST``
+    seconds here — the rest on up to ``workers`` forked processes that inherit the whole
+    problem (``pool.run_jobs``).  Each chunk is computed the same way wherever it runs."""
     def one(job: Job) -> tuple[Array, Array]:
         ti, lo, hi = job
         return fns[ti](indices[ti][lo:hi])
 
     n = workers if work > PARALLEL_WORK else 1
+    done, t0 = 0, time.perf_counter()
+    if n > 1 and PARALLEL_WORK > 0:
+        while done < len(jobs) and time.perf_counter() - t0 < INLINE_FIRST:
+            yield jobs[done], one(jobs[done])
+            done += 1
+        left = (time.perf_counter() - t0) / max(done, 1) * (len(jobs) - done)
+        n = n if left > FORK_WORTH else 1
     if n > 1:
         _malloc.trim()  # fewer pages to map into each worker
-    yield from pool.run_jobs(one, jobs, n)
+    yield from pool.run_jobs(one, jobs[done:], n)

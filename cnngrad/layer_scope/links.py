@@ -19,6 +19,7 @@ from ..finite_diff import FiniteDifferences, Interrupted, Numeric, workers
 from ..finite_diff.inner import spot_check
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
 from ..refs import TensorRef
+from .grouped import GroupedInputs
 from .inputs import InputLinks, moved
 from .tree import Link, Links, share
 
@@ -26,7 +27,7 @@ Array = np.ndarray
 Run = Callable[[Array], tuple[Array, ...]]
 
 
-class LinkDifferences(InputLinks):
+class LinkDifferences(InputLinks, GroupedInputs):
     """Numeric gradients of each layer alone, contracted with the δ it received.
 
     ``fd`` holds the unperturbed pass (inputs, caches, kink states, capabilities) of the
@@ -93,6 +94,10 @@ class LinkDifferences(InputLinks):
                 return self._chunk(per), per, lambda idx: self._param_perturbed(link, ref.name, idx)
             per = out.size * item * 4
             return 1, per, lambda idx: self._param_passes(link, ref.name, idx)
+        if link.top:
+            grouped = self.grouped_plan(ref.index)  # entries whose windows cannot overlap share a pass
+            if grouped is not None:
+                return grouped
         local = caps.can("elementwise") or (link.top and (caps.can("window") or caps.can("region")))
         if caps.per_sample and a.ndim == 4 and local and self._windows_ok(ref.path, link):
             zero = np.zeros(1, dtype=int)
@@ -165,17 +170,19 @@ class LinkDifferences(InputLinks):
 
     def _param_perturbed(self, link: Link, name: str, idx: Array) -> tuple[Array, ...]:
         """``forward_perturbed``: each entry moves one output channel (unit) of z; contract
-        that channel's change with δ^l there."""
+        that channel's change with δ^l there.  z is linear in the parameter (what the shortcut
+        declares), so one step is run and the others scaled from it, as for a linear input."""
         layer, fd = link.layer, self.fd
         z0, delta = link.z, link.delta
         offs = np.asarray(self.method.offsets)[:, None] * fd.eps
         steps = np.broadcast_to(offs, (len(offs), len(idx)))
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
-        for m in range(len(offs)):
-            channel, values = layer.forward_perturbed(z0, link.cache, name, idx, steps[m])
-            d = np.moveaxis(delta[:, channel], 1, 0)  # (K, n, …)
-            change = values - np.moveaxis(z0[:, channel], 1, 0)
-            contracted[m] = np.sum((change * d).reshape(len(idx), -1), axis=1)
+        channel, values = layer.forward_perturbed(z0, link.cache, name, idx, steps[0])
+        change = (values - np.moveaxis(z0[:, channel], 1, 0)).reshape(len(idx), -1)
+        d = np.moveaxis(delta[:, channel], 1, 0).reshape(len(idx), -1)  # (K, n·…)
+        contracted[0] = np.einsum("ki,ki->k", change, d)
+        for m in range(1, len(offs)):  # Δz(s·e) = (s / s₀)·Δz(s₀·e)
+            contracted[m] = contracted[0] * (steps[m] / steps[0])
         return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
     def _param_passes(self, link: Link, name: str, idx: Array) -> tuple[Array, ...]:
