@@ -193,7 +193,8 @@ class FiniteDifferences:
         """Numeric gradients of several tensors, each a ``TensorRef`` (a parameter, or δ at
         the input of a layer; ``TensorRef.delta(0)`` is ∂C/∂x) and the flat indices to
         difference.  Their chunks all go to the workers together."""
-        plans = [planning.plan(self, ref) for ref, _ in targets]
+        with threadpool_limits(1, user_api="blas"):  # the spot checks too: one thread, as the chunks
+            plans = [planning.plan(self, ref) for ref, _ in targets]
         # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
         order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
         jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
@@ -205,7 +206,7 @@ class FiniteDifferences:
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
-                for (ti, lo, hi), (v, k, *e) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
+                for (ti, lo, hi), (v, k, *e) in self._run_jobs(jobs, plans, targets, work):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
                     if e:
                         results[ti][2][lo:hi] = e[0]
@@ -221,8 +222,9 @@ class FiniteDifferences:
     def _errors(self, e: Array) -> Array | None:
         return e if self.method.tableau is not None else None
 
-    def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Any:
-        return workers.run_jobs(jobs, fns, [idx for _, idx in targets], work, self.workers)
+    def _run_jobs(self, jobs: list, plans: list, targets: list, work: int) -> Any:
+        return workers.run_jobs(jobs, [p.run for p in plans], [idx for _, idx in targets], work, self.workers,
+                                weights=[p.row_bytes for p in plans])
 
     # ------------------------------------------------------------------ along directions
 

@@ -112,13 +112,18 @@ def window_bytes(fd: FiniteDifferences, start: int, end: int) -> int:
 
 def sparse_bytes(fd: FiniteDifferences, start: int) -> int:
     """The most bytes a row carried in one channel from layer ``start`` on
-    (``propagate.sparse_forward``) holds: whole rows from the layer linear in its input
-    that ends the one-channel path, a few times over."""
-    l = start
+    (``propagate.sparse_forward``) holds for its chunk: the channel, a few times over, while
+    the layers are channel-wise; whole rows (a few times over) only from the layer linear in
+    its input that ends the one-channel path — or none, when the loss comes first."""
+    most, l = 0, start
     while l < len(fd.net.layers) and any(fd.caps[l].can(s) for s in ("elementwise", "channelwise", "reshape")):
+        a = fd.inputs[l + 1]
+        if a.ndim > 2 or not fd.caps[l].can("reshape"):  # flattened, the channel's units move
+            most = max(most, 3 * (math.prod(a.shape[2:]) if a.ndim > 2 else a.shape[1]) * fd.x.dtype.itemsize + 64)
         l += 1
-    last = min(l + 1, len(fd.net.layers))
-    return max(held_bytes(fd, j) for j in range(start, last + 1))
+    if l < len(fd.net.layers):  # whole rows from here: of the input of l (or l + 1 after an input delta)
+        most = max(most, held_bytes(fd, l + 1 if fd.caps[l].can("input_delta") else l))
+    return most
 
 
 def entry_bytes(fd: FiniteDifferences, start: int, rows_per_entry: int) -> int:
@@ -147,11 +152,11 @@ def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
 
 
 def _chunked(fd: FiniteDifferences, start: int, rows_per_entry: int, run: Callable,
-             carried: int = 0) -> Plan:
-    """A plan whose chunk holds its rows at layer ``start`` (and ``carried`` bytes a row on
-    the way there); the layers from ``start`` on see a slice of them at a time.  Its work
-    (progress, and whether to share it among workers) is ``entry_bytes``."""
-    chunk = chunk_entries(fd, rows_per_entry, max(held_bytes(fd, start), carried))
+             carried: int | None = None) -> Plan:
+    """A plan whose chunk holds ``carried`` bytes a row (default: its whole rows at layer
+    ``start``); the layers from where whole rows start on see a slice of them at a time.
+    Its work (progress, and whether to share it among workers) is ``entry_bytes``."""
+    chunk = chunk_entries(fd, rows_per_entry, held_bytes(fd, start) if carried is None else carried)
     return Plan(chunk, entry_bytes(fd, start, rows_per_entry), run)
 
 
@@ -181,7 +186,8 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
         losses, crossed_after, samples = fd._losses(a, end, samples, copies=False)
         return fd._combine(losses, steps, samples, np.repeat(crossed, len(samples) // len(crossed)) | crossed_after)
 
-    return _chunked(fd, end, m * (fd.n if whole_batches else 1), run, carried=window_bytes(fd, layer_index, end))
+    return _chunked(fd, end, m * (fd.n if whole_batches else 1), run,
+                    carried=max(window_bytes(fd, layer_index, end), held_bytes(fd, end)))
 
 
 def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
@@ -214,7 +220,8 @@ def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
         losses, crossed_after, samples = fd._losses(a, start, samples, copies=True)
         return fd._combine(losses, steps, samples, crossed | crossed_after)
 
-    return _chunked(fd, layer_index + 1, m * fd.n, run, carried=sparse_bytes(fd, layer_index + 1) if fast else 0)
+    return _chunked(fd, layer_index + 1, m * fd.n, run,
+                    carried=sparse_bytes(fd, layer_index + 1) if fast else None)
 
 
 def forward_each(fd: FiniteDifferences, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:
