@@ -220,6 +220,19 @@ def test_workers_are_capped_by_jobs_and_usable_cores(monkeypatch):
     assert pool.cap(4, 0) == 1
 
 
+def test_chunks_travel_in_trips_of_one_target_large_first():
+    """Every chunk goes exactly once and in order; a trip holds one target's chunks; trips
+    shrink as the work left does (the last ones even the workers out)."""
+    from cnngrad.finite_diff.workers import trips
+
+    jobs = [(0, i, i + 1) for i in range(7)] + [(1, 5 * i, 5 * i + 5) for i in range(300)]
+    got = trips(jobs, [2, 3], workers=2)
+    assert [job for trip in got for job in trip] == jobs
+    assert all(len({ti for ti, _, _ in trip}) == 1 for trip in got)
+    big = [len(trip) for trip in got if trip[0][0] == 1]
+    assert big[0] > 10 * big[-1] and big[-1] == 1 and len(got) < len(jobs) // 4
+
+
 def test_numbers_are_the_same_with_any_worker_count():
     from cnngrad import finite_diff
     from cnngrad.config import load

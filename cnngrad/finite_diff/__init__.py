@@ -7,13 +7,16 @@ Where each piece lives:
 * ``shortcuts.py`` — what a layer declares (``per_sample``, ``complex_safe``, ``kink_state``)
   and the ``Shortcuts`` protocol of the built-in layers' shortcuts (``offers``).
 * ``planning.py`` — per tensor: the rows a chunk of entries becomes, chunks sized to the
-  memory budget, prefix reuse (a parameter of layer l only changes layers l…).
+  memory budget by what a row holds for the whole chunk (a window, one channel, or whole
+  rows from where they start), prefix reuse (a parameter of layer l only changes layers l…).
 * ``propagate.py`` — carrying a change through layers that offer shortcuts: linear layers'
   perturbed outputs written down, one channel or one window carried instead of whole maps.
-* ``workers.py`` — running the chunks, here or on forked processes (same numbers bit for bit).
+* ``workers.py`` — running the chunks, here or on forked processes, a few chunks a trip
+  (same numbers bit for bit).
 * ``engine.py`` — ``FiniteDifferences``: the unperturbed pass, running rows from a layer on
-  (stacked while layers are per-sample, one pass per perturbed copy of the batch through a
-  layer that is not), the quotient, and ``directional`` (v·∇C, directions chunked by memory).
+  (stacked while layers are per-sample, a cache-sized slice of rows at a time, one pass per
+  perturbed copy of the batch through a layer that is not), the quotient, and
+  ``directional`` (v·∇C, directions chunked by memory).
 
 The quotient uses the step the dtype actually took, and differences are taken per sample
 before the batch mean, so a sample the perturbation does not reach adds an exact zero.

@@ -24,6 +24,9 @@ from .methods import get_method
 from .shortcuts import capabilities, kink_state
 
 Array = np.ndarray
+# Bytes one layer's working set on a slice of rows may take (``_losses``): what stays in
+# a core's share of the cache — a conv of 8 channels ran 3x faster per row on 4 rows than on 64.
+SLICE_BYTES = 4 << 20
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,6 +88,8 @@ class FiniteDifferences:
             f"each perturbed copy of the batch ran through it as its own pass, whole batches throughout"
             for i, (layer, c) in enumerate(zip(net.layers, self.caps)) if not c.per_sample]
         self.row_bytes = planning.suffix_row_bytes(net, x.dtype.itemsize)  # per start layer, once
+        self.peak_bytes = planning.suffix_peak_bytes(net, x.dtype.itemsize)  # one layer's most, per start
+        self.slice_bytes = SLICE_BYTES
         self.per_sample_from = [True] * (len(net.layers) + 1)  # [l]: layers l… all per_sample (one pass too)
         for l in range(len(net.layers) - 1, -1, -1):
             self.per_sample_from[l] = self.per_sample_from[l + 1] and self.caps[l].per_sample
@@ -95,11 +100,33 @@ class FiniteDifferences:
         """ℓ of every row of a (the input of layer ``start``), row r being a perturbed copy of
         sample ``samples[r]``: alone (``copies`` False) or within whole copies of the batch.
         Returns the per-row losses, whether any unit of the row crossed a kink, and the rows'
-        samples (more rows than given if single samples had to become whole copies)."""
+        samples (more rows than given if single samples had to become whole copies).
+
+        The rows go through the layers a slice at a time, as many as one layer's working set
+        (``peak_bytes``) fits ``slice_bytes`` — a slice stays in cache; each row is computed
+        the same whatever the slice (rows are independent, copies of the batch kept whole)."""
+        step = self._slice_rows(start, copies)
+        if a.shape[0] <= step:
+            return self._losses_slice(a, start, samples, copies)
+        parts = [self._losses_slice(a[lo:lo + step], start, samples[lo:lo + step], copies)
+                 for lo in range(0, a.shape[0], step)]
+        return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+
+    def _slice_rows(self, start: int, copies: bool) -> int:
+        """Rows of a slice from layer ``start`` on: a multiple of N for copies of the batch
+        that a layer not ``per_sample`` sees whole; a single-sample row that becomes a whole
+        copy there counts N times."""
+        rows = max(1, min(self.slice_bytes, self.budget) // self.peak_bytes[start])
+        if self.per_sample_from[start]:
+            return rows
+        return max(1, rows // self.n) * (self.n if copies else 1)
+
+    def _losses_slice(self, a: Array, start: int, samples: Array, copies: bool) -> tuple[Array, Array, Array]:
         crossed = np.zeros(a.shape[0], dtype=bool)
         for l in range(start, len(self.net.layers)):
             layer, caps, base = self.net.layers[l], self.caps[l], self.base_kinks[l]
             if caps.per_sample:
+                cache = None  # the last layer's cache goes before this one's is made
                 a, cache = layer.forward(a)
                 state = kink_state(layer, caps, cache) if base is not None else None
             else:
@@ -166,7 +193,8 @@ class FiniteDifferences:
         """Numeric gradients of several tensors, each a ``TensorRef`` (a parameter, or δ at
         the input of a layer; ``TensorRef.delta(0)`` is ∂C/∂x) and the flat indices to
         difference.  Their chunks all go to the workers together."""
-        plans = [planning.plan(self, ref) for ref, _ in targets]
+        with threadpool_limits(1, user_api="blas"):  # the spot checks too: one thread, as the chunks
+            plans = [planning.plan(self, ref) for ref, _ in targets]
         # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
         order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
         jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
@@ -178,7 +206,7 @@ class FiniteDifferences:
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
-                for (ti, lo, hi), (v, k, *e) in self._run_jobs(jobs, [p.run for p in plans], targets, work):
+                for (ti, lo, hi), (v, k, *e) in self._run_jobs(jobs, plans, targets, work):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
                     if e:
                         results[ti][2][lo:hi] = e[0]
@@ -194,8 +222,9 @@ class FiniteDifferences:
     def _errors(self, e: Array) -> Array | None:
         return e if self.method.tableau is not None else None
 
-    def _run_jobs(self, jobs: list, fns: list, targets: list, work: int) -> Any:
-        return workers.run_jobs(jobs, fns, [idx for _, idx in targets], work, self.workers)
+    def _run_jobs(self, jobs: list, plans: list, targets: list, work: int) -> Any:
+        return workers.run_jobs(jobs, [p.run for p in plans], [idx for _, idx in targets], work, self.workers,
+                                weights=[p.row_bytes for p in plans])
 
     # ------------------------------------------------------------------ along directions
 

@@ -161,7 +161,7 @@ def plan_inner(fd: FiniteDifferences, ref: TensorRef) -> Plan:
             a, crossed = block.resume(_after(sub), out, cache)
             return finish(a, crossed | np.repeat(own, n), fd._taken(new, theta))
 
-    return _chunked(fd, i, m * n, run)
+    return _chunked(fd, i, m * n, run, carried=fd.peak_bytes[i])  # the block runs the chunk's rows at once
 
 
 def directional(fd: FiniteDifferences, ref: TensorRef, V: Array) -> tuple[Array, Array]:

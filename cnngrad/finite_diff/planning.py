@@ -72,13 +72,66 @@ def suffix_row_bytes(net: Network, itemsize: int) -> list[int]:
     return [max(r, 1) * itemsize for r in rows]
 
 
+def suffix_peak_bytes(net: Network, itemsize: int) -> list[int]:
+    """``peaks[l]``: the most bytes one sample row takes in any one layer of ``layers[l:]``
+    (its output a few times over and its im2col copy) — what a row holds at any moment,
+    the rows going through the layers one layer at a time (``FiniteDifferences._losses``)."""
+    peaks = [1] * (len(net.layers) + 1)
+    for l in range(len(net.layers) - 1, -1, -1):
+        peaks[l] = max(peaks[l + 1], _elements([net.specs[l]], [net.layers[l]]))
+    return [p * itemsize for p in peaks]
+
+
+def held_bytes(fd: FiniteDifferences, start: int) -> int:
+    """Bytes a row of a chunk holds for the whole chunk: the input of layer ``start`` (the
+    perturbed layer's output) a few times over, with its indices."""
+    return 3 * math.prod(fd.inputs[start].shape[1:]) * fd.x.dtype.itemsize + 64
+
+
+def chunk_entries(fd: FiniteDifferences, rows_per_entry: int, row_bytes: int) -> int:
+    """Entries a chunk takes: as many as their rows' ``row_bytes`` fit the memory budget
+    once a slice of rows on its way through the layers has its share (``slice_bytes``)."""
+    room = fd.budget - min(fd.slice_bytes, fd.budget // 2)
+    return max(1, room // max(1, rows_per_entry * row_bytes))
+
+
+def window_bytes(fd: FiniteDifferences, start: int, end: int) -> int:
+    """The most bytes a row carried as a window through ``layers[start:end]``
+    (``propagate.windowed``) takes in one layer: the window's outputs a few times over and
+    its receptive fields, unrolled."""
+    most, h, w = 0, 1, 1
+    zero = np.zeros(1, dtype=int)
+    for l in range(start, end):
+        layer = fd.net.layers[l]
+        if not fd.caps[l].can("elementwise"):
+            _, _, h, w = layer.window(zero, zero, h, w)
+        taps = math.prod(getattr(layer, "k", (1, 1)))
+        most = max(most, (3 * fd.inputs[l + 1].shape[1] + fd.inputs[l].shape[1] * taps) * h * w)
+    return most * fd.x.dtype.itemsize
+
+
+def sparse_bytes(fd: FiniteDifferences, start: int) -> int:
+    """The most bytes a row carried in one channel from layer ``start`` on
+    (``propagate.sparse_forward``) holds for its chunk: the channel, a few times over, while
+    the layers are channel-wise; whole rows (a few times over) only from the layer linear in
+    its input that ends the one-channel path — or none, when the loss comes first."""
+    most, l = 0, start
+    while l < len(fd.net.layers) and any(fd.caps[l].can(s) for s in ("elementwise", "channelwise", "reshape")):
+        a = fd.inputs[l + 1]
+        if a.ndim > 2 or not fd.caps[l].can("reshape"):  # flattened, the channel's units move
+            most = max(most, 3 * (math.prod(a.shape[2:]) if a.ndim > 2 else a.shape[1]) * fd.x.dtype.itemsize + 64)
+        l += 1
+    if l < len(fd.net.layers):  # whole rows from here: of the input of l (or l + 1 after an input delta)
+        most = max(most, held_bytes(fd, l + 1 if fd.caps[l].can("input_delta") else l))
+    return most
+
+
 def entry_bytes(fd: FiniteDifferences, start: int, rows_per_entry: int) -> int:
     """Bytes the rows of one entry (or direction) take from layer ``start`` on: each row its
     way through ``layers[start:]`` (``fd.row_bytes``), and the input of layer ``start`` — the
     perturbed layer's output — a few times over, with its indices.  Near the end that is most
     of it: without it the last dense W's rows went in one 100 MB chunk against a 16 MB budget."""
-    held = 3 * math.prod(fd.inputs[start].shape[1:]) * fd.x.dtype.itemsize + 64
-    return (fd.row_bytes[start] + held) * rows_per_entry
+    return (fd.row_bytes[start] + held_bytes(fd, start)) * rows_per_entry
 
 
 def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
@@ -98,9 +151,13 @@ def plan(fd: FiniteDifferences, ref: TensorRef) -> Plan:
     return plan_param(fd, ref.index, ref.name)
 
 
-def _chunked(fd: FiniteDifferences, start: int, rows_per_entry: int, run: Callable) -> Plan:
-    size = entry_bytes(fd, start, rows_per_entry)
-    return Plan(max(1, fd.budget // size), size, run)
+def _chunked(fd: FiniteDifferences, start: int, rows_per_entry: int, run: Callable,
+             carried: int | None = None) -> Plan:
+    """A plan whose chunk holds ``carried`` bytes a row (default: its whole rows at layer
+    ``start``); the layers from where whole rows start on see a slice of them at a time.
+    Its work (progress, and whether to share it among workers) is ``entry_bytes``."""
+    chunk = chunk_entries(fd, rows_per_entry, held_bytes(fd, start) if carried is None else carried)
+    return Plan(chunk, entry_bytes(fd, start, rows_per_entry), run)
 
 
 def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
@@ -129,7 +186,8 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
         losses, crossed_after, samples = fd._losses(a, end, samples, copies=False)
         return fd._combine(losses, steps, samples, np.repeat(crossed, len(samples) // len(crossed)) | crossed_after)
 
-    return _chunked(fd, end, m * (fd.n if whole_batches else 1), run)
+    return _chunked(fd, end, m * (fd.n if whole_batches else 1), run,
+                    carried=max(window_bytes(fd, layer_index, end), held_bytes(fd, end)))
 
 
 def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
@@ -162,7 +220,8 @@ def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
         losses, crossed_after, samples = fd._losses(a, start, samples, copies=True)
         return fd._combine(losses, steps, samples, crossed | crossed_after)
 
-    return _chunked(fd, layer_index + 1, m * fd.n, run)
+    return _chunked(fd, layer_index + 1, m * fd.n, run,
+                    carried=sparse_bytes(fd, layer_index + 1) if fast else None)
 
 
 def forward_each(fd: FiniteDifferences, layer_index: int, name: str, idx: Array) -> tuple[Array, Array, Array]:

@@ -38,11 +38,14 @@ def default_workers() -> int:
 
 
 def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, Array]]], indices: list[Array],
-             work: int, workers: int) -> Iterator[tuple[Job, tuple[Array, Array]]]:
+             work: int, workers: int, weights: list[int] | None = None
+             ) -> Iterator[tuple[Job, tuple[Array, Array]]]:
     """Yield ``(job, fns[t](indices[t][lo:hi]))`` for every job ``(t, lo, hi)``: here, or —
     for a large check (``work`` bytes) that is still far from done after ``INLINE_FIRST``
     seconds here — the rest on up to ``workers`` forked processes that inherit the whole
-    problem (``pool.run_jobs``).  Each chunk is computed the same way wherever it runs."""
+    problem (``pool.run_jobs``), a few consecutive chunks of a target a trip (``trips``;
+    ``weights[t]``: the work of one entry of target t).  Each chunk is computed the same way
+    wherever it runs."""
     def one(job: Job) -> tuple[Array, Array]:
         ti, lo, hi = job
         return fns[ti](indices[ti][lo:hi])
@@ -55,6 +58,35 @@ def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, Array]]],
             done += 1
         left = (time.perf_counter() - t0) / max(done, 1) * (len(jobs) - done)
         n = n if left > FORK_WORTH else 1
-    if n > 1:
-        _malloc.trim()  # fewer pages to map into each worker
-    yield from pool.run_jobs(one, jobs[done:], n)
+    if n <= 1:
+        yield from pool.run_jobs(one, jobs[done:], 1)
+        return
+    _malloc.trim()  # fewer pages to map into each worker
+
+    def many(trip: list[Job]) -> list[tuple[Array, Array]]:
+        return [one(job) for job in trip]
+
+    for trip, results in pool.run_jobs(many, trips(jobs[done:], weights or [1] * len(fns), n), n):
+        yield from zip(trip, results)
+
+
+def trips(jobs: list[Job], weights: list[int], workers: int) -> list[list[Job]]:
+    """The jobs in order, consecutive jobs of one target grouped into trips to a worker:
+    each trip about 1/(TRIPS·workers) of the work still to come after it starts (guided
+    self-scheduling) — large trips first, small ones at the end to even the workers out, and
+    far fewer round trips through the pipes than chunks.  Each chunk is still computed on
+    its own, so the numbers do not depend on the grouping."""
+    sizes = [(hi - lo) * weights[ti] for ti, lo, hi in jobs]
+    left = float(sum(sizes))
+    out: list[list[Job]] = []
+    share = 0.0
+    for job, size in zip(jobs, sizes):
+        if not out or out[-1][-1][0] != job[0] or share >= left / (TRIPS * workers):
+            out.append([])
+            share, left = 0.0, left - share
+        out[-1].append(job)
+        share += size
+    return out
+
+
+TRIPS = 4  # a trip takes 1/(TRIPS·workers) of the work left
