@@ -102,46 +102,19 @@ def richardson(net, x, y, theta: np.ndarray, h: float) -> np.ndarray:
 def oracle_bias_gradient() -> np.ndarray:
     """∂C/∂b of layers[1], float64 copy of the float32 net: Richardson on central differences
     (h and h/2), entry by entry — truncation ~h⁴, rounding ~ε/h, both far below 1e-5 here."""
-    problem = build(cfg.validate(CANCELLING))
-    net = copy.deepcopy(problem.net)
-    for layer in net.layers:
-        for name in layer.params:
-            layer.params[name] = layer.params[name].astype(np.float64)
-    x, y = problem.x.astype(np.float64), problem.y
-    b = net.layers[1].params["b"]
-
-    def cost() -> float:
-        a = x
-        for layer in net.layers:
-            a, _ = layer.forward(a)
-        return net.cost(a, y)
-
-    def central(k: int, h: float) -> float:
-        old = b.flat[k]
-        b.flat[k] = old + h
-        up = cost()
-        b.flat[k] = old - h
-        down = cost()
-        b.flat[k] = old
-        return (up - down) / (2 * h)
-
-    h = 1e-3
-    return np.array([(4 * central(k, h / 2) - central(k, h)) / 3 for k in range(b.size)])
+    _, net, x, y = float64_copy(CANCELLING)
+    return richardson(net, x, y, net.layers[1].params["b"], 1e-3)
 
 
 def test_the_float32_analytic_is_off_but_its_formula_is_right() -> None:
     """The situation is real: float32 ∂C/∂b is off by more than the float32 tol; the same
     backward in float64 is right to ~1e-5 (the oracle's own accuracy)."""
     truth = oracle_bias_gradient()
-    problem = build(cfg.validate(CANCELLING))
+    problem, wide, x64, y = float64_copy(CANCELLING)
     _, _, grads, _ = problem.net.trace(problem.x, problem.y)
     g32 = grads[1]["b"].astype(np.float64)
     assert np.linalg.norm(g32 - truth) / np.linalg.norm(truth) > 1e-4
-    wide = copy.deepcopy(problem.net)
-    for layer in wide.layers:
-        for name in layer.params:
-            layer.params[name] = layer.params[name].astype(np.float64)
-    _, _, grads64, _ = wide.trace(problem.x.astype(np.float64), problem.y)
+    _, _, grads64, _ = wide.trace(x64, y)
     assert np.linalg.norm(grads64[1]["b"] - truth) / np.linalg.norm(truth) < 1e-5
 
 
