@@ -23,7 +23,7 @@ from . import layer_scope, resolution, structural, tolerance
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
-from .finite_diff import FiniteDifferences, Interrupted, get_method, select
+from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
 from .localise_tree import localise_tree
 from .network import Network, Problem, build
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
@@ -285,6 +285,37 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         report.numeric_full[row.ref.key] = numeric
 
 
+MORE_DRAWS = 3  # --samples: rounds of fresh entries for a tensor whose every sampled stencil crossed a kink
+
+
+def _more_entries(rows: list[Row], fd: Any, rng: np.random.Generator, tol: float, floor: resolution.Floor,
+                  estimate: bool) -> None:
+    """``--samples``: a tensor whose sampled entries all crossed a kink had nothing compared
+    (a FAIL: nothing checked is no pass).  Before that, twice as many fresh entries of it are
+    differenced, up to MORE_DRAWS rounds, from the seed's own stream (same seed, same draws);
+    it fails only if none of them can be compared either, or none are left."""
+    for _ in range(MORE_DRAWS):
+        todo = [row for row in rows if row.verdict.mode == "entries" and row.verdict.checked == 0
+                and row.verdict.kinks > 0 and row.picks.size < row.grad.size]
+        if not todo:
+            return
+        fresh = []
+        for row in todo:
+            rest = np.setdiff1d(np.arange(row.grad.size), row.picks)
+            fresh.append(np.sort(rng.choice(rest, size=min(rest.size, 2 * row.picks.size), replace=False)))
+        for row, new, num in zip(todo, fresh, fd.numeric([(row.ref, p) for row, p in zip(todo, fresh)])):
+            old, first = row.verdict, row.picks.size
+            picks = np.concatenate([row.picks, new])
+            order = np.argsort(picks, kind="stable")
+            errors = None if num.errors is None else np.concatenate([np.zeros(first), num.errors])[order]
+            row.picks = picks[order]
+            row.check = row.judge(Numeric(row.picks, np.concatenate([old.numeric, num.values])[order],
+                                          np.concatenate([old.kink_mask, num.kinks])[order], errors),
+                                  tol, floor=floor, estimate=estimate)
+            row.check.note = "; ".join(filter(None, [row.check.note, (
+                f"every one of the {first} sampled entries crossed a kink: {new.size} more drawn")]))
+
+
 def _rounding_only(rows: list[Row], net: Network, traced_wide: Callable[[], Any], trust: float, dtype: str) -> None:
     """Failing rows of a float32 network whose mismatch is the backward's own rounding
     (``resolution.precision_bound``) become unresolved, with the reason: not a failure, and
@@ -505,6 +536,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 check.note = (f"failed along {how.directions} directions "
                               f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
             row.check = check
+        _more_entries(rows, fd, problem.rng, how.tol, report.floor, how.tol_rule == "estimate")
+
         def second_look(among: list[Row]) -> None:
             """Failing rows (every row with --convergence) again at h/2, then with the complex
             step, which has no rounding floor (``confirm``)."""

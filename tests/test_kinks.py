@@ -67,3 +67,43 @@ def test_complex_step_branches_on_the_real_part():
     """Relu and max pool under the complex step: no crossing, exact derivatives."""
     report = check("maxpool", method="complex")
     assert report.passed and max(r.metrics.norm_rel for r in report.rows) < 1e-12
+
+
+SAMPLED = {"seed": 3, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6},
+           "layers": [{"conv": {"filters": 2, "kernel": 3, "padding": 1}}, {"activation": "relu"},
+                      {"pool": {"kind": "max", "size": 2}}, {"flatten": {}}, {"dense": {"units": 3}}],
+           "loss": "mse"}
+
+
+def w_row(report):
+    return next(r for r in report.rows if str(r.ref) == "layers[0] W")
+
+
+def test_samples_that_all_cross_a_kink_draw_more_entries_instead_of_failing(monkeypatch):
+    """--samples 2 at a large step: both sampled entries of layers[0].W cross a kink, so
+    nothing was compared — a FAIL of a correct conv before fresh entries were drawn."""
+    import cnngrad.checker as checker
+
+    report = check(SAMPLED, samples=2, eps=3e-2)
+    row = w_row(report)
+    assert report.passed and row.passed and row.checked >= 1 and row.kinks >= 2
+    assert "more drawn" in row.note
+    again = check(SAMPLED, samples=2, eps=3e-2)  # the same seed draws the same entries
+    assert np.array_equal(w_row(again).indices, row.indices)
+    monkeypatch.setattr(checker, "MORE_DRAWS", 0)
+    before = w_row(check(SAMPLED, samples=2, eps=3e-2))
+    assert before.failed and before.checked == 0  # what it was: nothing compared
+
+
+def test_the_fresh_entries_still_catch_a_wrong_weight_gradient(monkeypatch):
+    from cnngrad.layers import Conv
+
+    original = Conv.backward
+
+    def scaled(self, delta, cache):
+        d, grads = original(self, delta, cache)
+        return d, {**grads, "W": grads["W"] * 1.01}
+
+    monkeypatch.setattr(Conv, "backward", scaled)
+    row = w_row(check(SAMPLED, samples=2, eps=3e-2))
+    assert row.failed and row.checked >= 1
