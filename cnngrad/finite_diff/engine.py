@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -197,21 +196,35 @@ class FiniteDifferences:
             plans = [planning.plan(self, ref) for ref, _ in targets]
         # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
         order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
-        jobs = [(ti, lo, min(lo + plans[ti].chunk, len(targets[ti][1])))
-                for ti in order for lo in range(0, len(targets[ti][1]), plans[ti].chunk)]
-        work = sum(len(idx) * plan.row_bytes for (_, idx), plan in zip(targets, plans))
+        return self.run_chunks(targets, [p.chunk for p in plans], [p.row_bytes for p in plans],
+                               [p.run for p in plans], order)
+
+    def run_chunks(self, targets: list[tuple[TensorRef, Array]], chunks: list[int], row_bytes: list[int],
+                   runs: list[Callable[[Array], tuple[Array, ...]]], order: list[int] | None = None
+                   ) -> list[Numeric]:
+        """Every target's entries, ``chunks[t]`` a chunk (``row_bytes[t]`` bytes of work an
+        entry; ``runs[t]`` maps a chunk's flat indices to (values, kinks[, errors])), target by
+        target in ``order``, here or on the workers — the same numbers either way, one BLAS
+        thread each.  Progress is reported in bytes of work; Ctrl-C raises ``Interrupted`` with
+        the targets finished so far.  The network scope's engine and the layer scope's links
+        share it."""
+        order = list(range(len(targets))) if order is None else order
+        jobs = [(ti, lo, min(lo + chunks[ti], len(targets[ti][1])))
+                for ti in order for lo in range(0, len(targets[ti][1]), chunks[ti])]
+        work = sum(len(idx) * b for (_, idx), b in zip(targets, row_bytes))
         self.work_planned += work
         results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool), np.full(len(idx), np.nan))
                    for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
             with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
-                for (ti, lo, hi), (v, k, *e) in self._run_jobs(jobs, plans, targets, work):
-                    results[ti][0][lo:hi], results[ti][1][lo:hi] = v, k
-                    if e:
-                        results[ti][2][lo:hi] = e[0]
+                for (ti, lo, hi), out in workers.run_jobs(jobs, runs, [idx for _, idx in targets], work,
+                                                          self.workers, weights=row_bytes):
+                    results[ti][0][lo:hi], results[ti][1][lo:hi] = out[0], out[1]
+                    if len(out) > 2:  # Ridders: an error estimate per entry
+                        results[ti][2][lo:hi] = out[2]
                     left[ti] -= 1
-                    self.work_done += (hi - lo) * plans[ti].row_bytes
+                    self.work_done += (hi - lo) * row_bytes[ti]
                     self.progress(self.work_done, self.work_planned)
         except KeyboardInterrupt:
             finished = [Numeric(idx, v, k, self._errors(e)) if n == 0 else None
@@ -221,10 +234,6 @@ class FiniteDifferences:
 
     def _errors(self, e: Array) -> Array | None:
         return e if self.method.tableau is not None else None
-
-    def _run_jobs(self, jobs: list, plans: list, targets: list, work: int) -> Any:
-        return workers.run_jobs(jobs, [p.run for p in plans], [idx for _, idx in targets], work, self.workers,
-                                weights=[p.row_bytes for p in plans])
 
     # ------------------------------------------------------------------ along directions
 

@@ -37,16 +37,16 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, Array]]], indices: list[Array],
+def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, ...]]], indices: list[Array],
              work: int, workers: int, weights: list[int] | None = None
-             ) -> Iterator[tuple[Job, tuple[Array, Array]]]:
+             ) -> Iterator[tuple[Job, tuple[Array, ...]]]:
     """Yield ``(job, fns[t](indices[t][lo:hi]))`` for every job ``(t, lo, hi)``: here, or —
     for a large check (``work`` bytes) that is still far from done after ``INLINE_FIRST``
     seconds here — the rest on up to ``workers`` forked processes that inherit the whole
     problem (``pool.run_jobs``), a few consecutive chunks of a target a trip (``trips``;
     ``weights[t]``: the work of one entry of target t).  Each chunk is computed the same way
     wherever it runs."""
-    def one(job: Job) -> tuple[Array, Array]:
+    def one(job: Job) -> tuple[Array, ...]:
         ti, lo, hi = job
         return fns[ti](indices[ti][lo:hi])
 
@@ -63,7 +63,7 @@ def run_jobs(jobs: list[Job], fns: list[Callable[[Array], tuple[Array, Array]]],
         return
     _malloc.trim()  # fewer pages to map into each worker
 
-    def many(trip: list[Job]) -> list[tuple[Array, Array]]:
+    def many(trip: list[Job]) -> list[tuple[Array, ...]]:
         return [one(job) for job in trip]
 
     for trip, results in pool.run_jobs(many, trips(jobs[done:], weights or [1] * len(fns), n), n):

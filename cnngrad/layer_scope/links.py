@@ -9,13 +9,12 @@ shortcut but ``forward_perturbed`` (spot-checked) and ``elementwise`` is taken.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..blocks import Block
-from ..finite_diff import FiniteDifferences, Interrupted, Numeric, workers
+from ..finite_diff import FiniteDifferences, Numeric
 from ..finite_diff.inner import spot_check
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
 from ..refs import TensorRef
@@ -50,32 +49,8 @@ class LinkDifferences(InputLinks, GroupedInputs):
         """Like ``FiniteDifferences.numeric``: each ref's entries at the flat indices given,
         the chunks of all of them run here or on the workers (same numbers either way)."""
         plans = [self._plan(ref) for ref, _ in targets]
-        jobs = [(ti, lo, min(lo + chunk, len(idx))) for ti, ((_, idx), (chunk, _, _)) in enumerate(zip(targets, plans))
-                for lo in range(0, len(idx), chunk)]
-        work = sum(len(idx) * per for (_, idx), (_, per, _) in zip(targets, plans))
-        self.fd.work_planned += work
-        results = [(np.empty(len(idx)), np.zeros(len(idx), dtype=bool), np.full(len(idx), np.nan))
-                   for _, idx in targets]
-        left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
-        try:
-            with threadpool_limits(1, user_api="blas"):
-                runs: list[Any] = [run for _, _, run in plans]  # (values, kinks[, errors]) each
-                for (ti, lo, hi), out in workers.run_jobs(jobs, runs, [idx for _, idx in targets], work,
-                                                          self.fd.workers):
-                    results[ti][0][lo:hi], results[ti][1][lo:hi] = out[0], out[1]
-                    if len(out) > 2:  # Ridders: an error estimate per entry
-                        results[ti][2][lo:hi] = out[2]
-                    left[ti] -= 1
-                    self.fd.work_done += (hi - lo) * plans[ti][1]
-                    self.fd.progress(self.fd.work_done, self.fd.work_planned)
-        except KeyboardInterrupt:
-            finished = [Numeric(idx, v, k, self._errors(e)) if n == 0 else None
-                        for (_, idx), (v, k, e), n in zip(targets, results, left)]
-            raise Interrupted(finished) from None
-        return [Numeric(idx, v, k, self._errors(e)) for (_, idx), (v, k, e) in zip(targets, results)]
-
-    def _errors(self, e: Array) -> Array | None:
-        return e if self.method.tableau is not None else None
+        return self.fd.run_chunks(targets, [chunk for chunk, _, _ in plans], [per for _, per, _ in plans],
+                                  [run for _, _, run in plans])
 
     def _plan(self, ref: TensorRef) -> tuple[int, int, Run]:
         """(entries a chunk, bytes of work an entry, the chunk's function) for one tensor."""
