@@ -18,6 +18,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from hypothesis import given, settings
+from oracles import central
 
 from cnngrad import check
 from cnngrad import config as cfg
@@ -132,21 +133,6 @@ def test_draw_order_is_depth_first() -> None:
     assert np.array_equal(inner.params["0.0.W"], b.net.layers[1].params["W"])
     assert np.array_equal(inner.params["1.0.b"], b.net.layers[2].params["b"])
     assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
-
-
-def central(f, theta: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """∂f/∂θ by a plain loop of central differences, θ changed in place and restored."""
-    out = np.empty(theta.size)
-    flat = theta.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + h
-        up = f()
-        flat[k] = old - h
-        down = f()
-        flat[k] = old
-        out[k] = (up - down) / (2 * h)
-    return out.reshape(theta.shape)
 
 
 def test_backward_sums_and_splits_delta_against_a_plain_loop() -> None:

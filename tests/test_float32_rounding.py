@@ -12,8 +12,8 @@ The same holds where a saturated softmax rounds p = 1 − 1e-9 to 1 in float32 (
 p − y is 0 instead of −1e-9, every gradient of the net loses its digits, and the bound on
 rounding is ε·S with S the size of p and y, not of the tiny gradients.
 
-Oracle of the test's own: Richardson-extrapolated central differences in a loop written
-here, on the float64 copy of the network.
+Oracle of the tests' own: Richardson-extrapolated central differences, a plain loop (tests/oracles.py)
+on the float64 copy of the network.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import copy
 
 import numpy as np
 import pytest
+from oracles import central
 
 from cnngrad import check
 from cnngrad import config as cfg
@@ -87,16 +88,7 @@ def richardson(net, x, y, theta: np.ndarray, h: float) -> np.ndarray:
             a, _ = layer.forward(a)
         return net.cost(a, y)
 
-    def central(k: int, step: float) -> float:
-        old = theta.flat[k]
-        theta.flat[k] = old + step
-        up = cost()
-        theta.flat[k] = old - step
-        down = cost()
-        theta.flat[k] = old
-        return (up - down) / (2 * step)
-
-    return np.array([(4 * central(k, h / 2) - central(k, h)) / 3 for k in range(theta.size)])
+    return ((4 * central(cost, theta, h / 2) - central(cost, theta, h)) / 3).reshape(-1)
 
 
 def oracle_bias_gradient() -> np.ndarray:

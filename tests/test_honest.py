@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from oracles import central as naive_central
 
 from cnngrad import check
 from cnngrad import config as cfg
@@ -49,21 +50,6 @@ def net(*middle: dict, seed: int = 0) -> dict:
     return {"seed": seed, "input": {"batch": 2, "channels": 1, "height": 4, "width": 4},
             "layers": [{"conv": {"filters": 2, "kernel": 3, "padding": 1}}, *middle, {"flatten": {}},
                        {"dense": {"units": 3}}], "loss": "mse"}
-
-
-def naive_central(f, theta: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """∂f/∂θ entry by entry, a plain loop: (f(θ + h e_k) − f(θ − h e_k)) / 2h."""
-    out = np.empty(theta.size)
-    flat = theta.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + h
-        up = f()
-        flat[k] = old - h
-        down = f()
-        flat[k] = old
-        out[k] = (up - down) / (2 * h)
-    return out.reshape(theta.shape)
 
 
 def loss_of(p) -> float:

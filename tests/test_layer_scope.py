@@ -13,6 +13,7 @@ import pytest
 import test_broken as broken
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
+from oracles import central
 
 from cnngrad import check
 from cnngrad.checker import walk_specs
@@ -43,28 +44,8 @@ def plain_loop(name: str, h: float = 1e-6) -> dict[str, np.ndarray]:
     out = {}
     for i, layer in enumerate(net.layers):
         for pname, P in layer.params.items():
-            g = np.empty(P.size)
-            flat = P.reshape(-1)
-            for j in range(P.size):
-                old = flat[j]
-                flat[j] = old + h
-                up = cost()
-                flat[j] = old - h
-                down = cost()
-                flat[j] = old
-                g[j] = (up - down) / (2 * h)
-            out[f"layers.{i}.{pname}"] = g.reshape(P.shape)
-    g = np.empty(x.size)
-    flat = x.reshape(-1)
-    for j in range(x.size):
-        old = flat[j]
-        flat[j] = old + h
-        up = cost()
-        flat[j] = old - h
-        down = cost()
-        flat[j] = old
-        g[j] = (up - down) / (2 * h)
-    out["input"] = g.reshape(x.shape)
+            out[f"layers.{i}.{pname}"] = central(cost, P, h)
+    out["input"] = central(cost, x, h)
     return out
 
 

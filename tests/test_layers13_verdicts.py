@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
+from oracles import central
 
 from cnngrad import check, resolution
 from cnngrad import conv as C
@@ -316,17 +317,7 @@ def plain_loop(net, x, y, ref_key: str, h: float = 1e-6) -> np.ndarray:
     else:
         _, i, name = ref_key.split(".")
         target = net.layers[int(i)].params[name]
-    grad = np.zeros(target.size)
-    flat = target.reshape(-1)
-    for k in range(target.size):
-        old = flat[k]
-        flat[k] = old + h
-        up = cost()
-        flat[k] = old - h
-        down = cost()
-        flat[k] = old
-        grad[k] = (up - down) / (2 * h)
-    return grad.reshape(target.shape)
+    return central(cost, target, h)
 
 
 @pytest.mark.parametrize("name", ["bn-train", "decoder", "depthwise", "bn-eval"])
