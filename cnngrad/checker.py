@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import adjoint as adjoint_mod
 from . import config as cfg
 from . import layer_scope, resolution, structural, tolerance
+from .blas import one_thread
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
@@ -439,7 +439,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     # one BLAS thread throughout: a check's matmuls are small, and threads that wait for each
     # other on a busy machine made a LeNet-sized forward pass 20x slower; the analytic side
     # is then the same bit for bit whatever the machine's load or core count
-    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+    with warnings.catch_warnings(), one_thread():
         if m.is_complex:  # a layer that drops Im after all (a false complex_safe): a plugin error, exit 2
             warnings.simplefilter("error", np.exceptions.ComplexWarning)
         report = _run(config, problem, how)

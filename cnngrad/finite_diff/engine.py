@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from ..blas import one_thread
 from ..network import Network
 from ..refs import TensorRef
 from . import planning, workers
@@ -192,7 +192,7 @@ class FiniteDifferences:
         """Numeric gradients of several tensors, each a ``TensorRef`` (a parameter, or δ at
         the input of a layer; ``TensorRef.delta(0)`` is ∂C/∂x) and the flat indices to
         difference.  Their chunks all go to the workers together."""
-        with threadpool_limits(1, user_api="blas"):  # the spot checks too: one thread, as the chunks
+        with one_thread():  # the spot checks too: one thread, as the chunks
             plans = [planning.plan(self, ref) for ref, _ in targets]
         # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
         order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
@@ -217,7 +217,7 @@ class FiniteDifferences:
                    for _, idx in targets]
         left = [sum(1 for j in jobs if j[0] == ti) for ti in range(len(targets))]  # chunks still to come
         try:
-            with threadpool_limits(1, user_api="blas"):  # same numbers with 1 worker or many
+            with one_thread():  # same numbers with 1 worker or many
                 for (ti, lo, hi), out in workers.run_jobs(jobs, runs, [idx for _, idx in targets], work,
                                                           self.workers, weights=row_bytes):
                     results[ti][0][lo:hi], results[ti][1][lo:hi] = out[0], out[1]
@@ -246,13 +246,13 @@ class FiniteDifferences:
         if len(ref.path) > 1:  # inside a block
             from .inner import directional
 
-            with threadpool_limits(1, user_api="blas"):
+            with one_thread():
                 return directional(self, ref, V)
         start = ref.index if ref.is_delta else ref.index + 1
         per_direction = planning.entry_bytes(self, start, len(self.method.offsets) * self.n)
         chunk = max(1, self.budget // per_direction)
         values, kinks = [], []
-        with threadpool_limits(1, user_api="blas"):
+        with one_thread():
             for lo in range(0, len(V), chunk):
                 v, k = self._directional(ref, V[lo:lo + chunk], start)[:2]
                 values.append(v)

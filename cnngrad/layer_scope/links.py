@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from ..blas import one_thread
 from ..blocks import Block
 from ..finite_diff import FiniteDifferences, Numeric
 from ..finite_diff.inner import spot_check
@@ -194,7 +194,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
         steps = np.broadcast_to(offs[:, None], (len(offs), len(V)))
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(len(V), dtype=bool)
-        with threadpool_limits(1, user_api="blas"):
+        with one_thread():
             try:
                 for m, o in enumerate(offs):
                     for k, v in enumerate(V):
