@@ -11,8 +11,10 @@ divisor moves them apart at O(1e-2 … 1) — a proof either way, with no finite
 noise.  The same holds for each parameter the output is linear in (conv and dense W, b):
 ``⟨z(P + U) − z(P), v⟩ = ⟨U, ∂C/∂P given δ = v⟩``.
 
-Two probes per tensor: v random, and v = L u (then the left side is ‖L u‖² > 0).  The error
-is ``|lhs − rhs| / (‖L u‖·‖v‖ + ‖u‖·‖Lᵀ v‖)``, scale-free, the worst of the two probes.
+Two probes, shared by the layer's tensors: v random, and v = Σ_T L_T U_T (its left side holds
+‖L_T U_T‖² > 0), each one backward call.  The error is ``|lhs − rhs| / (‖L u‖·‖v‖ + ‖u‖·‖Lᵀ v‖)``,
+scale-free, the worst of the two probes.  Cost per linear layer: one forward per tensor and two
+more, two backwards (the network's other layers: one forward, to carry the input on).
 """
 from __future__ import annotations
 
@@ -80,13 +82,11 @@ def _error(lhs: float, rhs: float, bound: float) -> float:
     return abs(lhs - rhs) / bound if bound > 0 else 0.0
 
 
-def _probe(apply: Any, adjoint: Any, u: Array, v: Array) -> tuple[float, float, float]:
-    """⟨L u, v⟩, ⟨u, Lᵀ v⟩ and their error for one (u, v), and again for v = L u."""
-    Lu = apply(u)
+def _probe(Lu: Array, u: Array, pairs: list[tuple[Array, Array]]) -> tuple[float, float, float]:
+    """⟨L u, w⟩, ⟨u, Lᵀ w⟩ of the first (w, Lᵀ w) pair, and the worst error of them all."""
     errors: list[float] = []
     first: tuple[float, float] = (0.0, 0.0)
-    for k, w in enumerate((v, Lu)):
-        LTw = adjoint(w)
+    for k, (w, LTw) in enumerate(pairs):
         lhs, rhs = float(np.vdot(Lu, w)), float(np.vdot(u, LTw))
         errors.append(_error(lhs, rhs, float(np.linalg.norm(Lu) * np.linalg.norm(w)
                                               + np.linalg.norm(u) * np.linalg.norm(LTw))))
@@ -94,36 +94,40 @@ def _probe(apply: Any, adjoint: Any, u: Array, v: Array) -> tuple[float, float, 
     return first[0], first[1], max(errors, key=lambda e: np.inf if np.isnan(e) else e)
 
 
-def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str) -> Adjoint:
-    """The dot-product test of ``layer`` at input ``a`` (of shape (N, *in_shape)), float64."""
-    zero_out, cache0 = layer.forward(np.zeros_like(a))
-    u, v = rng.standard_normal(a.shape), rng.standard_normal(zero_out.shape)
+def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str
+                ) -> tuple[Adjoint, Array]:
+    """The dot-product test of ``layer`` at input ``a`` (of shape (N, *in_shape)), float64,
+    and the layer's output there (the next layer's input).
 
-    def apply(x: Array) -> Array:
-        return layer.forward(x)[0] - zero_out
-
-    def adjoint(w: Array) -> Array:
-        return layer.backward(w.copy(), cache0)[0]
-
+    Every tensor T (the input, each parameter) gets its ``L_T U_T`` (the output's move for a
+    random move ``U_T`` of T alone: ``forward(U) − forward(0)`` for the input, ``z(P + U) −
+    z(P)`` for a parameter) and both probes come from two backward calls at a's cache: ``w = v``
+    random, and ``w = Σ_T L_T U_T`` (then each left side ⟨L_T U_T, w⟩ holds ‖L_T U_T‖²).  A
+    layer linear in its input has the same Lᵀ at every input, so a's cache serves the input's
+    probes too."""
     with np.errstate(all="ignore"):
-        lhs, rhs, rel = _probe(apply, adjoint, u, v)
-        params = {}
         out_a, cache_a = layer.forward(a)
+        out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
+        zero_out = np.array(layer.forward(np.zeros_like(a))[0], copy=True)
+        u = rng.standard_normal(a.shape)
+        moves = {"": (u, layer.forward(u)[0] - zero_out)}  # tensor -> (U_T, L_T U_T)
         for name, P in list(layer.params.items()):
             U = rng.standard_normal(P.shape)
+            layer.params[name] = P + U
+            try:
+                moves[name] = (U, layer.forward(a)[0] - out_a)
+            finally:
+                layer.params[name] = P
+        v = rng.standard_normal(out_a.shape)
+        w = sum(Lu for _, Lu in moves.values())
+        backs = [(probe, layer.backward(probe.copy(), cache_a)) for probe in (v, w)]
 
-            def apply_p(D: Array, name: str = name, P: Array = P) -> Array:
-                layer.params[name] = P + D
-                try:
-                    return layer.forward(a)[0] - out_a
-                finally:
-                    layer.params[name] = P
+        def pairs(name: str) -> list[tuple[Array, Array]]:
+            return [(probe, back[0] if name == "" else back[1][name]) for probe, back in backs]
 
-            def adjoint_p(w: Array, name: str = name) -> Array:
-                return layer.backward(w.copy(), cache_a)[1][name]
-
-            params[name] = _probe(apply_p, adjoint_p, U, rng.standard_normal(out_a.shape))[2]
-    return Adjoint(ref, kind, lhs, rhs, rel, params)
+        lhs, rhs, rel = _probe(moves[""][1], u, pairs(""))
+        params = {name: _probe(Lu, U, pairs(name))[2] for name, (U, Lu) in moves.items() if name}
+    return Adjoint(ref, kind, lhs, rhs, rel, params), out_a
 
 
 def check_network(layers: list, x: Array, kinds: list[str], seed: int) -> list[Adjoint]:
@@ -133,8 +137,10 @@ def check_network(layers: list, x: Array, kinds: list[str], seed: int) -> list[A
     found, a = [], x
     for i, layer in enumerate(layers):
         if is_linear(layer):
-            found.append(check_layer(layer, a, rng, TensorRef.delta(i), kinds[i]))
-        a = layer.forward(a)[0]
+            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i])
+            found.append(test)
+        else:
+            a = layer.forward(a)[0]
     return found
 
 

@@ -31,7 +31,8 @@ def test_built_in_linear_layers_are_adjoint_to_rounding(make, shape):
     layer = make(shape, rng)
     assert adjoint.is_linear(layer)
     x = rng.standard_normal((3,) + shape)
-    result = adjoint.check_layer(layer, x, rng, TensorRef.delta(0), layer.kind)
+    result, out = adjoint.check_layer(layer, x, rng, TensorRef.delta(0), layer.kind)
+    assert np.array_equal(out, layer.forward(x)[0])  # the next layer's input
     assert result.worst < 1e-14 and not result.failed, result.line()
     # the left side is what it says: ⟨L u, v⟩ computed here independently, by the loop of its definition
     rng2 = np.random.default_rng(5)
