@@ -3,6 +3,8 @@ names its place (CONVENTIONS.md: exit codes; config.py: "one line naming its pla
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +298,20 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("[" * 1000 + "]" * 1000 + "\n", encoding="utf-8")
     assert_one_line_error(invoke("check", str(path)))
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000 + "\n",
+                                  "a:\n" + "".join(" " * i + "- \n" for i in range(1, 1000))],
+                         ids=["flow", "block"])
+def test_yaml_nested_past_what_libyaml_composes_is_refused_not_a_crash(tmp_path: Path, text: str) -> None:
+    """libyaml's composer recurses in C without a limit: 100,000 brackets overflowed its stack
+    (a segfault, no message).  In a process of its own, so a crash fails this test alone."""
+    path = tmp_path / "deeper.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "cnngrad", "check", str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "nested too deeply" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_oversized_network_is_a_config_error(tmp_path: Path) -> None:
