@@ -136,17 +136,12 @@ _UniqueKeyLoader.add_implicit_resolver(
 
 _FastLoader: Any = None
 if getattr(yaml, "__with_libyaml__", False):  # libyaml's parser, the same safe constructors and resolvers
-    class _FastLoader(yaml.cyaml.CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):  # type: ignore[no-redef]
+    class _FastLoader(yaml.CSafeLoader):  # type: ignore[no-redef]
         """``_UniqueKeyLoader`` on libyaml's parser (which composes in C: aliases and depth are
         refused by ``_refuse_aliases_and_depth`` first, instead of ``_no_aliases``)."""
 
         yaml_constructors = _UniqueKeyLoader.yaml_constructors
         yaml_implicit_resolvers = _UniqueKeyLoader.yaml_implicit_resolvers
-
-        def __init__(self, stream: str) -> None:
-            yaml.cyaml.CParser.__init__(self, stream)
-            yaml.constructor.SafeConstructor.__init__(self)
-            yaml.resolver.Resolver.__init__(self)
 
 
 MAX_NESTING = 100  # a config is a few levels deep; libyaml's composer recurses in C (a crash, not an error)
@@ -159,7 +154,7 @@ def _refuse_aliases_and_depth(text: str, where: str) -> None:
     depth = 0
     for event in yaml.parse(text, Loader=yaml.CSafeLoader):
         if isinstance(event, yaml.AliasEvent):
-            raise ConfigError(f"line {event.start_mark.line + 1}",
+            raise ConfigError(f"line {event.start_mark.line + 1}" if event.start_mark else where,
                               f"YAML aliases (*{event.anchor}) are not allowed in a config; write the value out")
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
