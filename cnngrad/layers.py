@@ -261,8 +261,9 @@ class Activation:
     kind = "activation"
     per_sample = True
     complex_safe = True
-    # each output entry depends on the same input entry only (so each channel on its own)
-    offers: ClassVar[frozenset[Shortcut]] = frozenset({"elementwise", "channelwise"})
+    # each output entry depends on the same input entry only (so each channel on its own);
+    # relu and leaky relu held on a piece
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"elementwise", "channelwise", "piece"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, function: str,
                  alpha: float | None = None, dtype: Any = np.float64) -> None:
@@ -287,6 +288,14 @@ class Activation:
     def kink_state(self, cache: tuple) -> Array | None:
         return _real(cache[0]) > 0 if self.function in KINKED else None
 
+    def forward_on_piece(self, z: Array, state: Array) -> Array:
+        """σ on the piece ``state`` (``Re z > 0`` there) names, past the kink too: relu
+        ``z·[state]``, leaky relu ``z`` or ``α·z`` — ``forward``'s own formulas with its mask
+        replaced by ``state``."""
+        if self.function == "relu":
+            return np.multiply(z, state, dtype=z.dtype)
+        return np.where(state, z, self._kw.get("alpha", 0.01) * z)
+
 
 # --------------------------------------------------------------------------- pooling
 
@@ -299,8 +308,9 @@ class Pool:
     kind = "pool"
     per_sample = True
     complex_safe = True
-    # each output channel depends on the same input channel only, each window on its region
-    offers: ClassVar[frozenset[Shortcut]] = frozenset({"channelwise", "region"})
+    # each output channel depends on the same input channel only, each window on its region;
+    # max pooling held on a piece
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"channelwise", "region", "piece"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, kind: str = "max",
                  size: Any = 2, stride: Any = None, dtype: Any = np.float64) -> None:
@@ -357,6 +367,15 @@ class Pool:
 
     def kink_state(self, cache: tuple) -> Array | None:
         return cache[1]
+
+    def forward_on_piece(self, a: Array, state: Array) -> Array:
+        """max: each window's entry at tap ``state`` (the argmax ``forward`` found at the
+        unperturbed point), whatever the window's maximum now is; of shape (n, c, ho, wo)."""
+        z: Array | None = None
+        for t, tap in self._taps(a):
+            z = tap.copy() if z is None else np.where(state == t, tap, z)
+        assert z is not None
+        return z
 
     def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
         """The output window an input change inside the h×w windows at (y0, x0) can reach."""

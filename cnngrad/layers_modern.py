@@ -8,7 +8,8 @@ are not checked (a dropout mask); drawn after the params, saved by ``--save``.
 Each has a loop reference in ``naive_modern.py``; ``tests/test_layers13.py`` proves them equal.
 Declared capabilities: only what holds (``finite_diff/shortcuts.py``); none of them offers
 the engine a shortcut but ``upsample`` (``channelwise``: each output channel is its input
-channel, resampled the same way for every channel).
+channel, resampled the same way for every channel) and ``global_pool`` (``piece``: max pooling
+held on the unperturbed point's maximum along a direction).
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ class GlobalPool:
     kind = "global_pool"
     per_sample = True
     complex_safe = True
-    offers: ClassVar[frozenset[Shortcut]] = frozenset()
+    offers: ClassVar[frozenset[Shortcut]] = frozenset({"piece"})
 
     def __init__(self, in_shape: tuple[int, ...], rng: np.random.Generator, *, kind: str = "avg",
                  dtype: Any = np.float64) -> None:
@@ -173,6 +174,11 @@ class GlobalPool:
     def kink_state(self, cache: tuple) -> Array | None:
         """max: which entry of each channel is the maximum, of shape (n, c)."""
         return cache[1]
+
+    def forward_on_piece(self, a: Array, state: Array) -> Array:
+        """max: each channel's entry ``state`` (the unperturbed point's argmax), of shape (n, c)."""
+        flat = a.reshape(a.shape[:2] + (-1,))
+        return np.take_along_axis(flat, state[..., None], axis=-1)[..., 0]
 
 
 class Dropout:

@@ -95,7 +95,8 @@ class FiniteDifferences:
 
     # ------------------------------------------------------------------ rows to losses
 
-    def _losses(self, a: Array, start: int, samples: Array, copies: bool) -> tuple[Array, Array, Array]:
+    def _losses(self, a: Array, start: int, samples: Array, copies: bool, on_piece: bool = False
+                ) -> tuple[Array, Array, Array]:
         """ℓ of every row of a (the input of layer ``start``), row r being a perturbed copy of
         sample ``samples[r]``: alone (``copies`` False) or within whole copies of the batch.
         Returns the per-row losses, whether any unit of the row crossed a kink, and the rows'
@@ -103,11 +104,14 @@ class FiniteDifferences:
 
         The rows go through the layers a slice at a time, as many as one layer's working set
         (``peak_bytes``) fits ``slice_bytes`` — a slice stays in cache; each row is computed
-        the same whatever the slice (rows are independent, copies of the batch kept whole)."""
+        the same whatever the slice (rows are independent, copies of the batch kept whole).
+
+        ``on_piece``: a layer offering ``"piece"`` runs ``forward_on_piece`` at the unperturbed
+        point's kink state (nothing to cross there); other layers' crossings count as ever."""
         step = self._slice_rows(start, copies)
         if a.shape[0] <= step:
-            return self._losses_slice(a, start, samples, copies)
-        parts = [self._losses_slice(a[lo:lo + step], start, samples[lo:lo + step], copies)
+            return self._losses_slice(a, start, samples, copies, on_piece)
+        parts = [self._losses_slice(a[lo:lo + step], start, samples[lo:lo + step], copies, on_piece)
                  for lo in range(0, a.shape[0], step)]
         return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
@@ -120,10 +124,14 @@ class FiniteDifferences:
             return rows
         return max(1, rows // self.n) * (self.n if copies else 1)
 
-    def _losses_slice(self, a: Array, start: int, samples: Array, copies: bool) -> tuple[Array, Array, Array]:
+    def _losses_slice(self, a: Array, start: int, samples: Array, copies: bool, on_piece: bool = False
+                      ) -> tuple[Array, Array, Array]:
         crossed = np.zeros(a.shape[0], dtype=bool)
         for l in range(start, len(self.net.layers)):
             layer, caps, base = self.net.layers[l], self.caps[l], self.base_kinks[l]
+            if on_piece and base is not None and caps.can("piece"):
+                a = layer.forward_on_piece(a, base[samples])
+                continue
             if caps.per_sample:
                 cache = None  # the last layer's cache goes before this one's is made
                 a, cache = layer.forward(a)
@@ -242,7 +250,14 @@ class FiniteDifferences:
         v: ``(C(θ + h·v) − C(θ − h·v)) / 2h`` for central differences — 2 forward passes a
         direction (of the layers from the tensor's on), as many directions a batch as the
         memory budget holds.  Returns (K,) derivatives and whether each direction's stencil
-        crossed a kink."""
+        crossed a kink.
+
+        A layer offering ``"piece"`` (relu, leaky relu, max and global max pooling) is held on
+        the unperturbed point's piece (``_losses``'s ``on_piece``): a direction moves every
+        unit at once, and one of the 10⁵ relu units within h of its kink spoiled the whole
+        direction; on the piece the quotient tends to the piece's derivative, which is ∇C·v
+        whenever no unit sits exactly on a kink — the analytic backward's own assumption (its
+        masks are the same piece's).  A plugin's kinks still count as crossed."""
         if len(ref.path) > 1:  # inside a block
             from .inner import directional
 
@@ -281,5 +296,6 @@ class FiniteDifferences:
             finally:
                 layer.params[ref.name] = original
             a = np.concatenate(outs)
-        losses, crossed, samples = self._losses(a, start, np.tile(np.arange(self.n), m * k), copies=True)
+        losses, crossed, samples = self._losses(a, start, np.tile(np.arange(self.n), m * k), copies=True,
+                                                on_piece=True)
         return self._combine(losses, np.broadcast_to(offs, (m, k)), samples, crossed)

@@ -24,12 +24,12 @@ import numpy as np
 
 Array = np.ndarray
 
-Shortcut = Literal["perturbed", "input_delta", "window", "region", "elementwise", "channelwise", "reshape"]
+Shortcut = Literal["perturbed", "input_delta", "window", "region", "elementwise", "channelwise", "reshape", "piece"]
 # each shortcut -> the Shortcuts methods a layer offering it implements
 REQUIRES: dict[Shortcut, tuple[str, ...]] = {
     "perturbed": ("forward_perturbed",), "input_delta": ("forward_input_delta",),
     "window": ("window", "window_delta"), "region": ("window", "region"),
-    "elementwise": (), "channelwise": (), "reshape": (),
+    "elementwise": (), "channelwise": (), "reshape": (), "piece": ("forward_on_piece",),
 }
 SHORTCUTS: tuple[Shortcut, ...] = tuple(REQUIRES)
 
@@ -47,7 +47,12 @@ class Shortcuts(Protocol):
       window of outputs reads (pooling);
     * ``"elementwise"``: each output entry depends on the same input entry only;
     * ``"channelwise"``: each output channel depends on the same input channel only;
-    * ``"reshape"``: the output is the input reshaped (flatten), C order.
+    * ``"reshape"``: the output is the input reshaped (flatten), C order;
+    * ``"piece"``: ``forward_on_piece`` — the forward on the piece of the input space where
+      ``kink_state`` is ``state`` (relu: ``z·mask``; max pooling: the entry ``idx`` names),
+      extended past the kinks: equal to ``forward`` wherever ``kink_state`` of its cache is
+      ``state``, smooth everywhere.  Along a direction the engine holds such a layer on the
+      unperturbed point's piece (``FiniteDifferences.directional``).
     """
 
     offers: ClassVar[frozenset[Shortcut]]
@@ -63,6 +68,8 @@ class Shortcuts(Protocol):
                      ww: int) -> Array: ...
 
     def region(self, i0: Array, j0: Array, wh: int, ww: int) -> tuple[Array, Array, int, int]: ...
+
+    def forward_on_piece(self, a: Array, state: Array) -> Array: ...
 
 
 @dataclass(frozen=True)
