@@ -77,9 +77,18 @@ def unchanged(before: Any, now: Any) -> bool:
 
 
 def identical(a: Any, b: Any) -> bool:
-    """Same shape, dtype and bytes (NaN payloads and the sign of 0 included)."""
+    """Same shape, dtype and bytes (NaN payloads and the sign of 0 included): compared as
+    unsigned integers of the widest size dividing the item size, in place (``tobytes`` made
+    two copies of every array, a quarter of the structural checks' time on a wide net)."""
     a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.hasobject or a.dtype.itemsize == 0:
+        return a.tobytes() == b.tobytes()
+    unit = next(u for u in (8, 4, 2, 1) if a.dtype.itemsize % u == 0)
+    words = np.dtype(f"u{unit}")
+    return bool(np.array_equal(np.ascontiguousarray(a).reshape(-1).view(words),
+                               np.ascontiguousarray(b).reshape(-1).view(words)))
 
 
 def _result(pair: tuple[Array, dict[str, Array]]) -> tuple[Array, dict[str, Array]]:
