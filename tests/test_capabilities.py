@@ -16,7 +16,8 @@ from cnngrad.refs import TensorRef
 
 def test_built_in_layers_declare_per_sample_complex_safe_and_their_shortcuts():
     want = {Conv: {"perturbed", "input_delta", "window"}, Dense: {"perturbed", "input_delta"},
-            Activation: {"elementwise", "channelwise"}, Pool: {"channelwise", "region"}, Flatten: {"reshape"}}
+            Activation: {"elementwise", "channelwise", "piece"}, Pool: {"channelwise", "region", "piece"},
+            Flatten: {"reshape"}}
     # the modern layers (layers_modern, layers_norm) declare less: tests/test_layers13.py
     assert set(want) == {cls for cls in LAYERS.values() if cls.__module__ == "cnngrad.layers"}
     for cls, offers in want.items():

@@ -181,6 +181,7 @@ def test_declared_capabilities_hold_only_where_true():
     assert all(c.complex_safe for c in caps.values())
     # per-channel parameters are not "elementwise" (the same function at every entry)
     assert not caps["bn_eval"].offers and not caps["gn"].offers and caps["up"].offers == {"channelwise"}
+    assert caps["gp"].offers == {"piece"}  # global max pooling held on its argmax along a direction
     assert caps["grouped"].offers == {"perturbed", "input_delta", "window"}
 
 
