@@ -170,3 +170,35 @@ def test_max_pool_equals_the_loops_ties_and_all(size, stride, dtype):
     g, _ = layer.backward(delta, cache)
     assert g.dtype == dtype
     close(g, want_g, float(np.max(np.abs(delta))), dtype)
+
+
+# --------------------------------------------------------------------------- conv.paste_at
+
+
+@st.composite
+def pastes(draw_: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x of shape (g, c, H, W), a patch (g, c, h, w) and its corners: inside, across a border,
+    or off x altogether, mixed in one call."""
+    g, c = draw_(st.integers(1, 6)), draw_(st.integers(1, 3))
+    H, W, h, w = (draw_(st.integers(1, 7)) for _ in range(4))
+    y0 = np.array(draw_(st.lists(st.integers(-h - 1, H + 1), min_size=g, max_size=g)))
+    x0 = np.array(draw_(st.lists(st.integers(-w - 1, W + 1), min_size=g, max_size=g)))
+    rng = np.random.default_rng(draw_(st.integers(0, 2**16)))
+    return rng.standard_normal((g, c, H, W)), rng.standard_normal((g, c, h, w)), y0, x0
+
+
+@given(pastes())
+def test_paste_at_writes_what_a_loop_writes(case):
+    """``paste_at`` (one indexed write through a window view for patches wholly inside, masks
+    for the rest) against the loop of its definition."""
+    x, patch, y0, x0 = case
+    want = x.copy()
+    g, _, h, w = patch.shape
+    for i in range(g):
+        for a in range(h):
+            for b in range(w):
+                if 0 <= y0[i] + a < x.shape[2] and 0 <= x0[i] + b < x.shape[3]:
+                    want[i, :, y0[i] + a, x0[i] + b] = patch[i, :, a, b]
+    got = x.copy()
+    C.paste_at(got, patch, y0, x0)
+    assert np.array_equal(got, want)
