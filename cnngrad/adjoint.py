@@ -13,8 +13,10 @@ noise.  The same holds for each parameter the output is linear in (conv and dens
 
 Two probes, shared by the layer's tensors: v random, and v = Σ_T L_T U_T (its left side holds
 ‖L_T U_T‖² > 0), each one backward call.  The error is ``|lhs − rhs| / (‖L u‖·‖v‖ + ‖u‖·‖Lᵀ v‖)``,
-scale-free, the worst of the two probes.  Cost per linear layer: one forward per tensor and two
-more, two backwards (the network's other layers: one forward, to carry the input on).
+scale-free, the worst of the two probes.  Cost per linear layer: one forward per tensor and one
+more, two backwards (the network's other layers: one forward, to carry the input on) — or,
+from the structural checks' calls (``check_network``'s ``visits``), one forward a tensor and
+one backward, the chain carried by their outputs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .refs import TensorRef
+from .structural import Visit
 
 Array = np.ndarray
 TOL = 1e-11  # rounding leaves ~1e-16; a wrong backward leaves 1e-3 … 1
@@ -94,23 +97,26 @@ def _probe(Lu: Array, u: Array, pairs: list[tuple[Array, Array]]) -> tuple[float
     return first[0], first[1], max(errors, key=lambda e: np.inf if np.isnan(e) else e)
 
 
-def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str
-                ) -> tuple[Adjoint, Array]:
+def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str,
+                given: Visit | None = None) -> tuple[Adjoint, Array]:
     """The dot-product test of ``layer`` at input ``a`` (of shape (N, *in_shape)), float64,
     and the layer's output there (the next layer's input).
 
     Every tensor T (the input, each parameter) gets its ``L_T U_T`` (the output's move for a
-    random move ``U_T`` of T alone: ``forward(U) − forward(0)`` for the input, ``z(P + U) −
-    z(P)`` for a parameter) and both probes come from two backward calls at a's cache: ``w = v``
-    random, and ``w = Σ_T L_T U_T`` (then each left side ⟨L_T U_T, w⟩ holds ‖L_T U_T‖²).  A
-    layer linear in its input has the same Lᵀ at every input, so a's cache serves the input's
-    probes too."""
+    random move ``U_T`` of T alone: ``z(a + U) − z(a)`` for the input, ``z(P + U) − z(P)`` for
+    a parameter), and both probes come from two backward calls at a's cache: ``w = v`` random,
+    and ``w = Σ_T L_T U_T`` (then each left side ⟨L_T U_T, w⟩ holds ‖L_T U_T‖²).  A layer
+    linear in its input has the same Lᵀ at every input, so a's cache serves the input's
+    probes too.  ``given``: the structural checks' forward at a, their random δ as v and
+    backward's result for it (``structural.Visit``), so only the second probe is called."""
     with np.errstate(all="ignore"):
-        out_a, cache_a = layer.forward(a)
-        out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
-        zero_out = np.array(layer.forward(np.zeros_like(a))[0], copy=True)
+        if given is not None and given.back is not None:
+            out_a, cache_a = given.out, given.cache
+        else:
+            out_a, cache_a = layer.forward(a)
+            out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
         u = rng.standard_normal(a.shape)
-        moves = {"": (u, layer.forward(u)[0] - zero_out)}  # tensor -> (U_T, L_T U_T)
+        moves = {"": (u, layer.forward(a + u)[0] - out_a)}  # tensor -> (U_T, L_T U_T)
         for name, P in list(layer.params.items()):
             U = rng.standard_normal(P.shape)
             layer.params[name] = P + U
@@ -118,9 +124,13 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
                 moves[name] = (U, layer.forward(a)[0] - out_a)
             finally:
                 layer.params[name] = P
-        v = rng.standard_normal(out_a.shape)
+        if given is not None and given.back is not None and given.delta is not None:
+            v, back_v = given.delta, given.back
+        else:
+            v = rng.standard_normal(out_a.shape)
+            back_v = layer.backward(v.copy(), cache_a)
         w = sum(Lu for _, Lu in moves.values())
-        backs = [(probe, layer.backward(probe.copy(), cache_a)) for probe in (v, w)]
+        backs = [(v, back_v), (w, layer.backward(w.copy(), cache_a))]
 
         def pairs(name: str) -> list[tuple[Array, Array]]:
             return [(probe, back[0] if name == "" else back[1][name]) for probe, back in backs]
@@ -130,17 +140,20 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
     return Adjoint(ref, kind, lhs, rhs, rel, params), out_a
 
 
-def check_network(layers: list, x: Array, kinds: list[str], seed: int) -> list[Adjoint]:
+def check_network(layers: list, x: Array, kinds: list[str], seed: int,
+                  visits: list[Visit | None] | None = None) -> list[Adjoint]:
     """The test for every linear layer of a float64 network, at the inputs x (of shape
-    (N, *in_shape)) gives each layer."""
+    (N, *in_shape)) gives each layer.  ``visits``: what ``structural.check`` computed on the
+    same layers from the same x (each layer's output, and the first probe where it kept it)."""
     rng = np.random.default_rng([seed, 0xAD])  # its own stream: the check's draws stay as they were
     found, a = [], x
     for i, layer in enumerate(layers):
+        visit = visits[i] if visits is not None and i < len(visits) else None
         if is_linear(layer):
-            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i])
+            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit)
             found.append(test)
         else:
-            a = layer.forward(a)[0]
+            a = visit.out if visit is not None else layer.forward(a)[0]
     return found
 
 

@@ -22,7 +22,8 @@ input or output is not finite is skipped: the numerical-fault report already nam
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -102,9 +103,26 @@ def _same_result(r1: tuple[Array, dict[str, Array]], r2: tuple[Array, dict[str, 
                                                                         for k in r1[1])
 
 
+@dataclass(frozen=True)
+class Visit:
+    """What the checks of one layer computed, for the adjoint test to use (``adjoint``): its
+    output (a copy), and, for a layer kept, forward's cache, the random δ and what backward
+    returned for it (copies) — every check on them passed."""
+
+    out: Array
+    cache: Any = None
+    delta: Array | None = None
+    back: tuple[Array, dict[str, Array]] | None = None
+
+
 def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[str], Array | None]:
     """The reasons ``layer`` fails on its input ``a`` of shape (n, *in_shape) (none: []),
     and its output (a copy), the next layer's input; None where it is not finite."""
+    why, visit = _check_layer(layer, a, rng, False)
+    return why, None if visit is None else visit.out
+
+
+def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -> tuple[list[str], Visit | None]:
     if not np.all(np.isfinite(a)):
         return [], None
     params = snapshot(layer.params)
@@ -113,7 +131,7 @@ def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[
     out = np.array(out, copy=True)  # safe from a buffer the second call reuses
     if not np.all(np.isfinite(out)):
         return [], None
-    why = []
+    why: list[str] = []
     moved = not identical(a1, a)
     if moved:
         why.append("forward changes its input")
@@ -121,7 +139,7 @@ def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[
     if not identical(out, out2):
         why.append("forward is not deterministic: a second call on the same input gives different numbers")
     if not unchanged(params, layer.params):
-        return why + ["forward changes the layer's parameters"], out
+        return why + ["forward changes the layer's parameters"], Visit(out)
     delta = rng.standard_normal(out.shape).astype(out.dtype)
     d1 = delta.copy()
     before = snapshot(cache)
@@ -130,7 +148,7 @@ def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[
                                        identical(d1, delta)), ("the layer's parameters",
                                        unchanged(params, layer.params))) if not same]
     if changed:  # a second call would differ because of it: the cause is the reason
-        return why + [f"backward changes {what}" for what in changed], out
+        return why + [f"backward changes {what}" for what in changed], Visit(out)
     r2 = _result(layer.backward(d1, cache))  # d1 is still δ, bit for bit
     if not _same_result(r1, r2):
         why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")
@@ -140,21 +158,29 @@ def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[
     if nonzero:
         what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
         why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
-    return why, out
+    if why or not keep:
+        return why, Visit(out)
+    return why, Visit(out, cache, delta, r1)
 
 
-def check(layers: list[Any], x: Array, kinds: list[str], seed: int) -> list[str]:
+def check(layers: list[Any], x: Array, kinds: list[str], seed: int, keep: Callable[[Any], bool] | None = None,
+          visits: list[Visit | None] | None = None) -> list[str]:
     """Every layer's structural failures, as ``"layers[l] kind: reason"``, from x of shape
     (n, c, h, w) through the layers in order (layer l's input is layer l−1's output).  Run
     before the analytic pass, so that what these calls leave behind (a reused buffer) is
     overwritten by it; δ comes from a generator of its own (``seed``), so the entries drawn
-    for the numbers do not change."""
+    for the numbers do not change.  ``visits`` (a list) receives each layer's ``Visit``
+    (None from a layer whose input is not finite on), with the cache, δ and backward result
+    of the layers ``keep`` says — the adjoint test's first probe, at no cost."""
     rng = np.random.default_rng([seed, 0x5EED])
     failures: list[str] = []
     a: Array | None = x
     for i, layer in enumerate(layers):
         if a is None:  # not finite from here on: a numerical fault, reported as such
             break
-        why, a = check_layer(layer, a, rng)
+        why, visit = _check_layer(layer, a, rng, keep is not None and keep(layer))
+        a = None if visit is None else visit.out
+        if visits is not None:
+            visits.append(visit)
         failures += [f"layers[{i}] {kinds[i]}: {reason}" for reason in why]
     return failures
