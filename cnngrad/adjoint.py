@@ -5,7 +5,7 @@ layer that declares ``linear = True``), its backward applied to v must be ``Lᵀ
 
     ⟨L u, v⟩ = ⟨u, Lᵀ v⟩   for every u (the layer's input shape) and v (its output shape),
 
-with ``L u = forward(u) − forward(0)``.  Both sides are a few BLAS sums: they agree to
+with ``L u = z(a + u) − z(a)`` at the layer's input a.  Both sides are a few BLAS sums: they agree to
 rounding (~1e-16 of ``‖L u‖·‖v‖``), while a rotated kernel, a transposed W or a wrong
 divisor moves them apart at O(1e-2 … 1) — a proof either way, with no finite-difference
 noise.  The same holds for each parameter the output is linear in (conv and dense W, b):

@@ -7,9 +7,11 @@ or a second backward, sees different numbers: PyTorch's gradcheck calls it "not 
 So each layer l (built-in or plugin) is run on its real input a^{l-1} (the seeded x, through
 the layers before it) and a random δ of its output's shape:
 
-* forward, twice on copies of a^{l-1}: the same output bit for bit ("forward is not
-  deterministic"), and the input untouched ("forward changes its input");
-* backward(δ, cache), twice, each on its own copy of δ: neither the cache (every array in
+* forward, twice on a copy of a^{l-1} (a fresh one if the first call changed it): the same
+  output bit for bit ("forward is not deterministic"), and the input untouched ("forward
+  changes its input");
+* backward(δ, cache), twice on a copy of δ (the first call is checked not to change it):
+  neither the cache (every array in
   its tuples, lists and dicts, copied before and compared after) nor δ changed ("backward
   changes its cache", "backward changes the δ it is given"), nor the layer's parameters;
   then, only if nothing was changed, the same result both times, bit for bit ("backward is
@@ -17,7 +19,8 @@ the layers before it) and a random δ of its output's shape:
 * backward(0, cache): δ = 0 gives ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0, since both are
   linear in δ ("an all-zero δ gives non-zero gradients", e.g. a weight decay folded in).
 
-Cost: two forwards and three backwards per layer, no finite differences.  A layer whose
+Cost: two forwards and three backwards per layer, no finite differences (the first forward
+and backward of a linear layer are also the adjoint test's: ``Visit``).  A layer whose
 input or output is not finite is skipped: the numerical-fault report already names it.
 """
 from __future__ import annotations
