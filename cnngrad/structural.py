@@ -10,17 +10,21 @@ the layers before it) and a random δ of its output's shape:
 * forward, twice on a copy of a^{l-1} (a fresh one if the first call changed it): the same
   output bit for bit ("forward is not deterministic"), and the input untouched ("forward
   changes its input");
-* backward(δ, cache), twice on a copy of δ (the first call is checked not to change it):
-  neither the cache (every array in
-  its tuples, lists and dicts, copied before and compared after) nor δ changed ("backward
-  changes its cache", "backward changes the δ it is given"), nor the layer's parameters;
-  then, only if nothing was changed, the same result both times, bit for bit ("backward is
-  not reentrant: …");
-* backward(0, cache): δ = 0 gives ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0, since both are
-  linear in δ ("an all-zero δ gives non-zero gradients", e.g. a weight decay folded in).
+* backward(δ, cache) on a copy of δ: neither the cache (every array in its tuples, lists and
+  dicts, copied before and compared after) nor δ changed ("backward changes its cache",
+  "backward changes the δ it is given"), nor the layer's parameters;
+* then, only if nothing was changed, backward(2δ, cache): exactly 2x the first result, bit
+  for bit.  A deterministic backward linear in δ gives that exactly (scaling by 2 is exact
+  in binary floating point), and the two ways a backward breaks it are the two properties
+  it stands for: a second call that differs, and a constant added (weight decay folded in:
+  backward(0) ≠ 0).  Where it is not 2x, each is called on its own — backward(δ) again,
+  the same result bit for bit ("backward is not reentrant: …"), and backward(0, cache):
+  ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0 ("an all-zero δ gives non-zero gradients") — and
+  only they fail the layer (a right backward misses 2x by rounding near underflow).
 
-Cost: two forwards and three backwards per layer, no finite differences (the first forward
-and backward of a linear layer are also the adjoint test's: ``Visit``).  A layer whose
+Cost: two forwards and two backwards per layer (four where 2δ does not give 2x), no finite
+differences; the first forward and backward of a linear layer are also the adjoint test's
+(``Visit``).  A layer whose
 input or output is not finite is skipped: the numerical-fault report already names it.
 """
 from __future__ import annotations
@@ -101,6 +105,10 @@ def _result(pair: tuple[Array, dict[str, Array]]) -> tuple[Array, dict[str, Arra
     return np.array(delta_prev, copy=True), {k: np.array(v, copy=True) for k, v in grads.items()}
 
 
+def _scaled(r: tuple[Array, dict[str, Array]], k: float) -> tuple[Array, dict[str, Array]]:
+    return r[0] * np.asarray(k, dtype=r[0].dtype), {name: g * np.asarray(k, dtype=g.dtype) for name, g in r[1].items()}
+
+
 def _same_result(r1: tuple[Array, dict[str, Array]], r2: tuple[Array, dict[str, Array]]) -> bool:
     return identical(r1[0], r2[0]) and set(r1[1]) == set(r2[1]) and all(identical(r1[1][k], r2[1][k])
                                                                         for k in r1[1])
@@ -152,6 +160,13 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -
                                        unchanged(params, layer.params))) if not same]
     if changed:  # a second call would differ because of it: the cause is the reason
         return why + [f"backward changes {what}" for what in changed], Visit(out)
+    # the second call with 2δ: a deterministic backward linear in δ returns exactly 2·r1 (scaling
+    # by 2 is exact in binary floating point), which both a call that differs and a constant
+    # added (backward(0) ≠ 0) break.  Only if it does not are the two properties called one by one
+    # (a correct backward can miss it by rounding near underflow: then neither fails)
+    r2 = _result(layer.backward(np.multiply(delta, 2, dtype=delta.dtype), cache))
+    if _same_result(_scaled(r1, 2), r2):
+        return why, (Visit(out, cache, delta, r1) if keep and not why else Visit(out))
     r2 = _result(layer.backward(d1, cache))  # d1 is still δ, bit for bit
     if not _same_result(r1, r2):
         why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")

@@ -20,7 +20,7 @@ from cnngrad import structural
 from cnngrad.checker import kinds_of
 from cnngrad.cli import main
 from cnngrad.network import build
-from cnngrad.strategies import configs
+from cnngrad.strategies import KNOWN_KINDS, configs
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 spec = importlib.util.spec_from_file_location("reentrancy_for_the_test", PLUGINS / "reentrancy.py")
@@ -152,3 +152,67 @@ def test_random_valid_configs_of_built_in_layers_are_structurally_sound(raw):
     problem = build(cfg.validate(raw))
     with np.errstate(all="ignore"):
         assert structural.check(problem.net.layers, problem.x, kinds_of(problem.net), 0) == []
+
+
+# --------------------------------------------------------------------------- backward(2δ) = 2·backward(δ)
+
+
+def counting(layers: list) -> list[int]:
+    """Wrap each layer's backward to count its calls (an instance attribute: the class untouched)."""
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        original = layer.backward
+
+        def counted(delta, cache, i=i, original=original):
+            calls[i] += 1
+            return original(delta, cache)
+
+        layer.backward = counted
+    return calls
+
+
+@settings(max_examples=60)
+@given(configs(max_layers=5, dtypes=("float64", "float32"), kinds=KNOWN_KINDS))
+def test_every_built_in_backward_is_exactly_2x_for_2_delta(raw):
+    """The shortcut holds where it is taken: each built-in layer's backward is called twice
+    (δ, then 2δ giving 2x bit for bit), never the four calls of the fallback."""
+    problem = build(cfg.validate(raw))
+    calls = counting(problem.net.layers)
+    with np.errstate(all="ignore"):
+        assert structural.check(problem.net.layers, problem.x, kinds_of(problem.net), 0) == []
+    assert all(c in (0, 2) for c in calls), calls  # 0: a layer after a non-finite output is skipped
+
+
+class RoundTrip:
+    """Correct, but not exactly homogeneous: δ goes through (δ + 1) − 1, whose rounding depends
+    on δ's scale, so backward(2δ) misses 2·backward(δ) in the last bits."""
+
+    params: dict = {}
+
+    def forward(self, a):
+        return 3.0 * a, None
+
+    def backward(self, delta, cache):
+        return 3.0 * ((delta + 1.0) - 1.0), {}
+
+
+def test_a_right_backward_that_misses_2x_by_rounding_is_not_failed():
+    x = np.random.default_rng(0).normal(size=(2, 5))
+    layer = RoundTrip()
+    delta = np.random.default_rng(1).normal(size=(2, 5))
+    once = layer.backward(delta, None)[0]
+    assert not np.array_equal(layer.backward(2 * delta, None)[0], 2 * once)  # the shortcut misses
+    calls = counting([layer])
+    assert structural.check([layer], x, ["RoundTrip"], 0) == []  # …and nothing is failed for it
+    assert calls == [4]  # δ, 2δ, then δ again and 0 one by one
+
+
+def test_a_constant_in_the_backward_still_fails_when_2x_misses():
+    """Weight decay folded in: 2x misses, and the all-zero δ call names the cause."""
+    class Decayed(RoundTrip):
+        def backward(self, delta, cache):
+            return 3.0 * delta + 1e-3, {}
+
+    x = np.random.default_rng(0).normal(size=(2, 5))
+    assert structural.check([Decayed()], x, ["Decayed"], 0) == [
+        "layers[0] Decayed: an all-zero δ gives non-zero gradients (δ)"]
