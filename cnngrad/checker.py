@@ -335,6 +335,21 @@ def _rounding_only(rows: list[Row], net: Network, traced_wide: Callable[[], Any]
                                if not part.startswith("the complex step confirms"))
 
 
+def _at_rounding(rows: list[Row], net: Network, traced_wide: Callable[[], Any], trust: float) -> None:
+    """Failing rows of a float64 network whose mismatch is no larger than the backward's own
+    rounding on that tensor (``resolution.at_rounding``) become unresolved, with the reason."""
+    failing = [row for row in rows if row.verdict.mismatch and row.verdict.mode == "entries"]
+    wide = traced_wide() if failing else None
+    if wide is None:
+        return
+    wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
+    for row in failing:
+        reason = resolution.at_rounding(row.verdict, wide_rows[row.ref], trust) if row.ref in wide_rows else ""
+        if reason:
+            row.verdict.status, row.verdict.reason = "unresolved", reason
+            row.verdict.note = row.verdict.note.replace(" and disagrees", "")
+
+
 def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
                      grads: list[dict[str, Array]]) -> list[str]:
     """Where the forward or backward pass first produced inf or NaN, named by layer."""
@@ -571,6 +586,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if config.dtype != "float64":
             _rounding_only(rows, net, traced_wide,
                            resolution.rounding_trust(deltas, grads, loss, outputs[-1], y), config.dtype)
+        else:
+            _at_rounding(rows, net, traced_wide, resolution.trusted(deltas, grads))
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner, how.tol_rule == "estimate")

@@ -187,6 +187,37 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
             f"(cancellation): check this layer in float64 to judge it at tol")
 
 
+def at_rounding(check: Any, wide: Array, trust: float) -> str:
+    """Why a failing row of a float64 network is not a failure, or "": its mismatch is no
+    larger than ``MARGIN`` times what this backward's own float64 arithmetic is off, on this
+    tensor, from the same backward run in longdouble (``wide``).
+
+    A gradient a train-mode batch norm cancels to ~1e-10 is made of terms ~1e-4: its float64
+    value carries ~1e-16 of rounding, and so does the complex step's, so they can be 3e-16
+    apart — 2e-6 relative, above tol — with nothing wrong.  A bug is in the longdouble run
+    too: it widens the mismatch, not the rounding, so it is excused only where it is no
+    larger than rounding, which no difference quotient resolves anyway.  The rounding must
+    look like rounding (at most ``trust``, √ε·G of the network), not a backward that computes
+    something else in longdouble."""
+    from .compare import metrics  # compare imports Floor from here
+    ok = ~check.kink_mask
+    if check.mode != "entries" or not ok.any():
+        return ""
+    w = np.asarray(wide, dtype=np.float64).reshape(-1)[check.indices][ok]
+    numeric = check.numeric if check.confirmed is None else check.confirmed  # the complex step, where it ran
+    g, n = check.analytic[ok], numeric[ok]
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(g)) and np.all(np.isfinite(n))):
+        return ""
+    rounding, apart = float(np.max(np.abs(g - w))), float(np.max(np.abs(g - n)))
+    if not (apart <= MARGIN * rounding and rounding <= trust):
+        return ""
+    by = "the complex step" if check.confirmed is not None or "complex step" in check.note else "the differences"
+    return (f"at the backward's own rounding: analytic and {by} differ by {apart:.0e} at most, within "
+            f"{MARGIN:.0f}x what its float64 arithmetic is off from the same backward in longdouble on this "
+            f"tensor ({rounding:.0e}; norm rel {metrics(g, n).norm_rel:.1e}) — a cancelling gradient, resolved "
+            f"to its rounding, not to tol")
+
+
 def lazily(measure: Callable[[], T]) -> Callable[[], T]:
     """``measure`` run once, on the first call (``measured_rounding`` when a floor needs it)."""
     done: list[T] = []

@@ -265,8 +265,10 @@ def test_the_measured_rounding_covers_a_small_batch():
 
 
 def test_without_the_measurement_that_small_batch_would_fail(monkeypatch):
-    """The measurement is what makes the test above pass (the test has teeth)."""
+    """The measurement is what makes the test above pass (the test has teeth): the floor's
+    measured rounding, and the per-tensor one of ``resolution.at_rounding``."""
     monkeypatch.setattr(resolution, "measured_rounding", lambda *args: 0.0)
+    monkeypatch.setattr(resolution, "at_rounding", lambda *args: "")
     report = check(small_batch_config(), method="complex")
     assert report.return_code == 1
 
