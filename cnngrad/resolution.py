@@ -34,6 +34,7 @@ import numpy as np
 Array = np.ndarray
 T = TypeVar("T")
 MARGIN = 10.0  # K: the rounding of a forward pass adds up over its layers
+ATTAINABLE = 100.0  # a tol below this many ε of float64 is not one arithmetic can meet (``at_rounding``)
 
 
 @dataclass(frozen=True)
@@ -198,11 +199,12 @@ def at_rounding(check: Any, wide: Array, trust: float) -> str:
     too: it widens the mismatch, not the rounding, so it is excused only where it is no
     larger than rounding, which no difference quotient resolves anyway.  The rounding must
     look like rounding (at most ``trust``, √ε·G of the network), not a backward that computes
-    something else in longdouble."""
+    something else in longdouble; and the tol must be one arithmetic can meet (at least
+    ``ATTAINABLE``·ε): asked for 1e-30, a row fails at rounding, as it was asked to."""
     from .compare import metrics  # compare imports Floor from here
     ok = ~check.kink_mask
-    if check.mode != "entries" or not ok.any():
-        return ""
+    if check.mode != "entries" or not ok.any() or check.tol < ATTAINABLE * float(np.finfo(np.float64).eps):
+        return ""  # a tol below float64's own digits asks for a failure at rounding: it gets one
     w = np.asarray(wide, dtype=np.float64).reshape(-1)[check.indices][ok]
     numeric = check.numeric if check.confirmed is None else check.confirmed  # the complex step, where it ran
     g, n = check.analytic[ok], numeric[ok]
