@@ -109,9 +109,10 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
     linear in its input has the same Lᵀ at every input, so a's cache serves the input's
     probes too.  ``given``: the structural checks' forward at a, their random δ as v and
     backward's result for it (``structural.Visit``), so only the second probe is called."""
+    shared = given if given is not None and given.back is not None and given.delta is not None else None
     with np.errstate(all="ignore"):
-        if given is not None and given.back is not None:
-            out_a, cache_a = given.out, given.cache
+        if shared is not None:
+            out_a, cache_a = shared.out, shared.cache
         else:
             out_a, cache_a = layer.forward(a)
             out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
@@ -124,8 +125,8 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
                 moves[name] = (U, layer.forward(a)[0] - out_a)
             finally:
                 layer.params[name] = P
-        if given is not None and given.back is not None and given.delta is not None:
-            v, back_v = given.delta, given.back
+        if shared is not None and shared.delta is not None and shared.back is not None:
+            v, back_v = shared.delta, shared.back
         else:
             v = rng.standard_normal(out_a.shape)
             back_v = layer.backward(v.copy(), cache_a)

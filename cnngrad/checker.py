@@ -316,38 +316,24 @@ def _more_entries(rows: list[Row], fd: Any, rng: np.random.Generator, tol: float
                 f"every one of the {first} sampled entries crossed a kink: {new.size} more drawn")]))
 
 
-def _rounding_only(rows: list[Row], net: Network, traced_wide: Callable[[], Any], trust: float, dtype: str) -> None:
-    """Failing rows of a float32 network whose mismatch is the backward's own rounding
-    (``resolution.precision_bound``) become unresolved, with the reason: not a failure, and
-    never a pass."""
+def _rounding_excused(rows: list[Row], net: Network, traced_wide: Callable[[], Any],
+                      reason_of: Callable[[TensorCheck, Array], str]) -> None:
+    """Failing rows whose mismatch is the backward's own rounding become unresolved, with the
+    reason: not a failure, and never a pass.  ``reason_of(check, wide)`` says why (or "")
+    from the row's gradient in the same backward run in longdouble: ``precision_bound`` for a
+    float32 network, ``at_rounding`` for a float64 one (``resolution``)."""
     failing = [row for row in rows if row.verdict.mismatch]
     wide = traced_wide() if failing else None  # (δs, gradients, inner δs) in longdouble, or None
     if wide is None:
         return
     wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
     for row in failing:
-        reason = resolution.precision_bound(row.verdict, wide_rows[row.ref], row.verdict.tol, trust, dtype) \
-            if row.ref in wide_rows else ""
+        reason = reason_of(row.verdict, wide_rows[row.ref]) if row.ref in wide_rows else ""
         if reason:
             c = row.verdict
             c.status, c.reason = "unresolved", reason
             c.note = "; ".join(part.replace(" and disagrees", "") for part in c.note.split("; ")
                                if not part.startswith("the complex step confirms"))
-
-
-def _at_rounding(rows: list[Row], net: Network, traced_wide: Callable[[], Any], trust: float) -> None:
-    """Failing rows of a float64 network whose mismatch is no larger than the backward's own
-    rounding on that tensor (``resolution.at_rounding``) become unresolved, with the reason."""
-    failing = [row for row in rows if row.verdict.mismatch and row.verdict.mode == "entries"]
-    wide = traced_wide() if failing else None
-    if wide is None:
-        return
-    wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
-    for row in failing:
-        reason = resolution.at_rounding(row.verdict, wide_rows[row.ref], trust) if row.ref in wide_rows else ""
-        if reason:
-            row.verdict.status, row.verdict.reason = "unresolved", reason
-            row.verdict.note = row.verdict.note.replace(" and disagrees", "")
 
 
 def numerical_faults(outputs: list[Array], kinds: list[str], loss: float, delta_x: Array,
@@ -584,10 +570,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         second_look(rows)
         if config.dtype != "float64":
-            _rounding_only(rows, net, traced_wide,
-                           resolution.rounding_trust(deltas, grads, loss, outputs[-1], y), config.dtype)
+            trust = resolution.rounding_trust(deltas, grads, loss, outputs[-1], y)
+            _rounding_excused(rows, net, traced_wide,
+                              lambda c, w: resolution.precision_bound(c, w, c.tol, trust, config.dtype))
         else:
-            _at_rounding(rows, net, traced_wide, resolution.trusted(deltas, grads))
+            trusted = resolution.trusted(deltas, grads)
+            _rounding_excused(rows, net, traced_wide, lambda c, w: resolution.at_rounding(c, w, trusted))
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner, how.tol_rule == "estimate")
