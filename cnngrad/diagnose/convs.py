@@ -11,7 +11,7 @@ any offset the stride allows, the padding cropped from one side.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -69,12 +69,22 @@ def _conv_setup(c: Case) -> tuple[G.Geometry, Array, Array, Array] | None:
     return None if found is None else (g, found[1], d_out, a_prev)
 
 
+def _dilation_slips(subject: str, dilation: tuple[int, int], grad: Callable[[tuple[int, int]], Array]
+                    ) -> Iterator[Raw]:
+    """The dilation ignored (where the layer has one) and applied twice: ``grad(dilation)`` is
+    the gradient the backward would make with that dilation."""
+    dh, dw = dilation
+    if (dh, dw) != (1, 1):
+        yield f"{subject} with the dilation ignored (1 where the layer has {dh}x{dw})", grad((1, 1)), None
+    yield (f"{subject} with the dilation applied twice ({dh * dh}x{dw * dw} where the layer has {dh}x{dw})",
+           grad((dh * dh, dw * dw)), None)
+
+
 def conv_family(c: Case) -> Iterator[Raw]:
     setup = _conv_setup(c)
     if setup is None or setup[0].op != "conv":
         return
     g, W, d_out, a_prev = setup
-    (dh, dw) = g.dilation
     if c.ref.is_delta:
         hw = c.n.shape[2:]
         for kernel, says in _kernels(W):
@@ -85,11 +95,8 @@ def conv_family(c: Case) -> Iterator[Raw]:
                 yield (f"δ of each group is made with the kernels of the group {k} after it (groups {g.groups}): "
                        f"the groups' kernels are mixed up",
                        G.conv_input_grad(g, d_out, np.roll(Wg, k, axis=0).reshape(W.shape), hw), None)
-        if (dh, dw) != (1, 1):
-            yield (f"δ is the backward with the dilation ignored (1 where the layer has {dh}x{dw})",
-                   G.conv_input_grad(g, d_out, W, hw, dilation=(1, 1)), None)
-        yield (f"δ is the backward with the dilation applied twice ({dh * dh}x{dw * dw} where the layer has {dh}x{dw})",
-               G.conv_input_grad(g, d_out, W, hw, dilation=(dh * dh, dw * dw)), None)
+        yield from _dilation_slips("δ is the backward", g.dilation,
+                                   lambda d: G.conv_input_grad(g, d_out, W, hw, dilation=d))
         (sh, sw), (ph, pw) = g.stride, g.padding
         if (sh, sw) != (1, 1):
             yield (f"δ is the backward with the stride ignored (1 where the layer has {sh}x{sw}): the stride's zeros "
@@ -109,11 +116,8 @@ def conv_family(c: Case) -> Iterator[Raw]:
             yield (f"{c.what} is the correlation with the stride ignored (1 where the layer has {g.stride[0]}x"
                    f"{g.stride[1]}): ã read at i + u·d where i·s + u·d belongs",
                    G.conv_weight_grad(replace(g, stride=(1, 1)), a_prev, d_out), None)
-        if (dh, dw) != (1, 1):
-            yield (f"{c.what} is the correlation with the dilation ignored (1 where the layer has {dh}x{dw})",
-                   G.conv_weight_grad(g, a_prev, d_out, dilation=(1, 1)), None)
-        yield (f"{c.what} is the correlation with the dilation applied twice ({dh * dh}x{dw * dw} where the layer "
-               f"has {dh}x{dw})", G.conv_weight_grad(g, a_prev, d_out, dilation=(dh * dh, dw * dw)), None)
+        yield from _dilation_slips(f"{c.what} is the correlation", g.dilation,
+                                   lambda d: G.conv_weight_grad(g, a_prev, d_out, dilation=d))
 
 
 def conv_transpose_family(c: Case) -> Iterator[Raw]:
@@ -122,20 +126,13 @@ def conv_transpose_family(c: Case) -> Iterator[Raw]:
     if setup is None or setup[0].op != "conv_transpose":
         return
     g, W, d_out, a_prev = setup
-    (dh, dw) = g.dilation
     if c.ref.is_delta:
         hw = c.n.shape[2:]
         for kernel, says in _kernels(W):
             yield (f"δ is the transposed conv's backward (a correlation of δ with W) made with {says}",
                    G.conv_transpose_input_grad(g, d_out, kernel, hw), None)
-        if (dh, dw) != (1, 1):
-            yield (f"δ is the backward with the dilation ignored (1 where the layer has {dh}x{dw})",
-                   G.conv_transpose_input_grad(g, d_out, W, hw, dilation=(1, 1)), None)
-        yield (f"δ is the backward with the dilation applied twice ({dh * dh}x{dw * dw} where the layer has {dh}x{dw})",
-               G.conv_transpose_input_grad(g, d_out, W, hw, dilation=(dh * dh, dw * dw)), None)
+        yield from _dilation_slips("δ is the backward", g.dilation,
+                                   lambda d: G.conv_transpose_input_grad(g, d_out, W, hw, dilation=d))
         return
-    if (dh, dw) != (1, 1):
-        yield (f"{c.what} is the correlation with the dilation ignored (1 where the layer has {dh}x{dw})",
-               G.conv_transpose_weight_grad(g, a_prev, d_out, dilation=(1, 1)), None)
-    yield (f"{c.what} is the correlation with the dilation applied twice ({dh * dh}x{dw * dw} where the layer has "
-           f"{dh}x{dw})", G.conv_transpose_weight_grad(g, a_prev, d_out, dilation=(dh * dh, dw * dw)), None)
+    yield from _dilation_slips(f"{c.what} is the correlation", g.dilation,
+                               lambda d: G.conv_transpose_weight_grad(g, a_prev, d_out, dilation=d))
