@@ -20,3 +20,19 @@ def central(f: Callable[[], float], theta: np.ndarray, h: float = 1e-6) -> np.nd
         flat[k] = old
         out[k] = (up - down) / (2 * h)
     return out.reshape(theta.shape)
+
+
+def custom_layer(path):
+    """The one ``custom`` layer of a config file (plugins loaded) as the network holds it, and
+    its input shape; ``.layer`` is the user's own object behind it."""
+    from cnngrad import config as cfg
+    from cnngrad.network import build
+
+    net = build(cfg.load(str(path), plugins=True)).net
+    (i,) = [i for i, spec in enumerate(net.specs) if spec.kind == "custom"]
+    return net.layers[i], net.layers[i].in_shape
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    """‖a − b‖ / (‖a‖ + ‖b‖), 0 for two zeros."""
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b) + 1e-300))

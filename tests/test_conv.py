@@ -16,6 +16,7 @@ import pytest
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from oracles import central
 
 from cnngrad import conv as C
 from cnngrad import layers as L
@@ -304,20 +305,8 @@ def numeric_grads(layer, a: np.ndarray, G: np.ndarray, eps: float = FD_EPS):
     def loss() -> float:
         return float(np.sum(layer.forward(a)[0] * G))
 
-    def fd(arr: np.ndarray) -> np.ndarray:
-        out = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            up = loss()
-            arr[idx] = old - eps
-            down = loss()
-            arr[idx] = old
-            out[idx] = (up - down) / (2 * eps)
-        return out
-
     a = a.copy()
-    return fd(a), {name: fd(p) for name, p in layer.params.items()}
+    return central(loss, a, eps), {name: central(loss, p, eps) for name, p in layer.params.items()}
 
 
 def assert_matches_fd(layer, a: np.ndarray, G: np.ndarray, eps: float = FD_EPS) -> None:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import custom_layer, rel
 
-from cnngrad import config as cfg
 from cnngrad.checker import check
 from cnngrad.diagnose import NO_PATTERN
-from cnngrad.network import build
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = sorted((ROOT / "tests" / "zoo").glob("*.yaml"))
@@ -41,9 +40,8 @@ def test_the_zoo_is_big_enough():
 
 def zoo_layer(path: Path):
     """The zoo plugin in the config (the user's own object) and its input shape."""
-    net = build(cfg.load(str(path), plugins=True)).net
-    (i,) = [i for i, spec in enumerate(net.specs) if spec.kind == "custom"]
-    return net.layers[i].layer, net.layers[i].in_shape
+    layer, in_shape = custom_layer(path)
+    return layer.layer, in_shape
 
 
 def torch_grads(layer, x: np.ndarray, delta: np.ndarray):
@@ -65,10 +63,6 @@ def torch_grads(layer, x: np.ndarray, delta: np.ndarray):
                "leaky_relu": lambda t: F.leaky_relu(t, layer.alpha)}[layer.function](xt)
     grads = torch.autograd.grad(out, [xt, *ps.values()], torch.tensor(delta))
     return out.detach().numpy(), {"input": grads[0].numpy(), **{k: g.numpy() for k, g in zip(ps, grads[1:])}}
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b) + 1e-300))
 
 
 @pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import custom_layer, rel
 
 from cnngrad import config as cfg
 from cnngrad.checker import check
 from cnngrad.diagnose import NO_PATTERN, geometry_of
-from cnngrad.network import build
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = sorted((ROOT / "tests" / "zoo_unseen").glob("*.yaml"))
@@ -45,9 +45,8 @@ def test_the_unseen_zoo_is_big_enough():
 
 def zoo_layer(path: Path):
     """The plugin in the config (the user's own object) and its input shape."""
-    net = build(cfg.load(str(path), plugins=True)).net
-    (i,) = [i for i, spec in enumerate(net.specs) if spec.kind == "custom"]
-    return net.layers[i].layer, net.layers[i].in_shape
+    layer, in_shape = custom_layer(path)
+    return layer.layer, in_shape
 
 
 def torch_grads(layer, x: np.ndarray, delta: np.ndarray):
@@ -71,10 +70,6 @@ def torch_grads(layer, x: np.ndarray, delta: np.ndarray):
                "leaky_relu": lambda t: F.leaky_relu(t, layer.alpha)}[layer.function](xt)
     grads = torch.autograd.grad(out, [xt, *ps.values()], torch.tensor(delta))
     return out.detach().numpy(), {"input": grads[0].numpy(), **{k: g.numpy() for k, g in zip(ps, grads[1:])}}
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b) + 1e-300))
 
 
 @pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)
@@ -119,17 +114,11 @@ def test_the_unseen_score_meets_the_issue():
 # ------------------------------------------------------------------ torch layers, kernel "weight"
 
 
-def torch_layer(path: Path):
-    net = build(cfg.load(str(path), plugins=True)).net
-    (i,) = [i for i, spec in enumerate(net.specs) if spec.kind == "custom"]
-    return net.layers[i], net.layers[i].in_shape
-
-
 @pytest.mark.parametrize("path", TORCH_ZOO, ids=lambda p: p.stem)
 def test_each_torch_layer_against_torch_autograd(path):
     """The hand-written backward against torch's own conv2d autograd: twins agree, bugs do not."""
     torch = pytest.importorskip("torch")
-    layer, in_shape = torch_layer(path)
+    layer, in_shape = custom_layer(path)
     module = layer.layer.module
     conv = getattr(module, "conv", module)
     stride, padding = (conv.stride, conv.padding) if hasattr(conv, "kernel_size") else \
@@ -164,7 +153,7 @@ def test_each_torch_conv_bug_is_diagnosed_through_its_weight(path):
 
 def test_torch_geometry_is_declared_or_read_or_left_to_inference():
     pytest.importorskip("torch")
-    by_name = {p.stem: torch_layer(p)[0] for p in TORCH_ZOO}
+    by_name = {p.stem: custom_layer(p)[0] for p in TORCH_ZOO}
     assert geometry_of(by_name["torch_delta_not_rotated"]) is None  # nothing declared: inferred, verified
     for name in ("torch_delta_rot90", "torch_dw_transposed"):  # declared; an nn.Conv2d's attributes
         g = geometry_of(by_name[name])
