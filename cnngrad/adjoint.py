@@ -116,10 +116,10 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
         else:
             out_a, cache_a = layer.forward(a)
             out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
-        u = rng.standard_normal(a.shape)
+        u = rng.uniform(-1.0, 1.0, a.shape)  # any random probe serves: uniform draws 4x faster
         moves = {"": (u, layer.forward(a + u)[0] - out_a)}  # tensor -> (U_T, L_T U_T)
         for name, P in list(layer.params.items()):
-            U = rng.standard_normal(P.shape)
+            U = rng.uniform(-1.0, 1.0, P.shape)
             layer.params[name] = P + U
             try:
                 moves[name] = (U, layer.forward(a)[0] - out_a)
@@ -128,7 +128,7 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
         if shared is not None and shared.delta is not None and shared.back is not None:
             v, back_v = shared.delta, shared.back
         else:
-            v = rng.standard_normal(out_a.shape)
+            v = rng.uniform(-1.0, 1.0, out_a.shape)
             back_v = layer.backward(v.copy(), cache_a)
         w = sum(Lu for _, Lu in moves.values())
         backs = [(v, back_v), (w, layer.backward(w.copy(), cache_a))]

@@ -25,7 +25,7 @@ from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
 from .localise_tree import localise_tree
-from .network import Network, Problem, build
+from .network import Forwarded, Network, Problem, build, pure
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
 from .refs import TensorRef
 from .resources import guard
@@ -480,14 +480,15 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
         # first: the trace has the last word.  A float64 net's adjoint test takes its first probe
         # (and its chain) from these calls, run before the trace too
-        visits: list[structural.Visit | None] | None = [] if config.dtype == "float64" else None
+        visits: list[structural.Visit | None] = []
         broken = structural.check(net.layers, x, kinds_of(net), config.seed,
-                                  keep=adjoint_mod.is_linear if visits is not None else None, visits=visits)
-        if visits is not None:
+                                  keep=adjoint_mod.is_linear if config.dtype == "float64" else None, visits=visits)
+        if config.dtype == "float64":
             adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, visits)
-            visits = None  # the caches go
         inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks
-        loss, deltas, grads, outputs = net.trace(x, y, inner)
+        passes: list[Forwarded] = []  # the unperturbed pass, for the numeric side too
+        loss, deltas, grads, outputs = net.trace(x, y, inner, given=_handed_over(net.layers, visits), passes=passes)
+        del visits  # the probes go; the caches live on in passes
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
                         convergence=how.convergence, source=config.source or config.name,
@@ -517,7 +518,9 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         for row in rows:
             row.picks = select(problem.rng, row.grad.size, how.samples)
         numeric_side = upcast(net, x, y) if how.fd_dtype != config.dtype else (net, x, y)
-        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=how.progress, workers=how.workers)
+        fd = FiniteDifferences(*numeric_side, how.eps, how.method, progress=how.progress, workers=how.workers,
+                               base=passes if numeric_side[0] is net else None)
+        del passes
         whole = fd  # the network end to end (the layer scope's end-to-end check)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if how.scope == "layer":
@@ -604,6 +607,18 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             if e2e.mismatch and not report.localisation:
                 report.localisation = layer_scope.WIRING
     return report
+
+
+def _handed_over(layers: list[Any], visits: list[structural.Visit | None]) -> list[Forwarded]:
+    """The structural checks' first forward of each layer, from the first layer on, for as
+    long as each layer is ``pure`` and passed every check (so a second call would give the
+    same output and cache): the trace takes them instead of calling forward again."""
+    given: list[Forwarded] = []
+    for layer, visit in zip(layers, visits):
+        if visit is None or not visit.clean or not pure(layer):
+            break
+        given.append(Forwarded(visit.out, visit.cache))
+    return given
 
 
 def save_npz(report: Report, path: str | os.PathLike) -> None:

@@ -6,6 +6,7 @@ each layer's parameters in layer order (W, then b), then the input x ~ N(0, 1) o
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,25 @@ from .losses import LOSSES
 from .plugins import describe_exit, no_exit
 
 Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """One layer's forward, already run on its input in the unperturbed pass: its output
+    ``a^l`` and its cache (what ``backward`` takes back)."""
+
+    out: Array
+    cache: Any
+
+
+def pure(layer: Any) -> bool:
+    """Whether ``layer``'s forward is known to be a function of its input and parameters
+    alone — a built-in layer, or a block of them — so that a call's output and cache can
+    stand for another call's on the same input.  A user's layer (``PluginLayer``) never is:
+    it may reuse a buffer, or count its calls."""
+    if isinstance(layer, Block):
+        return all(pure(inner) for path in layer.paths for inner in path)
+    return not isinstance(layer, PluginLayer)
 
 
 class Network:
@@ -75,16 +95,24 @@ class Network:
         """C: the batch mean of the per-sample loss of the last layer's output."""
         return float(np.mean(self.loss.per_sample(out, y)))
 
-    def trace(self, x: Array, y: Array, inner: dict[tuple[int, ...], Array] | None = None
+    def trace(self, x: Array, y: Array, inner: dict[tuple[int, ...], Array] | None = None,
+              given: Sequence[Forwarded] = (), passes: list[Forwarded] | None = None
               ) -> tuple[float, list[Array], list[dict[str, Array]], list[Array]]:
         """One forward and one backward pass: C, δ at every layer boundary (``backward``;
         ``inner`` receives those inside blocks), every layer's parameter gradients, and
-        every layer's output."""
+        every layer's output.  ``given``: the first layers' forwards, already run from this
+        x (the structural checks' calls of ``pure`` layers), taken instead of calling them
+        again; ``passes`` (a list) receives every layer's ``Forwarded``."""
         a, outputs, caches = x, [], []
-        for layer in self.layers:
-            a, cache = layer.forward(a)
+        for i, layer in enumerate(self.layers):
+            if i < len(given):
+                a, cache = given[i].out, given[i].cache
+            else:
+                a, cache = layer.forward(a)
             outputs.append(a)
             caches.append(cache)
+        if passes is not None:
+            passes.extend(Forwarded(out, cache) for out, cache in zip(outputs, caches))
         deltas, grads = self.backward(self.loss.gradient(a, y), caches, inner)
         return self.cost(a, y), deltas, grads, outputs
 

@@ -116,14 +116,16 @@ def _same_result(r1: tuple[Array, dict[str, Array]], r2: tuple[Array, dict[str, 
 
 @dataclass(frozen=True)
 class Visit:
-    """What the checks of one layer computed, for the adjoint test to use (``adjoint``): its
-    output (a copy), and, for a layer kept, forward's cache, the random δ and what backward
-    returned for it (copies) — every check on them passed."""
+    """What the checks of one layer computed, for the adjoint test and the analytic trace to
+    use: its output (a copy); where every check passed (``clean``), forward's cache — which
+    the backward calls were seen to leave as it was — and, for a layer kept, the random δ and
+    what backward returned for it (copies)."""
 
     out: Array
     cache: Any = None
     delta: Array | None = None
     back: tuple[Array, dict[str, Array]] | None = None
+    clean: bool = False
 
 
 def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[str], Array | None]:
@@ -151,7 +153,7 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -
         why.append("forward is not deterministic: a second call on the same input gives different numbers")
     if not unchanged(params, layer.params):
         return why + ["forward changes the layer's parameters"], Visit(out)
-    delta = rng.standard_normal(out.shape).astype(out.dtype)
+    delta = rng.uniform(-1.0, 1.0, out.shape).astype(out.dtype)  # any random δ serves: uniform draws 4x faster
     d1 = delta.copy()
     before = snapshot(cache)
     r1 = _result(layer.backward(d1, cache))
@@ -166,7 +168,7 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -
     # (a correct backward can miss it by rounding near underflow: then neither fails)
     r2 = _result(layer.backward(np.multiply(delta, 2, dtype=delta.dtype), cache))
     if _same_result(_scaled(r1, 2), r2):
-        return why, (Visit(out, cache, delta, r1) if keep and not why else Visit(out))
+        return why, _visit(why, out, cache, delta, r1, keep)
     r2 = _result(layer.backward(d1, cache))  # d1 is still δ, bit for bit
     if not _same_result(r1, r2):
         why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")
@@ -176,9 +178,14 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -
     if nonzero:
         what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
         why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
-    if why or not keep:
-        return why, Visit(out)
-    return why, Visit(out, cache, delta, r1)
+    return why, _visit(why, out, cache, delta, r1, keep)
+
+
+def _visit(why: list[str], out: Array, cache: Any, delta: Array, back: tuple[Array, dict[str, Array]],
+           keep: bool) -> Visit:
+    if why:
+        return Visit(out)
+    return Visit(out, cache, delta, back, clean=True) if keep else Visit(out, cache, clean=True)
 
 
 def check(layers: list[Any], x: Array, kinds: list[str], seed: int, keep: Callable[[Any], bool] | None = None,
@@ -189,7 +196,8 @@ def check(layers: list[Any], x: Array, kinds: list[str], seed: int, keep: Callab
     overwritten by it; δ comes from a generator of its own (``seed``), so the entries drawn
     for the numbers do not change.  ``visits`` (a list) receives each layer's ``Visit``
     (None from a layer whose input is not finite on), with the cache, δ and backward result
-    of the layers ``keep`` says — the adjoint test's first probe, at no cost."""
+    of the layers ``keep`` says — the adjoint test's first probe, at no cost — and every
+    clean layer's cache (``Visit``): the analytic trace's forward, at no cost either."""
     rng = np.random.default_rng([seed, 0x5EED])
     failures: list[str] = []
     a: Array | None = x

@@ -184,8 +184,9 @@ def test_every_built_in_backward_is_exactly_2x_for_2_delta(raw):
 
 
 class RoundTrip:
-    """Correct, but not exactly homogeneous: δ goes through (δ + 1) − 1, whose rounding depends
-    on δ's scale, so backward(2δ) misses 2·backward(δ) in the last bits."""
+    """Correct, but not exactly homogeneous: δ goes through (δ + 3) − 3, whose rounding depends
+    on δ's scale, so backward(2δ) misses 2·backward(δ) in the last bits (3, not 1: the checks'
+    uniform δ lies on a grid of 2⁻⁵², which 1 + δ keeps exactly)."""
 
     params: dict = {}
 
@@ -193,7 +194,7 @@ class RoundTrip:
         return 3.0 * a, None
 
     def backward(self, delta, cache):
-        return 3.0 * ((delta + 1.0) - 1.0), {}
+        return 3.0 * ((delta + 3.0) - 3.0), {}
 
 
 def test_a_right_backward_that_misses_2x_by_rounding_is_not_failed():

@@ -9,13 +9,13 @@ samples as in the unperturbed pass, which they are up to there).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..blas import one_thread
-from ..network import Network
+from ..network import Forwarded, Network
 from ..refs import TensorRef
 from . import planning, workers
 from . import workers as _workers
@@ -55,6 +55,8 @@ class FiniteDifferences:
     an entry of the input δ costs far more than one of the last bias).
     ``workers`` processes share the chunks of a large check (default: every core this
     process may use); ``memory_budget`` bounds one chunk's perturbed batch and its activations.
+    ``base``: the unperturbed pass of exactly this net on this x, already run (every layer's
+    ``Forwarded``, as the analytic trace leaves them), instead of running it again.
     Every chunk is computed the same way wherever it runs, with one BLAS thread, so the
     numbers are the same bit for bit whatever the number of workers.  ``fast_fallbacks``
     says, one sentence each, where a shortcut was not taken and plain passes ran instead.
@@ -62,7 +64,7 @@ class FiniteDifferences:
 
     def __init__(self, net: Network, x: Array, y: Array, eps: float, method: str = "central",
                  memory_budget: int = 16 << 20, progress: Callable[[int, int], None] | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, base: Sequence[Forwarded] | None = None) -> None:
         self.net, self.x, self.y, self.eps = net, x, y, eps
         self.method = get_method(method)
         # the dtype perturbed values live in: complex for the complex step
@@ -76,8 +78,8 @@ class FiniteDifferences:
         # the unperturbed pass: every layer's input and output, caches, kink states, ℓ_n(θ)
         self.inputs, self.caches = [x], []
         a = x
-        for layer in net.layers:
-            a, cache = layer.forward(a)
+        for i, layer in enumerate(net.layers):
+            a, cache = (base[i].out, base[i].cache) if base is not None else layer.forward(a)
             self.inputs.append(a)
             self.caches.append(cache)
         self.c0 = net.loss.per_sample(a, y)  # (N,)
