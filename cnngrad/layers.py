@@ -19,6 +19,7 @@ finite-difference shortcuts it implements (``finite_diff.shortcuts.Shortcuts``).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -302,6 +303,20 @@ class Activation:
 
 
 
+@functools.lru_cache(maxsize=64)
+def _window_index(n: int, c: int, H: int, W: int, k: C.Pair, s: C.Pair) -> tuple[Array, Array]:
+    """Where pooling windows sit in a flattened (n, c, H, W) map: each window's first entry,
+    of shape (n, c, ho, wo), and tap t's offset from it, of shape (kh·kw,) — so window w's
+    tap t is entry ``corners[w] + offsets[t]``.  Read-only (shared between calls)."""
+    ho, wo = C.out_size(H, k[0], s[0]), C.out_size(W, k[1], s[1])
+    corners = (np.arange(n * c)[:, None, None] * (H * W) + np.arange(ho)[:, None] * (s[0] * W)
+               + np.arange(wo) * s[1]).reshape(n, c, ho, wo)
+    offsets = (np.arange(k[0])[:, None] * W + np.arange(k[1])).reshape(-1)
+    corners.setflags(write=False)
+    offsets.setflags(write=False)
+    return corners, offsets
+
+
 class Pool:
     """Max or average pooling, no padding. a of shape (n, c, h, w) -> (n, c, ho, wo)."""
 
@@ -337,14 +352,21 @@ class Pool:
                 z += tap
             z /= self.k[0] * self.k[1]
             return z, (a.shape, None)
+        # the running max, in place, and the tap of each window's first maximum (a byte: fewer
+        # bytes to move than intp, the pass is bound by its strided reads); complex: by the real
+        # part (np.maximum would order by the imaginary part too)
+        complex_ = np.iscomplexobj(a)
         z, idx = None, None
-        for t, tap in self._taps(a):  # running max, in place; ties keep the first maximal entry
+        for t, tap in self._taps(a):
             if z is None:
-                z, idx = tap.copy(), np.zeros(tap.shape, dtype=np.intp)
+                z, idx = tap.copy(), np.zeros(tap.shape, dtype=np.uint8 if self.k[0] * self.k[1] < 256 else np.intp)
+                continue
+            better = _real(tap) > _real(z)  # ties keep the first maximal entry
+            if complex_:
+                np.copyto(z, tap, where=better)
             else:
-                better = _real(tap) > _real(z)
-                z = np.where(better, tap, z)
-                idx += better * (t - idx)  # t where better (set with z, at the first tap)
+                np.maximum(z, tap, out=z)  # a NaN in the window: the output is NaN (torch's max_pool2d too)
+            idx[better] = t
         return z, (a.shape, idx)
 
     def backward(self, delta: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
@@ -371,11 +393,11 @@ class Pool:
     def forward_on_piece(self, a: Array, state: Array) -> Array:
         """max: each window's entry at tap ``state`` (the argmax ``forward`` found at the
         unperturbed point), whatever the window's maximum now is; of shape (n, c, ho, wo)."""
-        z: Array | None = None
-        for t, tap in self._taps(a):
-            z = tap.copy() if z is None else np.where(state == t, tap, z)
-        assert z is not None
-        return z
+        n, c, H, W = a.shape
+        corners, offsets = _window_index(n, c, H, W, self.k, self.s)
+        flat = offsets[state]  # one gather of every window's entry, instead of a pass a tap
+        flat += corners
+        return np.take(np.ascontiguousarray(a).reshape(-1), flat)
 
     def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
         """The output window an input change inside the h×w windows at (y0, x0) can reach."""

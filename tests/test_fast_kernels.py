@@ -172,6 +172,27 @@ def test_max_pool_equals_the_loops_ties_and_all(size, stride, dtype):
     close(g, want_g, float(np.max(np.abs(delta))), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("size, stride", [(2, 2), ([2, 3], [2, 3]), (3, 1), ([2, 2], [3, 1]), (1, 2)])
+def test_max_pool_on_a_piece_reads_each_windows_stated_tap(size, stride, dtype):
+    """forward_on_piece (one gather through the windows' flat positions) against a loop that
+    reads tap ``state`` of every window; a strided (non-contiguous) input too."""
+    rng = np.random.default_rng(7)
+    a = draw(rng, (2, 3, 7, 8), dtype)
+    layer = L.Pool((3, 7, 8), rng, kind="max", size=size, stride=stride)
+    (kh, kw), (sh, sw) = layer.k, layer.s
+    z, _ = layer.forward(a)
+    state = rng.integers(0, kh * kw, size=z.shape).astype(np.uint8)
+    want = np.zeros_like(z)
+    for b, ch, i, j in np.ndindex(*z.shape):
+        u, v = divmod(int(state[b, ch, i, j]), kw)
+        want[b, ch, i, j] = a[b, ch, i * sh + u, j * sw + v]
+    np.testing.assert_array_equal(layer.forward_on_piece(a, state), want)
+    wide = np.zeros((2, 3, 7, 16), dtype=dtype)
+    wide[..., ::2] = a  # the same values, every other column of a bigger array
+    np.testing.assert_array_equal(layer.forward_on_piece(wide[..., ::2], state), want)
+
+
 # --------------------------------------------------------------------------- conv.paste_at
 
 
