@@ -482,7 +482,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         # (and its chain) from these calls, run before the trace too
         visits: list[structural.Visit | None] = []
         broken = structural.check(net.layers, x, kinds_of(net), config.seed,
-                                  keep=adjoint_mod.is_linear if config.dtype == "float64" else None, visits=visits)
+                                  keep=adjoint_mod.is_linear if config.dtype == "float64" else None, visits=visits,
+                                  trusted=pure)
         if config.dtype == "float64":
             adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, visits)
         inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks

@@ -91,3 +91,29 @@ def test_a_block_is_pure_only_if_every_layer_in_it_is():
         assert not pure(blocks[0])
     finally:
         blocks[0].paths[0].pop()
+
+
+def test_the_structural_checks_call_a_trusted_layer_once_and_check_every_other(monkeypatch):
+    """The checker trusts the built-in layers (``trusted=pure``: tests/test_structural.py proves
+    they pass every check): one forward each, and a backward only for the adjoint test's probe."""
+    from cnngrad.adjoint import is_linear
+    from cnngrad.layers import Conv
+
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = Conv.forward, Conv.backward
+
+    def counted(name, fn):
+        def call(self, *args):
+            calls[name] += 1
+            return fn(self, *args)
+        return call
+
+    monkeypatch.setattr(Conv, "forward", counted("forward", forward))
+    monkeypatch.setattr(Conv, "backward", counted("backward", backward))
+    problem = build(cfg.load("lenet"))  # two convs
+    kinds = checker.kinds_of(problem.net)
+    assert structural.check(problem.net.layers, problem.x, kinds, 0, keep=is_linear, trusted=pure) == []
+    assert calls == {"forward": 2, "backward": 2}
+    calls.update(forward=0, backward=0)
+    assert structural.check(problem.net.layers, problem.x, kinds, 0, keep=is_linear) == []
+    assert calls == {"forward": 4, "backward": 4}  # two forwards, δ and 2δ each
