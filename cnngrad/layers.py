@@ -356,11 +356,10 @@ class Pool:
         # bytes to move than intp, the pass is bound by its strided reads); complex: by the real
         # part (np.maximum would order by the imaginary part too)
         complex_ = np.iscomplexobj(a)
-        z, idx = None, None
-        for t, tap in self._taps(a):
-            if z is None:
-                z, idx = tap.copy(), np.zeros(tap.shape, dtype=np.uint8 if self.k[0] * self.k[1] < 256 else np.intp)
-                continue
+        taps = self._taps(a)
+        z = next(taps)[1].copy()
+        idx = np.zeros(z.shape, dtype=np.uint8 if self.k[0] * self.k[1] < 256 else np.intp)
+        for t, tap in taps:
             better = _real(tap) > _real(z)  # ties keep the first maximal entry
             if complex_:
                 np.copyto(z, tap, where=better)
