@@ -56,6 +56,9 @@ RUNGS: dict[str, Path] = {
 PYCACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "cnngrad-ladder-pycache"
 
 
+WARM_REPEATS = 9  # warm calls timed, cnngrad's and fast_mode's (the median kept): a shared machine's
+# pauses move a median of 3 by a quarter
+
 def child_env() -> dict[str, str]:
     """This tree first on the path, and bytecode cached (``PYTHONPYCACHEPREFIX``, outside the
     tree) as for an installed package — a ``PYTHONDONTWRITEBYTECODE`` environment would
@@ -147,9 +150,9 @@ def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, An
     leaves = peer.leaves()
     total = sum(t.numel() for t in leaves)
     out: dict[str, Any] = {"entries": total}
-    if fast:  # its first call in this process (as cnngrad's check in a fresh process), then warm: the median of 3
-        times, oks = [], []
-        for _ in range(4):
+    if fast:  # its first call in this process (as cnngrad's check in a fresh process), then warm: the median
+        times, oks = [], []  # of WARM_REPEATS
+        for _ in range(1 + WARM_REPEATS):
             t0 = time.perf_counter()
             oks.append(torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True,
                                                 raise_exception=False))
@@ -186,14 +189,14 @@ def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, An
     return out
 
 
-def directions_warm(config: Path, scope: str, workers: int, repeats: int = 3) -> dict[str, Any]:
-    """``--directions 1`` in this process, after a first run: the median of ``repeats`` runs'
+def directions_warm(config: Path, scope: str, workers: int, repeats: int | None = None) -> dict[str, Any]:
+    """``--directions 1`` in this process, after a first run: the median of ``repeats`` (WARM_REPEATS) runs'
     own seconds (warm, as fast_mode's median)."""
     from cnngrad import check
 
     check(str(config), scope=scope, directions=1, workers=workers)
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats or WARM_REPEATS):
         t0 = time.perf_counter()
         report = check(str(config), scope=scope, directions=1, workers=workers)
         times.append(time.perf_counter() - t0)
