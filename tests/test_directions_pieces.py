@@ -140,13 +140,26 @@ def _bad_pool_backward(self, delta, cache):
     return out, {}
 
 
+@pytest.mark.parametrize("scope", ["network", "layer"])
 @pytest.mark.parametrize("cls, bad, layers", [(Activation, _bad_relu_backward, {1, 4, 7}),
                                               (Pool, _bad_pool_backward, {2, 5})])
-def test_a_wrong_relu_or_max_pool_backward_still_fails_along_a_direction(monkeypatch, cls, bad, layers):
+def test_a_wrong_relu_or_max_pool_backward_still_fails_along_a_direction(monkeypatch, cls, bad, layers, scope):
     """Every layer of the class is wrong: the one named is one of them."""
     monkeypatch.setattr(cls, "backward", bad)
-    report = check(CONFIG, directions=1, workers=1, samples=20)
+    report = check(CONFIG, directions=1, workers=1, samples=20, scope=scope)
     assert not report.passed
     assert report.culprit in layers, (report.culprit, report.localisation)
     # found along the direction first (then checked entry by entry, for the diagnosis)
     assert any(not row.passed and (row.note or "").startswith("failed along 1 directions") for row in report.rows)
+
+
+def test_the_layer_scope_holds_each_links_pieces_too():
+    """Each link of the layer scope along a direction: a relu's or max pool's input moved is
+    held on its piece (a window of tied relu zeros was crossed by every direction, and the
+    link fell back to all its entries); the links of the pieces pass along their direction."""
+    report = check(CONFIG, directions=1, workers=1, scope="layer")
+    assert report.passed
+    pieces = [row for row in report.rows if row.ref.is_delta and row.ref.index in {2, 5, 8}]  # relu → max pool
+    assert len(pieces) == 3
+    for row in pieces:
+        assert row.mode == "directions" and not row.kink_mask.any(), (row.ref, row.note)

@@ -186,9 +186,16 @@ class LinkDifferences(InputLinks, GroupedInputs):
 
     def directional(self, ref: TensorRef, V: Array) -> tuple[Array, Array]:
         """``⟨δ^l, (z^l(θ + h·v) − z^l(θ − h·v)) / 2h⟩`` along each row v of V (of shape
-        (K, size)), a real pass of the layer on the whole batch per direction and step."""
+        (K, size)), a real pass of the layer on the whole batch per direction and step.
+
+        A layer offering ``"piece"`` (relu, leaky relu, max and global max pooling) moved along
+        its input is held on the unperturbed pass's piece (``forward_on_piece``), as the
+        network scope holds it (``FiniteDifferences.directional``): a direction moves every
+        unit, and a max-pool window of tied relu zeros was crossed by every direction; on the
+        piece the quotient is the piece's derivative, the one the backward's masks compute."""
         link, fd = self.links.at(ref.path), self.fd
         layer, z0, delta, base = link.layer, link.z, link.delta, link.base
+        on_piece = ref.is_delta and base is not None and link.caps.can("piece")
         original = link.a_prev if ref.is_delta else layer.params[ref.name]
         offs = np.asarray(self.method.offsets) * fd.eps
         steps = np.broadcast_to(offs[:, None], (len(offs), len(V)))
@@ -199,6 +206,9 @@ class LinkDifferences(InputLinks, GroupedInputs):
                 for m, o in enumerate(offs):
                     for k, v in enumerate(V):
                         shifted = (original + o * v.reshape(original.shape)).astype(np.result_type(original, fd.work))
+                        if on_piece:
+                            contracted[m, k] = np.sum((layer.forward_on_piece(shifted, base) - z0) * delta)
+                            continue
                         if ref.is_delta:
                             out, cache = layer.forward(shifted)
                         else:
