@@ -575,8 +575,18 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         second_look(rows)
         if config.dtype != "float64":
             trust = resolution.rounding_trust(deltas, grads, loss, outputs[-1], y)
+
+            def same_in_float64() -> dict[TensorRef, tuple[Array, float]]:
+                """Every row's gradient from the same backward run in float64, and √ε·G there."""
+                net64, x64, y64 = upcast(net, x, y)
+                inner64: dict[tuple[int, ...], Array] = {}
+                _, d64, g64, _ = net64.trace(x64, y64, inner64)
+                bound = resolution.trusted(d64, g64)
+                return {row.ref: (row.grad, bound) for row in targets(net64, d64, g64, inner64)}
+            float64_rows = resolution.lazily(same_in_float64)
             _rounding_excused(rows, net, traced_wide,
-                              lambda c, w: resolution.precision_bound(c, w, c.tol, trust, config.dtype))
+                              lambda c, w: resolution.precision_bound(c, w, c.tol, trust, config.dtype,
+                                                                      float64_rows().get(c.ref)))
         else:
             trusted = resolution.trusted(deltas, grads)
             _rounding_excused(rows, net, traced_wide, lambda c, w: resolution.at_rounding(c, w, trusted))

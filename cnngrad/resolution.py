@@ -158,7 +158,8 @@ def rounding_trust(deltas: list[Array], grads: list[dict[str, Array]], loss: flo
     return max(trusted(deltas, grads), MARGIN * unit * loss_scale(loss, out, y))
 
 
-def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: str) -> str:
+def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: str,
+                    at64: tuple[Array, float] | None = None) -> str:
     """Why a failing row of a low-precision network (float32) is not a failure, or "".
 
     ``wide``: the row's analytic gradient from ``wide_trace`` (the same backward in
@@ -168,7 +169,12 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
     ``dtype`` result is off from the wide one by no more than rounding can (``trust``, see
     ``rounding_trust``, per entry).  A bug is in the wide run too, so it is never excused
     here — only a backward wrong in float32 alone (a dtype-dependent branch) within that
-    bound would be."""
+    bound would be.  "Agrees" is norm rel ≤ tol, or ``at_rounding``'s agreement at float64's
+    own rounding, where ``at64`` (the same backward run in float64 on this tensor, and its
+    ``trusted`` bound) is given: the differences are float64 arithmetic, and a gradient 0 in
+    truth (a bias right before a norm that removes its mean) comes out of the complex step as
+    ~1e-14, of the float64 backward as ~2e-14 and of the longdouble one as ~1e-17 — norm rel
+    1 between any two, with nothing wrong; a bug widens the gap, not float64's rounding."""
     from .compare import metrics  # compare imports Floor from here
     ok = ~check.kink_mask
     if check.mode != "entries" or not ok.any():
@@ -180,11 +186,17 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
         return ""
     wide_rel = metrics(w, n).norm_rel
     off = float(np.max(np.abs(g - w)))
-    if not (wide_rel <= tol and off <= trust):
+    agrees = f"norm rel {wide_rel:.1e} ≤ tol" if wide_rel <= tol else ""
+    if not agrees and at64 is not None and np.all(np.isfinite(n)):
+        g64 = np.asarray(at64[0], dtype=np.float64).reshape(-1)[check.indices][ok]
+        rounding, apart = float(np.max(np.abs(g64 - w))), float(np.max(np.abs(n - w)))
+        if apart <= MARGIN * rounding and rounding <= at64[1]:
+            agrees = f"to {apart:.0e}, within {MARGIN:.0f}x the same backward's float64 rounding {rounding:.0e}"
+    if not (agrees and off <= trust):
         return ""
-    by = "the complex step" if check.confirmed is not None else "the differences"
+    by = "the complex step" if check.confirmed is not None or "complex step" in check.note else "the differences"
     return (f"{dtype} rounding of the backward: the same backward run in longdouble agrees with {by} "
-            f"(norm rel {wide_rel:.1e} ≤ tol), its {dtype} result is off by up to {off:.1e} "
+            f"({agrees}), its {dtype} result is off by up to {off:.1e} "
             f"(cancellation): check this layer in float64 to judge it at tol")
 
 

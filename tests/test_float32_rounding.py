@@ -164,3 +164,55 @@ def test_a_real_dense_bug_under_a_saturated_float32_softmax_still_fails(monkeypa
     report = check(cfg.validate(SATURATED_SOFTMAX))
     assert not report.passed
     assert next(r for r in report.rows if str(r.ref) == "layers[3] W").failed
+
+
+# a bias right before a per-channel norm: ∂C/∂b is 0 in truth (the norm removes each sample's
+# channel mean, b adds a constant to it).  Found by a sweep of random configs of every kind.
+ZERO_IN_TRUTH = {
+    "name": "zero-in-truth", "seed": 1229442122, "dtype": "float32",
+    "input": {"batch": 3, "channels": 1, "height": 1, "width": 4}, "init": "lecun",
+    "layers": [
+        {"dropout": {"rate": 0.0}},
+        {"conv": {"filters": 2, "kernel": 1, "stride": [3, 3], "padding": 2, "dilation": [1, 2], "bias": "tied",
+                  "mode": "convolution"}},
+        {"groupnorm": {"groups": 2}},
+        {"conv": {"filters": 2, "kernel": [2, 1], "groups": 2}},
+        {"flatten": {}},
+        {"dense": {"units": 2, "bias": False}},
+    ],
+    "loss": "softmax_cross_entropy",
+}
+
+
+def test_a_gradient_zero_in_truth_is_unresolved_not_failed() -> None:
+    """The float32 ∂C/∂b is its rounding (~3e-6); the complex step's own rounding through the
+    norm is ~2e-14, above its floor, the same backward's in float64 ~2e-14 and in longdouble
+    ~1e-17: norm rel 1 between any two, with nothing wrong.  It used to FAIL ("the complex
+    step resolves it and disagrees")."""
+    _, net, x, y = float64_copy(ZERO_IN_TRUTH)
+    truth = richardson(net, x, y, net.layers[1].params["b"], 1e-3)
+    assert np.max(np.abs(truth)) < 1e-12  # 0, as the closed form says
+    report = check(cfg.validate(ZERO_IN_TRUTH), workers=1)
+    row = next(r for r in report.rows if str(r.ref) == "layers[1] b")
+    assert np.max(np.abs(row.analytic)) > 1e-7  # the float32 backward's rounding, far above 0
+    assert row.unresolved, (row.status, row.note)
+    assert "float32 rounding of the backward" in row.reason and "float64 rounding" in row.reason
+    assert report.passed and not row.passed
+    assert not check(cfg.validate(ZERO_IN_TRUTH), workers=1, strict=True).passed
+
+
+@pytest.mark.parametrize("offset", [1e-6, 1e-8])
+def test_a_bias_bug_on_a_gradient_zero_in_truth_still_fails(monkeypatch, offset: float) -> None:
+    """A wrong ∂C/∂b (an offset, below the float32 backward's rounding for 1e-8) is in the
+    longdouble run too, far beyond float64's rounding: it fails."""
+    original = L.Conv.backward
+
+    def offset_bias(self, delta, cache):
+        d, grads = original(self, delta, cache)
+        return d, {**grads, **({"b": grads["b"] + offset} if "b" in grads else {})}
+
+    monkeypatch.setattr(L.Conv, "backward", offset_bias)
+    report = check(cfg.validate(ZERO_IN_TRUTH), workers=1)
+    row = next(r for r in report.rows if str(r.ref) == "layers[1] b")
+    assert row.failed, (row.status, row.note, row.reason)
+    assert not report.passed
