@@ -10,8 +10,10 @@ time (start-up included), entries differenced per second and peak RSS (``os.wait
 one torch thread; where a full run would pass ``--gradcheck-budget`` seconds (default 120),
 it is timed on a measured subset of the entries (a slice of x, the rest held constant: the
 same two whole-network forward passes an entry) and extrapolated, and marked ``~``.
-``--directions 1`` is timed against ``gradcheck(fast_mode=True)``, both in-process (the
-check's own seconds from its JSON report: start-up left out, as fast_mode has none).
+``--directions 1`` is timed against ``gradcheck(fast_mode=True)``: first calls (cnngrad's
+check's own seconds from its JSON report in a fresh process, start-up left out as fast_mode
+has none; fast_mode's first call in its process), and warm, the two alternating in one
+process, WARM_REPEATS rounds, medians (this machine drifts by ±30% between processes).
 
 The floor of a rung: the FLOPs its scope must spend — two evaluations (central differences)
 of everything an entry changes, in the perturbed layer alone (layer scope) or in every layer
@@ -137,7 +139,8 @@ def run_cnngrad(config: Path, scope: str, workers: int, extra: list[str], timeou
 # ---------------------------------------------------------------------------- gradcheck
 
 
-def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, Any]:
+def gradcheck_times(problem: Problem, budget: float, fast: bool, config: Path | None = None,
+                    workers: int = 1) -> dict[str, Any]:
     """torch.autograd.gradcheck on the same function, one torch thread.  A slice of x is
     checked first (the rest held constant: the same two whole-network forward passes an
     entry) and its time extrapolated by entries; the full gradcheck runs only if that
@@ -151,14 +154,31 @@ def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, An
     total = sum(t.numel() for t in leaves)
     out: dict[str, Any] = {"entries": total}
     if fast:  # its first call in this process (as cnngrad's check in a fresh process), then warm: the median
-        times, oks = [], []  # of WARM_REPEATS
-        for _ in range(1 + WARM_REPEATS):
+        # of WARM_REPEATS, each round alternating with cnngrad's --directions 1 in both scopes (``config``)
+        # in this same process, so that the machine's drift (±30% here) moves both alike
+        from cnngrad import check
+
+        def fast_mode() -> bool:
+            return torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True,
+                                            raise_exception=False)
+
+        scopes = ("network", "layer") if config is not None else ()
+        times: dict[str, list[float]] = {"fast": [], **{scope: [] for scope in scopes}}
+        oks, passed = [], {}
+        for r in range(1 + WARM_REPEATS):
             t0 = time.perf_counter()
-            oks.append(torch.autograd.gradcheck(peer.loss, leaves, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True,
-                                                raise_exception=False))
-            times.append(time.perf_counter() - t0)
-        out.update(fast_first_seconds=times[0], fast_seconds=float(np.median(times[1:])), fast_passed=all(oks),
-                   all_fast_seconds=times)
+            oks.append(fast_mode())
+            times["fast"].append(time.perf_counter() - t0)
+            for scope in scopes:
+                if r == 0:
+                    check(str(config), scope=scope, directions=1, workers=workers)  # its warm-up
+                t0 = time.perf_counter()
+                passed[scope] = check(str(config), scope=scope, directions=1, workers=workers).passed
+                times[scope].append(time.perf_counter() - t0)
+        out.update(fast_first_seconds=times["fast"][0], fast_seconds=float(np.median(times["fast"][1:])),
+                   fast_passed=all(oks), all_fast_seconds=times["fast"])
+        out["cnngrad_warm"] = {scope: {"scope": scope, "seconds": float(np.median(times[scope][1:])),
+                                       "all_seconds": times[scope][1:], "passed": passed[scope]} for scope in scopes}
     if budget <= 0:  # fast_mode only (--update-directions)
         return out
     with torch.no_grad():  # one whole-network forward, to size the measured subset
@@ -189,20 +209,6 @@ def gradcheck_times(problem: Problem, budget: float, fast: bool) -> dict[str, An
     return out
 
 
-def directions_warm(config: Path, scope: str, workers: int, repeats: int | None = None) -> dict[str, Any]:
-    """``--directions 1`` in this process, after a first run: the median of ``repeats`` (WARM_REPEATS) runs'
-    own seconds (warm, as fast_mode's median)."""
-    from cnngrad import check
-
-    check(str(config), scope=scope, directions=1, workers=workers)
-    times = []
-    for _ in range(repeats or WARM_REPEATS):
-        t0 = time.perf_counter()
-        report = check(str(config), scope=scope, directions=1, workers=workers)
-        times.append(time.perf_counter() - t0)
-    return {"scope": scope, "seconds": float(np.median(times)), "all_seconds": times, "passed": report.passed}
-
-
 def update_directions(path: Path, args: argparse.Namespace) -> None:
     """Redo the --directions 1 / fast_mode columns of a stored results file, cold and warm."""
     results = json.loads(path.read_text())
@@ -214,20 +220,21 @@ def update_directions(path: Path, args: argparse.Namespace) -> None:
             print(f"{name}: cnngrad --directions 1 --scope {scope} …", file=sys.stderr)
             rung[key] = median_run(config, scope, args.workers, ["--directions", "1"], args.directions_timeout,
                                    args.repeats)
-            if rung[key].get("seconds") is not None:
-                rung[key + "_warm"] = directions_warm(config, scope, args.workers)
-        fast = gradcheck_in_child(config, 0.0, True, 600)
+        fast = gradcheck_in_child(config, 0.0, True, 600, args.workers)
         rung.setdefault("gradcheck", {}).update({k: v for k, v in fast.items() if "fast" in k})
+        for scope, key in (("network", "directions"), ("layer", "directions_layer")):
+            if scope in fast.get("cnngrad_warm", {}):
+                rung[key + "_warm"] = fast["cnngrad_warm"][scope]
         rung["directions_load"] = os.getloadavg()
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(table_row(name, rung), file=sys.stderr)
 
 
-def gradcheck_in_child(config: Path, budget: float, fast: bool, timeout: float) -> dict[str, Any]:
+def gradcheck_in_child(config: Path, budget: float, fast: bool, timeout: float, workers: int = 1) -> dict[str, Any]:
     """``gradcheck_times`` in its own process, so torch's memory never inflates this one
     (whose size every cnngrad child's peak RSS starts from)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--gradcheck-of", str(config),
-           "--gradcheck-budget", str(budget)] + ([] if fast else ["--no-directions"])
+           "--gradcheck-budget", str(budget), "--workers", str(workers)] + ([] if fast else ["--no-directions"])
     done = subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=str(ROOT))
     if done.returncode != 0:
         return {"error": done.stderr.decode(errors="replace")[-500:]}
@@ -354,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gradcheck-of", metavar="CONFIG", help=argparse.SUPPRESS)  # the child of gradcheck_in_child
     args = ap.parse_args(argv)
     if args.gradcheck_of:
-        times = gradcheck_times(build(load(args.gradcheck_of)), args.gradcheck_budget, fast=not args.no_directions)
+        times = gradcheck_times(build(load(args.gradcheck_of)), args.gradcheck_budget, fast=not args.no_directions,
+                                config=Path(args.gradcheck_of), workers=args.workers)
         print(json.dumps(times))
         return 0
     if args.render:
@@ -402,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_gradcheck:
             print(f"{name}: torch gradcheck …", file=sys.stderr)
             rung["gradcheck"] = gradcheck_in_child(config, args.gradcheck_budget, not args.no_directions,
-                                                   10 * args.gradcheck_budget + 600)
+                                                   10 * args.gradcheck_budget + 600, args.workers)
+            for scope, key in (("network", "directions"), ("layer", "directions_layer")):
+                if scope in rung["gradcheck"].get("cnngrad_warm", {}):
+                    rung[key + "_warm"] = rung["gradcheck"]["cnngrad_warm"][scope]
         rung["load_after"] = os.getloadavg()
         results["rungs"][name] = rung
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")  # each rung as it is done
