@@ -478,8 +478,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     """One pass of the check over a built problem: analytic side, numeric side, verdicts."""
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
-        # first: the trace has the last word.  A float64 net's adjoint test takes its first probe
-        # (and its chain) from these calls, run before the trace too
+        # first, layer by layer from x: the structural checks of the user's layers, and every
+        # built-in layer's forward (trusted: the tests prove them sound), which the trace and the
+        # differences' unperturbed pass then take; a float64 net's adjoint test takes its first
+        # probe (and its chain) from these calls
         visits: list[structural.Visit | None] = []
         broken = structural.check(net.layers, x, kinds_of(net), config.seed,
                                   keep=adjoint_mod.is_linear if config.dtype == "float64" else None, visits=visits,
