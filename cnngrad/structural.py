@@ -118,7 +118,8 @@ def _same_result(r1: tuple[Array, dict[str, Array]], r2: tuple[Array, dict[str, 
 @dataclass(frozen=True)
 class Visit:
     """What the checks of one layer computed, for the adjoint test and the analytic trace to
-    use: its output (a copy); where every check passed (``clean``), forward's cache — which
+    use: its output (a copy, where the layer was checked: a trusted one's is forward's own);
+    where every check passed or the layer is trusted (``clean``), forward's cache — which
     the backward calls were seen to leave as it was — and, for a layer kept, the random δ and
     what backward returned for it (copies)."""
 
