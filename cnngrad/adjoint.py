@@ -125,7 +125,7 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
                 moves[name] = (U, layer.forward(a)[0] - out_a)
             finally:
                 layer.params[name] = P
-        if shared is not None and shared.delta is not None and shared.back is not None:
+        if shared is not None:
             v, back_v = shared.delta, shared.back
         else:
             v = rng.uniform(-1.0, 1.0, out_a.shape)

@@ -301,8 +301,6 @@ class Activation:
 # --------------------------------------------------------------------------- pooling
 
 
-
-
 @functools.lru_cache(maxsize=64)
 def _window_index(n: int, c: int, H: int, W: int, k: C.Pair, s: C.Pair) -> tuple[Array, Array]:
     """Where pooling windows sit in a flattened (n, c, H, W) map: each window's first entry,
