@@ -10,7 +10,6 @@ calls tune(): importing cnngrad (a library) changes nothing process-wide.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -19,13 +18,18 @@ M_MMAP_THRESHOLD = -3
 _done = False
 
 
+def _libc() -> ctypes.CDLL:
+    """The C library this process runs on (ctypes.util.find_library would spawn ldconfig)."""
+    return ctypes.CDLL("libc.so.6")
+
+
 def trim() -> None:
     """Give freed heap memory back to the OS (before forking workers: a smaller process
     forks faster).  glibc only; a no-op elsewhere."""
     if not sys.platform.startswith("linux"):
         return
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -36,7 +40,7 @@ def tune(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> boo
     if _done or os.environ.get("CNNGRAD_NO_MALLOC_TUNING") or not sys.platform.startswith("linux"):
         return _done
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
     except (OSError, AttributeError):  # not glibc: nothing to do
         return False

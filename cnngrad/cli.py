@@ -7,16 +7,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from . import __version__, _malloc, pool
 from . import baseline as baseline_mod
 from . import config as cfg
 from . import output as out_files
-from . import report as render
 from .checker import Report, save_npz
 from .checker import check as run_check
 from .escape import printable
@@ -24,6 +22,9 @@ from .finite_diff import METHODS
 from .formats import FORMATS
 from .progress import LazyProgress, tick
 from .sources import survey
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class UsageFailure(click.ClickException):
@@ -90,18 +91,31 @@ class Samples(click.ParamType):
         return n
 
 
-class ReportConsole(Console):
-    """The report's console: a closed pipe is a BrokenPipeError for quiet_on_broken_pipe
-    to end with the verdict's code (rich's own handler exits 1, the "failed" code)."""
+@functools.cache
+def _report_console() -> type[Console]:
+    """The report's console class (rich is loaded by the commands that print with it: a JSON
+    report never loads it): a closed pipe is a BrokenPipeError for quiet_on_broken_pipe to end
+    with the verdict's code (rich's own handler exits 1, the "failed" code)."""
+    from rich.console import Console
 
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
+    class ReportConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return ReportConsole
 
 
 def stdout() -> Console:
-    out = ReportConsole()
-    return out if out.is_terminal else ReportConsole(width=160, no_color=True, highlight=False)
+    out = _report_console()()
+    return out if out.is_terminal else _report_console()(width=160, no_color=True, highlight=False)
+
+
+def string_console() -> Console:
+    """A console writing into a string (``--output``): no colour, 160 columns."""
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=160, no_color=True, highlight=False)
 
 
 def config_option(f: Callable) -> Callable:
@@ -368,6 +382,8 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
     verdict(stop.exit_code if len(reports) < len(refs) or any(rep.interrupted for rep in reports)
             else max(rep.return_code for rep in reports))
     if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # Ctrl-C: what finished
+        from . import report as render  # rich's renderers: loaded where a table is printed
+
         out = stdout()
         for rep in reports:
             if rep.error:
@@ -395,7 +411,9 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
                 raise UsageFailure(f"--reproducer {reproducer}: {getattr(e, 'strerror', None) or e}") from None
             click.echo(printable(f"reproducer: {path}"), err=True)
     if fmt == "table":
-        out = stdout() if output is None else Console(file=io.StringIO(), width=160, no_color=True, highlight=False)
+        from . import report as render
+
+        out = stdout() if output is None else string_console()
         for rep in reports:
             if rep.error:
                 continue
@@ -492,6 +510,7 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
           seed: int | None, plugins: bool, debug: bool) -> None:
     """Run the check over steps h = 1e-FROM … 1e-TO: error against h per tensor, the best h."""
     verdict(0)  # no verdict to keep: a closed pipe is not a failure
+    from . import report as render
     from . import sweep as sw
 
     if stop < start:
@@ -530,6 +549,7 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
 def validate(configs: tuple[str, ...], seed: int | None, plugins: bool, debug: bool) -> None:
     """Validate each CONFIG (a file, a folder of them, or a shipped name) and print the
     inferred shape after every layer; every error of every config, one line each (exit 2)."""
+    from . import report as render
     from .config_errors import errors_of
 
     verdict(0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -88,6 +87,8 @@ class Config:
 
     def digest(self) -> str:
         """A hash of what the config says (with the seed in force): baselines key on it."""
+        import hashlib  # here, not at start-up: only baselines hash
+
         text = json.dumps({"config": self.raw, "seed": self.seed}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

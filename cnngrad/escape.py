@@ -9,8 +9,10 @@ not take a file out of its folder.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported where a Text is made: a JSON report never loads it
+    from rich.text import Text
 
 # C0 and C1 controls, DEL, line/paragraph separators and the bidirectional overrides
 # (which reorder what a terminal or a code review shows: "trojan source")
@@ -34,6 +36,8 @@ def printable(value: object) -> str:
 
 def text(value: object, style: str = "") -> Text:
     """A rich ``Text`` of a user string: printed as it is, never read as ``[markup]``."""
+    from rich.text import Text
+
     return Text(printable(value), style=style)
 
 

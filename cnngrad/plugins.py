@@ -28,7 +28,6 @@ stopped; cnngrad would run plugins in a separate process to survive those.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -101,6 +100,8 @@ def locate(module: str, folder: Path) -> Path:
 
 
 def _unique_name(path: Path) -> str:
+    import hashlib  # here, not at start-up: only plugins hash
+
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     stem = path.parent.name if path.name == "__init__.py" else path.stem
     return f"cnngrad_plugin_{digest}_{re.sub(r'[^0-9A-Za-z_]', '_', stem)}"

@@ -12,10 +12,8 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-
-if TYPE_CHECKING:  # rich.progress is imported when a bar is shown (a long run on a terminal), not at start-up
+if TYPE_CHECKING:  # rich is imported when a bar may be shown (a run that lasted a while), not at start-up
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 
@@ -25,7 +23,7 @@ class LazyProgress:
 
     def __init__(self, after: float = 1.0, console: Console | None = None) -> None:
         self.after, self.t0 = after, time.monotonic()
-        self.console = console or Console(stderr=True)
+        self.console = console  # stderr's, made when a bar may be shown
         self.bar: Progress | None = None
         self.rows: dict[Hashable, TaskID] = {}
         self.count: TaskID | None = None
@@ -36,7 +34,13 @@ class LazyProgress:
 
     def _ready(self) -> bool:
         if self.bar is None:
-            if not self.console.is_terminal or time.monotonic() - self.t0 < self.after:
+            if time.monotonic() - self.t0 < self.after:
+                return False
+            if self.console is None:
+                from rich.console import Console
+
+                self.console = Console(stderr=True)
+            if not self.console.is_terminal:
                 return False
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
@@ -53,6 +57,8 @@ class LazyProgress:
             return
         assert self.bar is not None
         if key not in self.rows:
+            from rich.markup import escape
+
             self.rows[key] = self.bar.add_task(escape(label), total=max(total, 1))
         self.bar.update(self.rows[key], completed=done, total=max(total, 1))
 

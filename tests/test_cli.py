@@ -426,6 +426,24 @@ def test_help() -> None:
         assert command in result.stdout
 
 
+def test_a_json_check_does_not_load_rich() -> None:
+    """rich is ~20 ms of a start-up that bounds a small check's time: the commands that print
+    tables load it, a JSON report (what CI and the benchmarks read) never does."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cnngrad.cli import main\ntry:\n"
+            "    main(['check', 'lenet', '--format', 'json', '--samples', '3'])\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print(code, sorted(m for m in sys.modules if m.split('.')[0] == 'rich'), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr[-2000:]
+    assert '"passed": true' in done.stdout
+    table = subprocess.run([sys.executable, "-c", code.replace("'json'", "'table'")], capture_output=True,
+                           text=True, timeout=120)
+    assert "rich.console" in table.stderr.strip().splitlines()[-1]  # the probe sees rich when it is there
+
+
 def test_progress_bar_only_on_a_terminal_and_only_for_long_checks() -> None:
     import io
 
