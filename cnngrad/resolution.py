@@ -189,9 +189,14 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
     agrees = f"norm rel {wide_rel:.1e} ≤ tol" if wide_rel <= tol else ""
     if not agrees and at64 is not None and np.all(np.isfinite(n)):
         g64 = np.asarray(at64[0], dtype=np.float64).reshape(-1)[check.indices][ok]
-        rounding, apart = float(np.max(np.abs(g64 - w))), float(np.max(np.abs(n - w)))
+        # float64's rounding on this tensor: the float64 backward's, or (where that came out exact,
+        # a sum that cancelled to 0 by luck) the dtype's own rounding scaled by ε64/ε_dtype
+        scaled = off * float(np.finfo(np.float64).eps / np.finfo(np.dtype(dtype)).eps)
+        rounding, apart = max(float(np.max(np.abs(g64 - w))), scaled), float(np.max(np.abs(n - w)))
         if apart <= MARGIN * rounding and rounding <= at64[1]:
-            agrees = f"to {apart:.0e}, within {MARGIN:.0f}x the same backward's float64 rounding {rounding:.0e}"
+            how = (f"the {dtype} backward's scaled by ε64/ε_{dtype}: the float64 one came out exact"
+                   if scaled > float(np.max(np.abs(g64 - w))) else "the same backward's in float64")
+            agrees = f"to {apart:.0e}, within {MARGIN:.0f}x float64's rounding on this tensor {rounding:.0e} ({how})"
     if not (agrees and off <= trust):
         return ""
     by = "the complex step" if check.confirmed is not None or "complex step" in check.note else "the differences"
