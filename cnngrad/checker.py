@@ -208,6 +208,15 @@ def targets(net: Network, deltas: list[Array], grads: list[dict[str, Array]],
     return rows
 
 
+def _every_tensor(net: Network, deltas: list[Array], grads: list[dict[str, Array]],
+                  inner: dict[tuple[int, ...], Array]) -> dict[TensorRef, Array]:
+    """Every tensor either scope checks, by its ref: the network scope's rows, and δ at every
+    layer boundary (inside blocks too) that the layer scope adds."""
+    rows = layer_scope.link_rows(targets(net, deltas, grads, inner), deltas, kinds_of(net), Row, inner,
+                                 lambda p: kind_at(net, p))
+    return {row.ref: row.grad for row in rows}
+
+
 def walk_specs(specs: list[cfg.LayerSpec]) -> list[tuple[tuple[int, ...], cfg.LayerSpec]]:
     """Every layer spec with its index path, depth-first (a block before its inner layers)."""
     out = []
@@ -316,21 +325,21 @@ def _more_entries(rows: list[Row], fd: Any, rng: np.random.Generator, tol: float
                 f"every one of the {first} sampled entries crossed a kink: {new.size} more drawn")]))
 
 
-def _rounding_excused(rows: list[Row], net: Network, traced_wide: Callable[[], Any],
+def _rounding_excused(checks: list[tuple[TensorRef, TensorCheck]], net: Network, traced_wide: Callable[[], Any],
                       reason_of: Callable[[TensorCheck, Array], str]) -> None:
-    """Failing rows whose mismatch is the backward's own rounding become unresolved, with the
-    reason: not a failure, and never a pass.  ``reason_of(check, wide)`` says why (or "")
-    from the row's gradient in the same backward run in longdouble: ``precision_bound`` for a
-    float32 network, ``at_rounding`` for a float64 one (``resolution``)."""
-    failing = [row for row in rows if row.verdict.mismatch]
+    """Failing checks (each of the tensor ``ref`` names) whose mismatch is the backward's own
+    rounding become unresolved, with the reason: not a failure, and never a pass.
+    ``reason_of(check, wide)`` says why (or "") from the tensor's gradient in the same backward
+    run in longdouble: ``precision_bound`` for a float32 network, ``at_rounding`` for a float64
+    one (``resolution``)."""
+    failing = [(ref, c) for ref, c in checks if c.mismatch]
     wide = traced_wide() if failing else None  # (δs, gradients, inner δs) in longdouble, or None
     if wide is None:
         return
-    wide_rows = {row.ref: row.grad for row in targets(net, *wide)}
-    for row in failing:
-        reason = reason_of(row.verdict, wide_rows[row.ref]) if row.ref in wide_rows else ""
+    wide_rows = _every_tensor(net, *wide)
+    for ref, c in failing:
+        reason = reason_of(c, wide_rows[ref]) if ref in wide_rows else ""
         if reason:
-            c = row.verdict
             c.status, c.reason = "unresolved", reason
             c.note = "; ".join(part.replace(" and disagrees", "") for part in c.note.split("; ")
                                if not part.startswith("the complex step confirms"))
@@ -584,14 +593,17 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 inner64: dict[tuple[int, ...], Array] = {}
                 _, d64, g64, _ = net64.trace(x64, y64, inner64)
                 bound = resolution.trusted(d64, g64)
-                return {row.ref: (row.grad, bound) for row in targets(net64, d64, g64, inner64)}
+                return {ref: (g, bound) for ref, g in _every_tensor(net64, d64, g64, inner64).items()}
             float64_rows = resolution.lazily(same_in_float64)
-            _rounding_excused(rows, net, traced_wide,
-                              lambda c, w: resolution.precision_bound(c, w, c.tol, trust, config.dtype,
-                                                                      float64_rows().get(c.ref)))
+
+            def excuse(c: TensorCheck, w: Array) -> str:
+                return resolution.precision_bound(c, w, c.tol, trust, config.dtype, float64_rows().get(c.ref))
         else:
             trusted = resolution.trusted(deltas, grads)
-            _rounding_excused(rows, net, traced_wide, lambda c, w: resolution.at_rounding(c, w, trusted))
+
+            def excuse(c: TensorCheck, w: Array) -> str:
+                return resolution.at_rounding(c, w, trusted)
+        _rounding_excused([(row.ref, row.verdict) for row in rows], net, traced_wide, excuse)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner, how.tol_rule == "estimate")
@@ -616,6 +628,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 confirm_failures(checks, [TensorRef.delta(0)], numeric_side, how.method, how.tol, how.fd_dtype,
                                  how.workers, floor_of("complex", True))
                 e2e = layer_scope.as_end_to_end(checks[0], e2e)
+            _rounding_excused([(TensorRef.delta(0), e2e)], net, traced_wide, excuse)  # as ∂C/∂x's own row
             report.rows.append(e2e)
             if e2e.mismatch and not report.localisation:
                 report.localisation = layer_scope.WIRING
