@@ -326,17 +326,19 @@ def _more_entries(rows: list[Row], fd: Any, rng: np.random.Generator, tol: float
 
 
 def _rounding_excused(checks: list[tuple[TensorRef, TensorCheck]], net: Network, traced_wide: Callable[[], Any],
-                      reason_of: Callable[[TensorCheck, Array], str]) -> None:
+                      reason_of: Callable[[TensorCheck, Array], str],
+                      own: Callable[[list[TensorRef]], dict[TensorRef, Array]] = lambda refs: {}) -> None:
     """Failing checks (each of the tensor ``ref`` names) whose mismatch is the backward's own
     rounding become unresolved, with the reason: not a failure, and never a pass.
     ``reason_of(check, wide)`` says why (or "") from the tensor's gradient in the same backward
     run in longdouble: ``precision_bound`` for a float32 network, ``at_rounding`` for a float64
-    one (``resolution``)."""
+    one (``resolution``) — through the whole network, or, for a check of one layer alone (the
+    layer scope's: ``own(refs)``), that layer's own backward on the δ it received."""
     failing = [(ref, c) for ref, c in checks if c.mismatch]
     wide = traced_wide() if failing else None  # (δs, gradients, inner δs) in longdouble, or None
     if wide is None:
         return
-    wide_rows = _every_tensor(net, *wide)
+    wide_rows = {**_every_tensor(net, *wide), **own([ref for ref, _ in failing])}
     for ref, c in failing:
         reason = reason_of(c, wide_rows[ref]) if ref in wide_rows else ""
         if reason:
@@ -518,6 +520,23 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         traced_wide = resolution.lazily(lambda: resolution.wide_trace(net, x, y))
         measured = resolution.lazily(lambda: resolution.measured_rounding(net, x, y, deltas, grads, traced_wide()))
 
+        own_runs: dict[tuple[str, int], dict[TensorRef, Array]] = {}
+
+        def own(dtype: Any, refs: list[TensorRef]) -> dict[TensorRef, Array]:
+            """The layer scope's rows of the top-level layers ``refs`` name, as each layer's own
+            backward gives them in ``dtype`` on the δ it received (what those rows are
+            differences of); run once a layer, and only for rows that need it (failing ones)."""
+            if how.scope != "layer" or dtype == np.longdouble and not wider:
+                return {}
+            out: dict[TensorRef, Array] = {}
+            for l in sorted({ref.index for ref in refs if len(ref.path) == 1}):
+                key = (np.dtype(dtype).name, l)
+                if key not in own_runs:
+                    own_runs[key] = layer_scope.own_backward(net.layers, [x, *outputs[:-1]], received, dtype, only=l)
+                out.update(own_runs[key])
+            return out
+        wider = np.finfo(np.longdouble).eps < np.finfo(np.float64).eps  # longdouble has more digits here
+
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
                                     config.dtype, biggest, measured)
@@ -577,11 +596,21 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     ok = ~(c.kink_mask | num.kinks)
                     c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
             if not is_complex:
-                checks = [row.verdict for row in among]
-                confirm_failures(checks, [row.ref for row in among], numeric_side, how.method, how.tol,
-                                 how.fd_dtype, how.workers, floor_of("complex", True))
-                for row, check in zip(among, checks):
-                    row.check = check
+                # the layer scope's rows of a top-level layer are that layer alone: so is their second
+                # look (a row inside a block keeps the network's, as its rounding excuse does)
+                todo = [row for row in among if row.verdict.mode == "entries"
+                        and (row.verdict.mismatch or row.verdict.unresolved)]  # what confirm_failures takes
+                alone = own(np.longdouble, [row.ref for row in todo])
+                for links in (False, True):
+                    part = [row for row in todo if (row.ref in alone) == links]
+                    if not part:
+                        continue
+                    checks = [row.verdict for row in part]
+                    wrap = (lambda f: layer_scope.LinkDifferences(f, received, inner)) if links else None
+                    confirm_failures(checks, [row.ref for row in part], numeric_side, how.method, how.tol,
+                                     how.fd_dtype, how.workers, floor_of("complex", True), wrap=wrap)
+                    for row, check in zip(part, checks):
+                        row.check = check
 
         second_look(rows)
         if config.dtype != "float64":
@@ -593,7 +622,9 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 inner64: dict[tuple[int, ...], Array] = {}
                 _, d64, g64, _ = net64.trace(x64, y64, inner64)
                 bound = resolution.trusted(d64, g64)
-                return {ref: (g, bound) for ref, g in _every_tensor(net64, d64, g64, inner64).items()}
+                every = {**_every_tensor(net64, d64, g64, inner64),  # a link: its layer's own backward
+                         **own(np.float64, [row.ref for row in rows if row.verdict.mismatch])}
+                return {ref: (g, bound) for ref, g in every.items()}
             float64_rows = resolution.lazily(same_in_float64)
 
             def excuse(c: TensorCheck, w: Array) -> str:
@@ -603,7 +634,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
             def excuse(c: TensorCheck, w: Array) -> str:
                 return resolution.at_rounding(c, w, trusted)
-        _rounding_excused([(row.ref, row.verdict) for row in rows], net, traced_wide, excuse)
+        _rounding_excused([(row.ref, row.verdict) for row in rows], net, traced_wide, excuse,
+                          lambda refs: own(np.longdouble, refs))
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner, how.tol_rule == "estimate")

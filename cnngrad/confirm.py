@@ -8,6 +8,8 @@ only used where every layer from the perturbed one on carries an imaginary part
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,8 @@ def start_of(target: TensorRef) -> tuple[int, str | None]:
 
 
 def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], problem: tuple[Network, Array, Array],
-                     method: str, tol: float, fd_dtype: str, workers: int | None, floor: Floor) -> None:
+                     method: str, tol: float, fd_dtype: str, workers: int | None, floor: Floor,
+                     wrap: Callable[[FiniteDifferences], Any] | None = None) -> None:
     """Check each failing or unresolved tensor (``checks[r]``, differenced at ``targets[r]``)
     again with the complex step, which has no rounding floor of ``method``'s differences
     (``floor``: its own, far lower).
@@ -40,6 +43,10 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
     and the row says the failure is confirmed.  A tensor whose difference quotient only
     drowned in rounding passes there, and its row becomes the complex step's, saying why.
     An unresolved tensor stays so if the complex step cannot resolve it either.
+
+    ``wrap``: what the rows are differences of, given the complex step's differences of the
+    network — the layer scope's rows are each layer alone (``LinkDifferences``), and their
+    second look is too.
     """
     todo = [r for r, c in enumerate(checks) if c.mode == "entries" and (c.mismatch or c.unresolved)]
     if not todo:
@@ -57,7 +64,9 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         return
     try:
         step = get_method("complex").default_eps[fd_dtype]
-        exact = FiniteDifferences(*problem, step, "complex", workers=workers)
+        exact: Any = FiniteDifferences(*problem, step, "complex", workers=workers)
+        if wrap is not None:
+            exact = wrap(exact)
         with warnings.catch_warnings():  # an imaginary part dropped on a path the probe missed
             warnings.simplefilter("error", np.exceptions.ComplexWarning)
             results = exact.numeric([(targets[r], checks[r].indices) for r in usable])

@@ -26,10 +26,12 @@ passes — one sample a row for a per-sample layer, a whole perturbed batch for 
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 
+from ..blocks import Block
 from ..finite_diff import FiniteDifferences
 from ..refs import TensorRef
 from .links import LinkDifferences
@@ -37,7 +39,7 @@ from .links import LinkDifferences
 Array = np.ndarray
 END_TO_END_DIRECTIONS = 2  # random directions of x for the end-to-end check
 __all__ = ["LinkDifferences", "SCOPES", "received_deltas", "link_rows", "end_to_end", "as_end_to_end",
-           "kinks_only", "WIRING"]
+           "kinks_only", "WIRING", "own_backward"]
 
 SCOPES = ("network", "layer")
 
@@ -46,6 +48,34 @@ def received_deltas(deltas: list[Array], out_delta: Array) -> list[Array]:
     """δ^l, ∂C/∂(output of layer l), as each layer's backward received it: the δ the layer
     above passed down (``deltas[l + 1]``), the loss's gradient for the last layer."""
     return list(deltas[1:]) + [out_delta]
+
+
+def own_backward(layers: list[Any], inputs: list[Array], received: list[Array], dtype: Any,
+                 only: int | None = None) -> dict[TensorRef, Array]:
+    """Each top-level layer's own backward (or layer ``only``'s), run in ``dtype``
+    (longdouble, float64) on its input ``inputs[l]`` and the δ it received ``received[l]``,
+    both cast exactly: what the layer scope's rows of that layer are differences of — the
+    layer alone, at that δ — with less rounding.  Its δ at the input (``TensorRef.delta(l)``)
+    and its parameters' gradients.  A block (its links are inside it), or a layer that does
+    not run in ``dtype`` (a plugin may not), is left out."""
+    out: dict[TensorRef, Array] = {}
+    for l, layer in enumerate(layers):
+        if isinstance(layer, Block) or only is not None and l != only:
+            continue
+        wide = copy.deepcopy(layer)
+        try:
+            for name in wide.params:
+                wide.params[name] = wide.params[name].astype(dtype)
+            for name in getattr(wide, "buffers", {}):
+                wide.buffers[name] = wide.buffers[name].astype(dtype)
+            with np.errstate(all="ignore"):
+                _, cache = wide.forward(inputs[l].astype(dtype))
+                delta, grads = wide.backward(np.asarray(received[l]).astype(dtype), cache)
+        except Exception:  # noqa: BLE001 - a plugin that does not run in dtype: no wide value, no excuse
+            continue
+        out[TensorRef.delta(l)] = np.asarray(delta)
+        out.update({TensorRef.param(l, name): np.asarray(g) for name, g in grads.items()})
+    return out
 
 
 def link_rows(rows: list, deltas: list[Array], kinds: list[str], row_type: Any,
