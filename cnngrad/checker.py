@@ -532,7 +532,9 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             for l in sorted({ref.index for ref in refs if len(ref.path) == 1}):
                 key = (np.dtype(dtype).name, l)
                 if key not in own_runs:
-                    own_runs[key] = layer_scope.own_backward(net.layers, [x, *outputs[:-1]], received, dtype, only=l)
+                    # at the activations the layer scope differenced it at: the numeric side's (float64 for
+                    # a float32 net), with the δ its backward received
+                    own_runs[key] = layer_scope.own_backward(net.layers, whole.inputs, received, dtype, only=l)
                 out.update(own_runs[key])
             return out
         wider = np.finfo(np.longdouble).eps < np.finfo(np.float64).eps  # longdouble has more digits here
