@@ -619,11 +619,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             trust = resolution.rounding_trust(deltas, grads, loss, outputs[-1], y)
 
             def same_in_float64() -> dict[TensorRef, tuple[Array, float]]:
-                """Every row's gradient from the same backward run in float64, and √ε·G there."""
+                """Every row's gradient from the same backward run in float64, and how far float64's
+                rounding may take it (``rounding_trust``: √ε·G, or 10·ε·S for a saturated loss)."""
                 net64, x64, y64 = upcast(net, x, y)
                 inner64: dict[tuple[int, ...], Array] = {}
-                _, d64, g64, _ = net64.trace(x64, y64, inner64)
-                bound = resolution.trusted(d64, g64)
+                loss64, d64, g64, out64 = net64.trace(x64, y64, inner64)
+                bound = resolution.rounding_trust(d64, g64, loss64, out64[-1], y64)
                 every = {**_every_tensor(net64, d64, g64, inner64),  # a link: its layer's own backward
                          **own(np.float64, [row.ref for row in rows if row.verdict.mismatch])}
                 return {ref: (g, bound) for ref, g in every.items()}

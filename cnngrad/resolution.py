@@ -170,8 +170,9 @@ def precision_bound(check: Any, wide: Array, tol: float, trust: float, dtype: st
     ``rounding_trust``, per entry).  A bug is in the wide run too, so it is never excused
     here — only a backward wrong in float32 alone (a dtype-dependent branch) within that
     bound would be.  "Agrees" is norm rel ≤ tol, or ``at_rounding``'s agreement at float64's
-    own rounding, where ``at64`` (the same backward run in float64 on this tensor, and its
-    ``trusted`` bound) is given: the differences are float64 arithmetic, and a gradient 0 in
+    own rounding, where ``at64`` (the same backward run in float64 on this tensor, and
+    ``rounding_trust`` in float64: a saturated softmax's p − y loses ~ε64 of terms of size 1
+    there too) is given: the differences are float64 arithmetic, and a gradient 0 in
     truth (a bias right before a norm that removes its mean) comes out of the complex step as
     ~1e-14, of the float64 backward as ~2e-14 and of the longdouble one as ~1e-17 — norm rel
     1 between any two, with nothing wrong; a bug widens the gap, not float64's rounding."""

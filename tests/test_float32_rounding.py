@@ -166,6 +166,49 @@ def test_a_real_dense_bug_under_a_saturated_float32_softmax_still_fails(monkeypa
     assert next(r for r in report.rows if str(r.ref) == "layers[3] W").failed
 
 
+# Saturated harder: the loss is exactly 0 in float32 and the gradients ~3e-13, so float64 (the
+# complex step, the same backward in float64) loses 1e-3 of them to p − y's cancellation too —
+# terms of size 1 — which the float64 bound must allow (10·ε·S, as for float32), not √ε·G.
+SATURATED_TO_ZERO = {
+    "name": "saturated-to-zero", "seed": 1567110380, "dtype": "float32",
+    "input": {"batch": 1, "channels": 3, "height": 15, "width": 8}, "init": {"normal": 0.9301757537120797},
+    "layers": [{"flatten": {}}, {"dense": {"units": 3, "bias": False}}, {"activation": "softplus"}],
+    "loss": "softmax_cross_entropy",
+}
+
+
+def test_a_float32_softmax_saturated_to_a_zero_loss_is_unresolved_not_failed() -> None:
+    problem, net64, x64, y = float64_copy(SATURATED_TO_ZERO)
+    truth = richardson(net64, x64, y, net64.layers[1].params["W"], 1e-2)
+    assert 1e-14 < np.max(np.abs(truth)) < 1e-11  # tiny, and resolved by the oracle
+    loss32, _, grads32, _ = problem.net.trace(problem.x, problem.y)
+    assert loss32 == 0.0
+    rel = np.linalg.norm(grads32[1]["W"].astype(np.float64).reshape(-1) - truth) / np.linalg.norm(truth)
+    assert rel > 0.1  # float32 lost the digits
+    report = check(cfg.validate(SATURATED_TO_ZERO), directions=1)
+    assert report.passed and not any(r.failed for r in report.rows), [(str(r.ref), r.note) for r in report.rows]
+    row = next(r for r in report.rows if str(r.ref) == "layers[1] W")
+    assert row.unresolved and "float32 rounding" in row.reason
+
+
+@pytest.mark.parametrize("error", [2e-3, 2e-2])
+def test_a_real_dense_bug_under_a_float32_softmax_saturated_to_zero_still_fails(monkeypatch, error: float) -> None:
+    """2% off fails at its row; 0.2% is within float64's own rounding of these gradients (the
+    complex step resolves them to ~1e-3 here) — the row cannot tell — and the dot-product
+    test, exact for a linear layer, fails the check."""
+    original = L.Dense.backward
+
+    def scaled(self, delta, cache):
+        d, grads = original(self, delta, cache)
+        return d, {name: g * (1 + error) for name, g in grads.items()}
+
+    monkeypatch.setattr(L.Dense, "backward", scaled)
+    report = check(cfg.validate(SATURATED_TO_ZERO), directions=1)
+    assert not report.passed
+    row = next(r for r in report.rows if str(r.ref) == "layers[1] W")
+    assert row.failed if error > 1e-2 else not row.passed
+
+
 # a bias right before a per-channel norm: ∂C/∂b is 0 in truth (the norm removes each sample's
 # channel mean, b adds a constant to it).  Found by a sweep of random configs of every kind.
 ZERO_IN_TRUTH = {
