@@ -326,21 +326,22 @@ def _more_entries(rows: list[Row], fd: Any, rng: np.random.Generator, tol: float
 
 
 def _rounding_excused(checks: list[tuple[TensorRef, TensorCheck]], net: Network, traced_wide: Callable[[], Any],
-                      reason_of: Callable[[TensorCheck, Array], str],
+                      reason_of: Callable[[TensorCheck, Array, bool], str],
                       own: Callable[[list[TensorRef]], dict[TensorRef, Array]] = lambda refs: {}) -> None:
     """Failing checks (each of the tensor ``ref`` names) whose mismatch is the backward's own
     rounding become unresolved, with the reason: not a failure, and never a pass.
-    ``reason_of(check, wide)`` says why (or "") from the tensor's gradient in the same backward
-    run in longdouble: ``precision_bound`` for a float32 network, ``at_rounding`` for a float64
-    one (``resolution``) — through the whole network, or, for a check of one layer alone (the
-    layer scope's: ``own(refs)``), that layer's own backward on the δ it received."""
+    ``reason_of(check, wide, alone)`` says why (or "") from the tensor's gradient in the same
+    backward run in longdouble: ``precision_bound`` for a float32 network, ``at_rounding`` for a
+    float64 one (``resolution``) — through the whole network, or, for a check of one layer alone
+    (``alone``: the layer scope's, ``own(refs)``), that layer's own backward on the δ it received."""
     failing = [(ref, c) for ref, c in checks if c.mismatch]
     wide = traced_wide() if failing else None  # (δs, gradients, inner δs) in longdouble, or None
     if wide is None:
         return
-    wide_rows = {**_every_tensor(net, *wide), **own([ref for ref, _ in failing])}
+    wide_rows, alone = _every_tensor(net, *wide), own([ref for ref, _ in failing])
     for ref, c in failing:
-        reason = reason_of(c, wide_rows[ref]) if ref in wide_rows else ""
+        w = alone.get(ref, wide_rows.get(ref))
+        reason = reason_of(c, w, ref in alone) if w is not None else ""
         if reason:
             c.status, c.reason = "unresolved", reason
             c.note = "; ".join(part.replace(" and disagrees", "") for part in c.note.split("; ")
@@ -625,17 +626,19 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 inner64: dict[tuple[int, ...], Array] = {}
                 loss64, d64, g64, out64 = net64.trace(x64, y64, inner64)
                 bound = resolution.rounding_trust(d64, g64, loss64, out64[-1], y64)
-                every = {**_every_tensor(net64, d64, g64, inner64),  # a link: its layer's own backward
-                         **own(np.float64, [row.ref for row in rows if row.verdict.mismatch])}
-                return {ref: (g, bound) for ref, g in every.items()}
+                return {ref: (g, bound) for ref, g in _every_tensor(net64, d64, g64, inner64).items()}
             float64_rows = resolution.lazily(same_in_float64)
 
-            def excuse(c: TensorCheck, w: Array) -> str:
-                return resolution.precision_bound(c, w, c.tol, trust, config.dtype, float64_rows().get(c.ref))
+            def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
+                at64 = float64_rows().get(c.ref)
+                if alone:  # a layer alone: its own backward in float64 (the same bound)
+                    own64 = own(np.float64, [c.ref]).get(c.ref)
+                    at64 = None if own64 is None or at64 is None else (own64, at64[1])
+                return resolution.precision_bound(c, w, c.tol, trust, config.dtype, at64)
         else:
             trusted = resolution.trusted(deltas, grads)
 
-            def excuse(c: TensorCheck, w: Array) -> str:
+            def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
                 return resolution.at_rounding(c, w, trusted)
         _rounding_excused([(row.ref, row.verdict) for row in rows], net, traced_wide, excuse,
                           lambda refs: own(np.longdouble, refs))
