@@ -133,10 +133,7 @@ def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
     """A float64 copy of a float32 network (its parameters cast up exactly), x and y."""
     wide = copy.deepcopy(net)
     for layer in wide.layers:
-        for name in layer.params:
-            layer.params[name] = layer.params[name].astype(np.float64)
-        for name in getattr(layer, "buffers", {}):  # running statistics, dropout masks
-            layer.buffers[name] = layer.buffers[name].astype(np.float64)
+        resolution.cast_layer(layer, np.float64)
     return wide, x.astype(np.float64), (y.astype(np.float64) if y.dtype.kind == "f" else y)
 
 
@@ -527,7 +524,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             """The layer scope's rows of the top-level layers ``refs`` name, as each layer's own
             backward gives them in ``dtype`` on the δ it received (what those rows are
             differences of); run once a layer, and only for rows that need it (failing ones)."""
-            if how.scope != "layer" or dtype == np.longdouble and not wider:
+            if how.scope != "layer" or dtype == np.longdouble and not resolution.longdouble_is_wider():
                 return {}
             out: dict[TensorRef, Array] = {}
             for l in sorted({ref.index for ref in refs if len(ref.path) == 1}):
@@ -538,7 +535,6 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     own_runs[key] = layer_scope.own_backward(net.layers, whole.inputs, received, dtype, only=l)
                 out.update(own_runs[key])
             return out
-        wider = np.finfo(np.longdouble).eps < np.finfo(np.float64).eps  # longdouble has more digits here
 
         def floor_of(method: str, complex_step: bool) -> resolution.Floor:
             return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,

@@ -99,6 +99,21 @@ def largest(arrays: list[Array]) -> float:
                    default=0.0)
 
 
+def longdouble_is_wider() -> bool:
+    """Whether ``np.longdouble`` has more digits than float64 here (x86: 11 more bits; not on
+    every platform), so that a backward run in it measures float64's rounding."""
+    return bool(np.finfo(np.longdouble).eps < np.finfo(np.float64).eps)
+
+
+def cast_layer(layer: Any, dtype: Any) -> None:
+    """In place: a layer's parameters and buffers (running statistics, dropout masks) cast to
+    ``dtype`` — exactly, when it is wider.  On a copy: the network checked is left as it is."""
+    for name in layer.params:
+        layer.params[name] = layer.params[name].astype(dtype)
+    for name in getattr(layer, "buffers", {}):
+        layer.buffers[name] = layer.buffers[name].astype(dtype)
+
+
 def wide_trace(net: Any, x: Array, y: Array) -> tuple[list[Array], list[dict[str, Array]],
                                                       dict[tuple[int, ...], Array]] | None:
     """The same network, x and y run in ``np.longdouble`` (11 more bits than float64 on x86):
@@ -106,16 +121,13 @@ def wide_trace(net: Any, x: Array, y: Array) -> tuple[list[Array], list[dict[str
     own arithmetic, with its rounding made smaller.  None where longdouble is no wider than
     float64 or a layer does not run in it (a plugin may not)."""
     wide_t = np.longdouble
-    if np.finfo(wide_t).eps >= np.finfo(np.float64).eps:
+    if not longdouble_is_wider():
         return None
     wide = copy.deepcopy(net)
     inner: dict[tuple[int, ...], Array] = {}
     try:
         for layer in wide.layers:
-            for name in layer.params:
-                layer.params[name] = layer.params[name].astype(wide_t)
-            for name in getattr(layer, "buffers", {}):
-                layer.buffers[name] = layer.buffers[name].astype(wide_t)
+            cast_layer(layer, wide_t)
         with np.errstate(all="ignore"):
             _, deltas, grads, _ = wide.trace(x.astype(wide_t), y.astype(wide_t) if y.dtype.kind == "f" else y, inner)
     except Exception:  # a layer that does not take longdouble: no measurement

@@ -34,6 +34,7 @@ import numpy as np
 from ..blocks import Block
 from ..finite_diff import FiniteDifferences
 from ..refs import TensorRef
+from ..resolution import cast_layer
 from .links import LinkDifferences
 
 Array = np.ndarray
@@ -64,10 +65,7 @@ def own_backward(layers: list[Any], inputs: list[Array], received: list[Array], 
             continue
         wide = copy.deepcopy(layer)
         try:
-            for name in wide.params:
-                wide.params[name] = wide.params[name].astype(dtype)
-            for name in getattr(wide, "buffers", {}):
-                wide.buffers[name] = wide.buffers[name].astype(dtype)
+            cast_layer(wide, dtype)
             with np.errstate(all="ignore"):
                 _, cache = wide.forward(inputs[l].astype(dtype))
                 delta, grads = wide.backward(np.asarray(received[l]).astype(dtype), cache)
