@@ -518,21 +518,22 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         traced_wide = resolution.lazily(lambda: resolution.wide_trace(net, x, y))
         measured = resolution.lazily(lambda: resolution.measured_rounding(net, x, y, deltas, grads, traced_wide()))
 
-        own_runs: dict[tuple[str, int], dict[TensorRef, Array]] = {}
+        own_runs: dict[tuple[str, tuple[int, ...]], dict[TensorRef, Array]] = {}
+        links: layer_scope.LinkDifferences | None = None  # the layer scope's: each layer alone
 
         def own(dtype: Any, refs: list[TensorRef]) -> dict[TensorRef, Array]:
-            """The layer scope's rows of the top-level layers ``refs`` name, as each layer's own
-            backward gives them in ``dtype`` on the δ it received (what those rows are
-            differences of); run once a layer, and only for rows that need it (failing ones)."""
-            if how.scope != "layer" or dtype == np.longdouble and not resolution.longdouble_is_wider():
+            """The layer scope's rows of the layers ``refs`` name (top level or inside a block), as
+            each layer's own backward gives them in ``dtype`` on the δ it received (what those rows
+            are differences of); run once a layer, and only for rows that need it (failing ones)."""
+            if links is None or dtype == np.longdouble and not resolution.longdouble_is_wider():
                 return {}
             out: dict[TensorRef, Array] = {}
-            for l in sorted({ref.index for ref in refs if len(ref.path) == 1}):
-                key = (np.dtype(dtype).name, l)
+            for path in sorted({ref.path for ref in refs}):
+                key = (np.dtype(dtype).name, path)
                 if key not in own_runs:
                     # at the activations the layer scope differenced it at: the numeric side's (float64 for
                     # a float32 net), with the δ its backward received
-                    own_runs[key] = layer_scope.own_backward(net.layers, whole.inputs, received, dtype, only=l)
+                    own_runs[key] = layer_scope.own_backward(links.links, path, dtype)
                 out.update(own_runs[key])
             return out
 
@@ -554,7 +555,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         whole = fd  # the network end to end (the layer scope's end-to-end check)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if how.scope == "layer":
-            fd = layer_scope.LinkDifferences(fd, received, inner)  # type: ignore[assignment]
+            fd = links = layer_scope.LinkDifferences(fd, received, inner)  # type: ignore[assignment]
         if how.directions:
             for row in rows:
                 g = row.grad
@@ -595,21 +596,16 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     ok = ~(c.kink_mask | num.kinks)
                     c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
             if not is_complex:
-                # the layer scope's rows of a top-level layer are that layer alone: so is their second
-                # look (a row inside a block keeps the network's, as its rounding excuse does)
-                todo = [row for row in among if row.verdict.mode == "entries"
-                        and (row.verdict.mismatch or row.verdict.unresolved)]  # what confirm_failures takes
-                alone = own(np.longdouble, [row.ref for row in todo])
-                for links in (False, True):
-                    part = [row for row in todo if (row.ref in alone) == links]
-                    if not part:
-                        continue
-                    checks = [row.verdict for row in part]
-                    wrap = (lambda f: layer_scope.LinkDifferences(f, received, inner)) if links else None
-                    confirm_failures(checks, [row.ref for row in part], numeric_side, how.method, how.tol,
-                                     how.fd_dtype, how.workers, floor_of("complex", True), wrap=wrap)
-                    for row, check in zip(part, checks):
-                        row.check = check
+                # the layer scope's rows are each layer alone, contracted with the δ it received — inside
+                # a block too: so is their second look.  Through the network instead, a correct layer
+                # below a wrong one was "confirmed" failing: the complex step of the network is the true
+                # gradient, and the layer's backward was handed a wrong δ
+                checks = [row.verdict for row in among]
+                wrap = (lambda f: layer_scope.LinkDifferences(f, received, inner)) if how.scope == "layer" else None
+                confirm_failures(checks, [row.ref for row in among], numeric_side, how.method, how.tol,
+                                 how.fd_dtype, how.workers, floor_of("complex", True), wrap=wrap)
+                for row, check in zip(among, checks):
+                    row.check = check
 
         second_look(rows)
         if config.dtype != "float64":

@@ -234,6 +234,34 @@ def test_a_bug_in_a_float32_norm_still_fails_in_both_scopes(monkeypatch, name):
                    for r in report.failures) or scope == "network", [str(r.ref) for r in report.failures]
 
 
+def test_a_correct_layer_in_a_block_below_a_wrong_one_is_not_confirmed_failing(monkeypatch):
+    """The group norm of FLOAT32_ROUNDING as the one layer of a block's path, and the
+    upsample above it made wrong (δ negated: the bug is known by construction).  The norm's
+    link rows miss tol by float32 rounding and go to a second look; through the network, the
+    complex step there is the true gradient while the norm's backward was handed the
+    negated δ, and the correct norm was "confirmed" failing.  Its second look is of the link
+    too now: its rows say float32 rounding, as without the bug, and only the upsample fails."""
+    from cnngrad.layers_modern import Upsample
+
+    raw = dict(FLOAT32_ROUNDING["groupnorm"])
+    layers = list(raw["layers"])
+    layers[2] = {"block": {"merge": "add", "paths": [[layers[2]]]}}
+    raw["layers"] = layers
+    norm_rows = {"layers[2] δ input", "layers[2].paths[0][0] δ input"}
+
+    def rounding(report) -> set[str]:
+        return {str(r.ref) for r in report.rows if r.unresolved and "float32 rounding" in r.reason}
+
+    assert norm_rows <= rounding(check(raw, directions=1, scope="layer"))  # correct code: rounding
+    original = Upsample.backward
+    monkeypatch.setattr(Upsample, "backward", lambda self, delta, cache: (
+        lambda out: (-out[0], out[1]))(original(self, delta, cache)))
+    report = check(raw, directions=1, scope="layer")
+    assert report.return_code == 1 and report.localisation.startswith("layer 3 (upsample)")
+    assert {str(r.ref) for r in report.failures if "end to end" not in r.note} == {"layers[3] δ input"}
+    assert norm_rows <= rounding(report)
+
+
 def test_a_wrong_loss_gradient_in_float32_fails_end_to_end_only():
     """The end-to-end row gets the rounding excuse too: a wiring bug (the loss's gradient 1%
     off) is in the longdouble run as well, so it still fails there.  The batch norm's own row,

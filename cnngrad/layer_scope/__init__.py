@@ -36,6 +36,7 @@ from ..finite_diff import FiniteDifferences
 from ..refs import TensorRef
 from ..resolution import cast_layer
 from .links import LinkDifferences
+from .tree import Links, share
 
 Array = np.ndarray
 END_TO_END_DIRECTIONS = 2  # random directions of x for the end-to-end check
@@ -51,29 +52,35 @@ def received_deltas(deltas: list[Array], out_delta: Array) -> list[Array]:
     return list(deltas[1:]) + [out_delta]
 
 
-def own_backward(layers: list[Any], inputs: list[Array], received: list[Array], dtype: Any,
-                 only: int | None = None) -> dict[TensorRef, Array]:
-    """Each top-level layer's own backward (or layer ``only``'s), run in ``dtype``
-    (longdouble, float64) on its input ``inputs[l]`` and the δ it received ``received[l]``,
-    both cast exactly: what the layer scope's rows of that layer are differences of — the
-    layer alone, at that δ — with less rounding.  Its δ at the input (``TensorRef.delta(l)``)
-    and its parameters' gradients.  A block (its links are inside it), or a layer that does
-    not run in ``dtype`` (a plugin may not), is left out."""
-    out: dict[TensorRef, Array] = {}
-    for l, layer in enumerate(layers):
-        if isinstance(layer, Block) or only is not None and l != only:
-            continue
-        wide = copy.deepcopy(layer)
-        try:
-            cast_layer(wide, dtype)
-            with np.errstate(all="ignore"):
-                _, cache = wide.forward(inputs[l].astype(dtype))
-                delta, grads = wide.backward(np.asarray(received[l]).astype(dtype), cache)
-        except Exception:  # noqa: BLE001 - a plugin that does not run in dtype: no wide value, no excuse
-            continue
-        out[TensorRef.delta(l)] = np.asarray(delta)
-        out.update({TensorRef.param(l, name): np.asarray(g) for name, g in grads.items()})
-    return out
+def own_backward(links: Links, path: tuple[int, ...], dtype: Any) -> dict[TensorRef, Array]:
+    """The backward of the layer at ``path`` (top level or inside a block) alone, run in
+    ``dtype`` (longdouble, float64) on its link's input and the δ it received, both cast
+    exactly: what the layer scope's rows of that layer are differences of — the layer alone,
+    at that δ — with less rounding.  Its δ at the input (``TensorRef.delta(path)``) and its
+    parameters' gradients.  A block: its own input row, ``Σ_p`` of each path's first layer's
+    (an identity path: the merge's share of the block's δ), as ``LinkDifferences`` differences
+    it.  Empty for a layer that does not run in ``dtype`` (a plugin may not)."""
+    link = links.at(path)
+    if isinstance(link.layer, Block):
+        total: Array | None = None
+        for p, inner in enumerate(link.layer.paths):
+            first = path + (p, 0)
+            part = own_backward(links, first, dtype).get(TensorRef.delta(first)) if inner else \
+                share(link.layer, p, link.delta).astype(dtype)
+            if part is None:
+                return {}
+            total = part if total is None else total + part
+        return {} if total is None else {TensorRef.delta(path): total}
+    wide = copy.deepcopy(link.layer)
+    try:
+        cast_layer(wide, dtype)
+        with np.errstate(all="ignore"):
+            _, cache = wide.forward(np.asarray(link.a_prev).astype(dtype))
+            delta, grads = wide.backward(np.asarray(link.delta).astype(dtype), cache)
+    except Exception:  # noqa: BLE001 - a plugin that does not run in dtype: no wide value, no excuse
+        return {}
+    return {TensorRef.delta(path): np.asarray(delta),
+            **{TensorRef.param(path, name): np.asarray(g) for name, g in grads.items()}}
 
 
 def link_rows(rows: list, deltas: list[Array], kinds: list[str], row_type: Any,
