@@ -239,10 +239,11 @@ DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to dia
 def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
               samples: int | None, rng: np.random.Generator, tol: float,
               second_look: Callable[[list[Row]], None], inner: dict[tuple[int, ...], Array] | None = None,
-              estimate: bool = False) -> None:
+              estimate: bool = False, excused: Callable[[list[Row]], None] = lambda rows: None) -> None:
     """Add δ at every inner layer boundary (``deltas``) to the rows, give them the same second
-    look as every other row (h/2, the complex step: a δ row failing only from truncation must not
-    blame its layer), name the first layer whose own backward is wrong, and test that layer's
+    look and rounding excuse (``excused``) as every other row (h/2, the complex step: a δ row
+    failing only from truncation must not blame its layer; nor one of a float32 norm failing only
+    from its own rounding), name the first layer whose own backward is wrong, and test that layer's
     failing tensors against the usual bugs (``out_delta``: ∂C/∂ the last layer's output).  With
     blocks (``inner``: δ inside them) localisation walks the tree."""
     from . import diagnose as diagnose_mod  # only a failing check gets here: imported then (start-up)
@@ -257,6 +258,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     for row, num in zip(extra, fd.numeric([(row.ref, row.picks) for row in extra])):
         row.check = row.judge(num, tol, floor=report.floor, estimate=estimate)
     second_look(extra)
+    excused(extra)
     rows += extra
     # layer by layer, δ first; the sort is stable, so the order within a layer stays
     rows.sort(key=lambda row: (row.ref.path, not row.ref.is_delta))
@@ -632,11 +634,27 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
             def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
                 return resolution.at_rounding(c, w, trusted)
-        _rounding_excused([(row.ref, row.verdict) for row in rows], net, traced_wide, excuse,
-                          lambda refs: own(np.longdouble, refs))
+        def excused(among: list[Row]) -> None:
+            _rounding_excused([(row.ref, row.verdict) for row in among], net, traced_wide, excuse,
+                              lambda refs: own(np.longdouble, refs))
+
+        excused(rows)
         if how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
-                      how.tol, second_look, inner, how.tol_rule == "estimate")
+                      how.tol, second_look, inner, how.tol_rule == "estimate", excused)
+        if how.scope == "network" and isinstance(report.culprit, int):
+            # a δ row above the culprit that passed only where no stencil crossed a kink (tied maxima)
+            # may hide the wrong layer: that layer alone, on the unperturbed pass's piece, says
+            above = [row.verdict for row in rows if row.ref.is_delta and len(row.ref.path) == 1
+                     and row.ref.index > report.culprit and row.verdict.passed]
+            found = layer_scope.kinked_link(layer_scope.LinkDifferences(whole, received, inner), above, how.tol,
+                                            "its δ passed where no stencil crosses a kink, and the layers below it "
+                                            "fail for the δ it passes down")
+            if found is not None:
+                for row in rows:  # what was diagnosed of the layer blamed before goes with the blame
+                    if row.verdict.layer == report.culprit:
+                        row.verdict.diagnosis = []
+                report.culprit, report.localisation = found
         if not report.localisation:  # only the dot-product test saw it: it names its layer
             report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":
@@ -661,7 +679,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             _rounding_excused([(TensorRef.delta(0), e2e)], net, traced_wide, excuse)  # as ∂C/∂x's own row
             report.rows.append(e2e)
             if e2e.mismatch and not report.localisation:
-                report.localisation = layer_scope.WIRING
+                assert links is not None
+                report.culprit, report.localisation = layer_scope.kinked_link(
+                    links, [row.verdict for row in rows], how.tol,
+                    "every link checks out where no stencil crosses a kink, and ∂C/∂x end to end does not"
+                ) or (None, layer_scope.WIRING)
     return report
 
 

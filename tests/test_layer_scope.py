@@ -391,3 +391,32 @@ def test_the_layer_scope_report_validates_against_the_json_schema():
     jsonschema.validate(report, schema)
     records = report["configs"][0]["records"]
     assert {r["layer"] for r in records if r["role"] == "delta"} == set(range(8))  # every layer's input δ
+
+
+# nearest upsampling copies each value 4 times: every maximum of the global max pool is tied,
+# and every stencil of its input δ at a maximum crosses a kink (left out, in both scopes)
+TIED_MAXIMA = {"name": "tied-maxima", "seed": 3, "input": {"batch": 2, "channels": 2, "height": 3, "width": 3},
+               "layers": [{"conv": {"filters": 2, "kernel": 1}}, {"upsample": {"scale": 2, "mode": "nearest"}},
+                          {"global_pool": {"kind": "max"}}, "flatten", {"dense": {"units": 3}}],
+               "loss": "softmax_cross_entropy"}
+
+
+def test_a_bug_hidden_at_tied_maxima_is_named_in_both_scopes(monkeypatch):
+    """Found by benchmarks/bugs.py: the global max pool's δ 10% too large, where only its tied
+    maxima carry δ.  Its own row compares only the zeros (the maxima are kink crossings, left
+    out), so the layer scope blamed the wiring and the network scope the upsample below it.
+    Differenced on the unperturbed pass's piece (the argmax its forward chose, which its
+    backward routes δ to), the pool's δ at those entries disagrees: both name the pool, with
+    both numbers.  Correct code passes, its kinks counted."""
+    from cnngrad.layers_modern import GlobalPool
+
+    correct = check(TIED_MAXIMA, scope="layer")
+    assert correct.passed and next(r for r in correct.rows if str(r.ref) == "layers[2] δ input").kinks > 0
+    original = GlobalPool.backward
+    monkeypatch.setattr(GlobalPool, "backward", lambda self, d, c: (lambda out: (1.1 * out[0], out[1]))(
+        original(self, d, c)))
+    for scope in ("layer", "network"):
+        report = check(TIED_MAXIMA, scope=scope)
+        assert report.return_code == 1 and report.culprit == 2, (scope, report.localisation)
+        assert report.localisation.startswith("layer 2 (global_pool): backward is wrong at its kinks")
+        assert "analytic" in report.localisation and "numeric" in report.localisation

@@ -41,7 +41,7 @@ from .tree import Links, share
 Array = np.ndarray
 END_TO_END_DIRECTIONS = 2  # random directions of x for the end-to-end check
 __all__ = ["LinkDifferences", "SCOPES", "received_deltas", "link_rows", "end_to_end", "as_end_to_end",
-           "kinks_only", "WIRING", "own_backward"]
+           "kinks_only", "WIRING", "own_backward", "kinked_link"]
 
 SCOPES = ("network", "layer")
 
@@ -134,6 +134,40 @@ def kinks_only(checks: list, network_refs: set[TensorRef]) -> None:
             c.status = "unresolved"
             c.reason = (f"not checked: every one of its {c.kinks} entries' stencils crossed a kink (an inner δ the "
                         f"network scope does not check); --avoid-kinks or a smaller --eps may resolve it")
+
+
+def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> tuple[int | str, str] | None:
+    """Rows of δ that passed with entries left out for crossing a kink (a relu at 0, tied
+    maxima of a max pool: their stencils cross one) can hide a wrong backward — in the layer
+    scope when only ∂C/∂x end to end fails (else the wiring is blamed), in the network scope
+    above the layer localisation named.  Their layers alone are differenced there again on the
+    unperturbed pass's piece (``LinkDifferences.on_piece``: the derivative the backward's masks
+    compute); the first in backprop order that disagrees is named (``why`` says what was seen
+    first), with its worst entry.  None if none does."""
+    from ..compare import metrics
+
+    suspects = []
+    for c in checks:
+        if c.mode != "entries" or not c.ref.is_delta or not np.any(c.kink_mask) or "end to end" in c.note:
+            continue
+        idx = c.indices[c.kink_mask]
+        num = links.on_piece(c.ref, idx)
+        if num is None:
+            continue
+        g = np.asarray(c.analytic, dtype=np.float64)[c.kink_mask]
+        if metrics(g, num.values).norm_rel > max(tol, c.tol):
+            suspects.append((c, g, num))
+    if not suspects:
+        return None
+    c, g, num = max(suspects, key=lambda s: s[0].ref.path)
+    worst = int(np.argmax(np.abs(g - num.values)))
+    at = tuple(int(i) for i in np.unravel_index(int(num.indices[worst]), c.shape))
+    culprit = c.ref.path[0] if len(c.ref.path) == 1 else c.ref.layer
+    return culprit, (f"layer {c.ref.layer} ({c.kind}): backward is wrong at its kinks — {why}; differenced on the "
+                     f"unperturbed pass's piece (the derivative its backward's masks compute), its δ at the "
+                     f"{len(g)} entries left out for a kink disagrees (norm rel "
+                     f"{metrics(g, num.values).norm_rel:.1e}): analytic {g[worst]:.6g} numeric "
+                     f"{num.values[worst]:.6g} at {list(at)}")
 
 
 def as_end_to_end(check: Any, first: Any) -> Any:

@@ -49,9 +49,11 @@ class InputLinks:
 
     # ------------------------------------------------------------------ the input
 
-    def _input_window(self, link: Link, idx: Array) -> tuple[Array, ...]:
+    def _input_window(self, link: Link, idx: Array, piece: bool = False) -> tuple[Array, ...]:
         """A local per-sample layer: each input entry moves a window of z only; carry that
-        window (``propagate.windowed``'s one-layer step) and contract it with δ^l there."""
+        window (``propagate.windowed``'s one-layer step) and contract it with δ^l there.
+        ``piece``: a layer offering it is held on the unperturbed pass's piece
+        (``forward_on_piece``): nothing crosses a kink."""
         layer, fd, caps = link.layer, self.fd, link.caps
         a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base
         per = a_prev[0].size
@@ -66,8 +68,12 @@ class InputLinks:
             win[np.arange(g), ch, 0, 0] = new[m]
             cache = None
             if caps.can("elementwise"):
-                out, cache = layer.forward(win)
                 i0, j0, wh, ww = y0, x0, 1, 1
+                if piece:
+                    assert base is not None
+                    out = layer.forward_on_piece(win, C.crop_at(base, y0, x0, 1, 1, samples))
+                else:
+                    out, cache = layer.forward(win)
                 change = out - C.crop_at(z0, i0, j0, 1, 1, samples)
             elif caps.can("window"):  # linear in its input (declared): z moves by window_delta
                 i0, j0, wh, ww = layer.window(y0, x0, 1, 1)
@@ -80,7 +86,11 @@ class InputLinks:
                 ry, rx, rh, rw = layer.region(i0, j0, wh, ww)
                 region = C.crop_at(a_prev, ry, rx, rh, rw, samples).astype(new.dtype)
                 C.paste_at(region, win, y0 - ry, x0 - rx)
-                out, cache = layer.forward(region)
+                if piece:
+                    assert base is not None
+                    out = layer.forward_on_piece(region, C.crop_at(base, i0, j0, wh, ww, samples))
+                else:
+                    out, cache = layer.forward(region)
                 change = out - C.crop_at(z0, i0, j0, wh, ww, samples)
             d = C.crop_at(delta, i0, j0, wh, ww, samples)
             contracted[m] = np.sum((change * d).reshape(g, -1), axis=1)
@@ -104,8 +114,9 @@ class InputLinks:
             contracted[m] = np.sum(change * delta[samples], axis=1)
         return self._finish(contracted, steps, np.zeros(len(idx), dtype=bool))
 
-    def _input_rows(self, link: Link, idx: Array) -> tuple[Array, ...]:
-        """A per-sample layer: the perturbed sample alone, one row an entry."""
+    def _input_rows(self, link: Link, idx: Array, piece: bool = False) -> tuple[Array, ...]:
+        """A per-sample layer: the perturbed sample alone, one row an entry (``piece``: held
+        on the unperturbed pass's piece, as ``_input_window``)."""
         layer, fd = link.layer, self.fd
         a_prev, z0, delta, base = link.a_prev, link.z, link.delta, link.base
         per = a_prev[0].size
@@ -117,9 +128,13 @@ class InputLinks:
         for m in range(new.shape[0]):
             rows = a_prev.reshape(fd.n, -1)[samples].astype(new.dtype)
             rows[np.arange(g), positions] = new[m]
-            out, cache = layer.forward(rows.reshape((g,) + a_prev.shape[1:]))
+            if piece:
+                assert base is not None
+                out = layer.forward_on_piece(rows.reshape((g,) + a_prev.shape[1:]), base[samples])
+            else:
+                out, cache = layer.forward(rows.reshape((g,) + a_prev.shape[1:]))
             contracted[m] = np.sum(((out - z0[samples]) * delta[samples]).reshape(g, -1), axis=1)
-            if base is not None:
+            if base is not None and not piece:
                 state = kink_state(layer, link.caps, cache)
                 crossed |= np.any((state != base[samples]).reshape(g, -1), axis=1)
         return self._finish(contracted, steps, crossed)
