@@ -41,7 +41,7 @@ from .tree import Links, share
 Array = np.ndarray
 END_TO_END_DIRECTIONS = 2  # random directions of x for the end-to-end check
 __all__ = ["LinkDifferences", "SCOPES", "received_deltas", "link_rows", "end_to_end", "as_end_to_end",
-           "kinks_only", "WIRING", "own_backward", "kinked_link"]
+           "kinks_only", "WIRING", "own_backward", "kinked_link", "contraction_size"]
 
 SCOPES = ("network", "layer")
 
@@ -168,6 +168,36 @@ def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> t
                      f"{len(g)} entries left out for a kink disagrees (norm rel "
                      f"{metrics(g, num.values).norm_rel:.1e}): analytic {g[worst]:.6g} numeric "
                      f"{num.values[worst]:.6g} at {list(at)}")
+
+
+def contraction_size(links: LinkDifferences, ref: TensorRef, idx: Array) -> Array | None:
+    """``S_j = Σ_i |δ_i · ∂z_i/∂θ_j|`` for each flat index j of ``ref``: the size of the terms a
+    link row's ``⟨δ, ∂z/∂θ_j⟩`` sums (a real pass of the layer alone per entry, at a step of
+    1e-6 of the entry's size) — any sum of them, the backward's or the differences', is off by
+    ~ε·S_j from rounding alone, which no difference quotient resolves.  None for a block's
+    own input row (its paths' first links are summed)."""
+    link = links.links.at(ref.path)
+    layer = link.layer
+    if isinstance(layer, Block):
+        return None
+    source = link.a_prev if ref.is_delta else layer.params[ref.name]
+    out = np.empty(len(idx))
+    with np.errstate(all="ignore"):
+        for k, j in enumerate(idx):
+            moved = np.array(source, dtype=np.result_type(source, np.float64), copy=True)
+            h = 1e-6 * max(1.0, abs(float(moved.reshape(-1)[j])))
+            moved.reshape(-1)[j] += h
+            if ref.is_delta:
+                z = layer.forward(moved)[0]
+            else:
+                original = layer.params[ref.name]
+                layer.params[ref.name] = moved
+                try:
+                    z = layer.forward(link.a_prev)[0]
+                finally:
+                    layer.params[ref.name] = original
+            out[k] = float(np.sum(np.abs((np.asarray(z) - link.z) * link.delta))) / h
+    return out
 
 
 def as_end_to_end(check: Any, first: Any) -> Any:
