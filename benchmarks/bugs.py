@@ -1,7 +1,8 @@
 """Does cnngrad catch a wrong backward in a random network, and name the layer it is in?
 
-    python benchmarks/bugs.py --n 300 --seed 0 --scope layer     # every layer kind, blocks too
-    python benchmarks/bugs.py --n 300 --scope network --only 17,40
+    python benchmarks/bugs.py                              # 1,000 configs of every kind, layer scope
+    python benchmarks/bugs.py --scope network --seed 2 --max-layers 7 --json /tmp/b.json
+    python benchmarks/bugs.py --only 17,40 --seed 2        # some configs of a batch again
 
 The other half of ``verdicts.py`` (which proves correct code is not failed): config i of a
 batch is ``verdicts.draw(seed, i, KNOWN_KINDS)``, and one layer of it (top level or inside a
@@ -153,11 +154,11 @@ def broken_and_checked(raw: dict, how: dict, rng: np.random.Generator) -> dict[s
         status = "blamed others"
     else:
         status = "caught"
-    out.update(status=status, moved=changed, localisation=report.localisation, culprit=str(report.culprit),
-               others=others)
-    if status != "caught":
-        out.update(config=raw, failures=[f"{r.ref}: {r.status}, norm rel {r.metrics.norm_rel:.1e}; {r.note}"
-                                         for r in report.rows if not r.passed])
+    out.update(status=status, culprit=str(report.culprit))
+    if status != "caught":  # what to look at by hand
+        out.update(moved=changed, localisation=report.localisation, others=others, config=raw,
+                   failures=[f"{r.ref}: {r.status}, norm rel {r.metrics.norm_rel:.1e}; {r.note}"
+                             for r in report.rows if not r.passed])
     return out
 
 
@@ -207,7 +208,7 @@ def run(jobs: list[tuple[int, dict, dict, int]], workers: int) -> list[dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=300, help="configs to draw (default 300)")
+    ap.add_argument("--n", type=int, default=1000, help="configs to draw (default 1000)")
     ap.add_argument("--seed", type=int, default=0, help="config i is drawn from default_rng([seed, i])")
     ap.add_argument("--jobs", type=int, default=2, help="processes checking configs at once (default 2)")
     ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
@@ -228,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     line = (f"{len(records)} configs, one layer's backward broken in each ({args.scope} scope): "
             + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f"; {time.perf_counter() - t0:.0f} s")
     print(line)
-    Path(args.json).write_text(json.dumps({"summary": line, "counts": dict(counts), "configs": records},
-                                          indent=1, default=str) + "\n", encoding="utf-8")
+    command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+    Path(args.json).write_text(json.dumps({"command": command, "summary": line, "counts": dict(counts),
+                                           "configs": records}, indent=1, default=str) + "\n", encoding="utf-8")
     return 1 if counts["MISSED"] or counts["misnamed"] else 0
 
 
