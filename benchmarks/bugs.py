@@ -7,7 +7,8 @@
 The other half of ``verdicts.py`` (which proves correct code is not failed): config i of a
 batch is ``verdicts.draw(seed, i, KNOWN_KINDS)``, and one layer of it (top level or inside a
 block, drawn from ``default_rng([seed, i, 1])``) gets a wrong backward on purpose — its δ^{l-1},
-or one of its parameter gradients, ``SCALE`` times too large.  The oracle is the bug itself:
+or one of its parameter gradients, ``SCALE`` times too large (``--bug sign``: negated; ``--bug
+entry``: one entry off by a tenth of the tensor's largest).  The oracle is the bug itself:
 where it is and what it changes are known by construction.  The bug lives in the class's
 ``backward``, switched on by a mark on the one instance (``_bug``), so the copies the check
 makes of the network (float64 and longdouble passes) carry it too.
@@ -73,9 +74,24 @@ def leaves(layers: list[Any], at: tuple[int, ...] = ()) -> list[tuple[tuple[int,
     return out
 
 
+def wrong(g: Any, kind: str, where: float) -> Any:
+    """The broken tensor: ``scale`` SCALE times g; ``sign`` −g; ``entry`` g with one entry (at
+    the fraction ``where`` of its flat length) off by a tenth of g's largest (of 1e-3 if g is
+    0: a wrong value where the truth is 0)."""
+    if kind == "scale":
+        return g * SCALE
+    if kind == "sign":
+        return -g
+    out = np.array(g, copy=True)
+    flat = out.reshape(-1)
+    biggest = float(np.max(np.abs(flat), initial=0.0))
+    flat[int(where * flat.size)] += 0.1 * biggest if biggest > 0 else 1e-3
+    return out
+
+
 def break_class(cls: type) -> Any:
-    """Make ``cls.backward`` scale what a marked instance (``_bug = (tensor, scale)``) returns;
-    returns the original, to put back."""
+    """Make ``cls.backward`` return a wrong tensor for a marked instance (``_bug = (tensor,
+    kind, where)``, see ``wrong``); returns the original, to put back."""
     original = cls.backward
 
     def backward(self: Any, delta: Any, cache: Any) -> Any:
@@ -83,34 +99,40 @@ def break_class(cls: type) -> Any:
         bug = getattr(self, "_bug", None)
         if bug is None:
             return d, grads
-        tensor, scale = bug
+        tensor, kind, where = bug
         if tensor == "input":
-            return d * scale, grads
-        return d, {**grads, tensor: grads[tensor] * scale}
+            return wrong(d, kind, where), grads
+        return d, {**grads, tensor: wrong(grads[tensor], kind, where)}
 
     cls.backward = backward  # type: ignore[method-assign]
     return original
 
 
-def check_one(job: tuple[int, dict, dict, int]) -> dict[str, Any]:
-    index, raw, how, seed = job
+def check_one(job: tuple) -> dict[str, Any]:
+    """``(index, raw, how, seed[, kind])``: config ``index``'s record, the bug ``kind``
+    (default ``scale``) in a layer drawn from ``default_rng([seed, index, 1])``.  Never raises."""
+    index, raw, how, seed = job[:4]
+    kind = job[4] if len(job) > 4 else "scale"
     rec: dict[str, Any] = {"index": index, "dtype": raw.get("dtype", "float64")}
     t0 = time.perf_counter()
     try:
-        rec.update(broken_and_checked(raw, how, np.random.default_rng([seed, index, 1])))
+        rec.update(broken_and_checked(raw, how, np.random.default_rng([seed, index, 1]), kind))
     except Exception:
         rec.update(status="traceback", traceback=traceback.format_exc(), config=raw)
     rec["seconds"] = time.perf_counter() - t0
     return rec
 
 
-def broken_and_checked(raw: dict, how: dict, rng: np.random.Generator) -> dict[str, Any]:
+def broken_and_checked(raw: dict, how: dict, rng: np.random.Generator, how_wrong: str = "scale") -> dict[str, Any]:
     """Draw the layer and tensor to break, check the config correct and broken, classify."""
     net = build(validate(raw)).net
     where = [(path, layer) for path, layer in leaves(net.layers)]
+    if not where:  # blocks of identity paths only
+        return {"broken": "", "kind": "", "status": "invisible", "why": "no layer to break"}
     path, layer = where[int(rng.integers(len(where)))]
     tensors = ["input"] + sorted(layer.params)
     tensor = tensors[int(rng.integers(len(tensors)))]
+    at = float(rng.random())  # where an ``entry`` bug sits in the tensor
     ref = TensorRef.delta(path) if tensor == "input" else TensorRef.param(path, tensor)
     out: dict[str, Any] = {"broken": str(ref), "kind": getattr(layer, "kind", type(layer).__name__)}
     correct = cnngrad.check(raw, workers=1, **how)
@@ -124,7 +146,7 @@ def broken_and_checked(raw: dict, how: dict, rng: np.random.Generator) -> dict[s
         target = problem.net.layers[path[0]]
         if len(path) > 1:
             target = target.leaf(path[1:])
-        target._bug = (tensor, SCALE)
+        target._bug = (tensor, how_wrong, at)
         return problem
 
     for cls in {type(leaf) for _, leaf in where}:
@@ -196,7 +218,7 @@ def sums_first(ref: TensorRef, path: tuple[int, ...]) -> bool:
     return ref.is_delta and len(path) > at and path[:at] == ref.path and all(i == 0 for i in path[at + 1::2])
 
 
-def run(jobs: list[tuple[int, dict, dict, int]], workers: int) -> list[dict[str, Any]]:
+def run(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
     if workers <= 1:
         return [check_one(job) for job in jobs]
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
@@ -214,19 +236,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
     ap.add_argument("--scope", default="layer", choices=["network", "layer"], help="check's scope (default: layer)")
     ap.add_argument("--directions", type=int, default=None, help="check's directions (default: off)")
+    ap.add_argument("--bug", default="scale", choices=["scale", "sign", "entry"],
+                    help="the wrong tensor: 10%% too large (default), negated, or one entry off by a tenth of its "
+                         "largest")
     ap.add_argument("--max-layers", type=int, default=5, help="configs(max_layers=...) (default 5)")
     ap.add_argument("--json", default=str(HERE / "results-bugs.json"), help="where to write the records")
     args = ap.parse_args(argv)
     indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
     how = {"scope": args.scope} | ({"directions": args.directions} if args.directions else {})
-    jobs = [(i, draw(args.seed, i, KNOWN_KINDS, max_layers=args.max_layers), how, args.seed) for i in indices]
+    jobs = [(i, draw(args.seed, i, KNOWN_KINDS, max_layers=args.max_layers), how, args.seed, args.bug)
+            for i in indices]
     t0 = time.perf_counter()
     records = run(jobs, args.jobs)
     for rec in records:
         if rec["status"] not in ("caught", "invisible"):
             print(json.dumps(rec, default=str)[:3000] + "\n")
     counts = Counter(rec["status"] for rec in records)
-    line = (f"{len(records)} configs, one layer's backward broken in each ({args.scope} scope): "
+    line = (f"{len(records)} configs, one layer's backward broken in each ({args.bug}, {args.scope} scope): "
             + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f"; {time.perf_counter() - t0:.0f} s")
     print(line)
     command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
