@@ -240,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the wrong tensor: 10%% too large (default), negated, or one entry off by a tenth of its "
                          "largest")
     ap.add_argument("--max-layers", type=int, default=5, help="configs(max_layers=...) (default 5)")
+    ap.add_argument("--max-size", type=int, default=10, help="configs(max_size=...) (default 10)")
+    ap.add_argument("--max-batch", type=int, default=3, help="configs(max_batch=...) (default 3)")
     ap.add_argument("--json", default=str(HERE / "results-bugs.json"), help="where to write the records")
     args = ap.parse_args(argv)
     indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
     how = {"scope": args.scope} | ({"directions": args.directions} if args.directions else {})
-    jobs = [(i, draw(args.seed, i, KNOWN_KINDS, max_layers=args.max_layers), how, args.seed, args.bug)
+    sizes = {"max_layers": args.max_layers, "max_size": args.max_size, "max_batch": args.max_batch}
+    jobs = [(i, draw(args.seed, i, KNOWN_KINDS, **sizes), how, args.seed, args.bug)
             for i in indices]
     t0 = time.perf_counter()
     records = run(jobs, args.jobs)
