@@ -76,3 +76,42 @@ def test_a_real_error_on_the_same_tiny_gradient_still_fails(monkeypatch, factor:
     report = check(cfg.validate(NORMS), workers=1)
     assert not report.passed
     assert gamma_row(report).failed
+
+
+# a 1x1 conv's bias in a block, then a group norm of one channel a group: ∂C/∂b is 0 in truth (the
+# norm removes each channel's mean); found by benchmarks/bugs.py (seed 5, config 229, max size 16)
+BIAS_IN_A_BLOCK_BEFORE_A_NORM = {
+    "name": "bias-before-a-norm", "seed": 3532890276, "init": {"normal": 0.22880284354867025},
+    "input": {"batch": 2, "channels": 2, "height": 8, "width": 3},
+    "layers": [{"dropout": {"rate": 0.25}}, {"batchnorm": {"mode": "eval"}},
+               {"block": {"merge": "add", "paths": [[
+                   {"block": {"merge": "add", "paths": [[{"conv": {"filters": 3, "kernel": 1, "bias": "none"}},
+                                                         {"activation": "relu"}]]}},
+                   {"activation": "sigmoid"}, {"conv": {"filters": 2, "kernel": 1}}]]}},
+               {"groupnorm": {"groups": 2}}, {"global_pool": {"kind": "avg"}}]}
+INNER_BIAS = "layers[2].paths[0][2] b"
+
+
+def test_the_complex_steps_own_rounding_is_not_a_failure(monkeypatch) -> None:
+    """The backward gives ~1e-29, in float64 and in longdouble; the float64 complex step gives
+    7e-15, past its resolution (6e-15: 10 ε of the loss's size) — its own rounding, through a
+    norm of a nearly constant channel.  It was a FAIL ("resolves it and disagrees").  Run in
+    longdouble the complex step gives ~0: UNRESOLVED, as the plain loop of the network says
+    (0 up to its rounding).  A bias gradient off by 2e-14 still fails (2e-15 would be within
+    the backward's own rounding here: unresolved, never a pass)."""
+    from oracles import central
+
+    from cnngrad.layers import Conv
+    from cnngrad.network import build
+
+    p = build(cfg.validate(BIAS_IN_A_BLOCK_BEFORE_A_NORM))
+    b = p.net.layers[2].paths[0][2].params["b"]
+    assert np.max(np.abs(central(lambda: p.net.cost(p.net.forward(p.x)[0], p.y), b))) < 1e-9
+    report = check(cfg.validate(BIAS_IN_A_BLOCK_BEFORE_A_NORM))
+    row = next(r for r in report.rows if str(r.ref) == INNER_BIAS)
+    assert report.return_code == 0 and row.unresolved and "run in longdouble it gives" in row.note, row.note
+    original = Conv.backward
+    monkeypatch.setattr(Conv, "backward", lambda self, d, c: (lambda out: (out[0], {
+        **out[1], **({"b": out[1]["b"] + 2e-14} if "b" in out[1] else {})}))(original(self, d, c)))
+    report = check(cfg.validate(BIAS_IN_A_BLOCK_BEFORE_A_NORM))
+    assert INNER_BIAS in {str(r.ref) for r in report.failures}

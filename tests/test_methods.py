@@ -73,7 +73,12 @@ def test_every_method_passes_random_smooth_networks(raw):
     config = validate(raw)
     for method in METHODS:
         report = check(config, method=method)
-        assert report.passed, (method, [(r.layer, r.tensor, r.metrics.norm_rel, r.note) for r in report.rows])
+        # a max pool's tie with a padded border can lie within Ridders' widest steps: such a row
+        # compares nothing and fails for that (it says so) — every row that compared passes
+        compared = [r for r in report.rows if r.checked > 0 or r.kinks == 0]
+        assert all(r.passed for r in compared) and not report.faults and not report.structural, (
+            method, [(r.layer, r.tensor, r.metrics.norm_rel, r.note) for r in report.rows])
+        assert all(r.kinks > 0 and "crossed a kink" in r.reason for r in report.rows if r not in compared)
     exact = check(config, method="complex")
     # max pooling is smooth almost everywhere too: no kink lies within an imaginary step
     assert max(r.metrics.norm_rel for r in exact.rows) < 1e-12
