@@ -333,7 +333,9 @@ def _rounding_excused(checks: list[tuple[TensorRef, TensorCheck]], net: Network,
     ``reason_of(check, wide, alone)`` says why (or "") from the tensor's gradient in the same
     backward run in longdouble: ``precision_bound`` for a float32 network, ``at_rounding`` for a
     float64 one (``resolution``) — through the whole network, or, for a check of one layer alone
-    (``alone``: the layer scope's, ``own(refs)``), that layer's own backward on the δ it received."""
+    (``alone``: the layer scope's, ``own(refs)``), that layer's own backward on the δ it received.
+    Else a row the complex step alone failed, whose longdouble run agrees or sees ~0, is at the
+    complex step's own rounding (``TensorCheck.complex_rounding``)."""
     failing = [(ref, c) for ref, c in checks if c.mismatch]
     wide = traced_wide() if failing else None  # (δs, gradients, inner δs) in longdouble, or None
     if wide is None:
@@ -341,7 +343,7 @@ def _rounding_excused(checks: list[tuple[TensorRef, TensorCheck]], net: Network,
     wide_rows, alone = _every_tensor(net, *wide), own([ref for ref, _ in failing])
     for ref, c in failing:
         w = alone.get(ref, wide_rows.get(ref))
-        reason = reason_of(c, w, ref in alone) if w is not None else ""
+        reason = (reason_of(c, w, ref in alone) if w is not None else "") or c.complex_rounding
         if reason:
             c.status, c.reason = "unresolved", reason
             c.note = "; ".join(part.replace(" and disagrees", "") for part in c.note.split("; ")
@@ -666,7 +668,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             trusted = resolution.trusted(deltas, grads)
 
             def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
-                return resolution.at_rounding(c, w, trusted)
+                def summed() -> float:  # a link row's own sum: the size of its terms
+                    size = None if links is None else layer_scope.contraction_size(
+                        links, c.ref, c.indices[~c.kink_mask])
+                    return 0.0 if size is None or size.size == 0 else float(np.max(size))
+                return resolution.at_rounding(c, w, trusted, summed if alone else None)
         def excused(among: list[Row]) -> None:
             _rounding_excused([(row.ref, row.verdict) for row in among], net, traced_wide, excuse,
                               lambda refs: own(np.longdouble, refs))

@@ -87,6 +87,10 @@ class TensorCheck:
     reason: str = ""  # why the status is not norm rel against tol: every entry a kink, below the floor
     estimate: float | None = None  # Ridders: the largest per-entry error estimate (absolute), else None
     confirmed: Array = field(repr=False, default=None)  # type: ignore[arg-type]  # the complex step's values, where it confirmed a failure
+    # where the complex step failed a row central differences could not resolve, and the same step
+    # run in longdouble agrees or sees ~0: why that failure is the complex step's own rounding
+    # (confirm.wide_look; the rounding excuse takes it when the backward's own does not apply)
+    complex_rounding: str = ""
 
     @property
     def tol_text(self) -> str:

@@ -4,8 +4,9 @@ Central (forward, Richardson) differences cancel two nearly equal losses; the co
 ``Im C(θ + ih) / h`` does not, so it sees gradients far below their rounding floor.  It is
 only used where every layer from the perturbed one on carries an imaginary part
 (``complex_probe``); a lost imaginary part is never read as a confirmation.  Its imaginary
-part still carries rounding: a row the backward gives ~0 that it "resolves" by a little is
-looked at once more in longdouble (``wide_look``).
+part still carries rounding: a row it alone fails is looked at once more in longdouble
+(``wide_look``), and where that agrees (or sees ~0) the row says why its failure may be that
+rounding (``TensorCheck.complex_rounding``: the rounding excuse's last resort).
 """
 from __future__ import annotations
 
@@ -29,17 +30,19 @@ from .resolution import Floor
 Array = np.ndarray
 
 
-WIDE_LOOK_ENTRIES = 2_000_000  # activation entries a longdouble complex step may carry (no BLAS there: slow)
+# the row's entries times the network's activation entries a longdouble complex step may carry
+# (no BLAS in longdouble: ~1 s at this size)
+WIDE_LOOK_ENTRIES = 20_000_000
 
 
 def wide_look(problem: tuple[Network, Array, Array], step: float, target: TensorRef, c: TensorCheck,
               wrap: Callable[[FiniteDifferences], Any] | None, floor: Floor, tol: float) -> TensorCheck | None:
     """The complex step again in longdouble (``np.clongdouble``, the network cast exactly), for a
-    row central differences could not resolve, whose backward gives ~0 and the float64 complex
-    step a little more: its imaginary part carries rounding too — through a normalization of a nearly constant channel,
+    row central differences could not resolve and the float64 complex step failed: its
+    imaginary part carries rounding too — through a normalization of a nearly constant channel,
     7e-15 of it on a gradient 0 in truth, past its resolution (``MARGIN``·ε of the loss's size).
     The row's verdict against the longdouble step, judged at a resolution as much finer as its
-    ε; None where longdouble is no wider, the network too large for it (``WIDE_LOOK_ENTRIES``),
+    ε; None where longdouble is no wider, the row and network too large for it (``WIDE_LOOK_ENTRIES``),
     or a layer does not run in it.  A real bug is as wrong in longdouble: it still fails."""
     from .resolution import cast_layer, longdouble_is_wider
 
@@ -52,7 +55,7 @@ def wide_look(problem: tuple[Network, Array, Array], step: float, target: Tensor
             cast_layer(layer, np.longdouble)
         y_wide = y.astype(np.longdouble) if y.dtype.kind == "f" else y
         fd: Any = FiniteDifferences(wide_net, x.astype(np.longdouble), y_wide, step, "complex", workers=1)
-        if sum(a.size for a in fd.inputs) > WIDE_LOOK_ENTRIES:
+        if len(c.indices) * sum(a.size for a in fd.inputs) > WIDE_LOOK_ENTRIES:
             return None
         if wrap is not None:
             fd = wrap(fd)
@@ -62,7 +65,8 @@ def wide_look(problem: tuple[Network, Array, Array], step: float, target: Tensor
     except (TypeError, ValueError, FloatingPointError, PluginError, np.exceptions.ComplexWarning):
         return None
     finer = float(np.finfo(np.longdouble).eps / np.finfo(np.float64).eps)
-    wide_floor = dataclasses.replace(floor, value=floor.value * finer, measure=None)
+    # the analytic side gets no rounding allowance here: ~0 is ~0 at longdouble's resolution
+    wide_floor = dataclasses.replace(floor, value=floor.value * finer, rounding=0.0, measure=None)
     return judge(c.ref, c.kind, c.shape, c.indices, c.analytic, np.asarray(num.values, dtype=np.float64),
                  num.kinks, tol, floor=wide_floor)
 
@@ -132,17 +136,15 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
             c.note = "; ".join(filter(None, [c.note, confirmed]))
             c.confirmed = num.values
         elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step
-            # where the backward gives ~0, the complex step's own rounding may be all it resolved
-            wide = wide_look(problem, step, targets[r], c, wrap, floor, min(tol, c.tol)) \
-                if float(np.max(np.abs(c.analytic), initial=0.0)) <= floor.value else None
-            if wide is not None and not wide.failed:  # it was: run in longdouble, it sees ~0 (or agrees)
-                c.note = "; ".join(filter(None, [c.note, (
-                    f"the complex step gives ~{np.max(np.abs(num.values)):.0e}, past its resolution "
-                    f"{floor.value:.0e} by its own rounding: run in longdouble it gives "
-                    f"~{np.max(np.abs(wide.numeric)):.0e}, as the backward ~0 — 0 in truth, or too small to tell")]))
-            else:
-                redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
-                checks[r] = redo
+            redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
+            wide = wide_look(problem, step, targets[r], c, wrap, floor, min(tol, c.tol))
+            if wide is not None and not wide.failed:  # the step's own rounding: run in longdouble it says so
+                redo.complex_rounding = (
+                    f"at the complex step's own rounding: it gives ~{np.max(np.abs(num.values)):.0e} (norm rel "
+                    f"{redo.metrics.norm_rel:.1e}); run in longdouble it gives ~{np.max(np.abs(wide.numeric)):.0e}, "
+                    + (f"agreeing with the backward (norm rel {wide.metrics.norm_rel:.1e})" if wide.passed else
+                       "as the backward ~0 — 0 in truth, or too small to tell"))
+            checks[r] = redo
         elif c.unresolved:
             c.note = "; ".join(filter(None, [c.note, f"the complex step gives ~0 too (below its resolution "
                                                       f"{floor.value:.0e}): both zero up to rounding — 0 in truth, "

@@ -109,7 +109,7 @@ def test_the_complex_steps_own_rounding_is_not_a_failure(monkeypatch) -> None:
     assert np.max(np.abs(central(lambda: p.net.cost(p.net.forward(p.x)[0], p.y), b))) < 1e-9
     report = check(cfg.validate(BIAS_IN_A_BLOCK_BEFORE_A_NORM))
     row = next(r for r in report.rows if str(r.ref) == INNER_BIAS)
-    assert report.return_code == 0 and row.unresolved and "run in longdouble it gives" in row.note, row.note
+    assert report.return_code == 0 and row.unresolved and "run in longdouble it gives" in row.reason, row.reason
     original = Conv.backward
     monkeypatch.setattr(Conv, "backward", lambda self, d, c: (lambda out: (out[0], {
         **out[1], **({"b": out[1]["b"] + 2e-14} if "b" in out[1] else {})}))(original(self, d, c)))
