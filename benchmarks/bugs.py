@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
 import traceback
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from verdicts import draw  # noqa: E402
+from verdicts import batch, batch_options, run  # noqa: E402
 
 import cnngrad  # noqa: E402
 from cnngrad.blocks import Block  # noqa: E402
@@ -218,39 +216,20 @@ def sums_first(ref: TensorRef, path: tuple[int, ...]) -> bool:
     return ref.is_delta and len(path) > at and path[:at] == ref.path and all(i == 0 for i in path[at + 1::2])
 
 
-def run(jobs: list[tuple], workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
-        return [check_one(job) for job in jobs]
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(check_one, job) for job in jobs]
-        records = [f.result() for f in as_completed(futures)]
-    return sorted(records, key=lambda rec: rec["index"])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="configs to draw (default 1000)")
-    ap.add_argument("--seed", type=int, default=0, help="config i is drawn from default_rng([seed, i])")
-    ap.add_argument("--jobs", type=int, default=2, help="processes checking configs at once (default 2)")
-    ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
+    batch_options(ap)
     ap.add_argument("--scope", default="layer", choices=["network", "layer"], help="check's scope (default: layer)")
     ap.add_argument("--directions", type=int, default=None, help="check's directions (default: off)")
     ap.add_argument("--bug", default="scale", choices=["scale", "sign", "entry"],
                     help="the wrong tensor: 10%% too large (default), negated, or one entry off by a tenth of its "
                          "largest")
-    ap.add_argument("--max-layers", type=int, default=5, help="configs(max_layers=...) (default 5)")
-    ap.add_argument("--max-size", type=int, default=10, help="configs(max_size=...) (default 10)")
-    ap.add_argument("--max-batch", type=int, default=3, help="configs(max_batch=...) (default 3)")
     ap.add_argument("--json", default=str(HERE / "results-bugs.json"), help="where to write the records")
     args = ap.parse_args(argv)
-    indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
     how = {"scope": args.scope} | ({"directions": args.directions} if args.directions else {})
-    sizes = {"max_layers": args.max_layers, "max_size": args.max_size, "max_batch": args.max_batch}
-    jobs = [(i, draw(args.seed, i, KNOWN_KINDS, **sizes), how, args.seed, args.bug)
-            for i in indices]
+    jobs = [(i, raw, how, args.seed, args.bug) for i, raw in batch(args, KNOWN_KINDS)]
     t0 = time.perf_counter()
-    records = run(jobs, args.jobs)
+    records = run(jobs, args.jobs, check_one)
     for rec in records:
         if rec["status"] not in ("caught", "invisible"):
             print(json.dumps(rec, default=str)[:3000] + "\n")

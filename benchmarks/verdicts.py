@@ -66,6 +66,25 @@ def draw(seed: int, index: int, kinds: tuple[str, ...] = CHAIN_KINDS, **sizes: i
     return sample(np.random.default_rng([seed, index]), dtypes=DTYPES, min_dense=0, kinds=kinds, **sizes)
 
 
+def batch_options(ap: argparse.ArgumentParser) -> None:
+    """The options that say which batch of random configs to draw and how many processes check
+    it (here and in ``bugs.py``)."""
+    ap.add_argument("--n", type=int, default=1000, help="configs to draw (default 1000)")
+    ap.add_argument("--seed", type=int, default=0, help="config i is drawn from default_rng([seed, i])")
+    ap.add_argument("--jobs", type=int, default=2, help="processes checking configs at once (default 2)")
+    ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
+    ap.add_argument("--max-layers", type=int, default=5, help="configs(max_layers=...) (default 5)")
+    ap.add_argument("--max-size", type=int, default=10, help="configs(max_size=...) (default 10)")
+    ap.add_argument("--max-batch", type=int, default=3, help="configs(max_batch=...) (default 3)")
+
+
+def batch(args: argparse.Namespace, kinds: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """(index, raw config) of the batch ``batch_options`` named."""
+    indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
+    sizes = {"max_layers": args.max_layers, "max_size": args.max_size, "max_batch": args.max_batch}
+    return [(i, draw(args.seed, i, kinds, **sizes)) for i in indices]
+
+
 def key_of(layer: int, tensor: str) -> str:
     """A row's tensor in the oracle's keys: ``layers.{i}.{name}``, or ``delta.{i}`` (∂C/∂ the
     input of layer i, ``delta.0`` = ∂C/∂x)."""
@@ -210,16 +229,19 @@ def cause(entries: list[dict[str, Any]], row: dict[str, Any], report: Any, scale
     return "rounding: the difference does not improve at h/10"
 
 
-def run(jobs: list[tuple[int, dict, dict]], workers: int) -> list[dict[str, Any]]:
+def run(jobs: list[tuple], workers: int, one: Any = None) -> list[dict[str, Any]]:
+    """Every job's record (``one(job)``, default ``check_one``), ``workers`` processes at once,
+    in index order."""
+    one = check_one if one is None else one
     records: list[dict[str, Any]] = []
     if workers <= 1:
         for n, job in enumerate(jobs, 1):
-            records.append(check_one(job))
+            records.append(one(job))
             progress(n, len(jobs))
     else:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(check_one, job) for job in jobs]
+            futures = [pool.submit(one, job) for job in jobs]
             for n, f in enumerate(as_completed(futures), 1):
                 records.append(f.result())
                 progress(n, len(jobs))
@@ -275,10 +297,7 @@ def summary(records: list[dict[str, Any]], seconds: float) -> tuple[str, dict[st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="configs to draw (default 1000)")
-    ap.add_argument("--seed", type=int, default=0, help="config i is drawn from default_rng([seed, i])")
-    ap.add_argument("--jobs", type=int, default=2, help="processes checking configs at once (default 2)")
-    ap.add_argument("--only", default="", help="comma-separated indices of the batch to check (default all)")
+    batch_options(ap)
     ap.add_argument("--eps", type=float, default=None, help="check's step (default: the method's)")
     ap.add_argument("--method", default=None, help="check's method (default: central)")
     ap.add_argument("--directions", type=int, default=None, help="check's directions (default: off)")
@@ -287,17 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="chain", choices=["chain", "all"],
                     help="layer kinds drawn: the seed's chains (default; every FAIL verified by torch) or all "
                          "(a FAIL the oracle cannot rebuild is 'unverified')")
-    ap.add_argument("--max-layers", type=int, default=5, help="configs(max_layers=...) (default 5)")
-    ap.add_argument("--max-size", type=int, default=10, help="configs(max_size=...) (default 10)")
-    ap.add_argument("--max-batch", type=int, default=3, help="configs(max_batch=...) (default 3)")
     ap.add_argument("--json", default=str(HERE / "results-verdicts.json"), help="where to write the records")
     args = ap.parse_args(argv)
-    indices = [int(i) for i in args.only.split(",") if i.strip()] if args.only else range(args.n)
     how = {k: v for k, v in (("eps", args.eps), ("method", args.method), ("directions", args.directions),
                              ("fd_dtype", args.fd_dtype), ("scope", args.scope)) if v is not None}
-    sizes = {"max_layers": args.max_layers, "max_size": args.max_size, "max_batch": args.max_batch}
     kinds = KNOWN_KINDS if args.kinds == "all" else CHAIN_KINDS
-    jobs = [(i, draw(args.seed, i, kinds, **sizes), how) for i in indices]
+    jobs = [(i, raw, how) for i, raw in batch(args, kinds)]
     t0 = time.perf_counter()
     records = run(jobs, args.jobs)
     seconds = time.perf_counter() - t0
