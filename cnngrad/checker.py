@@ -665,7 +665,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     at64 = None if own64 is None or at64 is None else (own64, at64[1])
                 return resolution.precision_bound(c, w, c.tol, trust, config.dtype, at64)
         else:
-            trusted = resolution.trusted(deltas, grads)
+            # √ε·G, or K·ε·S for a saturated loss: p − y, with p = 1 − 6e-12, loses ε of 1 (rounding_trust)
+            trusted = resolution.rounding_trust(deltas, grads, loss, outputs[-1], y)
 
             def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
                 def summed() -> float:  # a link row's own sum: the size of its terms
