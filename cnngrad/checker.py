@@ -686,10 +686,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             # a δ row above the culprit that passed only where no stencil crossed a kink (tied maxima)
             # may hide the wrong layer: that layer alone, on the unperturbed pass's piece, says
             above = [row.verdict for row in rows if row.ref.is_delta and len(row.ref.path) == 1
-                     and row.ref.index > report.culprit and row.verdict.passed]
+                     and row.ref.index > report.culprit and (row.verdict.passed or row.verdict.checked == 0)]
             found = layer_scope.kinked_link(layer_scope.LinkDifferences(whole, received, inner), above, how.tol,
-                                            "its δ passed where no stencil crosses a kink, and the layers below it "
-                                            "fail for the δ it passes down")
+                                            "its δ checked out where no stencil crosses a kink, and the layers below "
+                                            "it fail for the δ it passes down")
             if found is not None:
                 for row in rows:  # what was diagnosed of the layer blamed before goes with the blame
                     if row.verdict.layer == report.culprit:

@@ -493,3 +493,24 @@ def test_a_link_row_within_the_rounding_of_its_own_sum_is_unresolved(monkeypatch
         out[0], {**out[1], "gamma": out[1]["gamma"] * (1 + 1e-3)}))(original(self, d, c)))
     for scope in ("network", "layer"):
         assert "layers[4] gamma" in {str(r.ref) for r in check(NORM_AFTER_NORM, scope=scope).failures}, scope
+
+
+def test_a_bug_below_tied_maxima_is_named_in_both_scopes(monkeypatch):
+    """Found by benchmarks/bugs.py (seed 6, sizes up to 16): a linear layer (dropout of rate 0)
+    between the upsampling and the tied maxima, its δ 10% too large.  Every nonzero entry of
+    its δ reaches the loss through a tied maximum, so its δ row compares only zeros in the
+    network scope and the layer below was blamed; differenced alone at those entries (the
+    dropout has no kink of its own), it disagrees and is named.  The layer scope sees it
+    anyway: its link is the dropout alone."""
+    from cnngrad.layers_modern import Dropout
+
+    raw = dict(TIED_MAXIMA, layers=TIED_MAXIMA["layers"][:2] + [{"dropout": {"rate": 0.0}}]
+               + TIED_MAXIMA["layers"][2:])
+    assert check(raw).passed and check(raw, scope="layer").passed
+    original = Dropout.backward
+    monkeypatch.setattr(Dropout, "backward", lambda self, d, c: (lambda out: (1.1 * out[0], out[1]))(
+        original(self, d, c)))
+    for scope in ("layer", "network"):
+        report = check(raw, scope=scope)
+        assert report.return_code == 1 and report.culprit == 2, (scope, report.localisation)
+        assert report.localisation.startswith("layer 2 (dropout): backward is wrong")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..blocks import Block
-from ..finite_diff import FiniteDifferences
+from ..finite_diff import FiniteDifferences, Numeric
 from ..refs import TensorRef
 from ..resolution import cast_layer
 from .links import LinkDifferences
@@ -137,24 +137,26 @@ def kinks_only(checks: list, network_refs: set[TensorRef]) -> None:
 
 
 def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> tuple[int | str, str] | None:
-    """Rows of δ that passed with entries left out for crossing a kink (a relu at 0, tied
-    maxima of a max pool: their stencils cross one) can hide a wrong backward — in the layer
-    scope when only ∂C/∂x end to end fails (else the wiring is blamed), in the network scope
-    above the layer localisation named.  Their layers alone are differenced there again on the
-    unperturbed pass's piece (``LinkDifferences.on_piece``: the derivative the backward's masks
-    compute); the first in backprop order that disagrees is named (``why`` says what was seen
-    first), with its worst entry.  None if none does."""
+    """Rows of δ with entries left out for crossing a kink (a relu at 0, tied maxima of a max
+    pool: their stencils cross one, in the layer or above it) can hide a wrong backward — in
+    the layer scope when only ∂C/∂x end to end fails (else the wiring is blamed), in the
+    network scope above the layer localisation named.  Their layers alone are differenced at
+    those entries (``LinkDifferences.at_kinks``: a layer with a kink of its own on the
+    unperturbed pass's piece, the derivative its backward's masks compute); the first in
+    backprop order that disagrees is named (``why`` says what was seen first), with its worst
+    entry.  None if none does."""
     from ..compare import metrics
 
     suspects = []
     for c in checks:
         if c.mode != "entries" or not c.ref.is_delta or not np.any(c.kink_mask) or "end to end" in c.note:
             continue
-        idx = c.indices[c.kink_mask]
-        num = links.on_piece(c.ref, idx)
-        if num is None:
+        found = links.at_kinks(c.ref, c.indices[c.kink_mask])
+        clear = ~np.asarray(found.kinks, dtype=bool)  # entries the layer alone does not cross a kink at
+        if not clear.any():
             continue
-        g = np.asarray(c.analytic, dtype=np.float64)[c.kink_mask]
+        num = Numeric(found.indices[clear], np.asarray(found.values)[clear], np.zeros(int(clear.sum()), dtype=bool))
+        g = np.asarray(c.analytic, dtype=np.float64)[c.kink_mask][clear]
         if metrics(g, num.values).norm_rel > max(tol, c.tol):
             suspects.append((c, g, num))
     if not suspects:
@@ -163,9 +165,9 @@ def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> t
     worst = int(np.argmax(np.abs(g - num.values)))
     at = tuple(int(i) for i in np.unravel_index(int(num.indices[worst]), c.shape))
     culprit = c.ref.path[0] if len(c.ref.path) == 1 else c.ref.layer
-    return culprit, (f"layer {c.ref.layer} ({c.kind}): backward is wrong at its kinks — {why}; differenced on the "
-                     f"unperturbed pass's piece (the derivative its backward's masks compute), its δ at the "
-                     f"{len(g)} entries left out for a kink disagrees (norm rel "
+    return culprit, (f"layer {c.ref.layer} ({c.kind}): backward is wrong at its kinks — {why}; differenced alone "
+                     f"(a kink of its own held on the unperturbed pass's piece, the derivative its backward's masks "
+                     f"compute), its δ at the {len(g)} entries left out for a kink disagrees (norm rel "
                      f"{metrics(g, num.values).norm_rel:.1e}): analytic {g[worst]:.6g} numeric "
                      f"{num.values[worst]:.6g} at {list(at)}")
 

@@ -89,22 +89,23 @@ class LinkDifferences(InputLinks, GroupedInputs):
         per = (a.size + out.size) * item * 4
         return 1, per, lambda idx: self._input_batches(link, idx)
 
-    def on_piece(self, ref: TensorRef, idx: Array) -> Numeric | None:
-        """δ at the input of a layer offering ``"piece"`` (relu, leaky relu, max and global max
-        pooling) at the flat indices ``idx``, differenced on the unperturbed pass's piece
-        (``forward_on_piece``) — the piece whose derivative the backward's masks compute, so
-        entries whose stencils cross a kink can be compared too; None for any other tensor.
-        Localisation's last look (``layer_scope.kinked_link``), never a row's verdict: the
-        rows leave kink crossings out, as the network scope does."""
+    def at_kinks(self, ref: TensorRef, idx: Array) -> Numeric:
+        """δ at the input of a layer at the flat indices ``idx`` whose stencils crossed a kink
+        somewhere in the network: the layer alone, as its link differences it — where it
+        offers ``"piece"`` (relu, leaky relu, max and global max pooling), held on the
+        unperturbed pass's piece (``forward_on_piece``: the piece whose derivative the
+        backward's masks compute), so nothing crosses; a kink the layer alone still crosses is
+        marked.  Localisation's last look (``layer_scope.kinked_link``), never a row's verdict:
+        the rows leave kink crossings out, as the network scope does."""
         link = self.links.at(ref.path)
-        if not (ref.is_delta and link.base is not None and link.caps.can("piece") and link.caps.per_sample):
-            return None
-        local = link.caps.can("elementwise") or (link.top and (link.caps.can("window") or link.caps.can("region")))
-        if link.a_prev.ndim == 4 and local and self._windows_ok(ref.path, link):
-            out = self._input_window(link, idx, piece=True)
-        else:
-            out = self._input_rows(link, idx, piece=True)
-        return Numeric(idx, out[0], np.zeros(len(idx), dtype=bool))
+        if ref.is_delta and link.base is not None and link.caps.can("piece") and link.caps.per_sample:
+            local = link.caps.can("elementwise") or (link.top and (link.caps.can("window") or link.caps.can("region")))
+            if link.a_prev.ndim == 4 and local and self._windows_ok(ref.path, link):
+                out = self._input_window(link, idx, piece=True)
+            else:
+                out = self._input_rows(link, idx, piece=True)
+            return Numeric(idx, out[0], np.zeros(len(idx), dtype=bool))
+        return self.numeric([(ref, idx)])[0]
 
     def _fan_out(self, ref: TensorRef, link: Link) -> tuple[int, int, Run]:
         """A block's own input row: its forward feeds the input a to every path unchanged, so
