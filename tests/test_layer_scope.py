@@ -401,25 +401,35 @@ TIED_MAXIMA = {"name": "tied-maxima", "seed": 3, "input": {"batch": 2, "channels
                "loss": "softmax_cross_entropy"}
 
 
-def test_a_bug_hidden_at_tied_maxima_is_named_in_both_scopes(monkeypatch):
-    """Found by benchmarks/bugs.py: the global max pool's δ 10% too large, where only its tied
-    maxima carry δ.  Its own row compares only the zeros (the maxima are kink crossings, left
-    out), so the layer scope blamed the wiring and the network scope the upsample below it.
-    Differenced on the unperturbed pass's piece (the argmax its forward chose, which its
-    backward routes δ to), the pool's δ at those entries disagrees: both name the pool, with
-    both numbers.  Correct code passes, its kinks counted."""
-    from cnngrad.layers_modern import GlobalPool
+@pytest.mark.parametrize("broken", ["global_pool", "dropout"])
+def test_a_bug_hidden_at_tied_maxima_is_named_in_both_scopes(monkeypatch, broken):
+    """Found by benchmarks/bugs.py: a layer's δ 10% too large where every nonzero entry of it
+    reaches the loss through a tied maximum — the global max pool's own δ, or that of a linear
+    layer below it (a dropout of rate 0).  Its δ row compares only zeros (the maxima are kink
+    crossings, left out): the layer scope blamed the wiring (the pool) and the network scope
+    the layer below.  Differenced alone at those entries (a kink of its own held on the
+    unperturbed pass's piece: the argmax its forward chose, which its backward routes δ to),
+    the layer disagrees and is named, with both numbers.  Correct code passes, its kinks counted."""
+    from cnngrad.layers_modern import Dropout, GlobalPool
 
-    correct = check(TIED_MAXIMA, scope="layer")
-    assert correct.passed and next(r for r in correct.rows if str(r.ref) == "layers[2] δ input").kinks > 0
-    original = GlobalPool.backward
-    monkeypatch.setattr(GlobalPool, "backward", lambda self, d, c: (lambda out: (1.1 * out[0], out[1]))(
+    raw, cls, at = TIED_MAXIMA, GlobalPool, 2
+    if broken == "dropout":
+        raw = dict(TIED_MAXIMA, layers=TIED_MAXIMA["layers"][:2] + [{"dropout": {"rate": 0.0}}]
+                   + TIED_MAXIMA["layers"][2:])
+        cls = Dropout
+    correct = check(raw, scope="layer")
+    assert correct.passed and check(raw).passed
+    assert any(r.kinks > 0 for r in correct.rows if r.ref.is_delta)
+    original = cls.backward
+    monkeypatch.setattr(cls, "backward", lambda self, d, c: (lambda out: (1.1 * out[0], out[1]))(
         original(self, d, c)))
     for scope in ("layer", "network"):
-        report = check(TIED_MAXIMA, scope=scope)
-        assert report.return_code == 1 and report.culprit == 2, (scope, report.localisation)
-        assert report.localisation.startswith("layer 2 (global_pool): backward is wrong at its kinks")
-        assert "analytic" in report.localisation and "numeric" in report.localisation
+        report = check(raw, scope=scope)
+        assert report.return_code == 1 and report.culprit == at, (scope, report.localisation)
+        assert report.localisation.startswith(f"layer {at} ({broken}): backward is wrong")
+        if scope == "network" or broken == "global_pool":  # named from its kinks, with both numbers
+            assert "at its kinks" in report.localisation and "analytic" in report.localisation \
+                and "numeric" in report.localisation
 
 
 # float64: a transposed conv's bias feeds a group norm of one channel a group, which removes its
@@ -493,24 +503,3 @@ def test_a_link_row_within_the_rounding_of_its_own_sum_is_unresolved(monkeypatch
         out[0], {**out[1], "gamma": out[1]["gamma"] * (1 + 1e-3)}))(original(self, d, c)))
     for scope in ("network", "layer"):
         assert "layers[4] gamma" in {str(r.ref) for r in check(NORM_AFTER_NORM, scope=scope).failures}, scope
-
-
-def test_a_bug_below_tied_maxima_is_named_in_both_scopes(monkeypatch):
-    """Found by benchmarks/bugs.py (seed 6, sizes up to 16): a linear layer (dropout of rate 0)
-    between the upsampling and the tied maxima, its δ 10% too large.  Every nonzero entry of
-    its δ reaches the loss through a tied maximum, so its δ row compares only zeros in the
-    network scope and the layer below was blamed; differenced alone at those entries (the
-    dropout has no kink of its own), it disagrees and is named.  The layer scope sees it
-    anyway: its link is the dropout alone."""
-    from cnngrad.layers_modern import Dropout
-
-    raw = dict(TIED_MAXIMA, layers=TIED_MAXIMA["layers"][:2] + [{"dropout": {"rate": 0.0}}]
-               + TIED_MAXIMA["layers"][2:])
-    assert check(raw).passed and check(raw, scope="layer").passed
-    original = Dropout.backward
-    monkeypatch.setattr(Dropout, "backward", lambda self, d, c: (lambda out: (1.1 * out[0], out[1]))(
-        original(self, d, c)))
-    for scope in ("layer", "network"):
-        report = check(raw, scope=scope)
-        assert report.return_code == 1 and report.culprit == 2, (scope, report.localisation)
-        assert report.localisation.startswith("layer 2 (dropout): backward is wrong")
