@@ -674,6 +674,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         links, c.ref, c.indices[~c.kink_mask])
                     return 0.0 if size is None or size.size == 0 else float(np.max(size))
                 return resolution.at_rounding(c, w, trusted, summed if alone else None)
+
         def excused(among: list[Row]) -> None:
             _rounding_excused([(row.ref, row.verdict) for row in among], net, traced_wide, excuse,
                               lambda refs: own(np.longdouble, refs))
@@ -683,8 +684,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner, how.tol_rule == "estimate", excused)
         if how.scope == "network" and isinstance(report.culprit, int):
-            # a δ row above the culprit that passed only where no stencil crossed a kink (tied maxima)
-            # may hide the wrong layer: that layer alone, on the unperturbed pass's piece, says
+            # a δ row above the culprit that checked out only where no stencil crossed a kink (tied
+            # maxima above it) may hide the wrong layer: that layer alone, at those entries, says
             above = [row.verdict for row in rows if row.ref.is_delta and len(row.ref.path) == 1
                      and row.ref.index > report.culprit and (row.verdict.passed or row.verdict.checked == 0)]
             found = layer_scope.kinked_link(layer_scope.LinkDifferences(whole, received, inner), above, how.tol,
