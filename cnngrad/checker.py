@@ -623,6 +623,19 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     for row, check in zip(part, checks):
                         row.check = check
 
+        term_sizes: dict[tuple[TensorRef, bytes], float | None] = {}
+
+        def term_size(c: TensorCheck) -> float | None:
+            """The largest size of the terms a layer-scope row's contraction sums at its compared
+            entries (``layer_scope.contraction_size``: a pass of the layer an entry), once a row;
+            None outside the layer scope or for a block's input row."""
+            entries = c.indices[~c.kink_mask]
+            key = (c.ref, entries.tobytes())
+            if key not in term_sizes:
+                size = None if links is None else layer_scope.contraction_size(links, c.ref, entries)
+                term_sizes[key] = None if size is None or size.size == 0 else float(np.max(size))
+            return term_sizes[key]
+
         def link_floor(row: Row, exact: resolution.Floor) -> resolution.Floor:
             """A layer-scope row's resolution, for the complex step of its layer alone: its
             contraction ``⟨δ, ∂z/∂θ_j⟩`` is a sum, off by ~ε of the size of its terms S_j from
@@ -635,10 +648,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             unit = float(np.finfo(numeric_side[1].dtype).eps)
             if float(np.max(np.abs(c.analytic), initial=0.0)) > np.sqrt(unit) * biggest:
                 return exact
-            size = layer_scope.contraction_size(links, c.ref, c.indices[~c.kink_mask])
-            if size is None or size.size == 0:
+            size = term_size(c)
+            if size is None:
                 return exact
-            value = resolution.MARGIN * unit * float(np.max(size))
+            value = resolution.MARGIN * unit * size
             if not value > exact.value:
                 return exact
             return dataclasses.replace(exact, value=value, method="the complex step of the layer alone (ε of the "
@@ -669,11 +682,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             trusted = resolution.rounding_trust(deltas, grads, loss, outputs[-1], y)
 
             def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
-                def summed() -> float:  # a link row's own sum: the size of its terms
-                    size = None if links is None else layer_scope.contraction_size(
-                        links, c.ref, c.indices[~c.kink_mask])
-                    return 0.0 if size is None or size.size == 0 else float(np.max(size))
-                return resolution.at_rounding(c, w, trusted, summed if alone else None)
+                return resolution.at_rounding(c, w, trusted, (lambda: term_size(c) or 0.0) if alone else None)
 
         def excused(among: list[Row]) -> None:
             _rounding_excused([(row.ref, row.verdict) for row in among], net, traced_wide, excuse,

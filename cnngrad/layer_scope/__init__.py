@@ -182,23 +182,24 @@ def contraction_size(links: LinkDifferences, ref: TensorRef, idx: Array) -> Arra
     layer = link.layer
     if isinstance(layer, Block):
         return None
-    source = link.a_prev if ref.is_delta else layer.params[ref.name]
+    original = link.a_prev if ref.is_delta else layer.params[ref.name]
+    moved = np.array(original, dtype=np.result_type(original, np.float64), copy=True)  # one entry moved at a time
+    flat = moved.reshape(-1)
     out = np.empty(len(idx))
-    with np.errstate(all="ignore"):
-        for k, j in enumerate(idx):
-            moved = np.array(source, dtype=np.result_type(source, np.float64), copy=True)
-            h = 1e-6 * max(1.0, abs(float(moved.reshape(-1)[j])))
-            moved.reshape(-1)[j] += h
-            if ref.is_delta:
-                z = layer.forward(moved)[0]
-            else:
-                original = layer.params[ref.name]
-                layer.params[ref.name] = moved
-                try:
-                    z = layer.forward(link.a_prev)[0]
-                finally:
-                    layer.params[ref.name] = original
-            out[k] = float(np.sum(np.abs((np.asarray(z) - link.z) * link.delta))) / h
+    if not ref.is_delta:
+        layer.params[ref.name] = moved
+    try:
+        with np.errstate(all="ignore"):
+            for k, j in enumerate(idx):
+                old = flat[j]
+                h = 1e-6 * max(1.0, abs(float(old)))
+                flat[j] = old + h
+                z = layer.forward(moved if ref.is_delta else link.a_prev)[0]
+                flat[j] = old
+                out[k] = float(np.sum(np.abs((np.asarray(z) - link.z) * link.delta))) / h
+    finally:
+        if not ref.is_delta:
+            layer.params[ref.name] = original
     return out
 
 

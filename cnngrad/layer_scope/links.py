@@ -73,8 +73,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
             grouped = self.grouped_plan(ref.index)  # entries whose windows cannot overlap share a pass
             if grouped is not None:
                 return grouped
-        local = caps.can("elementwise") or (link.top and (caps.can("window") or caps.can("region")))
-        if caps.per_sample and a.ndim == 4 and local and self._windows_ok(ref.path, link):
+        if self._windowed(ref.path, link):
             zero = np.zeros(1, dtype=int)
             wh, ww = (1, 1) if caps.can("elementwise") else link.layer.window(zero, zero, 1, 1)[2:]
             # the window, the input region it reads, unrolled (im2col) in a conv's correlate
@@ -99,8 +98,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
         the rows leave kink crossings out, as the network scope does."""
         link = self.links.at(ref.path)
         if ref.is_delta and link.base is not None and link.caps.can("piece") and link.caps.per_sample:
-            local = link.caps.can("elementwise") or (link.top and (link.caps.can("window") or link.caps.can("region")))
-            if link.a_prev.ndim == 4 and local and self._windows_ok(ref.path, link):
+            if self._windowed(ref.path, link):
                 out = self._input_window(link, idx, piece=True)
             else:
                 out = self._input_rows(link, idx, piece=True)
@@ -136,6 +134,13 @@ class LinkDifferences(InputLinks, GroupedInputs):
 
     def _chunk(self, per: int) -> int:
         return int(max(1, min(8192, self.fd.budget // max(per, 1))))
+
+    def _windowed(self, path: tuple[int, ...], link: Link) -> bool:
+        """Is the layer's input differenced a window at a time (``_input_window``): a local
+        per-sample layer on (c, h, w) maps whose window shortcut passed its spot check?"""
+        caps = link.caps
+        local = caps.can("elementwise") or (link.top and (caps.can("window") or caps.can("region")))
+        return caps.per_sample and link.a_prev.ndim == 4 and local and self._windows_ok(path, link)
 
     def _windows_ok(self, path: tuple[int, ...], link: Link) -> bool:
         """Does the layer's window shortcut agree with a real forward pass (the network scope's
