@@ -108,12 +108,11 @@ class Conv:
         than holding them — the memory of every layer's columns at once is what made a
         forward + backward slow (fresh pages on every pass)."""
         a_pad = C.pad(a_prev, self.p)  # ã^{l-1}
-        cols = C.im2col(a_pad, self.k, self.s, self.d)
-        if self.groups == 1:
-            z = C.correlate(a_pad, self._kernel(), self.s, self.d, cols=cols)
+        if self.groups == 1:  # conv.correlate: at stride 1 unrolled along rows only
+            z = C.correlate(a_pad, self._kernel(), self.s, self.d)
         else:
-            z = GC.correlate(cols, self._kernel(), self.groups, self.out_shape[1:])
-        del cols
+            z = GC.correlate(C.im2col(a_pad, self.k, self.s, self.d), self._kernel(), self.groups,
+                             self.out_shape[1:])
         if self.bias == "tied":
             z += self.params["b"][:, None, None]
         elif self.bias == "untied":

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,35 @@ def test_correlate_matches_naive(case: Case):
     want = C.correlate_naive(x, W, s, d)
     assert got.shape == want.shape == (x.shape[0], W.shape[0]) + case.out_hw
     assert_close(got, want, C.correlate_naive(np.abs(x), np.abs(W), s, d))
+
+
+@given(conv_cases(), st.integers(1, 6))
+def test_correlate_rows_matches_naive(case: Case, more: int):
+    """The stride-1 kernel unrolled along rows (``correlate`` takes it for deep enough
+    inputs, which the cases above are not): channels repeated so that some are."""
+    x, W, d = np.tile(case.x, (1, more, 1, 1)), np.tile(case.W, (1, more, 1, 1)), case.d
+    got = C.correlate_rows(x, W, d)
+    want = C.correlate_naive(x, W, (1, 1), d)
+    assert got.shape == want.shape
+    assert_close(got, want, C.correlate_naive(np.abs(x), np.abs(W), (1, 1), d))
+    if x.shape[1] * W.shape[-1] >= C.ROWS_MIN_DEPTH and got.shape[-2] * got.shape[-1] >= C.ROWS_MIN_OUT:
+        np.testing.assert_array_equal(C.correlate(x, W, (1, 1), d), got)  # the path correlate takes
+
+
+@given(conv_cases(), st.integers(1, 6))
+def test_weight_grad_rows_matches_naive(case: Case, more: int):
+    """∂C/∂W from the rows the stride-1 kernel unrolls (``weight_grad`` takes it for deep
+    enough inputs): channels repeated so that some are."""
+    x, d = np.tile(case.x, (1, more, 1, 1)), case.d
+    out = C.correlate_naive(x[:, :1], case.W[:, :1], (1, 1), d).shape  # the drawn G is for the drawn stride
+    G = case.G if case.s == (1, 1) else np.cos(np.arange(math.prod(out))).reshape(out)
+    got = C.weight_grad_rows(x, G, case.k, d)
+    want = C.weight_grad_naive(x, G, case.k, (1, 1), d)
+    assert got.shape == want.shape and got.flags.c_contiguous
+    assert_close(got, want, C.weight_grad_naive(np.abs(x), np.abs(G), case.k, (1, 1), d))
+    np.testing.assert_array_equal(C.weight_grad(x, G, case.k, (1, 1), d), got if (
+        x.shape[1] * case.k[1] >= C.ROWS_MIN_DEPTH and G.shape[-2] * G.shape[-1] >= C.ROWS_MIN_OUT)
+        else C.weight_grad(x, G, case.k, (1, 1), d, cols=C.im2col(x, case.k, (1, 1), d)))
 
 
 @given(conv_cases())
