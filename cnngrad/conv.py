@@ -335,15 +335,17 @@ def input_delta(delta: np.ndarray, W: np.ndarray, in_hw: tuple[int, int], p: Pai
 
     Two ways, the cheaper one taken (both against the loop reference in ``tests/test_conv.py``):
 
-    * stride 1, no more filters than channels (o ≤ c), p ≤ extent − 1: the padded δ
-      correlated with ``ROT180(W)`` (:func:`full_convolve`), δ padded by ``extent − 1 − p``
-      instead of ``extent − 1`` so that the correlation yields the cropped rows and columns
-      only — one im2col of δ (o·kh·kw rows) and one matmul, no col2im;
+    * stride 1, p ≤ extent − 1: the padded δ correlated with ``ROT180(W)``
+      (:func:`full_convolve`), δ padded by ``extent − 1 − p`` instead of ``extent − 1`` so
+      that the correlation yields the cropped rows and columns only — δ unrolled (along rows
+      only where :func:`correlate` takes :func:`correlate_rows`) and matmuls, no col2im.
+      Since the rows path, faster than col2im for more filters than channels too (VGG's
+      16 -> 32 channels on 16x16: 274 against 426 µs; 3 -> 16 on 32x32: 197 against 237);
     * otherwise :func:`full_convolve_col2im` (``Kᵀδ``, c·kh·kw rows, then kh·kw strided adds)
-      and the crop: fewer rows to move when c < o, and no s−1 zeros dilating δ for a stride.
+      and the crop: no s−1 zeros dilating δ for a stride.
     """
     ke = (effective_kernel(W.shape[-2], d[0]), effective_kernel(W.shape[-1], d[1]))
-    if s == (1, 1) and W.shape[0] <= W.shape[1] and p[0] <= ke[0] - 1 and p[1] <= ke[1] - 1:
+    if tuple(s) == (1, 1) and p[0] <= ke[0] - 1 and p[1] <= ke[1] - 1:
         delta_hat = pad(delta, (ke[0] - 1 - p[0], ke[1] - 1 - p[1]))
         W_rot = np.ascontiguousarray(rot180(W).swapaxes(0, 1))  # (c, o, kh, kw)
         return correlate(delta_hat, W_rot, (1, 1), d)

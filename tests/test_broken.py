@@ -155,7 +155,8 @@ def test_dense_transposed_weight_gradient(monkeypatch):
 
 
 def test_off_by_one_padding_crop(monkeypatch):
-    """δ cropped one pixel off: the padding is undone in the wrong place."""
+    """δ cropped one pixel off: the padding is undone in the wrong place (the conv layer's
+    δ as the full convolution of the padded input, then a crop one row off)."""
     def crop(x, p):
         ph, pw = p
         h, w = x.shape[-2:]
@@ -163,7 +164,10 @@ def test_off_by_one_padding_crop(monkeypatch):
         shifted[..., :-1, :] = x[..., 1:, :]
         return shifted[..., ph: h - ph, pw: w - pw]
 
-    monkeypatch.setattr(C, "crop", crop)
+    def input_delta(delta, W, in_hw, p=(0, 0), s=(1, 1), d=(1, 1)):
+        return crop(C.full_convolve(delta, W, (in_hw[0] + 2 * p[0], in_hw[1] + 2 * p[1]), s, d), p)
+
+    monkeypatch.setattr(C, "input_delta", input_delta)
     report = check("maxpool")
     assert (0, "input") in failing(report)
 

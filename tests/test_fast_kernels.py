@@ -70,9 +70,11 @@ def test_input_delta_matches_the_cropped_naive_full_convolution(case):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
 @pytest.mark.parametrize("c, o, k, s, p, d", [
-    (3, 2, (3, 3), (1, 1), (1, 1), (1, 1)),  # o ≤ c, stride 1: the folded-crop correlation
+    (3, 2, (3, 3), (1, 1), (1, 1), (1, 1)),  # stride 1: the folded-crop correlation (im2col)
     (4, 4, (3, 2), (1, 1), (2, 0), (2, 1)),  # the same, dilated, asymmetric padding
-    (2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),  # o > c: col2im
+    (2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),  # o > c: the same
+    (3, 6, (3, 3), (1, 1), (1, 1), (1, 1)),  # δ deep enough (o·kw ≥ 15): correlate_rows
+    (2, 8, (2, 3), (1, 1), (1, 2), (2, 1)),  # the same, dilated, asymmetric
     (3, 2, (3, 3), (2, 1), (1, 1), (1, 1)),  # a stride: col2im
     (3, 2, (1, 1), (1, 1), (1, 1), (1, 1)),  # p > extent − 1: col2im
 ])
