@@ -206,6 +206,25 @@ ROWS_MIN_DEPTH = 15
 ROWS_MIN_OUT = 4
 
 
+def rows_pay(s: Pair, c: int, kw: int, ho: int, wo: int) -> bool:
+    """Whether a correlation (or its ∂C/∂W) of c channels with a kernel kw wide, onto
+    ho×wo outputs, is unrolled along rows only (:func:`unroll_rows`) rather than by im2col."""
+    return tuple(s) == (1, 1) and c * kw >= ROWS_MIN_DEPTH and ho * wo >= ROWS_MIN_OUT
+
+
+def unroll_rows(x: np.ndarray, kw: int, dw: int = 1) -> np.ndarray:
+    """The stride-1 receptive fields unrolled along the width only (a copy).
+
+    x of shape (n, c, H, W) -> of shape (n, c·kw, H·Wo), ``Wo = W − dw·(kw−1)``:
+    ``rows[n, (c, v), y·Wo + j] = x[n, c, y, j + v·dw]`` for every row y of x — kw copies of
+    x where im2col makes kh·kw.  Kernel row u then reads output row i from row ``i + u·dh``:
+    in the flattened (y, j) axis the contiguous slice ``[u·dh·Wo, u·dh·Wo + Ho·Wo)``."""
+    n, c, H, Wd = x.shape
+    wo = out_size(Wd, kw, 1, 0, dw)
+    s0, s1, s2, s3 = x.strides
+    return as_strided(x, (n, c, kw, H, wo), (s0, s1, s3 * dw, s2, s3), writeable=False).reshape(n, c * kw, H * wo)
+
+
 def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1),
               cols: np.ndarray | None = None) -> np.ndarray:
     """Valid multi-channel correlation (the forward pass of a conv layer).
@@ -218,7 +237,7 @@ def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1),
     n, o = x.shape[0], W.shape[0]
     ho, wo = out_size(x.shape[-2], W.shape[-2], s[0], 0, d[0]), out_size(x.shape[-1], W.shape[-1], s[1], 0, d[1])
     if cols is None:
-        if tuple(s) == (1, 1) and x.shape[1] * W.shape[-1] >= ROWS_MIN_DEPTH and ho * wo >= ROWS_MIN_OUT:
+        if rows_pay(s, x.shape[1], W.shape[-1], ho, wo):
             return correlate_rows(x, W, d)
         cols = im2col(x, W.shape[-2:], s, d)  # (n, c·kh·kw, Ho·Wo)
     return np.matmul(W.reshape(o, -1), cols).reshape(n, o, ho, wo)
@@ -227,13 +246,11 @@ def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1),
 def correlate_rows(x: np.ndarray, W: np.ndarray, d: Pair = (1, 1)) -> np.ndarray:
     """:func:`correlate` at stride 1, with the windows unrolled along the width only.
 
-    x of shape (n, c, H, W), W of shape (o, c, kh, kw) -> z of shape (n, o, Ho, Wo).
-    ``rows[n, (c, v), y·Wo + j] = x[n, c, y, j + v·dw]`` for every row y of x (kw copies of
-    x, not kh·kw as im2col makes), and kernel row u reads rows ``i + u·dh``: in the flattened
-    (y, j) axis a contiguous slice, starting at ``u·dh·Wo``.  So
-    ``z = Σ_u W[:, :, u, :] (o, c·kw) @ rows[:, :, u·dh·Wo : u·dh·Wo + Ho·Wo]`` — the same
-    products as im2col's one matmul, summed in another order; a third of the bytes to copy
-    for a 3x3 kernel (a conv of 8 channels on 32x32 maps: 1.3x faster; 16: 1.5x).
+    x of shape (n, c, H, W), W of shape (o, c, kh, kw) -> z of shape (n, o, Ho, Wo):
+    ``z = Σ_u W[:, :, u, :] (o, c·kw) @ rows[:, :, u·dh·Wo : u·dh·Wo + Ho·Wo]`` over the
+    rows :func:`unroll_rows` makes — the same products as im2col's one matmul, summed in
+    another order; a third of the bytes to copy for a 3x3 kernel (a conv of 8 channels on
+    32x32 maps: 1.3x faster; 16: 1.5x).
     """
     n, c, H, Wd = x.shape
     o, _, kh, kw = W.shape
@@ -241,9 +258,7 @@ def correlate_rows(x: np.ndarray, W: np.ndarray, d: Pair = (1, 1)) -> np.ndarray
     ho, wo = out_size(H, kh, 1, 0, dh), out_size(Wd, kw, 1, 0, dw)
     if ho < 1 or wo < 1:
         raise ValueError(f"a {kh}x{kw} kernel (dilation {d}) does not fit a {H}x{Wd} map")
-    s0, s1, s2, s3 = x.strides
-    rows = as_strided(x, (n, c, kw, H, wo), (s0, s1, s3 * dw, s2, s3), writeable=False)
-    rows = rows.reshape(n, c * kw, H * wo)  # a copy: (c, v) rows, (y, j) columns
+    rows = unroll_rows(x, kw, dw)  # (n, c·kw, H·Wo)
     z = part = None
     for u in range(kh):
         lo = u * dh * wo
@@ -388,8 +403,7 @@ def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
     """
     n, c = a_pad.shape[:2]
     o = delta.shape[1]
-    ho, wo = delta.shape[-2:]
-    if cols is None and tuple(s) == (1, 1) and c * k[1] >= ROWS_MIN_DEPTH and ho * wo >= ROWS_MIN_OUT:
+    if cols is None and rows_pay(s, c, k[1], delta.shape[-2], delta.shape[-1]):
         return weight_grad_rows(a_pad, delta, k, d)
     if cols is None:
         cols = im2col(a_pad, k, s, d)  # (n, c·kh·kw, Ho·Wo), the forward pass's columns
@@ -400,16 +414,14 @@ def weight_grad(a_pad: np.ndarray, delta: np.ndarray, k: Pair, s: Pair = (1, 1),
 
 
 def weight_grad_rows(a_pad: np.ndarray, delta: np.ndarray, k: Pair, d: Pair = (1, 1)) -> np.ndarray:
-    """:func:`weight_grad` at stride 1 from the rows :func:`correlate_rows` unrolls: kernel
-    row u of ∂C/∂W is ``Σ_n δ_n (o, Ho·Wo) @ rows_n[:, u·dh·Wo : u·dh·Wo + Ho·Wo]ᵀ``, the
-    same products as the im2col form, a third of the bytes copied for a 3x3 kernel."""
-    n, c, H, _ = a_pad.shape
+    """:func:`weight_grad` at stride 1 from the rows :func:`unroll_rows` makes: kernel row u
+    of ∂C/∂W is ``Σ_n δ_n (o, Ho·Wo) @ rows_n[:, u·dh·Wo : u·dh·Wo + Ho·Wo]ᵀ``, the same
+    products as the im2col form, a third of the bytes copied for a 3x3 kernel."""
+    n, c = a_pad.shape[:2]
     o, ho, wo = delta.shape[1:]
     kh, kw = k
     dh, dw = d
-    s0, s1, s2, s3 = a_pad.strides
-    rows = as_strided(a_pad, (n, c, kw, H, wo), (s0, s1, s3 * dw, s2, s3), writeable=False)
-    rows = rows.reshape(n, c * kw, H * wo)  # a copy: (c, v) rows, (y, j) columns
+    rows = unroll_rows(a_pad, kw, dw)  # (n, c·kw, H·Wo)
     flat = delta.reshape(n, o, ho * wo)
     g = np.empty((o, kh, c, kw), dtype=np.result_type(a_pad, delta))
     for u in range(kh):

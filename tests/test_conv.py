@@ -104,7 +104,7 @@ def test_correlate_rows_matches_naive(case: Case, more: int):
     want = C.correlate_naive(x, W, (1, 1), d)
     assert got.shape == want.shape
     assert_close(got, want, C.correlate_naive(np.abs(x), np.abs(W), (1, 1), d))
-    if x.shape[1] * W.shape[-1] >= C.ROWS_MIN_DEPTH and got.shape[-2] * got.shape[-1] >= C.ROWS_MIN_OUT:
+    if C.rows_pay((1, 1), x.shape[1], W.shape[-1], *got.shape[-2:]):
         np.testing.assert_array_equal(C.correlate(x, W, (1, 1), d), got)  # the path correlate takes
 
 
@@ -119,9 +119,9 @@ def test_weight_grad_rows_matches_naive(case: Case, more: int):
     want = C.weight_grad_naive(x, G, case.k, (1, 1), d)
     assert got.shape == want.shape and got.flags.c_contiguous
     assert_close(got, want, C.weight_grad_naive(np.abs(x), np.abs(G), case.k, (1, 1), d))
-    np.testing.assert_array_equal(C.weight_grad(x, G, case.k, (1, 1), d), got if (
-        x.shape[1] * case.k[1] >= C.ROWS_MIN_DEPTH and G.shape[-2] * G.shape[-1] >= C.ROWS_MIN_OUT)
-        else C.weight_grad(x, G, case.k, (1, 1), d, cols=C.im2col(x, case.k, (1, 1), d)))
+    np.testing.assert_array_equal(C.weight_grad(x, G, case.k, (1, 1), d), got if C.rows_pay(
+        (1, 1), x.shape[1], case.k[1], *G.shape[-2:]) else C.weight_grad(x, G, case.k, (1, 1), d,
+                                                                         cols=C.im2col(x, case.k, (1, 1), d)))
 
 
 @given(conv_cases())
