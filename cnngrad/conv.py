@@ -16,6 +16,11 @@ The backward pass of a correlation layer is, exactly as in the seed,
 * ``δ^{l-1} = full convolution of δ^l with W``  (= full *correlation* of δ^l with
   ``ROT180(W)``), after dilating δ^l with s−1 zeros for stride s; then crop the padding;
 * ``∂C/∂W  = valid correlation of ã^{l-1} with δ^l``.
+
+Each correlation is matmuls over unrolled windows: im2col (every kh·kw window a column) in
+general, or at stride 1, where it measured faster, the windows unrolled along rows only
+(``unroll_rows``: kw shifted copies, each kernel row a slice of them; ``correlate_rows``,
+``weight_grad_rows``).
 """
 from __future__ import annotations
 
