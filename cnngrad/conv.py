@@ -237,7 +237,7 @@ def correlate(x: np.ndarray, W: np.ndarray, s: Pair = (1, 1), d: Pair = (1, 1),
     x of shape (n, c, H, W), W of shape (o, c, kh, kw) -> z of shape (n, o, Ho, Wo),
     ``z[n,o,i,j] = Σ_{c,u,v} W[o,c,u,v] · x[n,c, i·sh + u·dh, j·sw + v·dw]``:
     one matmul ``W (o, c·kh·kw) @ im2col(x) (n, c·kh·kw, Ho·Wo)`` (pass ``cols`` to reuse them),
-    or at stride 1, where it pays (``ROWS_MIN_DEPTH``), :func:`correlate_rows`.
+    or at stride 1, where it pays (:func:`rows_pay`), :func:`correlate_rows`.
     """
     n, o = x.shape[0], W.shape[0]
     ho, wo = out_size(x.shape[-2], W.shape[-2], s[0], 0, d[0]), out_size(x.shape[-1], W.shape[-1], s[1], 0, d[1])
