@@ -88,11 +88,12 @@ def dilate(x: np.ndarray, s: Pair) -> np.ndarray:
     return out
 
 
-def windows(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
+def windows(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1), writeable: bool = False) -> np.ndarray:
     """The receptive fields (im2col as a strided view, no copy).
 
     x of shape (n, c, H, W) -> view of shape (n, c, Ho, Wo, kh, kw) with
-    ``view[n, c, i, j, u, v] = x[n, c, i·sh + u·dh, j·sw + v·dw]``.
+    ``view[n, c, i, j, u, v] = x[n, c, i·sh + u·dh, j·sw + v·dw]``; ``writeable`` for
+    ``paste_at``, which writes through it.
     """
     (kh, kw), (sh, sw), (dh, dw) = k, s, d
     n, c, H, W = x.shape
@@ -100,7 +101,7 @@ def windows(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.nd
     if ho < 1 or wo < 1:
         raise ValueError(f"a {kh}x{kw} kernel (dilation {d}) does not fit a {H}x{W} map")
     s0, s1, s2, s3 = x.strides  # the view by its strides (sliding_window_view's checks cost 3x)
-    return as_strided(x, (n, c, ho, wo, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=False)
+    return as_strided(x, (n, c, ho, wo, kh, kw), (s0, s1, s2 * sh, s3 * sw, s2 * dh, s3 * dw), writeable=writeable)
 
 
 def im2col(x: np.ndarray, k: Pair, s: Pair = (1, 1), d: Pair = (1, 1)) -> np.ndarray:
@@ -135,22 +136,11 @@ def col2im(cols: np.ndarray, in_hw: tuple[int, int], s: Pair = (1, 1), d: Pair =
 # --------------------------------------------------------------------------- windows of rows
 
 
-def _sliding(x: np.ndarray, h: int, w: int, writeable: bool = False) -> np.ndarray:
-    """Every h×w window of x's last two axes, a view: x of shape (N, c, H, W) -> of shape
-    (N, c, H−h+1, W−w+1, h, w) (``sliding_window_view`` without its checks, which cost
-    more than the copy of a small window)."""
-    n, c, H, W = x.shape
-    if not (0 < h <= H and 0 < w <= W):
-        raise ValueError(f"a {h}x{w} window does not fit a {H}x{W} map")
-    s0, s1, s2, s3 = x.strides
-    return as_strided(x, (n, c, H - h + 1, W - w + 1, h, w), (s0, s1, s2, s3, s2, s3), writeable=writeable)
-
-
 def crop_at(x: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int,
             rows: np.ndarray | None = None) -> np.ndarray:
     """Row g's window ``x[rows[g], :, y0[g]:y0[g]+h, x0[g]:x0[g]+w]`` for every g at once
     (``rows`` defaults to 0, 1, …).  x of shape (N, c, H, W) -> of shape (G, c, h, w), a copy."""
-    v = _sliding(x, h, w)  # (N, c, H−h+1, W−w+1, h, w)
+    v = windows(x, (h, w))  # (N, c, H−h+1, W−w+1, h, w), a view (sliding_window_view's checks cost more)
     return v[np.arange(len(y0)) if rows is None else rows, :, y0, x0]
 
 
@@ -165,11 +155,11 @@ def paste_at(x: np.ndarray, patch: np.ndarray, y0: np.ndarray, x0: np.ndarray) -
     H, W = x.shape[-2:]
     inside = (y0 >= 0) & (y0 + h <= H) & (x0 >= 0) & (x0 + w <= W)
     if inside.all():
-        _sliding(x, h, w, writeable=True)[np.arange(len(y0)), :, y0, x0] = patch
+        windows(x, (h, w), writeable=True)[np.arange(len(y0)), :, y0, x0] = patch
         return
     some = np.flatnonzero(inside)
     if some.size:
-        _sliding(x, h, w, writeable=True)[some, :, y0[some], x0[some]] = patch[some]
+        windows(x, (h, w), writeable=True)[some, :, y0[some], x0[some]] = patch[some]
     rest = np.flatnonzero(~inside)
     _paste_clipped(x, patch[rest], y0[rest], x0[rest], rest)
 
