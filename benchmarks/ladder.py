@@ -307,29 +307,41 @@ def _suffix_flops(costs: list[dict[str, Any]], start: int, window: tuple[int, in
     return flops
 
 
+def network_floors(problem: Problem) -> dict[str, float]:
+    """The network scope's FLOPs tensor by tensor ("x", "layers[l].W", …): two evaluations
+    of every layer an entry changes, from its own to the loss."""
+    costs, n = _layer_costs(problem), problem.config.batch
+    out: dict[str, float] = {}
+    for l, c in enumerate(costs):
+        if l == 0:  # an input entry: one sample; its window, growing layer by layer
+            win = (1, 1, 1) if len(c["in"]) == 3 else None
+            out["x"] = 2 * n * int(np.prod(c["in"])) * _suffix_flops(costs, 0, win)
+        for name, P in c["layer"].params.items():
+            first, whole_win = _first_flops(c, name)
+            rest = _suffix_flops(costs, l + 1, whole_win) if l + 1 < len(costs) else 0.0
+            out[f"layers[{l}].{name}"] = 2 * P.size * n * (first + rest)
+    return out
+
+
+def _first_flops(c: dict[str, Any], name: str) -> tuple[float, tuple[int, int, int] | None]:
+    """A parameter entry, every sample: FLOPs in its own layer (one output channel of a
+    conv W or tied b, one unit otherwise) and the window of that layer's output it moves."""
+    if c["kind"] == "conv":
+        return 2 * c["out"][1] * c["out"][2] * (c["fan"] if name == "W" else 1), (1, c["out"][1], c["out"][2])
+    return 2 * c["fan"], None
+
+
 def floors(problem: Problem) -> dict[str, float]:
     """FLOPs each scope must spend: two evaluations of what every entry changes."""
     costs, n = _layer_costs(problem), problem.config.batch
-    network = layer = 0.0
+    layer = 0.0
     for l, c in enumerate(costs):
-        per_in = int(np.prod(c["in"]))
         # an input entry of layer l (δ^{l-1}): one sample; its window in layer l
         win = (1, 1, 1) if len(c["in"]) == 3 else None
-        own = _suffix_flops(costs[l:l + 1], 0, win)
-        layer += 2 * n * per_in * own
-        if l == 0:
-            network += 2 * n * per_in * _suffix_flops(costs, 0, win)
+        layer += 2 * n * int(np.prod(c["in"])) * _suffix_flops(costs[l:l + 1], 0, win)
         for name, P in c["layer"].params.items():
-            # a parameter entry: every sample; in its layer one output channel (conv W, tied b) or unit
-            if c["kind"] == "conv":
-                first = 2 * c["out"][1] * c["out"][2] * (c["fan"] if name == "W" else 1)
-                whole_win = (1, c["out"][1], c["out"][2])
-            else:
-                first, whole_win = 2 * c["fan"], None
-            rest = _suffix_flops(costs, l + 1, whole_win) if l + 1 < len(costs) else 0.0
-            layer += 2 * P.size * n * first
-            network += 2 * P.size * n * (first + rest)
-    return {"network": network, "layer": layer}
+            layer += 2 * P.size * n * _first_flops(c, name)[0]
+    return {"network": sum(network_floors(problem).values()), "layer": layer}
 
 
 # ---------------------------------------------------------------------------- the table
