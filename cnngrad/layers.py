@@ -103,8 +103,9 @@ class Conv:
         return K if self.groups == 1 else GC.dense_kernel(K, self.groups, self.in_shape[0])
 
     def forward(self, a_prev: Array) -> tuple[Array, tuple]:
-        """``z = K ⋆ ã + b``: one im2col and one matmul.  The cache is ``(ã,)`` only: the
-        columns (kh·kw times ã's size) are unrolled again by the backward, which is cheaper
+        """``z = K ⋆ ã + b``: ã's windows unrolled and multiplied by K (``conv.correlate``: one
+        im2col and one matmul, or at stride 1 kw shifted copies and kh matmuls).  The cache is
+        ``(ã,)`` only: the windows are unrolled again by the backward, which is cheaper
         than holding them — the memory of every layer's columns at once is what made a
         forward + backward slow (fresh pages on every pass)."""
         a_pad = C.pad(a_prev, self.p)  # ã^{l-1}
