@@ -5,7 +5,8 @@ layer that declares ``linear = True``), its backward applied to v must be ``Lᵀ
 
     ⟨L u, v⟩ = ⟨u, Lᵀ v⟩   for every u (the layer's input shape) and v (its output shape),
 
-with ``L u = z(a + u) − z(a)`` at the layer's input a.  Both sides are a few BLAS sums: they agree to
+with ``L u = z(a + u) − z(a)`` at the layer's input a (u scaled up first where that move is
+tiny beside z: ``_lifted``).  Both sides are a few BLAS sums: they agree to
 rounding (~1e-16 of ``‖L u‖·‖v‖``), while a rotated kernel, a transposed W or a wrong
 divisor moves them apart at O(1e-2 … 1) — a proof either way, with no finite-difference
 noise.  The same holds for each parameter the output is linear in (conv and dense W, b):
@@ -20,6 +21,7 @@ one backward, the chain carried by their outputs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ from .structural import Visit
 
 Array = np.ndarray
 TOL = 1e-11  # rounding leaves ~1e-16; a wrong backward leaves 1e-3 … 1
+LIFT = 2.0 ** 10  # a move more than this much smaller than z is lifted (``_lifted``): ε·2^10 ≪ TOL
+MAX_LIFT = 200  # at most 2^200: ‖sU‖² stays far from float64's overflow
 LINEAR_KINDS = {"conv", "dense", "flatten", "conv_transpose", "upsample"}
 
 
@@ -97,6 +101,22 @@ def _probe(Lu: Array, u: Array, pairs: list[tuple[Array, Array]]) -> tuple[float
     return first[0], first[1], max(errors, key=lambda e: np.inf if np.isnan(e) else e)
 
 
+def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array, Array]:
+    """``(s·U, L(s·U))``, ``L U = move(U)`` = z(… + U) − z(…), s a power of two that lifts
+    ‖L(sU)‖ to about ‖z‖ where the move is over LIFT times smaller: the subtraction loses
+    ε·‖z‖, so a move far below z (tiny weights under a large bias, a parameter whose input is
+    ~0) would leave rounding's error in the test, not the backward's.  z is linear in the
+    tensor, so any scale serves; a power of two keeps sU exact.  One more forward, only then."""
+    Lu = move(U)
+    small, big = float(np.linalg.norm(Lu)), float(np.linalg.norm(out))
+    if not (0.0 < small and np.isfinite(big) and big > LIFT * small):
+        return U, Lu
+    s = 2.0 ** min(MAX_LIFT, int(np.log2(big / small)))
+    sU = U * s
+    sLu = move(sU)
+    return (sU, sLu) if np.all(np.isfinite(sLu)) else (U, Lu)
+
+
 def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str,
                 given: Visit | None = None) -> tuple[Adjoint, Array]:
     """The dot-product test of ``layer`` at input ``a`` (of shape (N, *in_shape)), float64,
@@ -117,26 +137,31 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
             out_a, cache_a = layer.forward(a)
             out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
         u = rng.uniform(-1.0, 1.0, a.shape)  # any random probe serves: uniform draws 4x faster
-        moves = {"": (u, layer.forward(a + u)[0] - out_a)}  # tensor -> (U_T, L_T U_T)
+        moves = {"": _lifted(lambda U: layer.forward(a + U)[0] - out_a, u, out_a)}  # tensor -> (U_T, L_T U_T)
         for name, P in list(layer.params.items()):
-            U = rng.uniform(-1.0, 1.0, P.shape)
-            layer.params[name] = P + U
-            try:
-                moves[name] = (U, layer.forward(a)[0] - out_a)
-            finally:
-                layer.params[name] = P
+
+            def move(U: Array, name: str = name, P: Array = P) -> Array:
+                layer.params[name] = P + U
+                try:
+                    return layer.forward(a)[0] - out_a
+                finally:
+                    layer.params[name] = P
+
+            moves[name] = _lifted(move, rng.uniform(-1.0, 1.0, P.shape), out_a)
         if shared is not None:
             v, back_v = shared.delta, shared.back
         else:
             v = rng.uniform(-1.0, 1.0, out_a.shape)
             back_v = layer.backward(v.copy(), cache_a)
-        w = sum(Lu for _, Lu in moves.values())
+        w = moves[""][1].copy()  # Σ_T L_T U_T
+        for _, Lu in list(moves.values())[1:]:  # in the dict's order: the same sum every run
+            w += Lu
         backs = [(v, back_v), (w, layer.backward(w.copy(), cache_a))]
 
         def pairs(name: str) -> list[tuple[Array, Array]]:
             return [(probe, back[0] if name == "" else back[1][name]) for probe, back in backs]
 
-        lhs, rhs, rel = _probe(moves[""][1], u, pairs(""))
+        lhs, rhs, rel = _probe(moves[""][1], moves[""][0], pairs(""))
         params = {name: _probe(Lu, U, pairs(name))[2] for name, (U, Lu) in moves.items() if name}
     return Adjoint(ref, kind, lhs, rhs, rel, params), out_a
 
