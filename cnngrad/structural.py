@@ -21,9 +21,14 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   backward(0) ≠ 0).  Where it is not 2x, each is called on its own — backward(δ) again,
   the same result bit for bit ("backward is not reentrant: …"), and backward(0, cache):
   ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0 ("an all-zero δ gives non-zero gradients") — and
-  only they fail the layer (a right backward misses 2x by rounding near underflow).
+  only they fail the layer (a right backward misses 2x by rounding near underflow);
+* where backward is reentrant, forward on another input (a^{l-1}'s entries reversed), then
+  backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
+  state the layer keeps from its last forward call" — a ``self.a`` set by forward: right for
+  one forward then one backward, wrong wherever a layer runs twice before its backward, as a
+  shared layer does), then forward on a^{l-1} again, to put back what the layer keeps.
 
-Cost: two forwards and two backwards per layer (four where 2δ does not give 2x), no finite
+Cost: four forwards and three backwards per layer (five backwards where 2δ does not give 2x), no finite
 differences; the first forward and backward of a linear layer are also the adjoint test's
 (``Visit``).  A layer whose
 input or output is not finite is skipped: the numerical-fault report already names it.
@@ -172,18 +177,40 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
     # added (backward(0) ≠ 0) break.  Only if it does not are the two properties called one by one
     # (a correct backward can miss it by rounding near underflow: then neither fails)
     r2 = _result(layer.backward(np.multiply(delta, 2, dtype=delta.dtype), cache))
-    if _same_result(_scaled(r1, 2), r2):
-        return why, _visit(why, out, cache, delta, r1, keep)
-    r2 = _result(layer.backward(d1, cache))  # d1 is still δ, bit for bit
-    if not _same_result(r1, r2):
-        why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")
-    z_prev, z_grads = layer.backward(np.zeros_like(delta), cache)
-    zero = {"δ": np.asarray(z_prev), **{k: np.asarray(g) for k, g in z_grads.items()}}
-    nonzero = [name for name, g in zero.items() if np.any(g != 0)]
-    if nonzero:
-        what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
-        why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
+    reentrant = _same_result(_scaled(r1, 2), r2)
+    if not reentrant:
+        r2 = _result(layer.backward(d1, cache))  # d1 is still δ, bit for bit
+        reentrant = _same_result(r1, r2)
+        if not reentrant:
+            why.append("backward is not reentrant: a second call on the same cache and δ gives different numbers")
+        z_prev, z_grads = layer.backward(np.zeros_like(delta), cache)
+        zero = {"δ": np.asarray(z_prev), **{k: np.asarray(g) for k, g in z_grads.items()}}
+        nonzero = [name for name, g in zero.items() if np.any(g != 0)]
+        if nonzero:
+            what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
+            why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
+    if reentrant and _keeps_state(layer, a, cache, delta, r1):  # a backward not reentrant differs anyway
+        why.append("backward reads state the layer keeps from its last forward call, not only its cache: "
+                   "after a forward on another input, backward(δ, cache) of the first call gives different numbers")
     return why, _visit(why, out, cache, delta, r1, keep)
+
+
+def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> bool:
+    """Whether backward reads more than its cache: forward on another input (a's entries in
+    reverse order — the same values, so inside any domain the layer has), then backward(δ,
+    cache) of the first call again, which must return r1 bit for bit.  Where that forward
+    changed the cache's arrays (an output buffer reused from call to call and held in the
+    cache) it cannot tell, and says no.  A last forward on a (deterministic: checked) puts
+    back whatever the layer keeps, and such a buffer's numbers."""
+    other = np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape)
+    if identical(other, a):
+        return False
+    before = snapshot(cache)
+    layer.forward(other)
+    try:
+        return unchanged(before, cache) and not _same_result(r1, _result(layer.backward(delta.copy(), cache)))
+    finally:
+        layer.forward(a.copy())
 
 
 def _first_calls(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -> Visit | None:

@@ -45,6 +45,11 @@ def observe(cls: type, **options) -> set[str]:
     second = [np.array(g) for g in (lambda r: (r[0], *r[1].values()))(layer.backward(delta.copy(), cache))]
     if not all(np.array_equal(f, s) for f, s in zip(first, second)):
         seen.add("two backwards differ")
+    else:  # a forward on another input between them
+        layer.forward(rng.normal(size=a.shape))
+        third = [np.array(g) for g in (lambda r: (r[0], *r[1].values()))(layer.backward(delta.copy(), cache))]
+        if not all(np.array_equal(f, t) for f, t in zip(first, third)):
+            seen.add("a forward in between changes backward")
     zero = layer.backward(np.zeros_like(delta), cache)
     if np.any(zero[0] != 0) or any(np.any(g != 0) for g in zero[1].values()):
         seen.add("zero δ gives non-zero gradients")
@@ -59,6 +64,9 @@ CASES = [  # class, bug, what the test's own calls see, cnngrad's reason
     ("DropoutRedraw", "redraw", {"two forwards differ"},
      "forward is not deterministic: a second call on the same input gives different numbers"),
     ("GainDecay", "decay", {"zero δ gives non-zero gradients"}, "an all-zero δ gives non-zero gradients (g)"),
+    ("TanhLast", "last_forward", {"a forward in between changes backward"},
+     "backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
+     "another input, backward(δ, cache) of the first call gives different numbers"),
 ]
 
 
@@ -157,15 +165,24 @@ def test_random_valid_configs_of_built_in_layers_are_structurally_sound(raw):
 # --------------------------------------------------------------------------- backward(2δ) = 2·backward(δ)
 
 
-def counting(layers: list) -> list[int]:
-    """Wrap each layer's backward to count its calls (an instance attribute: the class untouched)."""
+def _subnormal(a) -> bool:
+    a = np.asarray(a)
+    return a.dtype.kind == "f" and bool(np.any((a != 0) & (np.abs(a) < np.finfo(a.dtype).tiny)))
+
+
+def counting(layers: list, subnormal: list[bool] | None = None) -> list[int]:
+    """Wrap each layer's backward to count its calls (an instance attribute: the class
+    untouched); ``subnormal[i]``: whether a call of layer i returned a subnormal number."""
     calls = [0] * len(layers)
     for i, layer in enumerate(layers):
         original = layer.backward
 
         def counted(delta, cache, i=i, original=original):
             calls[i] += 1
-            return original(delta, cache)
+            out = original(delta, cache)
+            if subnormal is not None:
+                subnormal[i] |= _subnormal(out[0]) or any(_subnormal(g) for g in out[1].values())
+            return out
 
         layer.backward = counted
     return calls
@@ -175,12 +192,17 @@ def counting(layers: list) -> list[int]:
 @given(configs(max_layers=5, dtypes=("float64", "float32"), kinds=KNOWN_KINDS))
 def test_every_built_in_backward_is_exactly_2x_for_2_delta(raw):
     """The shortcut holds where it is taken: each built-in layer's backward is called twice
-    (δ, then 2δ giving 2x bit for bit), never the four calls of the fallback."""
+    (δ, then 2δ giving 2x bit for bit) and once more after a forward on another input (not
+    where a's entries reversed are a itself), never the calls of the fallback — unless its
+    results reach the subnormal numbers, where rounding is not scale-free (2x can miss: a
+    leaky relu of slope 1e-38 in float32, found by hypothesis)."""
     problem = build(cfg.validate(raw))
-    calls = counting(problem.net.layers)
+    subnormal = [False] * len(problem.net.layers)
+    calls = counting(problem.net.layers, subnormal)
     with np.errstate(all="ignore"):
         assert structural.check(problem.net.layers, problem.x, kinds_of(problem.net), 0) == []
-    assert all(c in (0, 2) for c in calls), calls  # 0: a layer after a non-finite output is skipped
+    # 0: a layer after a non-finite output is skipped
+    assert all(c in (0, 2, 3) or sub for c, sub in zip(calls, subnormal)), (calls, subnormal)
 
 
 class RoundTrip:
@@ -205,7 +227,7 @@ def test_a_right_backward_that_misses_2x_by_rounding_is_not_failed():
     assert not np.array_equal(layer.backward(2 * delta, None)[0], 2 * once)  # the shortcut misses
     calls = counting([layer])
     assert structural.check([layer], x, ["RoundTrip"], 0) == []  # …and nothing is failed for it
-    assert calls == [4]  # δ, 2δ, then δ again and 0 one by one
+    assert calls == [5]  # δ, 2δ, then δ again and 0 one by one, and δ after a forward on another input
 
 
 def test_a_constant_in_the_backward_still_fails_when_2x_misses():

@@ -13,6 +13,8 @@ backward call with many forwards, so only the structural checks see these.
   draws one, when built): forward is not a function of its input.
 * GainDecay, ``bug: decay``: a weight decay λ·g folded into ∂C/∂g: not a gradient of C,
   and an all-zero δ gives non-zero gradients.
+* TanhLast, ``bug: last_forward``: backward reads a = tanh(z) from the layer (set by the
+  last forward) instead of its cache.
 """
 from __future__ import annotations
 
@@ -121,3 +123,23 @@ class GainDecay:
         if self.bug == "decay":
             dg = dg + self.decay * self.params["g"]
         return delta * self.params["g"][:, None, None], {"g": dg}
+
+
+class TanhLast:
+    """a = tanh(z); δ_in = δ ⊙ (1 − a²), with a from the cache (``bug: last_forward``: from
+    ``self.a``, which every forward sets — right for one forward then its backward, wrong for a
+    layer run twice before its backward, as a layer shared by two places of a network is)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug
+
+    def forward(self, z):
+        self.a = np.tanh(z)
+        return self.a, self.a.copy()
+
+    def backward(self, delta, a):
+        if self.bug == "last_forward":
+            a = self.a
+        return delta * (1 - a * a), {}
