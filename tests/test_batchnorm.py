@@ -272,6 +272,26 @@ def test_directions_are_chunked_by_the_memory_budget():
     np.testing.assert_allclose(small[0], big[0], rtol=1e-6, atol=1e-8)
 
 
+def on_a_kink(net, x) -> bool:
+    """Whether a unit of a built-in ReLU, leaky ReLU or max pooling sits exactly on its kink at
+    x: z = 0, or a window whose maximum is tied (overlapping windows share their maximum, so a
+    max pool after one ties often).  Along a direction those layers are held on the piece of
+    x (README, "along a direction"), which is then one of two, and the plain loop's quotient
+    is the true function's, across both: they need not agree."""
+    a = x
+    for layer in net.layers:
+        kind, out = getattr(layer, "kind", ""), layer.forward(a)
+        if kind == "activation" and layer.function in ("relu", "leaky_relu") and np.any(a == 0):
+            return True
+        if kind in ("pool", "global_pool") and getattr(layer, "pool", "") == "max":
+            k, s = (getattr(layer, "k", a.shape[2:]), getattr(layer, "s", a.shape[2:]))
+            win = np.lib.stride_tricks.sliding_window_view(a, tuple(k), axis=(2, 3))[:, :, ::s[0], ::s[1]]
+            if np.any((win == win.max(axis=(-2, -1), keepdims=True)).sum(axis=(-2, -1)) > 1):
+                return True
+        a = out[0]
+    return False
+
+
 @settings(max_examples=15)
 @given(configs(max_layers=3, max_size=6, max_batch=3), st.integers(0, 20), st.sampled_from(["central", "forward"]))
 def test_engine_equals_the_naive_loop_with_batch_norm_anywhere(raw, where, method):
@@ -292,6 +312,8 @@ def test_engine_equals_the_naive_loop_with_batch_norm_anywhere(raw, where, metho
             np.testing.assert_allclose(num.values[~num.kinks], want[~num.kinks], rtol=1e-6, atol=1e-7, err_msg=str(ref))
             continue
         np.testing.assert_allclose(num.values[~num.kinks], want[~num.kinks], rtol=1e-6, atol=1e-8, err_msg=str(ref))
+        if on_a_kink(net, x):  # directions hold ReLU and max pooling on their piece: a tie has two
+            continue
         V = rng.standard_normal((2, want.size))
         along, kinks = fd.directional(ref, V)
         ok = ~kinks
