@@ -132,3 +132,15 @@ def test_tiny_weights_leave_a_slip_of_one_in_a_billion_caught(monkeypatch):
     assert [a.ref.layer for a in rep.adjoint if a.failed] == ["2"], [a.line() for a in rep.adjoint]
     assert all(not r.failed for r in rep.rows)
     assert rep.culprit == 2
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e6])
+def test_large_weights_are_not_accused(scale):
+    """Weights ~1e3 (and 1e6): z ~1e6 and more, while a parameter's move (∂b: U itself) or the
+    flatten's (u itself) is ~1 — the same cancellation as under tiny weights (found by a QA
+    pass: dense ∂b at 4.3e-10, flatten at 1.7e-11), gone with the lifted probe."""
+    rep = check({"seed": 0, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6},
+                 "init": {"normal": scale},
+                 "layers": [{"conv": {"filters": 2, "kernel": 3}}, {"flatten": {}}, {"dense": {"units": 3}}],
+                 "loss": "mse"})
+    assert rep.return_code == 0 and all(a.worst < 1e-13 for a in rep.adjoint), [a.line() for a in rep.adjoint]
