@@ -412,6 +412,12 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     The complex step (``method="complex"``) needs every layer to carry an
     imaginary part (``complex_probe``): else ConfigError "complex step not available for
     layer i (Class)"."""
+    given = cfg.check_options({"eps": eps, "tol": tol, "samples": samples, "method": method, "plugins": plugins,
+                               "workers": workers, "directions": directions, "fd_dtype": fd_dtype,
+                               "convergence": convergence, "localize": localize, "avoid_kinks": avoid_kinks,
+                               "max_params": max_params, "max_memory_mb": max_memory_mb, "strict": strict,
+                               "scope": scope, "max_layers": max_layers, "jobs": jobs})
+    eps, tol, samples, method, directions = (given[k] for k in ("eps", "tol", "samples", "method", "directions"))
     if isinstance(config, dict):
         config = cfg.validate(config, plugins=plugins)
     elif not isinstance(config, cfg.Config):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import errno
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -303,6 +304,39 @@ def _choice(place: str, v: Any, choices: tuple[str, ...]) -> str:
         hint = _did_you_mean(v, choices) if isinstance(v, str) else ""
         raise ConfigError(place, f"unknown value {_show(v)}{hint}; choose one of {', '.join(choices)}")
     return v
+
+
+def _plain(v: Any) -> Any:
+    """A numpy integer or float as Python's own (``numbers`` knows them: no numpy import here)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return v
+    return int(v) if isinstance(v, numbers.Integral) else float(v)
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``cnngrad.check`` held to the rules the command line and the
+    config's ``check:`` apply (ConfigError naming the argument, e.g. ``samples: expected an
+    integer from 1 …``): a library call must not get through with what the CLI refuses —
+    ``samples=0`` checked nothing and passed, ``tol=inf`` passed any gradient.  None is the
+    default everywhere; returns ``options`` with ``samples="all"`` read as None."""
+    out = {k: _plain(v) for k, v in options.items()}
+    for name in ("eps", "max_params", "max_memory_mb"):
+        if out.get(name) is not None:
+            out[name] = _float(name, out[name])
+    if out.get("tol") is not None and out["tol"] != "estimate":
+        out["tol"] = _float("tol", out["tol"])
+    if out.get("samples") == "all":
+        out["samples"] = None
+    for name in ("samples", "directions", "workers", "jobs", "max_layers"):
+        if out.get(name) is not None:
+            out[name] = _int(name, out[name])
+    for name, choices in (("method", FD_METHODS), ("fd_dtype", ("float64", "native")), ("scope", ("network", "layer"))):
+        if out.get(name) is not None:
+            out[name] = _choice(name, out[name], choices)
+    for name in ("plugins", "convergence", "localize", "avoid_kinks", "strict"):
+        if name in out and not isinstance(out[name], bool):
+            raise ConfigError(name, f"expected True or False, got {_show(out[name])}")
+    return out
 
 
 def _pair(place: str, v: Any, minimum: int) -> tuple[int, int]:
