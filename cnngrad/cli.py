@@ -324,6 +324,13 @@ def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, 
             raise UsageFailure(f"{option} {e}") from None
 
 
+def error_line(rep: Report, configs: int) -> str:
+    """The ``Error: …`` line of a config that could not be checked; of several configs, each
+    line names its own (unless the message already does), as ``validate``'s do."""
+    where = f"{rep.name}: " if configs > 1 and not rep.error.startswith(rep.name) else ""
+    return printable(f"Error: {where}{rep.error}")
+
+
 def verdict(code: int) -> None:
     """Remember the exit code the verdict deserves, for quiet_on_broken_pipe."""
     click.get_current_context().meta["cnngrad.verdict"] = code
@@ -401,7 +408,7 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         sys.exit(stop.exit_code)
     for rep in reports:
         if rep.error:
-            click.echo(printable(f"Error: {rep.error}"), err=True)
+            click.echo(error_line(rep, len(refs)), err=True)
         if baseline is not None:
             baseline_mod.compare(rep, baseline, baseline_factor)
         if reproducer and not rep.error and not rep.passed:
@@ -476,7 +483,7 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
         sys.exit(stop.exit_code)
     for rep in reports:
         if rep.error:
-            click.echo(printable(f"Error: {rep.error}"), err=True)
+            click.echo(error_line(rep, len(refs)), err=True)
     failing = [rep.name for rep in reports if not rep.error and not rep.passed]
     try:
         data = baseline_mod.record(reports)

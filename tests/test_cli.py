@@ -465,3 +465,20 @@ def test_progress_bar_only_on_a_terminal_and_only_for_long_checks() -> None:
     assert late.bar.tasks[0].completed == 100 and late.bar.tasks[0].total == 100
     late.close()
     assert "100%" in buf.getvalue()
+
+
+def test_of_several_configs_each_error_line_names_its_file(tmp_path):
+    """``cnngrad check a.yaml b.yaml``: a bad config's one line says which it is (as
+    ``validate`` does), with --jobs too; a single config's line stays the place alone."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    head = "input: {batch: 1, channels: 1, height: 4, width: 4}\n"
+    good.write_text(head + "layers: [{flatten: {}}, {dense: {units: 2}}]\n")
+    bad.write_text(head + "layers: [{conv: {filters: 1, kernel: '3x3'}}]\n")
+    for extra in ([], ["--jobs", "2"]):
+        result = invoke("check", str(good), str(bad), *extra)
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [
+            f"Error: {bad}: layers[0].conv.kernel: expected an integer >= 1, got '3x3'"]
+    result = invoke("check", str(bad))
+    assert result.exit_code == 2
+    assert result.stderr == "Error: layers[0].conv.kernel: expected an integer >= 1, got '3x3'\n"
