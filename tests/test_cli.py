@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -482,3 +484,17 @@ def test_of_several_configs_each_error_line_names_its_file(tmp_path):
     result = invoke("check", str(bad))
     assert result.exit_code == 2
     assert result.stderr == "Error: layers[0].conv.kernel: expected an integer >= 1, got '3x3'\n"
+
+
+def test_an_init_that_overflows_float32_is_a_failed_check_with_no_warning(tmp_path):
+    """``init: {normal: 1e76}`` in float32: the weights are inf — a numerical fault, exit 1 —
+    and no numpy RuntimeWarning on stderr (the cast in the layers' init printed four lines)."""
+    path = tmp_path / "big.yaml"
+    path.write_text("dtype: float32\ninput: {batch: 2, channels: 1, height: 5, width: 5}\ninit: {normal: 1.0e76}\n"
+                    "layers: [{conv: {filters: 2, kernel: 3}}, {flatten: {}}, {dense: {units: 3}}]\n")
+    for command, code in (("check", 1), ("validate", 0)):  # a process of its own: pytest would catch the warning
+        result = subprocess.run([sys.executable, "-m", "cnngrad", command, str(path)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == code, result.stdout + result.stderr
+        assert "Warning" not in result.stderr and "overflow encountered" not in result.stderr, result.stderr
+        assert command == "validate" or "numerical fault" in result.stdout
