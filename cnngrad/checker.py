@@ -21,6 +21,7 @@ from . import adjoint as adjoint_mod
 from . import config as cfg
 from . import layer_scope, resolution, structural, tolerance
 from .blas import one_thread
+from .blocks import Block
 from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
@@ -128,6 +129,18 @@ class Report:
 # backward's own rounding, ~1e-7 in norm (2e-7 the worst of 30 seeds of float32.yaml);
 # real bugs stay at 1e-3 and above.
 FLOAT32_AGAINST_FLOAT64_TOL = 1e-4
+
+
+def _withdraw_per_sample(layer: Any, place: str, why: str) -> str:
+    """Take back a ``per_sample`` declaration that does not hold (``structural.per_sample_refuted``)
+    — from a block, from its inner layers too (each shortcut of theirs stacks copies as well) —
+    and the note that says so: the layer is differenced as one that couples the samples."""
+    layer.per_sample = False
+    for inner in (leaf for path in layer.paths for leaf in path) if isinstance(layer, Block) else ():
+        if not pure(inner):
+            _withdraw_per_sample(inner, place, why)
+    return (f"{place} declares per_sample, but {why}: checked as coupling the samples, each perturbed copy of "
+            f"the batch its own pass")
 
 
 def upcast(net: Network, x: Array, y: Array) -> tuple[Network, Array, Array]:
@@ -503,9 +516,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         # differences' unperturbed pass then take; a float64 net's adjoint test takes its first
         # probe (and its chain) from these calls
         visits: list[structural.Visit | None] = []
+        refuted: list[tuple[int, str]] = []
         broken = structural.check(net.layers, x, kinds_of(net), config.seed,
                                   keep=adjoint_mod.is_linear if config.dtype == "float64" else None, visits=visits,
-                                  trusted=pure)
+                                  trusted=pure, refuted=refuted)
+        withdrawn = [_withdraw_per_sample(net.layers[i], f"layers[{i}] {kinds_of(net)[i]}", why) for i, why in refuted]
         if config.dtype == "float64":
             adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, visits)
         inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks
@@ -715,7 +730,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":
             layer_scope.kinks_only([row.verdict for row in rows], network_refs)
-        report.fallbacks = list(fd.fast_fallbacks)
+        report.fallbacks = withdrawn + [note for note in fd.fast_fallbacks  # the reason, not "does not declare"
+                                        if not any(note.startswith(f"layers[{i}] ") for i, _ in refuted)]
         for row in rows:
             check, g, key = row.verdict, row.grad, row.ref.key
             report.rows.append(check)

@@ -213,6 +213,30 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
         layer.forward(a.copy())
 
 
+def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
+    """Why ``layer``'s ``per_sample`` declaration fails at its input ``a`` (of shape (n, …);
+    ``out`` its output there), or "" where it holds: the differences stack perturbed copies of
+    a batch, so a per-sample layer must give each sample its own output whatever batch it is
+    in — of another size, in another order.  One forward on a's samples reversed plus one
+    more (a[0]'s entries reversed: the same values, inside any domain the layer has, a
+    different sample), one on that sample alone; equal to rounding (√ε of the largest), or the
+    reason.  A forward on a again puts back whatever the layer keeps."""
+    extra = np.ascontiguousarray(a[:1].reshape(-1)[::-1]).reshape(a[:1].shape)
+    try:
+        alone = np.array(layer.forward(extra.copy())[0], copy=True)
+        stacked = np.array(layer.forward(np.concatenate([a[::-1], extra]))[0], copy=True)
+        layer.forward(a.copy())
+    except Exception as e:  # a PluginError naming the layer, most often: a mask of the batch's size
+        if e.__cause__ is not None and not isinstance(e.__cause__, Exception):  # sys.exit / os._exit in the
+            raise                                                                # plugin: that stops the config
+        return f"its forward fails on a batch of another size ({e})"
+    want = np.concatenate([out[::-1], alone])
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    if stacked.shape != want.shape or not np.all(np.abs(stacked - want) <= np.sqrt(np.finfo(want.dtype).eps) * scale):
+        return "a sample's output changes with the batch around it (its samples reversed and one more added)"
+    return ""
+
+
 def _first_calls(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -> Visit | None:
     """A trusted layer's visit: its forward, and for a layer kept the backward of a random δ
     (the adjoint test's first probe) — the calls the checks would have made first."""
@@ -233,7 +257,8 @@ def _visit(why: list[str], out: Array, cache: Any, delta: Array, back: tuple[Arr
 
 
 def check(layers: list[Any], x: Array, kinds: list[str], seed: int, keep: Callable[[Any], bool] | None = None,
-          visits: list[Visit | None] | None = None, trusted: Callable[[Any], bool] | None = None) -> list[str]:
+          visits: list[Visit | None] | None = None, trusted: Callable[[Any], bool] | None = None,
+          refuted: list[tuple[int, str]] | None = None) -> list[str]:
     """Every layer's structural failures, as ``"layers[l] kind: reason"``, from x of shape
     (n, c, h, w) through the layers in order (layer l's input is layer l−1's output).  Run
     before the analytic pass, so that what these calls leave behind (a reused buffer) is
@@ -245,15 +270,22 @@ def check(layers: list[Any], x: Array, kinds: list[str], seed: int, keep: Callab
     A layer ``trusted`` says (the checker's: every built-in layer, ``network.pure``) is not
     checked, only called as the checks would have called it first: the checks guard the
     protocol of layers cnngrad did not write, and the built-in ones are proven to pass them —
-    every kind, float64 and float32, on random configs — by tests/test_structural.py."""
+    every kind, float64 and float32, on random configs — by tests/test_structural.py.
+    ``refuted`` (a list) receives ``(l, reason)`` for each layer not trusted that declares
+    ``per_sample`` where ``per_sample_refuted`` finds it does not hold (not a failure: the
+    declaration only buys speed; the caller withdraws it)."""
     rng = np.random.default_rng([seed, 0x5EED])
     failures: list[str] = []
     a: Array | None = x
     for i, layer in enumerate(layers):
         if a is None:  # not finite from here on: a numerical fault, reported as such
             break
-        why, visit = _check_layer(layer, a, rng, keep is not None and keep(layer),
-                                  trusted is not None and trusted(layer))
+        is_trusted = trusted is not None and trusted(layer)
+        why, visit = _check_layer(layer, a, rng, keep is not None and keep(layer), is_trusted)
+        if refuted is not None and visit is not None and not is_trusted and getattr(layer, "per_sample", False) is True:
+            reason = per_sample_refuted(layer, a, visit.out)
+            if reason:
+                refuted.append((i, reason))
         a = None if visit is None else visit.out
         if visits is not None:
             visits.append(visit)

@@ -285,8 +285,9 @@ def test_a_wrong_loss_gradient_in_float32_fails_end_to_end_only():
 
 
 def test_a_layer_that_is_not_per_sample_is_perturbed_with_whole_batches(monkeypatch):
-    """Batch norm (a plugin that does not declare per_sample) passes; declaring it
-    per-sample would perturb one sample alone, which is wrong for it — and fails."""
+    """Batch norm (a plugin that does not declare per_sample) passes; declared per-sample, it
+    would be perturbed one sample alone, which is wrong for it — so the declaration is tried,
+    taken back, and the check passes as before; taken at its word, it fails."""
     path = str(PLUGINS / "batchnorm_null.yaml")
     report = check(path, plugins=True, scope="layer")
     assert report.passed
@@ -300,6 +301,11 @@ def test_a_layer_that_is_not_per_sample_is_perturbed_with_whole_batches(monkeypa
         self.per_sample = True
 
     monkeypatch.setattr(PluginLayer, "__init__", declared_per_sample)
+    tried = check(path, plugins=True, scope="layer")
+    assert tried.passed and any("BatchNorm declares per_sample, but a sample's output changes" in f
+                                for f in tried.fallbacks), tried.fallbacks
+    from cnngrad import structural
+    monkeypatch.setattr(structural, "per_sample_refuted", lambda layer, a, out: "")
     wrong = check(path, plugins=True, scope="layer")
     assert (1, "input") in {(r.layer, r.tensor) for r in wrong.failures}
 
