@@ -76,6 +76,13 @@ def start_of(target: TensorRef) -> tuple[int, str | None]:
     return target.index, None if target.is_delta else param_key(target.path, target.name)
 
 
+def _nothing(c: TensorCheck) -> bool:
+    """Failed because every stencil crossed a kink: nothing compared.  The complex step moves
+    no real part, so it crosses no kink the backward's branches follow (``Re z > 0``, the
+    argmax of the real parts), and compares them — the derivative at θ itself."""
+    return c.failed and c.checked == 0 and c.kinks > 0
+
+
 def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], problem: tuple[Network, Array, Array],
                      method: str, tol: float, fd_dtype: str, workers: int | None, floor: Floor,
                      wrap: Callable[[FiniteDifferences], Any] | None = None) -> None:
@@ -94,7 +101,7 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
     network — the layer scope's rows are each layer alone (``LinkDifferences``), and their
     second look is too.
     """
-    todo = [r for r, c in enumerate(checks) if c.mode == "entries" and (c.mismatch or c.unresolved)]
+    todo = [r for r, c in enumerate(checks) if c.mode == "entries" and (c.mismatch or c.unresolved or _nothing(c))]
     if not todo:
         return
     order = get_method(method).power
@@ -126,12 +133,17 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, num.values, num.kinks, min(tol, c.tol),
                      floor=floor)  # the row's own tol: --tol estimate's may be stricter than ``tol``
         why = c.convergence(order)
+        nothing = _nothing(c)
         first = c.reason.split(": ")[0] if c.unresolved else \
+            f"every stencil of {method} differences crossed a kink" if nothing else \
             f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'})"
-        if redo.passed:
+        if nothing and redo.checked == 0:  # units on their kinks at θ itself: it crosses them too
+            c.note = "; ".join(filter(None, [c.note, "the complex step crosses kinks too (units on their kinks at "
+                                                     "the unperturbed point: ties)"]))
+        elif redo.passed:
             redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
             checks[r] = redo
-        elif redo.failed and c.failed:
+        elif redo.failed and c.failed and not nothing:
             confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
             c.note = "; ".join(filter(None, [c.note, confirmed]))
             c.confirmed = num.values

@@ -314,12 +314,64 @@ def kinks_of_dense(p, h: float) -> dict[str, int]:
     return {"W": int(crossed_w.sum()), "b": int(crossed_b.sum())}
 
 
-def test_every_entry_a_kink_fails_the_config(tmp_path):
+def closed_form_dense_grads(p) -> dict[str, np.ndarray]:
+    """∂C/∂W and ∂C/∂b of layers[1] of KINKY by hand (mse: C = mean over the batch of
+    ½‖ŷ − y‖², ŷ = W₃ relu(W₁ a + b₁) + b₃) — at the point itself, no step."""
+    a = p.x.reshape(p.x.shape[0], -1)
+    W1, b1 = p.net.layers[1].params["W"], p.net.layers[1].params["b"]
+    W3, b3 = p.net.layers[3].params["W"], p.net.layers[3].params["b"]
+    z = a @ W1.T + b1
+    out = np.maximum(z, 0) @ W3.T + b3
+    d_out = (out - p.y) / a.shape[0]
+    d_z = (d_out @ W3) * (z > 0)
+    return {"W": d_z.T @ a, "b": d_z.sum(axis=0)}
+
+
+def test_every_entry_a_kink_is_compared_by_the_complex_step(tmp_path):
+    """At h = 100 every stencil of layers[1] crosses a ReLU kink, so central differences compare
+    nothing.  The complex step moves no real part — it crosses no kink — and compares every
+    entry at the point itself: the rows pass on its numbers (the closed form agrees), and a
+    wrong backward fails on them, with numbers, where it used to be "not checked"."""
     path = tmp_path / "kinky.yaml"
     path.write_text(yaml.safe_dump(KINKY))
     p = build(cfg.validate(KINKY))
     count = kinks_of_dense(p, 100.0)
     assert count == {"W": p.net.layers[1].params["W"].size, "b": 3}  # every stencil crosses at h = 100
+    result = run(str(path), "--eps", "100", "--format", "json")
+    assert result.exit_code == 0, result.output
+    records = {(r["layer"], r["tensor"]): r for r in json.loads(result.stdout)["configs"][0]["records"]}
+    report = check(KINKY, eps=100.0)
+    truth = closed_form_dense_grads(p)
+    for name in ("W", "b"):
+        r = records[(1, name)]
+        assert r["status"] == "pass" and r["checked"] == count[name] and r["kinks"] == 0
+        assert r["note"].startswith("every stencil of central differences crossed a kink; the complex step, free "
+                                    "of rounding, agrees")
+        row = next(c for c in report.rows if c.ref.index == 1 and c.ref.name == name)
+        np.testing.assert_allclose(row.numeric, truth[name].reshape(-1)[row.indices], rtol=1e-12, atol=1e-15)
+
+
+def test_every_entry_a_kink_and_a_wrong_backward_fails_on_numbers(monkeypatch):
+    from cnngrad.layers import Dense
+    original = Dense.backward
+    monkeypatch.setattr(Dense, "backward", lambda self, d, c: (lambda r: (r[0], {**r[1], "W": r[1]["W"] * 1.1}))(
+        original(self, d, c)))
+    report = check(KINKY, eps=100.0)
+    row = next(c for c in report.rows if c.ref.index == 1 and c.ref.name == "W")
+    assert report.return_code == 1 and row.failed and row.checked > 0 and row.mismatch
+    assert "the complex step resolves it and disagrees" in row.note
+
+
+def test_every_entry_a_kink_fails_the_config_where_the_complex_step_is_not_available(tmp_path, monkeypatch):
+    """Nothing compared and no complex step to compare them: not a pass — FAIL, with the
+    reason and the remedy (a layer that drops the imaginary part, here by the probe's word)."""
+    from cnngrad import complex_probe
+    monkeypatch.setattr(complex_probe.ComplexProbe, "unavailable",
+                        lambda self, *where: "complex step not available for layer 2 (Activation)")
+    path = tmp_path / "kinky.yaml"
+    path.write_text(yaml.safe_dump(KINKY))
+    p = build(cfg.validate(KINKY))
+    count = kinks_of_dense(p, 100.0)
     result = run(str(path), "--eps", "100", "--format", "json")
     assert result.exit_code == 1, result.output
     records = {(r["layer"], r["tensor"]): r for r in json.loads(result.stdout)["configs"][0]["records"]}
@@ -327,6 +379,7 @@ def test_every_entry_a_kink_fails_the_config(tmp_path):
         r = records[(1, name)]
         assert r["status"] == "fail" and r["checked"] == 0 and r["kinks"] == count[name]
         assert "every one of its" in r["note"] and "--avoid-kinks" in r["note"] and "smaller --eps" in r["note"]
+        assert "complex step not available" in r["note"]
     assert records[(3, "W")]["status"] == "pass"  # after the relu: no kink to cross, and checked
     table = run(str(path), "--eps", "100")
     assert table.exit_code == 1
