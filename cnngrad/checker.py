@@ -718,14 +718,21 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             # maxima above it) may hide the wrong layer: that layer alone, at those entries, says
             above = [row.verdict for row in rows if row.ref.is_delta and len(row.ref.path) == 1
                      and row.ref.index > report.culprit and (row.verdict.passed or row.verdict.checked == 0)]
+            unexamined: list[TensorCheck] = []
             found = layer_scope.kinked_link(layer_scope.LinkDifferences(whole, received, inner), above, how.tol,
                                             "its δ checked out where no stencil crosses a kink, and the layers below "
-                                            "it fail for the δ it passes down")
+                                            "it fail for the δ it passes down", unexamined)
             if found is not None:
                 for row in rows:  # what was diagnosed of the layer blamed before goes with the blame
                     if row.verdict.layer == report.culprit:
                         row.verdict.diagnosis = []
                 report.culprit, report.localisation = found
+            elif unexamined:  # a layer above whose δ at its kinks nothing could check: it may be the one
+                c = min(unexamined, key=lambda c: c.ref.path)
+                report.localisation = (f"{report.localisation.split('; ')[0]} — or layer {c.ref.layer} ({c.kind}) "
+                                       f"above it is: its δ checked out only where no stencil crosses a kink "
+                                       f"({c.kinks} entries left out), and there it crosses one even alone (it "
+                                       f"offers no piece to hold it on), so its backward at its kinks is unchecked")
         if not report.localisation:  # only the dot-product test saw it: it names its layer
             report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":

@@ -1,6 +1,8 @@
 """ReLU, leaky ReLU and max pooling: a stencil that crosses a kink is a kink, not a failure."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from cnngrad import check
@@ -109,3 +111,30 @@ def test_the_fresh_entries_still_catch_a_wrong_weight_gradient(monkeypatch):
     monkeypatch.setattr(Conv, "backward", scaled)
     row = w_row(check(SAMPLED, samples=2, eps=3e-2))
     assert row.failed and row.checked >= 1
+
+
+def _tied_pool_config(tmp_path, bug):
+    import shutil
+    shutil.copy(Path(__file__).resolve().parent / "plugins" / "tied_pool.py", tmp_path / "tied_pool.py")
+    path = tmp_path / f"tied_{bug}.yaml"
+    path.write_text("seed: 0\ninput: {batch: 3, channels: 3, height: 8, width: 8}\nlayers:\n"
+                    "  - conv: {filters: 3, kernel: 3}\n  - upsample: {scale: 2}\n"
+                    f"  - custom: {{class: \"tied_pool:TiedPool\", size: 3, bug: {bug or 'null'}}}\n"
+                    "  - activation: tanh\n  - flatten: {}\n  - dense: {units: 4}\nloss: softmax_cross_entropy\n")
+    return str(path)
+
+
+def test_a_plugin_wrong_only_at_its_ties_is_not_blamed_on_the_layer_below_alone(tmp_path):
+    """After a nearest upsampling a 3x3 max pool's windows tie; a plugin pool that routes δ to
+    every tied entry is wrong exactly there — where its δ row leaves every stencil out (each
+    crosses a kink), and where it cannot be held on a piece nor run in complex numbers.  The
+    layer below (upsample, right: tests/test_layers13.py) then fails for the δ it is handed;
+    the localisation must not name it alone (found by a QA pass): it names the pool too."""
+    right = check(_tied_pool_config(tmp_path, None), plugins=True)
+    assert right.passed, right.localisation
+    wrong = check(_tied_pool_config(tmp_path, "ties_all"), plugins=True)
+    assert wrong.return_code == 1
+    (pool_row,) = [r for r in wrong.rows if r.ref.path == (2,) and r.ref.is_delta]
+    assert pool_row.passed and pool_row.kinks > 0  # its δ checked out where nothing crosses a kink
+    assert wrong.localisation.startswith("layer 1 (upsample): backward is wrong — or layer 2 (TiedPool) above it "
+                                         "is: its δ checked out only where no stencil crosses a kink")

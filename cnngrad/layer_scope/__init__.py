@@ -136,7 +136,8 @@ def kinks_only(checks: list, network_refs: set[TensorRef]) -> None:
                         f"network scope does not check); --avoid-kinks or a smaller --eps may resolve it")
 
 
-def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> tuple[int | str, str] | None:
+def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str,
+                unexamined: list | None = None) -> tuple[int | str, str] | None:
     """Rows of δ with entries left out for crossing a kink (a relu at 0, tied maxima of a max
     pool: their stencils cross one, in the layer or above it) can hide a wrong backward — in
     the layer scope when only ∂C/∂x end to end fails (else the wiring is blamed), in the
@@ -144,7 +145,9 @@ def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> t
     those entries (``LinkDifferences.at_kinks``: a layer with a kink of its own on the
     unperturbed pass's piece, the derivative its backward's masks compute); the first in
     backprop order that disagrees is named (``why`` says what was seen first), with its worst
-    entry.  None if none does."""
+    entry.  None if none does; then ``unexamined`` (a list) receives the rows whose layer
+    alone crossed a kink at every one of those entries too (a plugin's kinks: it cannot be
+    held on its piece) — what the localisation cannot vouch for."""
     from ..compare import metrics
 
     suspects = []
@@ -154,6 +157,8 @@ def kinked_link(links: LinkDifferences, checks: list, tol: float, why: str) -> t
         found = links.at_kinks(c.ref, c.indices[c.kink_mask])
         clear = ~np.asarray(found.kinks, dtype=bool)  # entries the layer alone does not cross a kink at
         if not clear.any():
+            if unexamined is not None:
+                unexamined.append(c)
             continue
         num = Numeric(found.indices[clear], np.asarray(found.values)[clear], np.zeros(int(clear.sum()), dtype=bool))
         g = np.asarray(c.analytic, dtype=np.float64)[c.kink_mask][clear]
