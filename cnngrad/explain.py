@@ -41,7 +41,8 @@ def explain(config: Config, layer_index: int, size: int = 5) -> Group:
         return explain_transpose(config, layer_index, size)
     if spec.kind != "conv":
         convs = [s.index for s in config.layers if s.kind == "conv"]
-        raise ConfigError(f"layers[{layer_index}]", f"is a {spec.kind} layer; explain shows a conv layer "
+        article = "an" if spec.kind[0] in "aeiou" else "a"
+        raise ConfigError(f"layers[{layer_index}]", f"is {article} {spec.kind} layer; explain shows a conv layer "
                                                    f"(conv layers here: {', '.join(map(str, convs)) or 'none'})")
     o = spec.options
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = o["kernel"], o["stride"], o["padding"], o["dilation"]

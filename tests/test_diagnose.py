@@ -136,3 +136,14 @@ def test_wrong_entries_are_named_only_when_they_are_a_minority() -> None:
     assert "one wrong entry" in (single_entries(one) or "")
     every = Case(n * (1 + 1e-3), n, TensorRef.param((1,), "b"), None, None, 2, 1e-6)
     assert single_entries(every) is None
+
+
+
+def test_the_facts_of_a_flat_tensor_say_entries():
+    """A 1-d tensor's axis is "entry": its fact reads "entries 0-2", not "entrys 0-2"."""
+    from cnngrad.diagnose.case import Case
+    from cnngrad.diagnose.facts import describe
+    from cnngrad.refs import TensorRef
+    said = describe(Case(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0]), TensorRef.param(0, "b"), None, None,
+                         1, 1e-6))
+    assert "3 of 3 entries wrong; entries all;" in said and "entrys" not in said

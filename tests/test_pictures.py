@@ -34,7 +34,7 @@ def test_explain(config, layer, size):
 
 def test_explain_refuses_a_layer_that_is_not_conv():
     result = CliRunner().invoke(main, ["explain", "lenet", "--layer", "1"])
-    assert result.exit_code == 2 and "is a activation layer" in result.stderr and "0, 3" in result.stderr
+    assert result.exit_code == 2 and "is an activation layer" in result.stderr and "0, 3" in result.stderr
 
 
 @pytest.mark.parametrize("config", ["conv_border_zeroed", "conv_stride_grid_only", "conv_crop_off_by_one"])

@@ -59,7 +59,7 @@ def describe(c: Case) -> str:
                 ["row", "column"] if a.ndim == 2 else ["entry"])
         for axis, name in enumerate(axes[: a.ndim]):
             hit = np.flatnonzero(bad.any(axis=tuple(i for i in range(a.ndim) if i != axis)))
-            facts.append(f"{name}s {_spans(hit, a.shape[axis])}")
+            facts.append(f"{'entries' if name == 'entry' else name + 's'} {_spans(hit, a.shape[axis])}")
         if a.ndim == 4 and min(a.shape[2:]) > 2:
             border = np.ones(a.shape[2:], dtype=bool)
             border[1:-1, 1:-1] = False
