@@ -140,7 +140,9 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         if nothing and redo.checked == 0:  # units on their kinks at θ itself: it crosses them too
             c.note = "; ".join(filter(None, [c.note, "the complex step crosses kinks too (units on their kinks at "
                                                      "the unperturbed point: ties)"]))
-        elif redo.passed:
+        elif redo.passed:  # "does not shrink with h — the gradient is wrong" was not so (far from h → 0): what
+            if "gradient is wrong" in why and not (c.unresolved or nothing):  # halving h measured, no more
+                first = f"{method} differences failed ({why.split(': ')[0]})"
             redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
             checks[r] = redo
         elif redo.failed and c.failed and not nothing:
