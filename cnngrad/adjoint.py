@@ -69,9 +69,16 @@ class Adjoint:
     def failed(self) -> bool:
         return not self.worst <= self.tol
 
+    @property
+    def finite(self) -> bool:
+        """Its numbers could be taken: no inf or NaN (an overflowing net's are not; the numerical
+        faults say where), so a failure says the backward is wrong."""
+        return bool(np.isfinite(self.worst))
+
     def line(self) -> str:
         extra = "".join(f", ∂{k} {v:.1e}" for k, v in self.params.items())
-        verdict = "FAIL: the backward is not the adjoint of the forward" if self.failed else "PASS"
+        verdict = ("FAIL: the backward is not the adjoint of the forward" if self.finite else
+                   "FAIL: not finite (the numbers overflow: see the numerical faults)") if self.failed else "PASS"
         return (f"layers[{self.ref.layer}] {self.kind}: ⟨L u, v⟩ = {self.lhs:.12g}, ⟨u, Lᵀ v⟩ = {self.rhs:.12g}, "
                 f"rel {self.rel:.1e}{extra} (tol {self.tol:.0e}) {verdict}")
 
@@ -84,7 +91,7 @@ class Adjoint:
 
 
 def _error(lhs: float, rhs: float, bound: float) -> float:
-    if not (np.isfinite(lhs) and np.isfinite(rhs)):
+    if not (np.isfinite(lhs) and np.isfinite(rhs) and np.isfinite(bound)):  # overflow: nothing to judge
         return float("nan")
     return abs(lhs - rhs) / bound if bound > 0 else 0.0
 
@@ -187,7 +194,7 @@ def localise(found: list[Adjoint]) -> tuple[int | str | None, str]:
     """The culprit and localisation sentence when only the dot-product test failed (the
     differences resolved nothing wrong): each failing layer is wrong on its own — the test
     needs no other layer — so the first is named and every one listed."""
-    bad = [a for a in found if a.failed]
+    bad = [a for a in found if a.failed and a.finite]  # an overflow blames no backward
     if not bad:
         return None, ""
     named = ", ".join(f"{a.ref.json_layer} ({a.kind})" for a in bad)

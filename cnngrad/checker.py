@@ -710,7 +710,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                               lambda refs: own(np.longdouble, refs))
 
         excused(rows)
-        if how.localize or any(row.verdict.mismatch for row in rows):
+        overflow = next((f for f in report.faults if "forward pass" in f or f.startswith("the loss")), None)
+        if overflow is not None and any(not row.verdict.passed for row in rows):
+            # no backward can be judged where the forward's numbers are not finite: the fault is the finding
+            report.localisation = (f"not localised: {overflow} — where the forward's numbers overflow no backward "
+                                   f"can be judged (smaller weights or inputs; see the numerical faults)")
+        elif how.localize or any(row.verdict.mismatch for row in rows):
             _localise(report, net, deltas, net.loss.gradient(outputs[-1], y), fd, rows, how.samples, problem.rng,
                       how.tol, second_look, inner, how.tol_rule == "estimate", excused)
         if how.scope == "network" and isinstance(report.culprit, int):

@@ -146,7 +146,8 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
             redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
             checks[r] = redo
         elif redo.failed and c.failed and not nothing:
-            confirmed = f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
+            confirmed = (f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"
+                         if np.isfinite(redo.metrics.norm_rel) else "the complex step is not finite either")
             c.note = "; ".join(filter(None, [c.note, confirmed]))
             c.confirmed = num.values
         elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step

@@ -150,6 +150,23 @@ def test_overflow_is_a_failed_check_naming_the_layer(tmp_path):
     assert result.stderr == ""  # no RuntimeWarning noise
 
 
+def test_an_overflow_blames_no_backward():
+    """Weights ~1e300: the loss is inf.  That is the finding — no layer's backward is said to be
+    wrong, no complex step "confirms" a NaN, no adjoint test says "not the adjoint" (found by a
+    QA pass: the last dense layer was blamed, and the adjoint test failed flatten and conv)."""
+    from cnngrad import check
+    report = check({"seed": 0, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6},
+                    "init": {"normal": 1e300}, "loss": "mse",
+                    "layers": [{"conv": {"filters": 2, "kernel": 3}}, {"activation": "tanh"}, {"flatten": {}},
+                               {"dense": {"units": 3}}]})
+    assert report.return_code == 1 and "the loss is inf" in report.faults
+    assert report.culprit is None
+    assert report.localisation.startswith("not localised: the loss is inf — where the forward's numbers overflow")
+    assert not any("confirms it" in r.note for r in report.rows)
+    assert not any("not the adjoint" in a.line() for a in report.adjoint)
+    assert any(not a.finite for a in report.adjoint)
+
+
 # --------------------------------------------------------------------------- processes
 
 
