@@ -161,7 +161,9 @@ def _refuse_aliases_and_depth(text: str, where: str) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_NESTING:
-                raise ConfigError(where, "nested too deeply to be a config")
+                line = f"line {event.start_mark.line + 1}: " if event.start_mark else ""
+                raise ConfigError(where, f"{line}nested too deeply to be a config: more than {MAX_NESTING} YAML "
+                                         f"levels (a block in a block takes 4: about 24 blocks deep at most)")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 

@@ -3,6 +3,7 @@ names its place (CONVENTIONS.md: exit codes; config.py: "one line naming its pla
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -383,3 +384,25 @@ def test_every_bad_config_message_snapshot(tmp_path: Path) -> None:
         lines.append(f"{case_id}: {result.stderr.strip().replace(str(path), 'bad.yaml')}")
     assert len(lines) >= 30
     snapshot("bad_configs.txt", "\n".join(lines))
+
+
+def test_blocks_nested_past_the_yaml_limit_say_the_limit_and_the_line(tmp_path: Path) -> None:
+    """30 blocks in blocks: over the 100 YAML levels a config may nest — one line that says so,
+    with the line it happened at and the depth in blocks (found by a QA pass: no place, no limit)."""
+    layers: list = [{"conv": {"filters": 1, "kernel": 1}}]
+    for _ in range(30):
+        layers = [{"block": {"merge": "add", "paths": [layers]}}]
+    path = tmp_path / "deep.yaml"
+    path.write_text(yaml.safe_dump({"input": {"batch": 1, "channels": 1, "height": 3, "width": 3},
+                                    "layers": layers + [{"flatten": {}}, {"dense": {"units": 2}}]}))
+    result = invoke("check", str(path))
+    assert result.exit_code == 2
+    said = r"nested too deeply to be a config: more than 100 YAML levels \(a block in a block takes 4: about 24 blocks"
+    assert re.fullmatch(re.escape(f"Error: {path}: ") + r"line \d+: " + said + r" deep at most\)\n", result.stderr), \
+        result.stderr
+    layers = [{"conv": {"filters": 1, "kernel": 1}}]
+    for _ in range(20):  # within the limit: checked
+        layers = [{"block": {"merge": "add", "paths": [layers]}}]
+    path.write_text(yaml.safe_dump({"input": {"batch": 1, "channels": 1, "height": 3, "width": 3},
+                                    "layers": layers + [{"flatten": {}}, {"dense": {"units": 2}}]}))
+    assert invoke("check", str(path)).exit_code == 0
