@@ -316,9 +316,9 @@ def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, 
     inputs = survey(refs).files + [Path(p) for p in also if p]
     for option, path in [*files.items(), *folders.items()]:
         try:
-            if path and option in files:
+            if path is not None and option in files:  # "" too: an empty path is refused, not taken for none
                 out_files.preflight(path, inputs)
-            elif path:
+            elif path is not None:
                 out_files.preflight_folder(path)
         except out_files.OutputError as e:
             raise UsageFailure(f"{option} {e}") from None

@@ -5,6 +5,7 @@ Every problem raises :class:`ConfigError` with one line naming its place
 """
 from __future__ import annotations
 
+import datetime
 import difflib
 import errno
 import json
@@ -275,6 +276,8 @@ def _show(v: Any) -> str:
         return f"a boolean ({str(v).lower()})"
     if isinstance(v, (dict, list)):
         return f"a {'mapping' if isinstance(v, dict) else 'list'}"
+    if isinstance(v, (datetime.date, datetime.time)):  # YAML reads 2001-01-01 as a date
+        return f"a {type(v).__name__} ({v.isoformat()})"
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -102,6 +102,8 @@ def _same(st: os.stat_result, inputs: Iterable[str | os.PathLike]) -> str | None
 def preflight(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
     """Refuse now what ``atomic_write(path, ...)`` would fail at, or must not do, later."""
     name = os.fspath(path)
+    if not name:
+        raise OutputError("'': an empty path; name a file")
     fd = _descriptor(name)
     if fd is not None:
         try:
@@ -125,6 +127,8 @@ def preflight_folder(path: str | os.PathLike) -> None:
     """A folder files will be written into: it, or the nearest folder that exists above it
     (it will be created), must be writable."""
     name = os.fspath(path)
+    if not name:
+        raise OutputError("'': an empty path; name a folder")
     folder = Path(os.path.abspath(name))
     try:
         os.stat(folder)

@@ -61,6 +61,12 @@ def default_max_memory_mb() -> float:
     return available_memory_mb() / 4
 
 
+def _mb(mb: float) -> str:
+    """Megabytes as said back: whole ones with separators, below 10 to 2 significant digits
+    (``--max-memory 0.001`` is 0.001 MB, not "0 MB")."""
+    return f"{mb:,.0f}" if mb >= 10 else f"{mb:.2g}"
+
+
 def _prod(shape: tuple[int, ...]) -> int:
     n = 1
     for s in shape:
@@ -201,8 +207,8 @@ def guard(config: cfg.Config, samples: int | None, directions: int | None, max_p
             how.append("--convergence")
         if est.processes > 1:
             how.append(f"{est.processes} worker processes")
-        within = (f"its share of --max-memory {limit_mb:,.0f} MB with --jobs {jobs} ({share:,.0f} MB)" if jobs > 1
-                  else f"--max-memory {limit_mb:,.0f} MB")
+        within = (f"its share of --max-memory {_mb(limit_mb)} MB with --jobs {jobs} ({_mb(share)} MB)" if jobs > 1
+                  else f"--max-memory {_mb(limit_mb)} MB")
         raise cfg.ConfigError("config", f"{config.name} needs about {est.memory_mb:,.0f} MB ({est.params:,} "
                                         f"parameters, {config.size['activations']:,} activations"
                                         + "".join(f", {h}" for h in how) + f"), more than {within}"

@@ -498,3 +498,27 @@ def test_an_init_that_overflows_float32_is_a_failed_check_with_no_warning(tmp_pa
         assert result.returncode == code, result.stdout + result.stderr
         assert "Warning" not in result.stderr and "overflow encountered" not in result.stderr, result.stderr
         assert command == "validate" or "numerical fault" in result.stdout
+
+
+SMALL = "input: {batch: 1, channels: 1, height: 4, width: 4}\nlayers: [{flatten: {}}, {dense: {units: 2}}]\n"
+
+
+@pytest.mark.parametrize("option, what", [("--output", "file"), ("--save", "file"), ("--reproducer", "folder")])
+def test_an_empty_output_path_is_refused_before_any_maths(tmp_path, option, what):
+    """``--save "$OUT"`` with OUT unset: an empty path was taken for no path (--save,
+    --reproducer: nothing written, exit 0) or said "Is a directory" (--output)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(SMALL)
+    result = invoke("check", str(config), option, "")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"Error: {option} '': an empty path; name a {what}\n"
+
+
+def test_small_memory_limits_and_dates_are_said_as_given(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(SMALL)
+    result = invoke("check", str(config), "--max-memory", "0.001")
+    assert result.exit_code == 2 and "more than --max-memory 0.001 MB" in result.stderr, result.stderr
+    config.write_text("seed: 2001-01-01\n" + SMALL)
+    result = invoke("check", str(config))
+    assert result.exit_code == 2 and result.stderr == "Error: seed: expected an integer >= 0, got a date (2001-01-01)\n"
