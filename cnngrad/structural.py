@@ -26,7 +26,10 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
   state the layer keeps from its last forward call" — a ``self.a`` set by forward: right for
   one forward then one backward, wrong wherever a layer runs twice before its backward, as a
-  shared layer does), then forward on a^{l-1} again, to put back what the layer keeps.
+  shared layer does);
+* last, forward on a^{l-1} again: the first output bit for bit, after all those calls ("forward
+  is not deterministic: after calls on other inputs …" — a drift, or running state), which
+  also puts back what the layer keeps.
 
 Cost: four forwards and three backwards per layer (five backwards where 2δ does not give 2x), no finite
 differences; the first forward and backward of a linear layer are also the adjoint test's
@@ -192,6 +195,12 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
     if reentrant and _keeps_state(layer, a, cache, delta, r1):  # a backward not reentrant differs anyway
         why.append("backward reads state the layer keeps from its last forward call, not only its cache: "
                    "after a forward on another input, backward(δ, cache) of the first call gives different numbers")
+    # the last call: a again, after the calls above (on another input, too) — the same output, or forward
+    # is not a function of its input after all (a drift, running state); and it puts back what the layer keeps
+    last = np.array(layer.forward(a.copy())[0], copy=True)
+    if not identical(last, out) and not any(w.startswith("forward is not deterministic") for w in why):
+        why.append("forward is not deterministic: after calls on other inputs, a call on the same input gives "
+                   "different numbers")
     return why, _visit(why, out, cache, delta, r1, keep)
 
 
@@ -200,17 +209,14 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
     reverse order — the same values, so inside any domain the layer has), then backward(δ,
     cache) of the first call again, which must return r1 bit for bit.  Where that forward
     changed the cache's arrays (an output buffer reused from call to call and held in the
-    cache) it cannot tell, and says no.  A last forward on a (deterministic: checked) puts
-    back whatever the layer keeps, and such a buffer's numbers."""
+    cache) it cannot tell, and says no.  (``_check_layer``'s last forward, on a, puts back
+    whatever the layer keeps, and such a buffer's numbers.)"""
     other = np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape)
     if identical(other, a):
         return False
     before = snapshot(cache)
     layer.forward(other)
-    try:
-        return unchanged(before, cache) and not _same_result(r1, _result(layer.backward(delta.copy(), cache)))
-    finally:
-        layer.forward(a.copy())
+    return unchanged(before, cache) and not _same_result(r1, _result(layer.backward(delta.copy(), cache)))
 
 
 def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:

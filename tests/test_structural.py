@@ -53,6 +53,8 @@ def observe(cls: type, **options) -> set[str]:
     zero = layer.backward(np.zeros_like(delta), cache)
     if np.any(zero[0] != 0) or any(np.any(g != 0) for g in zero[1].values()):
         seen.add("zero δ gives non-zero gradients")
+    if not np.array_equal(out, layer.forward(a.copy())[0]):
+        seen.add("a later forward differs")
     return seen
 
 
@@ -61,9 +63,11 @@ CASES = [  # class, bug, what the test's own calls see, cnngrad's reason
     ("TanhDelta", "delta_in_place", {"the δ passed in changed"}, "backward changes the δ it is given"),
     ("GainAccumulate", "accumulate", {"two backwards differ", "zero δ gives non-zero gradients"},
      "backward is not reentrant: a second call on the same cache and δ gives different numbers"),
-    ("DropoutRedraw", "redraw", {"two forwards differ"},
+    ("DropoutRedraw", "redraw", {"two forwards differ", "a later forward differs"},
      "forward is not deterministic: a second call on the same input gives different numbers"),
     ("GainDecay", "decay", {"zero δ gives non-zero gradients"}, "an all-zero δ gives non-zero gradients (g)"),
+    ("TanhDrift", "drift", {"a later forward differs"},
+     "forward is not deterministic: after calls on other inputs, a call on the same input gives different numbers"),
     ("TanhLast", "last_forward", {"a forward in between changes backward"},
      "backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
      "another input, backward(δ, cache) of the first call gives different numbers"),

@@ -15,6 +15,7 @@ backward call with many forwards, so only the structural checks see these.
   and an all-zero δ gives non-zero gradients.
 * TanhLast, ``bug: last_forward``: backward reads a = tanh(z) from the layer (set by the
   last forward) instead of its cache.
+* TanhDrift, ``bug: drift``: forward drifts from its third call on: two calls agree.
 """
 from __future__ import annotations
 
@@ -142,4 +143,24 @@ class TanhLast:
     def backward(self, delta, a):
         if self.bug == "last_forward":
             a = self.a
+        return delta * (1 - a * a), {}
+
+
+class TanhDrift:
+    """a = tanh(z); ``bug: drift``: from its third call on, forward adds 1e-9 per call — two
+    calls agree, later ones do not (a counter, a running statistic)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug, self.calls = tuple(in_shape), {}, bug, 0
+
+    def forward(self, z):
+        self.calls += 1
+        a = np.tanh(z)
+        if self.bug == "drift" and self.calls >= 3:
+            a = a + 1e-9 * self.calls
+        return a, a.copy()
+
+    def backward(self, delta, a):
         return delta * (1 - a * a), {}
