@@ -310,7 +310,14 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
     if culprit is None:
         return
 
-    def full(ref: TensorRef, g: Array) -> Array | None:
+    def full(ref: TensorRef, g: Array, c: TensorCheck) -> Array | None:
+        """The whole tensor's numeric gradient: the complex step's, where it confirmed the row
+        on every entry (exact: a factor of 2 reads 2, not 1.93 from differences at their
+        resolution), else the differences'."""
+        if c.confirmed is not None and c.indices is not None and c.indices.size == g.size:
+            exact = np.empty(g.size)
+            exact[c.indices] = np.real(c.confirmed)
+            return exact.reshape(g.shape)
         if g.size > DIAGNOSE_MAX:
             return None
         return fd.numeric([(ref, np.arange(g.size))])[0].values.reshape(g.shape)
@@ -319,7 +326,7 @@ def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Arra
         c = row.verdict
         if c.layer != culprit or not c.mismatch or c.mode != "entries":
             continue
-        numeric = full(row.ref, row.grad)
+        numeric = full(row.ref, row.grad, c)
         if numeric is None:
             continue
         if isinstance(culprit, int):

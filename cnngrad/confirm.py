@@ -152,6 +152,7 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
             c.confirmed = num.values
         elif redo.failed:  # unresolved by central differences, resolved and wrong by the complex step
             redo.note = f"{first}; the complex step resolves it and disagrees: norm rel {redo.metrics.norm_rel:.1e}"
+            redo.confirmed = num.values  # its numbers are the complex step's: the diagnosis takes them
             wide = wide_look(problem, step, targets[r], c, wrap, floor, min(tol, c.tol))
             if wide is not None and not wide.failed:  # the step's own rounding: run in longdouble it says so
                 redo.complex_rounding = (

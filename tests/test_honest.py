@@ -428,3 +428,20 @@ def test_a_wrong_part_too_small_for_the_norm_is_named_in_a_note(tmp_path):
         assert np.max(off) > 10 * wrong.floor.value  # the entries it names are off far above the resolution
     right = check(_tiny_channel(tmp_path, None), plugins=True)
     assert right.passed and not any("passes on norm rel, yet" in r.note for r in right.rows)
+
+
+def test_a_factor_on_a_gradient_below_the_resolution_is_diagnosed_from_the_complex_step(tmp_path):
+    """∂C/∂t ~1e-9, doubled: central differences cannot resolve it, the complex step can and
+    disagrees — and the diagnosis reads the factor from the complex step's numbers: exactly 2,
+    not 1.93 from differences at their resolution (found by a QA pass)."""
+    shutil.copy(Path(__file__).resolve().parent / "plugins" / "tiny_gain.py", tmp_path / "tiny_gain.py")
+    path = tmp_path / "gain.yaml"
+    path.write_text("seed: 0\ninput: {batch: 3, channels: 3, height: 9, width: 10}\nlayers:\n"
+                    "  - conv: {filters: 3, kernel: 3}\n  - custom: {class: \"tiny_gain:TinyGain\", bug: double}\n"
+                    "  - activation: tanh\n  - flatten: {}\n  - dense: {units: 4}\nloss: softmax_cross_entropy\n")
+    report = check(str(path), plugins=True)
+    (row,) = [r for r in report.rows if r.ref.index == 1 and r.ref.name == "t"]
+    assert row.failed and row.confirmed is not None and "complex step" in row.note
+    assert report.culprit == 1
+    assert row.diagnosis and row.diagnosis[0].startswith("∂C/∂t is 2 times numeric"), row.diagnosis
+    assert abs(float(row.analytic[0]) / float(np.real(row.confirmed[0])) - 2) < 1e-9  # the complex step: exactly half
