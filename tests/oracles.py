@@ -1,7 +1,9 @@
 """Oracles the tests write themselves, independent of cnngrad's finite-difference engine."""
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -36,3 +38,19 @@ def custom_layer(path):
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     """‖a − b‖ / (‖a‖ + ‖b‖), 0 for two zeros."""
     return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + np.linalg.norm(b) + 1e-300))
+
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def plugin_config(tmp_path, module: str, custom: str, *, seed: int = 0,
+                  shape: str = "{batch: 3, channels: 3, height: 9, width: 10}",
+                  before: tuple[str, ...] = ("conv: {filters: 3, kernel: 3}",),
+                  after: tuple[str, ...] = ("activation: tanh", "flatten: {}", "dense: {units: 4}")) -> str:
+    """A config around one plugin layer of tests/plugins/``module``.py (copied beside it):
+    ``before`` layers, ``custom: {custom}``, ``after`` layers, softmax cross-entropy; its path."""
+    (tmp_path / f"{module}.py").write_text((PLUGINS / f"{module}.py").read_text())
+    path = tmp_path / f"{module}_{zlib.crc32(custom.encode()):08x}.yaml"
+    layers = "".join(f"  - {spec}\n" for spec in (*before, f"custom: {{{custom}}}", *after))
+    path.write_text(f"seed: {seed}\ninput: {shape}\nlayers:\n{layers}loss: softmax_cross_entropy\n")
+    return str(path)

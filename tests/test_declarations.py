@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import plugin_config
 
 import cnngrad
 from cnngrad import structural
@@ -21,13 +22,8 @@ spec.loader.exec_module(D)
 
 
 def config(tmp_path: Path, cls: str, bug: str | None) -> str:
-    (tmp_path / "declarations.py").write_text((PLUGINS / "declarations.py").read_text())
-    path = tmp_path / f"{cls}_{bug}.yaml"
-    path.write_text(f"seed: 1\ninput: {{batch: 3, channels: 2, height: 5, width: 5}}\nlayers:\n"
-                    f"  - conv: {{filters: 3, kernel: 3}}\n"
-                    f"  - custom: {{class: \"declarations:{cls}\", bug: {bug or 'null'}}}\n"
-                    f"  - activation: tanh\n  - flatten: {{}}\n  - dense: {{units: 4}}\nloss: softmax_cross_entropy\n")
-    return str(path)
+    return plugin_config(tmp_path, "declarations", f"class: \"declarations:{cls}\", bug: {bug or 'null'}", seed=1,
+                         shape="{batch: 3, channels: 2, height: 5, width: 5}")
 
 
 def plain_loop(layer, a: np.ndarray, delta: np.ndarray, h: float = 1e-6) -> np.ndarray:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from oracles import central as naive_central
+from oracles import plugin_config
 
 from cnngrad import check
 from cnngrad import config as cfg
@@ -404,14 +405,9 @@ def test_a_row_the_complex_step_passes_does_not_say_the_gradient_is_wrong():
 
 
 def _tiny_channel(tmp_path, bug):
-    shutil.copy(Path(__file__).resolve().parent / "plugins" / "tiny_channel.py", tmp_path / "tiny_channel.py")
-    path = tmp_path / f"tiny_{bug}.yaml"
-    path.write_text("seed: 0\ninput: {batch: 3, channels: 3, height: 9, width: 10}\nlayers:\n"
-                    "  - conv: {filters: 3, kernel: 3}\n"
-                    f"  - custom: {{class: \"tiny_channel:TinyChannel\", bug: {bug or 'null'}}}\n"
-                    "  - activation: tanh\n  - conv: {filters: 3, kernel: 3}\n  - flatten: {}\n"
-                    "  - dense: {units: 4}\nloss: softmax_cross_entropy\n")
-    return str(path)
+    return plugin_config(tmp_path, "tiny_channel", f"class: \"tiny_channel:TinyChannel\", bug: {bug or 'null'}",
+                         after=("activation: tanh", "conv: {filters: 3, kernel: 3}", "flatten: {}",
+                                "dense: {units: 4}"))
 
 
 def test_a_wrong_part_too_small_for_the_norm_is_named_in_a_note(tmp_path):
@@ -434,12 +430,8 @@ def test_a_factor_on_a_gradient_below_the_resolution_is_diagnosed_from_the_compl
     """∂C/∂t ~1e-9, doubled: central differences cannot resolve it, the complex step can and
     disagrees — and the diagnosis reads the factor from the complex step's numbers: exactly 2,
     not 1.93 from differences at their resolution (found by a QA pass)."""
-    shutil.copy(Path(__file__).resolve().parent / "plugins" / "tiny_gain.py", tmp_path / "tiny_gain.py")
-    path = tmp_path / "gain.yaml"
-    path.write_text("seed: 0\ninput: {batch: 3, channels: 3, height: 9, width: 10}\nlayers:\n"
-                    "  - conv: {filters: 3, kernel: 3}\n  - custom: {class: \"tiny_gain:TinyGain\", bug: double}\n"
-                    "  - activation: tanh\n  - flatten: {}\n  - dense: {units: 4}\nloss: softmax_cross_entropy\n")
-    report = check(str(path), plugins=True)
+    path = plugin_config(tmp_path, "tiny_gain", "class: \"tiny_gain:TinyGain\", bug: double")
+    report = check(path, plugins=True)
     (row,) = [r for r in report.rows if r.ref.index == 1 and r.ref.name == "t"]
     assert row.failed and row.confirmed is not None and "complex step" in row.note
     assert report.culprit == 1

@@ -1,9 +1,8 @@
 """ReLU, leaky ReLU and max pooling: a stencil that crosses a kink is a kink, not a failure."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from oracles import plugin_config
 
 from cnngrad import check
 from cnngrad import config as cfg
@@ -114,14 +113,9 @@ def test_the_fresh_entries_still_catch_a_wrong_weight_gradient(monkeypatch):
 
 
 def _tied_pool_config(tmp_path, bug):
-    import shutil
-    shutil.copy(Path(__file__).resolve().parent / "plugins" / "tied_pool.py", tmp_path / "tied_pool.py")
-    path = tmp_path / f"tied_{bug}.yaml"
-    path.write_text("seed: 0\ninput: {batch: 3, channels: 3, height: 8, width: 8}\nlayers:\n"
-                    "  - conv: {filters: 3, kernel: 3}\n  - upsample: {scale: 2}\n"
-                    f"  - custom: {{class: \"tied_pool:TiedPool\", size: 3, bug: {bug or 'null'}}}\n"
-                    "  - activation: tanh\n  - flatten: {}\n  - dense: {units: 4}\nloss: softmax_cross_entropy\n")
-    return str(path)
+    return plugin_config(tmp_path, "tied_pool", f"class: \"tied_pool:TiedPool\", size: 3, bug: {bug or 'null'}",
+                         shape="{batch: 3, channels: 3, height: 8, width: 8}",
+                         before=("conv: {filters: 3, kernel: 3}", "upsample: {scale: 2}"))
 
 
 def test_a_plugin_wrong_only_at_its_ties_is_not_blamed_on_the_layer_below_alone(tmp_path):
