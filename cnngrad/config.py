@@ -333,8 +333,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     if out.get("samples") == "all":
         out["samples"] = None
     for name in ("samples", "directions", "workers", "jobs", "max_layers"):
-        if out.get(name) is not None:
-            out[name] = _int(name, out[name])
+        if out.get(name) is not None:  # directions=0: off, as the report records it
+            out[name] = _int(name, out[name], 0 if name == "directions" else 1)
     for name, choices in (("method", FD_METHODS), ("fd_dtype", ("float64", "native")), ("scope", ("network", "layer"))):
         if out.get(name) is not None:
             out[name] = _choice(name, out[name], choices)

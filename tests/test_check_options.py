@@ -26,7 +26,7 @@ RAW = {"seed": 0, "input": {"batch": 2, "channels": 1, "height": 5, "width": 5},
     ("eps", -1e-6, "eps: expected a positive finite number"),
     ("eps", float("nan"), "eps: expected a positive finite number, got nan"),
     ("method", "magic", "method: unknown value 'magic'"),
-    ("directions", 0, "directions: expected an integer from 1"),
+    ("directions", -1, "directions: expected an integer from 0"),
     ("workers", 0, "workers: expected an integer from 1"),
     ("scope", "everything", "scope: unknown value 'everything'"),
     ("fd_dtype", "float16", "fd_dtype: unknown value 'float16'"),
@@ -54,5 +54,6 @@ def test_numpy_scalars_and_all_are_accepted():
     rep = cnngrad.check(RAW, samples=np.int64(4), eps=np.float64(1e-6), tol=np.float32(1e-6), workers=np.int32(1))
     assert rep.passed
     assert cnngrad.check(RAW, samples="all").passed
+    assert cnngrad.check(RAW, directions=0).directions == 0  # 0: off, entry by entry, as reports record it
     with pytest.raises(ConfigError, match="samples"):
         cnngrad.check(RAW, samples=np.int64(0))
