@@ -312,7 +312,15 @@ def _choice(place: str, v: Any, choices: tuple[str, ...]) -> str:
 
 
 def _plain(v: Any) -> Any:
-    """A numpy integer or float as Python's own (``numbers`` knows them: no numpy import here)."""
+    """A numpy integer or float as Python's own (``numbers`` knows them: no numpy import here);
+    a string that reads as a number, as the command line reads it ("1e-6", "100")."""
+    if isinstance(v, str) and v not in ("all", "estimate"):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return v
     return int(v) if isinstance(v, numbers.Integral) else float(v)

@@ -55,5 +55,6 @@ def test_numpy_scalars_and_all_are_accepted():
     assert rep.passed
     assert cnngrad.check(RAW, samples="all").passed
     assert cnngrad.check(RAW, directions=0).directions == 0  # 0: off, entry by entry, as reports record it
+    assert cnngrad.check(RAW, tol="1e-6", samples="4").passed  # strings that read as numbers, as the CLI reads them
     with pytest.raises(ConfigError, match="samples"):
         cnngrad.check(RAW, samples=np.int64(0))
