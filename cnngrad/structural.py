@@ -22,8 +22,8 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   the same result bit for bit ("backward is not reentrant: …"), and backward(0, cache):
   ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0 ("an all-zero δ gives non-zero gradients") — and
   only they fail the layer (a right backward misses 2x by rounding near underflow);
-* where backward is reentrant, forward on another input (a^{l-1}'s entries reversed), then
-  backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
+* where backward is reentrant, forward on another input (¾a^{l-1}, then a^{l-1}'s entries
+  reversed), then backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
   state the layer keeps from its last forward call" — a ``self.a`` set by forward: right for
   one forward then one backward, wrong wherever a layer runs twice before its backward, as a
   shared layer does);
@@ -31,13 +31,14 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   is not deterministic: after calls on other inputs …" — a drift, or running state), which
   also puts back what the layer keeps.
 
-Cost: four forwards and three backwards per layer (five backwards where 2δ does not give 2x), no finite
+Cost: up to five forwards and four backwards per layer (six backwards where 2δ does not give 2x), no finite
 differences; the first forward and backward of a linear layer are also the adjoint test's
 (``Visit``).  A layer whose
 input or output is not finite is skipped: the numerical-fault report already names it.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -63,19 +64,38 @@ class _Opaque:
 
 
 _OPAQUE = _Opaque()
+_VALUES = (type(None), bool, int, float, complex, str, bytes, np.generic, slice, range)  # cannot change
 
 
-def snapshot(obj: Any, depth: int = 0) -> Any:
-    """A deep copy of the arrays in ``obj`` and its tuples, lists and dicts; anything
-    else is left out (``_OPAQUE``)."""
+def _torch_tensor(obj: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported: never imported here
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def snapshot(obj: Any, depth: int = 0, skip: Any = None) -> Any:
+    """A deep copy of the arrays in ``obj`` and its tuples, lists, dicts and objects' attributes
+    (a ``SimpleNamespace``, a dataclass: their ``__dict__``), torch tensors as arrays; values
+    that cannot change (numbers, strings) as they are; ``skip`` (the layer) as itself, unlooked
+    into; anything else is left out (``_OPAQUE``)."""
     if isinstance(obj, np.ndarray):
         return obj.copy()
+    if isinstance(obj, _VALUES):
+        return ("value", obj)
+    if skip is not None and obj is skip:
+        return ("skip", None)
     if depth >= MAX_DEPTH:
         return _OPAQUE
+    if _torch_tensor(obj):
+        try:
+            return ("torch", obj.detach().cpu().numpy().copy())
+        except (TypeError, RuntimeError):  # a dtype numpy has not (bfloat16)
+            return _OPAQUE
     if isinstance(obj, (tuple, list)):
-        return (type(obj), [snapshot(v, depth + 1) for v in obj])
+        return (type(obj), [snapshot(v, depth + 1, skip) for v in obj])
     if isinstance(obj, Mapping):  # a dict, or a block's params (a view of its layers')
-        return (dict, {k: snapshot(v, depth + 1) for k, v in obj.items()})
+        return (dict, {k: snapshot(v, depth + 1, skip) for k, v in obj.items()})
+    if isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, type):
+        return ("object", {k: snapshot(v, depth + 1, skip) for k, v in vars(obj).items()})
     return _OPAQUE
 
 
@@ -86,11 +106,35 @@ def unchanged(before: Any, now: Any) -> bool:
     if isinstance(before, np.ndarray):
         return isinstance(now, np.ndarray) and identical(before, now)
     kind, items = before
+    if kind == "value":
+        return type(now) is type(items) and (now is items or bool(now == items))
+    if kind == "skip":
+        return True
+    if kind == "torch":
+        again = snapshot(now) if _torch_tensor(now) else _OPAQUE
+        return isinstance(again, tuple) and unchanged(items, again[1])
+    if kind == "object":
+        attrs = getattr(now, "__dict__", None)
+        return isinstance(attrs, dict) and unchanged((dict, items), attrs)
     if not isinstance(now, Mapping if kind is dict else kind) or len(now) != len(items):
         return False
     if kind is dict:
         return set(now) == set(items) and all(unchanged(items[k], now[k]) for k in items)
     return all(unchanged(b, n) for b, n in zip(items, now))
+
+
+def seen_whole(before: Any) -> bool:
+    """Whether a ``snapshot`` left nothing out: only then can ``unchanged`` vouch for all of it."""
+    if before is _OPAQUE:
+        return False
+    if isinstance(before, np.ndarray):
+        return True
+    kind, items = before
+    if kind in ("value", "skip", "torch"):
+        return True
+    if kind == "object" or kind is dict:
+        return all(seen_whole(v) for v in items.values())
+    return all(seen_whole(v) for v in items)
 
 
 def identical(a: Any, b: Any) -> bool:
@@ -205,42 +249,86 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
 
 
 def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> bool:
-    """Whether backward reads more than its cache: forward on another input (a's entries in
-    reverse order — the same values, so inside any domain the layer has), then backward(δ,
-    cache) of the first call again, which must return r1 bit for bit.  Where that forward
-    changed the cache's arrays (an output buffer reused from call to call and held in the
-    cache) it cannot tell, and says no.  (``_check_layer``'s last forward, on a, puts back
-    whatever the layer keeps, and such a buffer's numbers.)"""
-    other = np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape)
-    if identical(other, a):
-        return False
-    before = snapshot(cache)
-    layer.forward(other)
-    return unchanged(before, cache) and not _same_result(r1, _result(layer.backward(delta.copy(), cache)))
+    """Whether backward reads more than its cache: forward on another input, then backward(δ,
+    cache) of the first call again, which must return r1 bit for bit.  Two other inputs: ¾a
+    (inside any domain star-shaped about 0 — signs kept — with every scale statistic moved:
+    a norm, a max, a variance kept by the layer) and a's entries in reverse order (the same
+    values, every arg max moved; it may leave a domain per channel).  Where the layer's
+    forward fails or is not finite on one, that one cannot tell; where that forward changed
+    the cache's arrays (an output buffer reused from call to call and held in the cache),
+    or the cache holds what a snapshot cannot see into, none can, and it says no.
+    (``_check_layer``'s last forward, on a, puts back whatever the layer keeps, and such a
+    buffer's numbers.)"""
+    for other in (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape)):
+        if identical(other, a):
+            continue
+        before = snapshot(cache, skip=layer)
+        if not seen_whole(before):  # what forward may change in it is out of sight
+            return False
+        try:
+            moved = layer.forward(other)[0]
+        except Exception as e:
+            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):  # sys.exit in the plugin
+                raise
+            continue
+        if not unchanged(before, cache):
+            return False
+        if np.all(np.isfinite(moved)) and not _same_result(r1, _result(layer.backward(delta.copy(), cache))):
+            return True
+    return False
 
 
 def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
     """Why ``layer``'s ``per_sample`` declaration fails at its input ``a`` (of shape (n, …);
     ``out`` its output there), or "" where it holds: the differences stack perturbed copies of
     a batch, so a per-sample layer must give each sample its own output whatever batch it is
-    in — of another size, in another order.  One forward on a's samples reversed plus one
-    more (a[0]'s entries reversed: the same values, inside any domain the layer has, a
-    different sample), one on that sample alone; equal to rounding (√ε of the largest), or the
-    reason.  A forward on a again puts back whatever the layer keeps."""
-    extra = np.ascontiguousarray(a[:1].reshape(-1)[::-1]).reshape(a[:1].shape)
+    in — of another size, in another order, beside another sample.  Three tries, each equal
+    to rounding (√ε of the largest) or the reason: each sample alone and the samples reversed
+    (real samples: inside any domain the layer has, so a forward that fails there fails on
+    the batch's size); then the samples reversed plus one more, a mix of the first and the
+    last (½(a₀ + a₋₁); ¾a₀ for one sample: inside any domain convex, or star-shaped about 0,
+    and unlike every sample in the batch's order-free statistics — its max, its norm — which
+    a reordered sample keeps), and that one alone: where the layer's forward fails or is not
+    finite on it, it cannot tell, and says nothing.  A forward on a again puts back whatever
+    the layer keeps."""
+    n = a.shape[0]
+    extra = (a[:1] + a[-1:]) * np.asarray(0.5, a.dtype) if n > 1 else a[:1] * np.asarray(0.75, a.dtype)
     try:
-        alone = np.array(layer.forward(extra.copy())[0], copy=True)
-        stacked = np.array(layer.forward(np.concatenate([a[::-1], extra]))[0], copy=True)
+        try:
+            each = [np.array(layer.forward(a[i:i + 1].copy())[0], copy=True) for i in range(n)]
+            reversed_ = np.array(layer.forward(a[::-1].copy())[0], copy=True)
+        except Exception as e:  # a PluginError naming the layer, most often: a mask of the batch's size
+            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):  # sys.exit / os._exit in the
+                raise                                                                # plugin: that stops the config
+            return f"its forward does not keep the batch's size: it fails on a batch of another size ({e})"
+        sizes = [one.shape[0] if one.ndim else 0 for one in each]
+        if any(size != 1 for size in sizes):
+            wrong = next(k for k in sizes if k != 1)
+            return f"its forward does not keep the batch's size: a sample alone gives {wrong} samples"
+        alone = np.concatenate(each)
+        if not (_close(alone, out) and _close(reversed_, out[::-1])):
+            return "a sample's output changes with the batch around it (the sample alone, or the samples reversed)"
+        try:
+            mixed = np.array(layer.forward(extra.copy())[0], copy=True)
+            stacked = np.array(layer.forward(np.concatenate([a[::-1], extra]))[0], copy=True)
+        except Exception as e:
+            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
+                raise
+            return ""  # outside the layer's domain, perhaps: it cannot tell
+        if not (np.all(np.isfinite(mixed)) and np.all(np.isfinite(stacked))):
+            return ""
+        if not _close(stacked, np.concatenate([out[::-1], mixed])):
+            return ("a sample's output changes with the batch around it (the samples reversed and one more "
+                    "added, a mix of two)")
+        return ""
+    finally:
         layer.forward(a.copy())
-    except Exception as e:  # a PluginError naming the layer, most often: a mask of the batch's size
-        if e.__cause__ is not None and not isinstance(e.__cause__, Exception):  # sys.exit / os._exit in the
-            raise                                                                # plugin: that stops the config
-        return f"its forward fails on a batch of another size ({e})"
-    want = np.concatenate([out[::-1], alone])
+
+
+def _close(got: Array, want: Array) -> bool:
+    """Equal to rounding: same shape, every entry within √ε of want's largest."""
     scale = float(np.max(np.abs(want))) if want.size else 0.0
-    if stacked.shape != want.shape or not np.all(np.abs(stacked - want) <= np.sqrt(np.finfo(want.dtype).eps) * scale):
-        return "a sample's output changes with the batch around it (its samples reversed and one more added)"
-    return ""
+    return got.shape == want.shape and bool(np.all(np.abs(got - want) <= np.sqrt(np.finfo(want.dtype).eps) * scale))
 
 
 def _first_calls(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -> Visit | None:

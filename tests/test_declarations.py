@@ -40,7 +40,7 @@ def plain_loop(layer, a: np.ndarray, delta: np.ndarray, h: float = 1e-6) -> np.n
 @pytest.mark.parametrize("cls, reason", [
     ("DivN", "a sample's output changes with the batch around it"),
     ("CenterLiar", "a sample's output changes with the batch around it"),
-    ("FixedMask", "its forward fails on a batch of another size"),
+    ("FixedMask", "its forward does not keep the batch's size"),
 ])
 def test_a_declaration_that_does_not_hold_is_taken_back_and_the_right_backward_passes(tmp_path, cls, reason):
     layer = getattr(D, cls)((2, 4, 4), np.random.default_rng(0))
@@ -72,3 +72,52 @@ def test_a_declaration_that_holds_is_kept(tmp_path):
     rep = cnngrad.check(str(path), plugins=True)
     assert rep.passed and not any("per_sample" in n for n in rep.fallbacks), rep.fallbacks
     assert rep.problem.net.layers[1].per_sample is True
+
+
+def boosted(tmp_path: Path, bug: str | None) -> str:
+    """conv, Boost0 (sample 0 times 10: its entries the batch's largest), MaxNorm, …"""
+    return plugin_config(tmp_path, "declarations", f"class: \"declarations:MaxNorm\", bug: {bug or 'null'}", seed=0,
+                         shape="{batch: 3, channels: 2, height: 5, width: 5}",
+                         before=("conv: {filters: 2, kernel: 3, padding: 1}",
+                                 "custom: {class: \"declarations:Boost0\"}"))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_coupling_no_reordering_shows_is_found_at_any_batch_size(n):
+    """A QA pass: y = a / max|a| over the batch, whose max is sample 0's (boosted 10x), kept its
+    false declaration — the samples reversed, or sample 0's entries reordered, keep the max."""
+    layer = D.MaxNorm((2, 4, 4), np.random.default_rng(0))
+    a = np.random.default_rng(1).normal(size=(n, 2, 4, 4))
+    a[0] *= 10
+    assert structural.per_sample_refuted(layer, a, layer.forward(a)[0]).startswith(
+        "a sample's output changes with the batch around it")
+
+
+@pytest.mark.parametrize("bug, code", [(None, 0), ("const", 1)])
+def test_the_max_norm_is_differenced_as_coupling(tmp_path, bug, code):
+    layer = D.MaxNorm((2, 4, 4), np.random.default_rng(0), bug=bug)
+    rng = np.random.default_rng(1)
+    a, delta = rng.normal(size=(3, 2, 4, 4)), rng.normal(size=(3, 2, 4, 4))
+    right = np.allclose(layer.backward(delta, layer.forward(a)[1])[0], plain_loop(layer, a, delta), atol=1e-8)
+    assert right is (bug is None)  # the test's own loop (not cnngrad's numbers) tells the twins apart
+    rep = cnngrad.check(boosted(tmp_path, bug), plugins=True)
+    assert rep.return_code == code, rep.localisation or [r.line() for r in rep.rows if r.failed]
+    assert any(n.startswith("layers[2] MaxNorm declares per_sample, but") for n in rep.fallbacks), rep.fallbacks
+    if bug:
+        assert str(rep.culprit) == "2", rep.localisation
+
+
+def test_a_declaration_that_holds_in_a_domain_per_channel_is_kept(tmp_path):
+    """A QA pass: y = a[:, 1:] · log(a[:, :1]) raises outside channel 0 > 0; probes on the
+    input's entries reordered left that domain: the check stopped (exit 2), or the declaration
+    was refuted by a NaN.  Per-sample indeed: it passes, declaration kept, no note."""
+    layer = D.LogScale((3, 4, 4), np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    a, delta = rng.uniform(0.5, 2.0, size=(3, 3, 4, 4)), rng.normal(size=(3, 2, 4, 4))
+    np.testing.assert_allclose(layer.backward(delta, layer.forward(a)[1])[0], plain_loop(layer, a, delta), atol=1e-7)
+    path = plugin_config(tmp_path, "declarations", "class: \"declarations:LogScale\"", seed=0,
+                         before=("conv: {filters: 3, kernel: 3}", "custom: {class: \"declarations:Softplus0\"}"))
+    rep = cnngrad.check(path, plugins=True)
+    assert rep.passed and rep.return_code == 0, rep.localisation or [r.line() for r in rep.rows if r.failed]
+    assert not any("per_sample" in n for n in rep.fallbacks), rep.fallbacks
+    assert rep.problem.net.layers[2].per_sample is True

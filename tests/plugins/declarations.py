@@ -9,8 +9,17 @@ their broken twins.
 * FixedMask: y = a ⊙ m[n], a mask drawn for each sample of a batch of 3 at construction: its
   forward fails on any other batch size; ``bug: mask_sample0``: backward applies sample 0's
   mask to every sample.
+* Boost0 (not declared per_sample: right) multiplies sample 0 by 10; MaxNorm after it,
+  y = a / max|a| over the whole batch, declared per_sample anyway: the batch's largest entry
+  is sample 0's, so neither the samples reversed nor one of sample 0's entries reordered
+  change it (a QA pass's escape); ``bug: const``: backward treats the max as a constant.
+* LogScale: y = a[:, 1:] · log(a[:, :1]), per-sample indeed, with a domain per channel
+  (channel 0 positive: its forward raises elsewhere; Softplus0 before it makes it so): a
+  probe on the input's entries reordered leaves it, and must neither stop nor refute.
 """
 from __future__ import annotations
+
+import numpy as np
 
 
 class DivN:
@@ -53,3 +62,73 @@ class FixedMask:
 
     def backward(self, delta, cache):
         return delta * (self.mask[:1] if self.bug == "mask_sample0" else self.mask), {}
+
+
+class Boost0:
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params = tuple(in_shape), {}
+
+    def forward(self, a):
+        s = np.ones((a.shape[0],) + (1,) * (a.ndim - 1))
+        s[0] = 10.0
+        return a * s, s
+
+    def backward(self, delta, s):
+        return delta * s, {}
+
+
+class MaxNorm:
+    per_sample = True  # false: the max is over the batch
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug
+
+    def forward(self, a):
+        m = np.max(np.abs(a))
+        return a / m, (a, m)
+
+    def backward(self, delta, cache):
+        """δ/m − (Σ δ⊙a)/m² · sign(a_k) at the arg max k (the max's own path)."""
+        a, m = cache
+        g = delta / m
+        if self.bug != "const":
+            k = np.argmax(np.abs(a))
+            g.reshape(-1)[k] -= np.sum(delta * a) / m**2 * np.sign(a.reshape(-1)[k])
+        return g, {}
+
+
+class Softplus0:
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params = tuple(in_shape), {}
+
+    def forward(self, z):
+        y = z.copy()
+        y[:, :1] = np.logaddexp(0.0, z[:, :1])
+        return y, z
+
+    def backward(self, delta, z):
+        g = delta.copy()
+        g[:, :1] = delta[:, :1] / (1.0 + np.exp(-z[:, :1]))
+        return g, {}
+
+
+class LogScale:
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        c, h, w = in_shape
+        self.out_shape, self.params = (c - 1, h, w), {}
+
+    def forward(self, a):
+        if np.any(a[:, :1] <= 0):
+            raise ValueError("channel 0 must be positive (a scale)")
+        return a[:, 1:] * np.log(a[:, :1]), a
+
+    def backward(self, delta, a):
+        """∂/∂a_c = δ_c · log a_0 (c ≥ 1); ∂/∂a_0 = Σ_c δ_c a_c / a_0."""
+        g = np.zeros_like(a)
+        g[:, 1:] = delta * np.log(a[:, :1])
+        g[:, :1] = np.sum(delta * a[:, 1:], axis=1, keepdims=True) / a[:, :1]
+        return g, {}

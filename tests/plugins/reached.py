@@ -13,7 +13,7 @@ class Reached:
     per_sample = True
     calls = 0  # per process (forked workers carry on counting from the parent's count)
 
-    def __init__(self, in_shape, rng, after=10):
+    def __init__(self, in_shape, rng, after=40):
         self.out_shape, self.params, self.after = tuple(in_shape), {}, after
 
     def forward(self, a):

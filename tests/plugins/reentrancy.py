@@ -16,8 +16,15 @@ backward call with many forwards, so only the structural checks see these.
 * TanhLast, ``bug: last_forward``: backward reads a = tanh(z) from the layer (set by the
   last forward) instead of its cache.
 * TanhDrift, ``bug: drift``: forward drifts from its third call on: two calls agree.
+* NormState, ``bug: state_norm``: y = a / ‖a‖ over the whole batch; backward reads ‖a‖ from
+  the layer (set by the last forward): a's entries reordered keep it, a scaled a does not.
+* TanhBuffer (correct, as ``reuse_buffer`` is): tanh into one output buffer reused from call
+  to call, held in its cache by a ``SimpleNamespace``, a tuple or a torch tensor — what a
+  later forward does to it is seen, so it is not taken for state the layer keeps.
 """
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -163,4 +170,46 @@ class TanhDrift:
         return a, a.copy()
 
     def backward(self, delta, a):
+        return delta * (1 - a * a), {}
+
+
+class NormState:
+    """y = a / ‖a‖ (one norm, the whole batch's); δ_in = (δ − y ⟨δ, y⟩) / ‖a‖, with ‖a‖ from the
+    cache (``bug: state_norm``: from ``self.norm``, which every forward sets)."""
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug
+
+    def forward(self, a):
+        self.norm = np.sqrt(np.sum(a * a))
+        return a / self.norm, (a.copy(), self.norm)
+
+    def backward(self, delta, cache):
+        a, norm = cache
+        if self.bug == "state_norm":
+            norm = self.norm
+        y = a / norm
+        return (delta - y * np.sum(delta * y)) / norm, {}
+
+
+class TanhBuffer:
+    """a = tanh(z) into one buffer reused by every call, held in the cache by ``holder``
+    (namespace, tuple, torch); δ_in = δ ⊙ (1 − a²)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None, holder="namespace"):
+        self.out_shape, self.params, self.holder, self.buffer = tuple(in_shape), {}, holder, None
+
+    def forward(self, z):
+        if self.buffer is None or self.buffer.shape != z.shape:
+            self.buffer = np.empty_like(z)
+        np.tanh(z, out=self.buffer)
+        if self.holder == "torch":
+            import torch
+            return self.buffer.copy(), torch.from_numpy(self.buffer)
+        return self.buffer, (self.buffer,) if self.holder == "tuple" else SimpleNamespace(a=self.buffer)
+
+    def backward(self, delta, cache):
+        a = cache.numpy() if self.holder == "torch" else cache[0] if self.holder == "tuple" else cache.a
         return delta * (1 - a * a), {}
