@@ -33,7 +33,7 @@ from .structural import Visit
 Array = np.ndarray
 TOL = 1e-11  # rounding leaves ~1e-16; a wrong backward leaves 1e-3 … 1
 LIFT = 2.0 ** 10  # a move more than this much smaller than z is lifted (``_lifted``): ε·2^10 ≪ TOL
-MAX_LIFT = 200  # at most 2^200: ‖sU‖² stays far from float64's overflow
+MAX_LIFT_NORM = 600  # a lifted probe's norm stays below 2^600: its products with Lᵀw stay far from overflow
 LINEAR_KINDS = {"conv", "dense", "flatten", "conv_transpose", "upsample"}
 
 
@@ -78,7 +78,8 @@ class Adjoint:
     def line(self) -> str:
         extra = "".join(f", ∂{k} {v:.1e}" for k, v in self.params.items())
         verdict = ("FAIL: the backward is not the adjoint of the forward" if self.finite else
-                   "FAIL: not finite (the numbers overflow: see the numerical faults)") if self.failed else "PASS"
+                   "FAIL: cannot be taken (the numbers overflow, or a move stays below the output's rounding)"
+                   ) if self.failed else "PASS"
         return (f"layers[{self.ref.layer}] {self.kind}: ⟨L u, v⟩ = {self.lhs:.12g}, ⟨u, Lᵀ v⟩ = {self.rhs:.12g}, "
                 f"rel {self.rel:.1e}{extra} (tol {self.tol:.0e}) {verdict}")
 
@@ -96,32 +97,58 @@ def _error(lhs: float, rhs: float, bound: float) -> float:
     return abs(lhs - rhs) / bound if bound > 0 else 0.0
 
 
-def _probe(Lu: Array, u: Array, pairs: list[tuple[Array, Array]]) -> tuple[float, float, float]:
-    """⟨L u, w⟩, ⟨u, Lᵀ w⟩ of the first (w, Lᵀ w) pair, and the worst error of them all."""
+def _probe(Lu: Array, u: Array, pairs: list[tuple[Array, Array]], shown: bool = True) -> tuple[float, float, float]:
+    """⟨L u, w⟩, ⟨u, Lᵀ w⟩ of the first (w, Lᵀ w) pair, and the worst error of them all: NaN
+    (cannot be taken) where the move never showed (``_lifted``) and backward says it should."""
     errors: list[float] = []
     first: tuple[float, float] = (0.0, 0.0)
     for k, (w, LTw) in enumerate(pairs):
         lhs, rhs = float(np.vdot(Lu, w)), float(np.vdot(u, LTw))
-        errors.append(_error(lhs, rhs, float(np.linalg.norm(Lu) * np.linalg.norm(w)
-                                              + np.linalg.norm(u) * np.linalg.norm(LTw))))
+        unseen = not shown and rhs != 0.0
+        errors.append(float("nan") if unseen else _error(lhs, rhs, _norm(Lu) * _norm(w) + _norm(u) * _norm(LTw)))
         first = (lhs, rhs) if k == 0 else first
     return first[0], first[1], max(errors, key=lambda e: np.inf if np.isnan(e) else e)
 
 
-def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array, Array]:
+def _norm(x: Array) -> float:
+    """‖x‖₂ without overflow or underflow in the squares (a probe lifted to 2^500, say)."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    return m * float(np.linalg.norm(x / m)) if 0.0 < m < np.inf else m
+
+
+def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array, Array, bool]:
     """``(s·U, L(s·U))``, ``L U = move(U)`` = z(… + U) − z(…), s a power of two that lifts
     ‖L(sU)‖ to about ‖z‖ where the move is over LIFT times smaller: the subtraction loses
     ε·‖z‖, so a move far below z (tiny weights under a large bias, a parameter whose input is
-    ~0) would leave rounding's error in the test, not the backward's.  z is linear in the
-    tensor, so any scale serves; a power of two keeps sU exact.  One more forward, only then."""
+    ~0) would leave rounding's error in the test, not the backward's.  Where the move rounds
+    to nothing at all (weights of 1e-40 under a bias of 0.1; an input or a parameter so large
+    that adding U leaves it as it was) its size is not known: U is lifted by 2^64 until it
+    shows, then to z's size.  z is linear in the tensor, so any scale serves; a power of two
+    keeps sU exact; ‖sU‖ stays below 2^MAX_LIFT_NORM, so no product of the test overflows.
+    A move that never shows is left as it was, and said so (False): the tensor does not reach
+    z, or its move stays below z's rounding — a test that cannot be taken where backward
+    says it does reach z.  One more forward a lift (one or two, most often; none where the
+    move is z's size already)."""
     Lu = move(U)
-    small, big = float(np.linalg.norm(Lu)), float(np.linalg.norm(out))
-    if not (0.0 < small and np.isfinite(big) and big > LIFT * small):
-        return U, Lu
-    s = 2.0 ** min(MAX_LIFT, int(np.log2(big / small)))
-    sU = U * s
-    sLu = move(sU)
-    return (sU, sLu) if np.all(np.isfinite(sLu)) else (U, Lu)
+    big, size_u = _norm(out), _norm(U)
+    if not (np.isfinite(big) and big > 0.0 and 0.0 < size_u < np.inf and np.all(np.isfinite(Lu))):
+        return U, Lu, True
+    s = 1.0
+    for _ in range(MAX_LIFT_NORM // 64 + 2):
+        small = _norm(Lu)
+        if small > 0.0 and big <= LIFT * small:
+            break
+        room = MAX_LIFT_NORM - int(np.ceil(np.log2(s * size_u)))  # ‖sU‖ ≤ 2^MAX_LIFT_NORM
+        k = min(room, int(np.log2(big / small)) if small > 0.0 else 64)
+        if k <= 0:
+            break
+        lifted = move(U * (s * 2.0 ** k))
+        if not np.all(np.isfinite(lifted)):
+            break
+        s, Lu = s * 2.0 ** k, lifted
+    if not _norm(Lu) > 0.0:
+        return U, move(U), False  # nothing shows: the unlifted move, as it was
+    return U * s, Lu, True
 
 
 def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str,
@@ -161,15 +188,15 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
             v = rng.uniform(-1.0, 1.0, out_a.shape)
             back_v = layer.backward(v.copy(), cache_a)
         w = moves[""][1].copy()  # Σ_T L_T U_T
-        for _, Lu in list(moves.values())[1:]:  # in the dict's order: the same sum every run
+        for _, Lu, _ in list(moves.values())[1:]:  # in the dict's order: the same sum every run
             w += Lu
         backs = [(v, back_v), (w, layer.backward(w.copy(), cache_a))]
 
         def pairs(name: str) -> list[tuple[Array, Array]]:
             return [(probe, back[0] if name == "" else back[1][name]) for probe, back in backs]
 
-        lhs, rhs, rel = _probe(moves[""][1], moves[""][0], pairs(""))
-        params = {name: _probe(Lu, U, pairs(name))[2] for name, (U, Lu) in moves.items() if name}
+        lhs, rhs, rel = _probe(moves[""][1], moves[""][0], pairs(""), moves[""][2])
+        params = {name: _probe(Lu, U, pairs(name), shown)[2] for name, (U, Lu, shown) in moves.items() if name}
     return Adjoint(ref, kind, lhs, rhs, rel, params), out_a
 
 

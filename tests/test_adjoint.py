@@ -100,24 +100,32 @@ TINY_WEIGHTS = {"seed": 0, "input": {"batch": 3, "channels": 3, "height": 9, "wi
                            {"dense": {"units": 4}}], "loss": "softmax_cross_entropy"}
 
 
-def test_tiny_weights_under_a_large_bias_are_not_accused():
+def tiny(scale: float) -> dict:
+    return {**TINY_WEIGHTS, "init": {"normal": scale}}
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-40, 1e-150])
+def test_tiny_weights_under_a_large_bias_are_not_accused(scale):
     """Weights ~1e-9 under biases ~0.2 (init normal 1e-9; biases keep their own init): the
     move ``z(a + u) − z(a)`` is ~1e-8 of z, so computed as that difference it kept rounding's
     error, 1e-10 relative, over the test's tol — every correct linear layer after the first
-    was failed (found by a QA pass).  The probe is now lifted until the move is about z's size."""
-    rep = check(TINY_WEIGHTS)
+    was failed (found by a QA pass).  The probe is now lifted until the move is about z's size.
+    Weights of 1e-40 (and 1e-150): the move rounds to nothing at all, 0 against ⟨u, Lᵀ v⟩ ~1e-40,
+    and every correct layer was failed at rel ~0.1 (a second QA pass): lifted until it shows."""
+    rep = check(tiny(scale))
     assert rep.passed and rep.return_code == 0, rep.localisation
     assert len(rep.adjoint) == 4 and all(a.worst < 1e-13 for a in rep.adjoint), [a.line() for a in rep.adjoint]
     rng = np.random.default_rng(3)  # and one dense layer on its own: W ~1e-9, b ~0.2
     dense = Dense((40,), rng, units=6)
-    dense.params["W"] *= 1e-9
+    dense.params["W"] *= scale
     dense.params["b"][:] = rng.uniform(0.1, 0.3, dense.params["b"].shape)
     x = rng.standard_normal((4, 40))
     result, _ = adjoint.check_layer(dense, x, rng, TensorRef.delta(0), "dense")
     assert result.worst < 1e-13, result.line()
 
 
-def test_tiny_weights_leave_a_slip_of_one_in_a_billion_caught(monkeypatch):
+@pytest.mark.parametrize("scale", [1e-9, 1e-40])
+def test_tiny_weights_leave_a_slip_of_one_in_a_billion_caught(monkeypatch, scale):
     """The lifted probe keeps the test's reach where the weights are tiny: the second conv's
     δ (the conv with a bias) off by 1 + 1e-9 fails it, and only it; the differences see nothing."""
     original = Conv.backward
@@ -127,20 +135,49 @@ def test_tiny_weights_leave_a_slip_of_one_in_a_billion_caught(monkeypatch):
         return (back * (1 + 1e-9) if "b" in self.params else back), grads
 
     monkeypatch.setattr(Conv, "backward", slipped)
-    rep = check(TINY_WEIGHTS)
+    rep = check(tiny(scale))
     assert not rep.passed and rep.return_code == 1
     assert [a.ref.layer for a in rep.adjoint if a.failed] == ["2"], [a.line() for a in rep.adjoint]
     assert all(not r.failed for r in rep.rows)
     assert rep.culprit == 2
 
 
-@pytest.mark.parametrize("scale", [1e3, 1e6])
+@pytest.mark.parametrize("scale", [1e3, 1e6, 1e20, 1e40])
 def test_large_weights_are_not_accused(scale):
     """Weights ~1e3 (and 1e6): z ~1e6 and more, while a parameter's move (∂b: U itself) or the
     flatten's (u itself) is ~1 — the same cancellation as under tiny weights (found by a QA
-    pass: dense ∂b at 4.3e-10, flatten at 1.7e-11), gone with the lifted probe."""
+    pass: dense ∂b at 4.3e-10, flatten at 1.7e-11), gone with the lifted probe.  At 1e20 and
+    more, W + U and a + u round to W and a: the move is exactly 0 (a second QA pass: ∂W, ∂b
+    and the flatten failed at rel ~0.1–1), lifted until it shows."""
     rep = check({"seed": 0, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6},
                  "init": {"normal": scale},
                  "layers": [{"conv": {"filters": 2, "kernel": 3}}, {"flatten": {}}, {"dense": {"units": 3}}],
                  "loss": "mse"})
     assert rep.return_code == 0 and all(a.worst < 1e-13 for a in rep.adjoint), [a.line() for a in rep.adjoint]
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e40])
+def test_large_weights_leave_a_slip_of_one_in_a_billion_caught(monkeypatch, scale):
+    """Lifted to the size of W and a, the probe still sees a dense's ∂b off by 1 + 1e-9, and
+    its δ off by as much."""
+    original = Dense.backward
+    monkeypatch.setattr(Dense, "backward", lambda self, delta, cache: (
+        lambda r: (r[0] * (1 + 1e-9), {**r[1], "b": r[1]["b"] * (1 + 1e-9)}))(original(self, delta, cache)))
+    rep = check({"seed": 0, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6},
+                 "init": {"normal": scale},
+                 "layers": [{"conv": {"filters": 2, "kernel": 3}}, {"flatten": {}}, {"dense": {"units": 3}}],
+                 "loss": "mse"})
+    bad = [a for a in rep.adjoint if a.failed]
+    assert [a.ref.layer for a in bad] == ["2"] and bad[0].finite, [a.line() for a in rep.adjoint]
+    assert bad[0].rel > adjoint.TOL and bad[0].params["b"] > adjoint.TOL and bad[0].params["W"] < 1e-13, bad[0].line()
+
+
+def test_a_move_below_the_outputs_rounding_cannot_be_taken_and_blames_no_one():
+    """A flatten whose input is ~1e300: no probe of norm below 2^600 moves it (a + u is a): the
+    test cannot be taken — NaN, a failure that names no layer (``localise``), never a
+    "backward is not the adjoint" of a correct layer (a second QA pass, init normal 1e150)."""
+    layer = Flatten((2, 3, 3), np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 2, 3, 3)) * 1e300
+    result, _ = adjoint.check_layer(layer, x, np.random.default_rng(2), TensorRef.delta(0), "flatten")
+    assert result.failed and not result.finite and "cannot be taken" in result.line(), result.line()
+    assert adjoint.localise([result]) == (None, "")
