@@ -90,7 +90,7 @@ def compare(report: Report, baseline: dict[str, Any], factor: float = DEFAULT_FA
         if now > FLOOR and growth > factor:
             report.regressions[(r.layer, r.tensor)] = (
                 f"norm rel grew {growth:.0f}x over the baseline ({was:.2e} -> {now:.2e}; "
-                f"the limit is {factor:g}x), though still {'under' if r.passed else 'over'} tol {r.tol:.0e}")
+                f"the limit is {factor:g}x), though still {'under' if r.passed else 'over'} tol {r.tol_text}")
 
 
 def schema() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from . import config as cfg
 from . import layer_scope, resolution, structural, tolerance
 from .blas import one_thread
 from .blocks import Block
-from .compare import TensorCheck, judge, metrics
+from .compare import TensorCheck, judge, metrics, show_tol
 from .complex_probe import ComplexProbe
 from .confirm import confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
@@ -211,7 +211,7 @@ class Row:
                     f"at most the default {ceiling:.0e})")
         elif estimate:
             why = "every entry's stencil crossed a kink" if errors is not None else "no Ridders estimate for this row"
-            note = f"{why}: the default tol {tol:.0e}"
+            note = f"{why}: the default tol {show_tol(tol)}"
         check = judge(self.ref, self.kind, self.grad.shape, idx, analytic, numeric.values, numeric.kinks, tol,
                       floor=floor)
         if errors is not None and check.checked:  # Ridders: its own error estimate, shown beside the verdict

@@ -73,7 +73,13 @@ class Tolerance(click.ParamType):
     name = "T|estimate"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float | str:
-        return "estimate" if value == "estimate" else PositiveFloat().convert(value, param, ctx)
+        if value == "estimate":
+            return "estimate"
+        tol = PositiveFloat().convert(value, param, ctx)
+        if tol >= cfg.TOL_BELOW:
+            self.fail(f"{value!r} is not below 1: norm rel is at most 1, so a tol of 1 or more passes any gradient",
+                      param, ctx)
+        return tol
 
 
 class Samples(click.ParamType):

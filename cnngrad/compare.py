@@ -32,6 +32,15 @@ def tensor_label(tensor: str) -> str:
     return "δ input" if tensor == "input" else tensor
 
 
+def show_tol(tol: float) -> str:
+    """A tol as shown: ``1e-06``; ``2.5e-05`` or ``0.999`` where one digit would round it (a
+    tol of 0.999 was shown as 1e+00); ``6.2e-12`` where three would too (--tol estimate)."""
+    for text in (f"{tol:.0e}", f"{tol:.3g}"):
+        if float(text) == tol:
+            return text
+    return f"{tol:.1e}"
+
+
 @dataclass
 class Metrics:
     max_abs: float
@@ -94,9 +103,8 @@ class TensorCheck:
 
     @property
     def tol_text(self) -> str:
-        """The row's tol as shown: ``1e-06``, or ``6.2e-12`` when one digit would round it (--tol estimate)."""
-        short = f"{self.tol:.0e}"
-        return short if float(short) == self.tol else f"{self.tol:.1e}"
+        """The row's tol as shown (``show_tol``)."""
+        return show_tol(self.tol)
 
     @property
     def passed(self) -> bool:

@@ -304,6 +304,20 @@ def _float(place: str, v: Any, positive: bool = True) -> float:
     return v
 
 
+TOL_BELOW = 1.0  # norm rel ‖g − n‖ / (‖g‖ + ‖n‖) is at most 1: a tol of 1 or more passes any gradient
+
+
+def _tol(place: str, v: Any) -> float | str:
+    """A tol: "estimate", or a finite number in (0, 1)."""
+    if v == "estimate":
+        return "estimate"
+    tol = _float(place, v)
+    if tol >= TOL_BELOW:
+        raise ConfigError(place, f"expected a number below 1, got {tol:g}: norm rel is at most 1, "
+                                 "so a tol of 1 or more passes any gradient")
+    return tol
+
+
 def _choice(place: str, v: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(v, str) or v not in choices:
         hint = _did_you_mean(v, choices) if isinstance(v, str) else ""
@@ -330,14 +344,15 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``cnngrad.check`` held to the rules the command line and the
     config's ``check:`` apply (ConfigError naming the argument, e.g. ``samples: expected an
     integer from 1 …``): a library call must not get through with what the CLI refuses —
-    ``samples=0`` checked nothing and passed, ``tol=inf`` passed any gradient.  None is the
+    ``samples=0`` checked nothing and passed, ``tol=inf`` (or 1: norm rel is at most 1) passed
+    any gradient.  None is the
     default everywhere; returns ``options`` with ``samples="all"`` read as None."""
     out = {k: _plain(v) for k, v in options.items()}
     for name in ("eps", "max_params", "max_memory_mb"):
         if out.get(name) is not None:
             out[name] = _float(name, out[name])
-    if out.get("tol") is not None and out["tol"] != "estimate":
-        out["tol"] = _float("tol", out["tol"])
+    if out.get("tol") is not None:
+        out["tol"] = _tol("tol", out["tol"])
     if out.get("samples") == "all":
         out["samples"] = None
     for name in ("samples", "directions", "workers", "jobs", "max_layers"):
@@ -627,7 +642,7 @@ def validate(raw: Any, default_name: str = "config", plugins: bool = False, fold
     if "eps" in check:
         chk["eps"] = _float("check.eps", check["eps"])
     if "tol" in check:
-        chk["tol"] = "estimate" if check["tol"] == "estimate" else _float("check.tol", check["tol"])  # tolerance.py
+        chk["tol"] = _tol("check.tol", check["tol"])  # "estimate": tolerance.py
     if "samples" in check and check["samples"] != "all":
         chk["samples"] = _int("check.samples", check["samples"])
     if "directions" in check:

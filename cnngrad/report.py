@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .checker import Report
-from .compare import TensorCheck, tensor_label
+from .compare import TensorCheck, show_tol, tensor_label
 from .config import Config
 from .escape import printable
 from .escape import text as safe
@@ -115,7 +115,7 @@ def summary(report: Report) -> str:
         why = "below the resolution" if all(r.reason.startswith("gradients") for r in report.unresolved) \
             else "below the resolution or the dtype's rounding"
         grew += f", {unsure} unresolved ({why}{'; --strict fails them' if report.strict else ''})"
-    within = f"tol {report.tol:.0e}" if report.tol_rule != "estimate" else \
+    within = f"tol {show_tol(report.tol or 0.0)}" if report.tol_rule != "estimate" else \
         f"their tol from Ridders' estimate (≤ {report.tol:.0e})"
     parts = [f"{verdict}: {good}/{n} tensors within {within}{grew}",
              f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import config as cfg
 from .checker import FLOAT32_AGAINST_FLOAT64_TOL, targets, upcast
-from .compare import metrics
+from .compare import metrics, show_tol
 from .complex_probe import ComplexProbe
 from .finite_diff import FiniteDifferences, get_method, select
 from .network import build
@@ -75,10 +75,10 @@ class Sweep:
                 continue
             low = f"{np.nanmin(row):.1e}" if np.any(np.isfinite(row)) else "nan"
             if v == "flat":
-                lines.append(f"{label}: flat: the gradient is wrong (norm rel {low} at best, > tol {self.tol:.0e} "
-                             f"at every step: the error does not shrink with h)")
+                lines.append(f"{label}: flat: the gradient is wrong (norm rel {low} at best, "
+                             f"> tol {show_tol(self.tol)} at every step: the error does not shrink with h)")
             elif v == "fails":
-                lines.append(f"{label}: no step within tol {self.tol:.0e} (best norm rel {low}): the gradient is "
+                lines.append(f"{label}: no step within tol {show_tol(self.tol)} (best norm rel {low}): the gradient is "
                              f"wrong, or this tensor needs another method (--method complex)")
             else:
                 lines.append(f"{label}: nothing compared at any step (every stencil at a kink, or not finite)")
@@ -126,7 +126,7 @@ def figure(result: Sweep) -> Any:
     h = np.asarray(result.eps)
     for label, row, v in zip(result.labels, result.errors, result.verdicts()):
         ax.loglog(h, np.maximum(row, 1e-18), marker="o", ms=3, label=label + (" (flat: wrong)" if v == "flat" else ""))
-    ax.axhline(result.tol, color="red", ls=":", lw=1, label=f"tol {result.tol:.0e}")
+    ax.axhline(result.tol, color="red", ls=":", lw=1, label=f"tol {show_tol(result.tol)}")
     good = result.errors[[v == "ok" for v in result.verdicts()]]
     good = good[:, np.all(np.isfinite(good) & (good > 0), axis=0)] if good.size else good
     if good.size and len(h) >= 2:  # the slopes through the median error at each end

@@ -22,6 +22,8 @@ RAW = {"seed": 0, "input": {"batch": 2, "channels": 1, "height": 5, "width": 5},
     ("tol", float("inf"), "tol: expected a positive finite number, got inf"),
     ("tol", float("nan"), "tol: expected a positive finite number, got nan"),
     ("tol", 0, "tol: expected a positive finite number"),
+    ("tol", 1, "tol: expected a number below 1, got 1: norm rel is at most 1"),
+    ("tol", 5.0, "tol: expected a number below 1, got 5"),
     ("eps", 0, "eps: expected a positive finite number"),
     ("eps", -1e-6, "eps: expected a positive finite number"),
     ("eps", float("nan"), "eps: expected a positive finite number, got nan"),
@@ -44,7 +46,7 @@ def test_a_wrong_backward_is_not_passed_by_an_option(monkeypatch):
     from cnngrad.layers import Conv
     original = Conv.backward
     monkeypatch.setattr(Conv, "backward", lambda self, d, c: (lambda r: (r[0] * 2, r[1]))(original(self, d, c)))
-    for bad in ({"samples": 0}, {"tol": float("inf")}, {"eps": float("nan")}):
+    for bad in ({"samples": 0}, {"tol": float("inf")}, {"tol": 1.0}, {"eps": float("nan")}):
         with pytest.raises(ConfigError):
             cnngrad.check(RAW, **bad)
     assert not cnngrad.check(RAW, samples=3).passed
@@ -58,3 +60,25 @@ def test_numpy_scalars_and_all_are_accepted():
     assert cnngrad.check(RAW, tol="1e-6", samples="4").passed  # strings that read as numbers, as the CLI reads them
     with pytest.raises(ConfigError, match="samples"):
         cnngrad.check(RAW, samples=np.int64(0))
+
+
+def test_a_tol_of_one_or_more_is_refused_by_the_config_and_the_command_line(tmp_path):
+    """norm rel ‖g − n‖ / (‖g‖ + ‖n‖) is at most 1: a tol of 1 passes every gradient (a QA pass
+    ran --tol 1 and --tol 5 on a wrong backward: PASSED).  Refused, one line, exit 2, the place named;
+    a tol just below is shown as given (0.999 read "tol 1e+00")."""
+    import yaml
+    from click.testing import CliRunner
+
+    from cnngrad.cli import main
+    path = tmp_path / "net.yaml"
+    path.write_text(yaml.safe_dump({**RAW, "check": {"tol": 1}}))
+    with pytest.raises(ConfigError, match=r"check\.tol: expected a number below 1"):
+        cnngrad.check(str(path))
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 2 and "check.tol: expected a number below 1" in result.stderr, result.output
+    path.write_text(yaml.safe_dump(RAW))
+    for tol in ("1", "5", "1e3"):
+        result = CliRunner().invoke(main, ["check", str(path), "--tol", tol])
+        assert result.exit_code == 2 and "is not below 1" in result.stderr and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["check", str(path), "--tol", "0.999"])
+    assert result.exit_code == 0 and "within tol 0.999 " in result.stdout.splitlines()[-1], result.output
