@@ -769,10 +769,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 report.culprit, report.localisation = found
             elif unexamined:  # a layer above whose δ at its kinks nothing could check: it may be the one
                 c = min(unexamined, key=lambda c: c.ref.path)
+                seen = (f"its δ checked out only where no stencil crosses a kink ({c.kinks} entries left out), and "
+                        f"there it crosses one even alone" if c.checked else
+                        f"no entry of its δ could be checked (all {c.kinks} on kinks), and it crosses them even alone")
                 report.localisation = (f"{report.localisation.split('; ')[0]} — or layer {c.ref.layer} ({c.kind}) "
-                                       f"above it is: its δ checked out only where no stencil crosses a kink "
-                                       f"({c.kinks} entries left out), and there it crosses one even alone (it "
-                                       f"offers no piece to hold it on), so its backward at its kinks is unchecked")
+                                       f"above it is: {seen} (it offers no piece to hold it on), so its backward at "
+                                       f"its kinks is unchecked")
         if not report.localisation:  # only the dot-product test saw it: it names its layer
             report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":

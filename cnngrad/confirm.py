@@ -79,8 +79,25 @@ def start_of(target: TensorRef) -> tuple[int, str | None]:
 def _nothing(c: TensorCheck) -> bool:
     """Failed because every stencil crossed a kink: nothing compared.  The complex step moves
     no real part, so it crosses no kink the backward's branches follow (``Re z > 0``, the
-    argmax of the real parts), and compares them — the derivative at θ itself."""
+    argmax of the real parts), and compares them — the derivative at θ itself; not where θ
+    sits on a kink where the layer's branch follows the imaginary part (``_other_side``)."""
     return c.failed and c.checked == 0 and c.kinks > 0
+
+
+def _other_side(problem: tuple[Network, Array, Array], step: float, rows: list[tuple[TensorRef, Array]],
+                workers: int | None, wrap: Callable[[FiniteDifferences], Any] | None) -> list[Array]:
+    """Which of each row's entries the complex step at −ih finds kinked, for rows whose every
+    central stencil crossed a kink.  θ + ih moves no real part, so a layer whose branches
+    follow real parts (``Re z > 0``; the argmax of the real parts) keeps the branch the
+    forward chose, on both sides.  A layer that compares complex numbers as numpy orders them
+    — real part, then imaginary — does not: at a tie (a max pool after a nearest upsampling)
+    θ + ih makes the perturbed entry the max, a one-sided derivative, and a backward routing
+    δ to every tied entry matched it (a QA pass).  θ − ih makes it lose: those entries show as
+    kinks from one side or the other, and are compared by neither."""
+    fd: Any = FiniteDifferences(*problem, -step, "complex", workers=workers)
+    if wrap is not None:
+        fd = wrap(fd)
+    return [np.asarray(num.kinks, dtype=bool) for num in fd.numeric(rows)]
 
 
 def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], problem: tuple[Network, Array, Array],
@@ -123,6 +140,12 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         with warnings.catch_warnings():  # an imaginary part dropped on a path the probe missed
             warnings.simplefilter("error", np.exceptions.ComplexWarning)
             results = exact.numeric([(targets[r], checks[r].indices) for r in usable])
+        nothing_rows = [k for k, r in enumerate(usable) if _nothing(checks[r])]
+        if nothing_rows:
+            at_theta = _other_side(problem, step, [(targets[usable[k]], checks[usable[k]].indices)
+                                                   for k in nothing_rows], workers, wrap)
+            for k, on in zip(nothing_rows, at_theta):
+                results[k] = dataclasses.replace(results[k], kinks=np.asarray(results[k].kinks, dtype=bool) | on)
     except (TypeError, ValueError, FloatingPointError, PluginError, np.exceptions.ComplexWarning) as e:
         # the probe missed a real-only path
         for r in usable:
@@ -137,9 +160,11 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         first = c.reason.split(": ")[0] if c.unresolved else \
             f"every stencil of {method} differences crossed a kink" if nothing else \
             f"{method} differences failed ({why or f'norm rel {c.metrics.norm_rel:.1e}'})"
-        if nothing and redo.checked == 0:  # units on their kinks at θ itself: it crosses them too
-            c.note = "; ".join(filter(None, [c.note, "the complex step crosses kinks too (units on their kinks at "
-                                                     "the unperturbed point: ties)"]))
+        if nothing and redo.checked == 0:  # units on their kinks at θ itself: no derivative to check there
+            c.status = "unresolved"
+            c.reason = (f"on its kinks: every one of its {c.kinks} entries sits on a kink at θ itself (ties, a max "
+                        "over equal entries), where there is no derivative to check — central differences cross "
+                        "it, and the complex step, at +ih and −ih, picks a side")
         elif redo.passed:  # "does not shrink with h — the gradient is wrong" was not so (far from h → 0): what
             if "gradient is wrong" in why and not (c.unresolved or nothing):  # halving h measured, no more
                 first = f"{method} differences failed ({why.split(': ')[0]})"

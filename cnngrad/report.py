@@ -112,8 +112,12 @@ def summary(report: Report) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     grew = f" ({len(report.regressions)} grew past the baseline)" if report.regressions else ""
     if unsure:
-        why = "below the resolution" if all(r.reason.startswith("gradients") for r in report.unresolved) \
-            else "below the resolution or the dtype's rounding"
+        kinked = [r for r in report.unresolved if r.reason.startswith("on its kinks")]
+        below = [r for r in report.unresolved if not r.reason.startswith("on its kinks")]
+        why = "; ".join(filter(None, [
+            "" if not below else "below the resolution" if all(r.reason.startswith("gradients") for r in below)
+            else "below the resolution or the dtype's rounding",
+            "on kinks at θ itself" if kinked else ""]))
         grew += f", {unsure} unresolved ({why}{'; --strict fails them' if report.strict else ''})"
     within = f"tol {show_tol(report.tol or 0.0)}" if report.tol_rule != "estimate" else \
         f"their tol from Ridders' estimate (≤ {report.tol:.0e})"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from oracles import plugin_config
 
 from cnngrad import check
@@ -132,3 +133,27 @@ def test_a_plugin_wrong_only_at_its_ties_is_not_blamed_on_the_layer_below_alone(
     assert pool_row.passed and pool_row.kinks > 0  # its δ checked out where nothing crosses a kink
     assert wrong.localisation.startswith("layer 1 (upsample): backward is wrong — or layer 2 (TiedPool) above it "
                                          "is: its δ checked out only where no stencil crosses a kink")
+
+
+@pytest.mark.parametrize("bug", [None, "ties_all"])
+def test_a_row_on_its_kinks_at_theta_is_unresolved_not_passed_by_the_complex_step(tmp_path, bug):
+    """2x2 windows after a 2x nearest upsampling: every window ties, every entry of the pool's δ
+    sits on a kink at θ itself.  Declared complex_safe, the pool let the complex step compare
+    them — and numpy orders complex numbers by real part then imaginary, so θ + ih made each
+    perturbed entry the max: a one-sided derivative the ties_all bug matched, its row PASSED (a
+    QA pass).  No derivative exists there: the row is unresolved for both twins (not a pass, not
+    a fail; --strict fails it), the right twin's run passes, the wrong one's fails and names it."""
+    path = plugin_config(tmp_path, "tied_pool", f"class: \"tied_pool:TiedPoolC\", size: 2, bug: {bug or 'null'}",
+                         shape="{batch: 2, channels: 1, height: 4, width: 4}",
+                         before=("conv: {filters: 2, kernel: 3, padding: 1}", "upsample: {scale: 2}"))
+    rep = check(path, plugins=True)
+    (pool_row,) = [r for r in rep.rows if r.ref.path == (2,) and r.ref.is_delta]
+    assert pool_row.unresolved and pool_row.checked == 0 and pool_row.reason.startswith("on its kinks"), \
+        (pool_row.status, pool_row.reason, pool_row.note)
+    if bug is None:
+        assert rep.passed and rep.return_code == 0, rep.localisation
+        assert check(path, plugins=True, strict=True).return_code == 1
+    else:
+        assert rep.return_code == 1
+        assert "or layer 2 (TiedPoolC) above it is: no entry of its δ could be checked" in rep.localisation, \
+            rep.localisation

@@ -42,3 +42,10 @@ class TiedPool:
         out[:, :, :ho * k, :wo * k] = routed.reshape(n, c, ho, wo, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(
             n, c, ho * k, wo * k)
         return out, {}
+
+
+class TiedPoolC(TiedPool):
+    """The same pool, declared ``complex_safe`` (its max and argmax run on complex numbers —
+    numpy orders them by real part, then imaginary): the complex step runs through it."""
+
+    complex_safe = True
