@@ -64,7 +64,7 @@ class _Opaque:
 
 
 _OPAQUE = _Opaque()
-_VALUES = (type(None), bool, int, float, complex, str, bytes, np.generic, slice, range)  # cannot change
+_VALUES = (type(None), bool, int, float, complex, str, bytes, np.generic, np.dtype, slice, range, type)  # cannot change
 
 
 def _torch_tensor(obj: Any) -> bool:

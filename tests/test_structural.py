@@ -259,3 +259,28 @@ def test_a_constant_in_the_backward_still_fails_when_2x_misses():
     x = np.random.default_rng(0).normal(size=(2, 5))
     assert structural.check([Decayed()], x, ["Decayed"], 0) == [
         "layers[0] Decayed: an all-zero δ gives non-zero gradients (δ)"]
+
+
+def test_state_is_still_seen_behind_a_cache_of_plain_values():
+    """A cache that holds a dtype, a class or a number beside its arrays is seen whole — those
+    cannot change — so a backward that reads state kept on the layer is still failed (the torch
+    adapter's cache holds its input's dtype: the check must run there too)."""
+    class Kept:
+        params: dict = {}
+
+        def forward(self, z):
+            self.a = np.tanh(z)
+            return self.a, (self.a.copy(), self.a.dtype, type(self), 3)
+
+        def backward(self, delta, cache):
+            return delta * (1 - self.a * self.a), {}
+
+    x = np.random.default_rng(0).normal(size=(2, 3))
+    assert structural.check([Kept()], x, ["Kept"], 0) == [
+        "layers[0] Kept: backward reads state the layer keeps from its last forward call, not only its cache: "
+        "after a forward on another input, backward(δ, cache) of the first call gives different numbers"]
+    torch = pytest.importorskip("torch")
+    from cnngrad.torch_adapter import adapter
+
+    layer = adapter(torch.nn.Tanh)((3,), np.random.default_rng(0))
+    assert structural.seen_whole(structural.snapshot(layer.forward(x)[1], skip=layer))
