@@ -180,6 +180,7 @@ class Visit:
     delta: Array | None = None
     back: tuple[Array, dict[str, Array]] | None = None
     clean: bool = False
+    narrow: str = ""  # what backward returned in a narrower float than its input ("δ float32, W float32")
 
 
 def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[str], Array | None]:
@@ -245,7 +246,7 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
     if not identical(last, out) and not any(w.startswith("forward is not deterministic") for w in why):
         why.append("forward is not deterministic: after calls on other inputs, a call on the same input gives "
                    "different numbers")
-    return why, _visit(why, out, cache, delta, r1, keep)
+    return why, _visit(why, out, cache, delta, r1, keep, _narrow(a, r1))
 
 
 def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> bool:
@@ -343,11 +344,23 @@ def _first_calls(layer: Layer, a: Array, rng: np.random.Generator, keep: bool) -
     return Visit(out, cache, delta, _result(layer.backward(delta.copy(), cache)), clean=True)
 
 
+def _narrow(a: Array, back: tuple[Array, dict[str, Array]]) -> str:
+    """The arrays backward returned in a float narrower than its input's (float32 in a float64
+    network: they carry float32's rounding, ~6e-8, which a tol of 1e-6 does not see)."""
+    if a.dtype.kind != "f":
+        return ""
+    named = [("δ", back[0]), *back[1].items()]
+    return ", ".join(f"{name} {g.dtype}" for name, g in named
+                     if g.dtype.kind in "fc" and np.finfo(g.dtype).eps > np.finfo(a.dtype).eps)
+
+
 def _visit(why: list[str], out: Array, cache: Any, delta: Array, back: tuple[Array, dict[str, Array]],
-           keep: bool) -> Visit:
+           keep: bool, narrow: str = "") -> Visit:
     if why:
-        return Visit(out)
-    return Visit(out, cache, delta, back, clean=True) if keep else Visit(out, cache, clean=True)
+        return Visit(out, narrow=narrow)
+    if keep:
+        return Visit(out, cache, delta, back, clean=True, narrow=narrow)
+    return Visit(out, cache, clean=True, narrow=narrow)
 
 
 def check(layers: list[Any], x: Array, kinds: list[str], seed: int, keep: Callable[[Any], bool] | None = None,

@@ -284,3 +284,25 @@ def test_state_is_still_seen_behind_a_cache_of_plain_values():
 
     layer = adapter(torch.nn.Tanh)((3,), np.random.default_rng(0))
     assert structural.seen_whole(structural.snapshot(layer.forward(x)[1], skip=layer))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_backward_narrower_than_its_network_is_noted(tmp_path, dtype):
+    """A numpy layer computing its δ in float32 inside a float64 network passes at tol 1e-6 —
+    its rounding (~6e-8) is below it — silently, before: now a note names the layer and what it
+    returns; its float64 twin gets none."""
+    (tmp_path / "narrow.py").write_text(
+        "import numpy as np\n\n\nclass Tanh:\n    per_sample = True\n\n"
+        "    def __init__(self, in_shape, rng, dtype='float64'):\n"
+        "        self.out_shape, self.params, self.dtype = tuple(in_shape), {}, dtype\n\n"
+        "    def forward(self, z):\n        a = np.tanh(z)\n        return a, a\n\n"
+        "    def backward(self, delta, a):\n        return (delta * (1 - a * a)).astype(self.dtype), {}\n")
+    path = tmp_path / "narrow.yaml"
+    path.write_text("seed: 0\ninput: {batch: 2, channels: 2, height: 5, width: 5}\nlayers:\n"
+                    "  - conv: {filters: 2, kernel: 3}\n"
+                    f"  - custom: {{class: \"narrow:Tanh\", dtype: {dtype}}}\n"
+                    "  - flatten: {}\n  - dense: {units: 3}\nloss: mse\n")
+    result = CliRunner().invoke(main, ["check", str(path), "--plugins"])
+    assert result.exit_code == 0, result.output
+    noted = "note: layers[1] Tanh: backward returns δ float32 in a float64 network" in result.stdout
+    assert noted is (dtype == "float32"), result.stdout
