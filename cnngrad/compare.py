@@ -133,8 +133,9 @@ class TensorCheck:
         """The JSON ``tensor``: the parameter's name, or "input" for a δ row (see ``ref.role``)."""
         return self.ref.tensor
 
-    def convergence(self, order: int = 2) -> str:
-        """What halving h did to the error, and what that means (needs ``norm_rel_half``)."""
+    def convergence(self, order: int = 2, method: str = "") -> str:
+        """What halving h did to the error, and what that means (needs ``norm_rel_half``);
+        ``method``: the differences' (a complex step's remedy is its own smaller step)."""
         e1, e2 = self.metrics.norm_rel, self.norm_rel_half
         if e2 is None or self.checked == 0 or not (np.isfinite(e1) and np.isfinite(e2)):
             return ""
@@ -143,8 +144,10 @@ class TensorCheck:
         ratio = e1 / e2
         said = f"norm rel {e1:.1e} at h, {e2:.1e} at h/2"
         if ratio >= 2 ** order * 0.6:
+            remedy = "a smaller --eps (the complex step's own is 1e-20)" if method == "complex" else \
+                "a smaller --eps, or --method richardson / complex"
             return f"{said}: falls {ratio:.1f}x as h halves (order {order}: {2 ** order}x) — truncation error, " \
-                   f"not a bug: use a smaller --eps, or --method richardson / complex"
+                   f"not a bug: use {remedy}"
         if ratio < 0.7:
             return f"{said}: grows as h shrinks — rounding error dominates: use a larger --eps"
         if self.passed:

@@ -155,7 +155,7 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         c = checks[r]
         redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, num.values, num.kinks, min(tol, c.tol),
                      floor=floor)  # the row's own tol: --tol estimate's may be stricter than ``tol``
-        why = c.convergence(order)
+        why = c.convergence(order, method)
         nothing = _nothing(c)
         first = c.reason.split(": ")[0] if c.unresolved else \
             f"every stencil of {method} differences crossed a kink" if nothing else \
@@ -168,7 +168,9 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         elif redo.passed:  # "does not shrink with h — the gradient is wrong" was not so (far from h → 0): what
             if "gradient is wrong" in why and not (c.unresolved or nothing):  # halving h measured, no more
                 first = f"{method} differences failed ({why.split(': ')[0]})"
-            redo.note = f"{first}; the complex step, free of rounding, agrees: norm rel {redo.metrics.norm_rel:.1e}"
+            how = f"the complex step at its own step {step:.0e}" if method == "complex" else \
+                "the complex step, free of rounding,"
+            redo.note = f"{first}; {how} agrees: norm rel {redo.metrics.norm_rel:.1e}"
             checks[r] = redo
         elif redo.failed and c.failed and not nothing:
             confirmed = (f"the complex step confirms it (norm rel {redo.metrics.norm_rel:.1e})"

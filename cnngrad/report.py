@@ -77,7 +77,7 @@ def failure_lines(report: Report) -> list[str]:
             lines.append(f"{where}: {r.reason}")
         else:
             lines.append(f"{where}: norm rel {_num(r.metrics.norm_rel)} > tol {r.tol_text}; {r.worst_entry()}")
-        lines += [f"    {text}" for text in (r.convergence(order), r.note) if text]
+        lines += [f"    {text}" for text in (r.convergence(order, report.method), r.note) if text]
         lines += [f"    diagnosis: {text}" for text in r.diagnosis]
     if report.localisation:
         lines.append(report.localisation)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_broken as broken
 from click.testing import CliRunner
 from hypothesis import given, settings
 
@@ -204,3 +205,21 @@ def test_float32_numeric_side_is_float64_by_default_and_says_so():
     assert "float32 (numeric in float64)" in result.stdout
     native = check("float32", fd_dtype="native")
     assert native.fd_dtype == "float32" and native.eps == 1e-2 and native.tol == 1e-2
+
+
+@pytest.mark.parametrize("name, eps", [("smooth", 1e-4), ("lenet", 1e-2), ("maxpool", 1.0), ("float32", 1.0)])
+def test_a_complex_step_at_a_users_large_step_gets_the_second_look(name, eps):
+    """--method complex --eps 1e-4: the complex step's truncation, O(h²), is over its tol of 1e-9;
+    every other method's failures get a second look and pass, the complex step's went straight
+    to the localisation, which blamed a right layer (a QA pass).  Now the complex step at its
+    own step (1e-20) looks again, as for the others."""
+    rep = check(name, method="complex", eps=eps)
+    assert rep.passed and rep.return_code == 0, rep.localisation
+    assert check(name, method="complex").passed  # the numbers at its own step: the backward is right
+
+
+def test_a_wrong_backward_still_fails_the_complex_step_at_a_large_step(monkeypatch):
+    broken._no_sigma_prime(monkeypatch)
+    rep = check("smooth", method="complex", eps=1e-4)
+    assert rep.return_code == 1 and rep.localisation.startswith("layer"), rep.localisation
+    assert any("the complex step confirms it" in r.note for r in rep.rows if r.failed)
