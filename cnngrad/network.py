@@ -218,7 +218,9 @@ class PluginLayer:
         want = (a.shape[0],) + self.out_shape
         if np.shape(out) != want:
             raise PluginError(self.place, f"{self.kind}.forward returned shape {np.shape(out)}, expected {want}")
-        return np.asarray(out), cache
+        # a copy: a layer may return one buffer, overwritten by its next call — and the differences keep
+        # many calls' outputs at once (a wrong backward passed when every copy was the last one)
+        return np.array(out, copy=True), cache
 
     def backward(self, delta: Array, cache: Any) -> tuple[Array, dict[str, Array]]:
         delta_prev, grads = self._call("backward", self.layer.backward, delta, cache)
@@ -234,7 +236,7 @@ class PluginLayer:
             if np.shape(g) != self.params[name].shape:
                 raise PluginError(self.place, f"{self.kind}.backward returned ∂C/∂{name} of shape {np.shape(g)}, "
                                               f"expected {self.params[name].shape}")
-        return np.asarray(delta_prev), {k: np.asarray(v) for k, v in grads.items()}
+        return np.array(delta_prev, copy=True), {k: np.array(v, copy=True) for k, v in grads.items()}  # as forward
 
     def _kink_state(self, cache: Any) -> Array | None:
         return self._call("kink_state", self.layer.kink_state, cache)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
+from oracles import central
 
 from cnngrad import config as cfg
 from cnngrad import structural
@@ -306,3 +307,35 @@ def test_a_backward_narrower_than_its_network_is_noted(tmp_path, dtype):
     assert result.exit_code == 0, result.output
     noted = "note: layers[1] Tanh: backward returns δ float32 in a float64 network" in result.stdout
     assert noted is (dtype == "float32"), result.stdout
+
+
+@pytest.mark.parametrize("bug", [None, "detached"])
+def test_one_output_buffer_returned_by_every_call_is_differenced_right(tmp_path, bug):
+    """A layer returning one buffer, overwritten by each call, and not per_sample: the differences
+    kept each perturbed copy's output side by side — every one the last — so every numeric
+    gradient below it was 0: a backward passing down δ = 0 PASSED, the right one FAILED (a QA
+    pass).  Outputs are copied as they come (network.PluginLayer): the right twin passes at
+    rounding, the wrong one fails, and the test's own loop agrees with the right one."""
+    from cnngrad import config as cfg_mod
+    from cnngrad.checker import check
+    from cnngrad.network import build
+
+    path = config_for(tmp_path, "TanhBufferCoupled", bug)
+    rep = check(str(path), plugins=True)
+    problem = build(cfg_mod.load(str(path), plugins=True))
+    net, x, y = problem.net, problem.x, problem.y
+
+    def loss() -> float:
+        a = x
+        for layer in net.layers:
+            a = np.array(layer.forward(a)[0], copy=True)
+        return float(np.sum(net.loss.per_sample(a, y))) / x.shape[0]
+
+    b = net.layers[0].params["b"]
+    truth = central(loss, b)
+    (row,) = [r for r in rep.rows if r.ref.path == (0,) and r.ref.name == "b"]
+    assert np.allclose(row.numeric, truth[row.indices], rtol=1e-6, atol=1e-9), (row.numeric, truth)
+    if bug is None:
+        assert rep.passed and rep.return_code == 0 and row.metrics.norm_rel < 1e-8, rep.localisation
+    else:
+        assert rep.return_code == 1 and not row.passed

@@ -213,3 +213,18 @@ class TanhBuffer:
     def backward(self, delta, cache):
         a = cache.numpy() if self.holder == "torch" else cache[0] if self.holder == "tuple" else cache.a
         return delta * (1 - a * a), {}
+
+
+class TanhBufferCoupled(TanhBuffer):
+    """TanhBuffer without ``per_sample`` (so each perturbed copy of the batch is its own call,
+    the outputs kept side by side); ``bug: detached``: backward passes down an all-zero δ."""
+
+    per_sample = False
+
+    def __init__(self, in_shape, rng, bug=None, holder="namespace"):
+        super().__init__(in_shape, rng, holder=holder)
+        self.bug = bug
+
+    def backward(self, delta, cache):
+        g = super().backward(delta, cache)[0]
+        return (np.zeros_like(g) if self.bug == "detached" else g), {}
