@@ -437,3 +437,22 @@ def test_a_factor_on_a_gradient_below_the_resolution_is_diagnosed_from_the_compl
     assert report.culprit == 1
     assert row.diagnosis and row.diagnosis[0].startswith("∂C/∂t is 2 times numeric"), row.diagnosis
     assert abs(float(row.analytic[0]) / float(np.real(row.confirmed[0])) - 2) < 1e-9  # the complex step: exactly half
+
+
+@pytest.mark.parametrize("bug", [None, "quotient"])
+def test_an_imaginary_part_one_percent_off_the_derivative_is_not_carried(tmp_path, bug):
+    """y = a / (1 + 0.01|a|): np.abs of a complex number is its modulus, so the imaginary part
+    is ~1% off the derivative — inside the probe's former 1e-2, and the complex step then
+    "agreed" with a backward missing its quotient rule (a QA pass; the test's own loop says the
+    backward is 0.7% off).  The probe now holds the imaginary part to the real difference's own
+    error: not available, and the wrong backward fails, the right one passes, on central differences."""
+    path = write(tmp_path, net(custom("MildSoftsign", bug=bug)))
+    p = build(cfg.load(str(path), plugins=True))
+    assert "does not follow the derivative" in ComplexProbe(p.net, p.x).unavailable(0)
+    b = p.net.layers[0].params["b"]
+    truth = naive_central(lambda: loss_of(p), b)
+    rep = check(str(path), plugins=True)
+    (row,) = [r for r in rep.rows if r.ref.path == (0,) and r.ref.name == "b"]
+    off = np.linalg.norm(row.analytic - truth) / np.linalg.norm(truth)
+    assert bool(off > 1e-3) is (bug is not None)
+    assert rep.return_code == (0 if bug is None else 1), rep.localisation

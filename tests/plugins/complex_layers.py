@@ -121,3 +121,21 @@ class DeclaredFloatBuffer(FloatBuffer):
     """FloatBuffer that declares complex_safe (falsely): it is trusted, not probed."""
 
     complex_safe = True
+
+
+class MildSoftsign:
+    """y = a / (1 + λ|a|), dy/da = 1 / (1 + λ|a|)²; undeclared.  On complex input np.abs is the
+    modulus, so its imaginary part follows 1 / (1 + λ|a|) — about λ|a| (1%) off the derivative.
+    ``bug: quotient``: backward forgets the quotient rule, δ / (1 + λ|a|)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, lam=0.01, bug=None):
+        self.out_shape, self.params, self.lam, self.bug = tuple(in_shape), {}, lam, bug
+
+    def forward(self, a):
+        d = 1.0 + self.lam * np.abs(a)
+        return a / d, d
+
+    def backward(self, delta, d):
+        return (delta / d if self.bug == "quotient" else delta / d ** 2), {}
