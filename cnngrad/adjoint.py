@@ -33,7 +33,8 @@ from .structural import Visit
 Array = np.ndarray
 TOL = 1e-11  # rounding leaves ~1e-16; a wrong backward leaves 1e-3 … 1
 LIFT = 2.0 ** 10  # a move more than this much smaller than z is lifted (``_lifted``): ε·2^10 ≪ TOL
-MAX_LIFT_NORM = 600  # a lifted probe's norm stays below 2^600: its products with Lᵀw stay far from overflow
+MAX_LIFT_NORM = 1000  # a lifted probe's norm stays below 2^1000 (weights of 1e-300 under a bias need ~2^990)
+LINEAR = 1e-8  # z(a + 2U) − z(a) against 2·(z(a + U) − z(a)), relative: a declared linearity, shown
 LINEAR_KINDS = {"conv", "dense", "flatten", "conv_transpose", "upsample"}
 
 
@@ -60,6 +61,7 @@ class Adjoint:
     rel: float
     params: dict[str, float] = field(default_factory=dict)  # the same error for each parameter
     tol: float = TOL
+    untested: list[str] = field(default_factory=list)  # parameters z is not linear in: no test for them
 
     @property
     def worst(self) -> float:
@@ -76,7 +78,8 @@ class Adjoint:
         return bool(np.isfinite(self.worst))
 
     def line(self) -> str:
-        extra = "".join(f", ∂{k} {v:.1e}" for k, v in self.params.items())
+        extra = "".join(f", ∂{k} {v:.1e}" for k, v in self.params.items()) + "".join(
+            f", ∂{k} not tested (z is not linear in it)" for k in self.untested)
         verdict = ("FAIL: the backward is not the adjoint of the forward" if self.finite else
                    "FAIL: cannot be taken (the numbers overflow, or a move stays below the output's rounding)"
                    ) if self.failed else "PASS"
@@ -151,8 +154,17 @@ def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array
     return U * s, Lu, True
 
 
+def _not_linear(move: Callable[[Array], Array], U: Array, Lu: Array) -> bool:
+    """Whether z is plainly not linear in the tensor ``move`` moves: L(2U) ≠ 2·L(U) beyond
+    rounding (``LINEAR``) — a user's ``linear = True`` that does not hold (tanh), or a
+    parameter z is not linear in (a scale e^s, a weight norm), where the test has nothing to say."""
+    L2 = move(2.0 * U)
+    size = _norm(L2)
+    return not (np.all(np.isfinite(L2)) and _norm(L2 - 2.0 * Lu) <= LINEAR * size)
+
+
 def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str,
-                given: Visit | None = None) -> tuple[Adjoint, Array]:
+                given: Visit | None = None, shown: bool = True) -> tuple[Adjoint | str, Array]:
     """The dot-product test of ``layer`` at input ``a`` (of shape (N, *in_shape)), float64,
     and the layer's output there (the next layer's input).
 
@@ -162,7 +174,10 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
     and ``w = Σ_T L_T U_T`` (then each left side ⟨L_T U_T, w⟩ holds ‖L_T U_T‖²).  A layer
     linear in its input has the same Lᵀ at every input, so a's cache serves the input's
     probes too.  ``given``: the structural checks' forward at a, their random δ as v and
-    backward's result for it (``structural.Visit``), so only the second probe is called."""
+    backward's result for it (``structural.Visit``), so only the second probe is called.
+    ``shown`` False (a user's layer: its ``linear = True`` is a declaration) first shows z
+    linear in each tensor (``_not_linear``): where it is not in its input, the reason comes
+    back instead of a test; a parameter it is not linear in is left out (``Adjoint.untested``)."""
     shared = given if given is not None and given.back is not None and given.delta is not None else None
     with np.errstate(all="ignore"):
         if shared is not None:
@@ -171,7 +186,14 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
             out_a, cache_a = layer.forward(a)
             out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
         u = rng.uniform(-1.0, 1.0, a.shape)  # any random probe serves: uniform draws 4x faster
-        moves = {"": _lifted(lambda U: layer.forward(a + U)[0] - out_a, u, out_a)}  # tensor -> (U_T, L_T U_T)
+
+        def move_input(U: Array) -> Array:
+            return layer.forward(a + U)[0] - out_a
+
+        moves = {"": _lifted(move_input, u, out_a)}  # tensor -> (U_T, L_T U_T, shown)
+        if not shown and _not_linear(move_input, *moves[""][:2]):
+            return "z(a + 2u) − z(a) is not twice z(a + u) − z(a)", out_a
+        untested: list[str] = []
         for name, P in list(layer.params.items()):
 
             def move(U: Array, name: str = name, P: Array = P) -> Array:
@@ -182,6 +204,9 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
                     layer.params[name] = P
 
             moves[name] = _lifted(move, rng.uniform(-1.0, 1.0, P.shape), out_a)
+            if not shown and _not_linear(move, *moves[name][:2]):
+                del moves[name]
+                untested.append(name)
         if shared is not None:
             v, back_v = shared.delta, shared.back
         else:
@@ -196,21 +221,29 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
             return [(probe, back[0] if name == "" else back[1][name]) for probe, back in backs]
 
         lhs, rhs, rel = _probe(moves[""][1], moves[""][0], pairs(""), moves[""][2])
-        params = {name: _probe(Lu, U, pairs(name), shown)[2] for name, (U, Lu, shown) in moves.items() if name}
-    return Adjoint(ref, kind, lhs, rhs, rel, params), out_a
+        params = {name: _probe(Lu, U, pairs(name), seen)[2] for name, (U, Lu, seen) in moves.items() if name}
+    return Adjoint(ref, kind, lhs, rhs, rel, params, untested=untested), out_a
 
 
 def check_network(layers: list, x: Array, kinds: list[str], seed: int,
-                  visits: list[Visit | None] | None = None) -> list[Adjoint]:
+                  visits: list[Visit | None] | None = None, notes: list[str] | None = None) -> list[Adjoint]:
     """The test for every linear layer of a float64 network, at the inputs x (of shape
     (N, *in_shape)) gives each layer.  ``visits``: what ``structural.check`` computed on the
-    same layers from the same x (each layer's output, and the first probe where it kept it)."""
+    same layers from the same x (each layer's output, and the first probe where it kept it).
+    A user's layer declares its linearity: shown first (``check_layer``'s ``shown``); where it
+    does not hold, ``notes`` (a list) receives why, and the layer has no test."""
+    from .network import pure
+
     rng = np.random.default_rng([seed, 0xAD])  # its own stream: the check's draws stay as they were
     found, a = [], x
     for i, layer in enumerate(layers):
         visit = visits[i] if visits is not None and i < len(visits) else None
         if is_linear(layer):
-            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit)
+            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit, shown=pure(layer))
+            if isinstance(test, str):
+                if notes is not None:
+                    notes.append(f"layers[{i}] {kinds[i]} declares linear = True, but {test}: no dot-product test")
+                continue
             found.append(test)
         else:
             a = visit.out if visit is not None else layer.forward(a)[0]

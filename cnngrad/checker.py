@@ -557,7 +557,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                       f"those gradients carry the narrower float's rounding, which the check's tol may not see"
                       for i, v in enumerate(visits) if v is not None and v.narrow]
         if config.dtype == "float64":
-            adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, visits)
+            adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, visits, withdrawn)
         inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks
         passes: list[Forwarded] = []  # the unperturbed pass, for the numeric side too
         loss, deltas, grads, outputs = net.trace(x, y, inner, given=_handed_over(net.layers, visits), passes=passes)
@@ -570,7 +570,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                         tol_rule=how.tol_rule)
         if config.dtype != "float64":  # the test in float64, on a copy
             wide = upcast(net, x, y)
-            adjoint_tests = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed)
+            adjoint_tests = adjoint_mod.check_network(wide[0].layers, wide[1], kinds_of(net), config.seed,
+                                                      notes=withdrawn)
         report.adjoint = adjoint_tests
         is_complex = get_method(how.method).is_complex
         # the complex step at a step of the user's (--eps 1e-4) carries truncation, O(h²): its failures
