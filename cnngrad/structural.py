@@ -22,8 +22,8 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   the same result bit for bit ("backward is not reentrant: …"), and backward(0, cache):
   ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0 ("an all-zero δ gives non-zero gradients") — and
   only they fail the layer (a right backward misses 2x by rounding near underflow);
-* where backward is reentrant, forward on another input (¾a^{l-1}, then a^{l-1}'s entries
-  reversed), then backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
+* where backward is reentrant, forward on another input (¾a^{l-1}, a^{l-1}'s entries
+  reversed, −a^{l-1}), then backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
   state the layer keeps from its last forward call" — a ``self.a`` set by forward: right for
   one forward then one backward, wrong wherever a layer runs twice before its backward, as a
   shared layer does);
@@ -31,7 +31,7 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   is not deterministic: after calls on other inputs …" — a drift, or running state), which
   also puts back what the layer keeps.
 
-Cost: up to five forwards and four backwards per layer (six backwards where 2δ does not give 2x), no finite
+Cost: up to six forwards and five backwards per layer (seven backwards where 2δ does not give 2x), no finite
 differences; the first forward and backward of a linear layer are also the adjoint test's
 (``Visit``).  A layer whose
 input or output is not finite is skipped: the numerical-fault report already names it.
@@ -251,16 +251,17 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
 
 def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> bool:
     """Whether backward reads more than its cache: forward on another input, then backward(δ,
-    cache) of the first call again, which must return r1 bit for bit.  Two other inputs: ¾a
-    (inside any domain star-shaped about 0 — signs kept — with every scale statistic moved:
-    a norm, a max, a variance kept by the layer) and a's entries in reverse order (the same
-    values, every arg max moved; it may leave a domain per channel).  Where the layer's
+    cache) of the first call again, which must return r1 bit for bit.  Three other inputs,
+    until one shows it: ¾a (inside any domain star-shaped about 0 — signs kept — with every
+    scale statistic moved: a norm, a max, a variance kept by the layer), a's entries in
+    reverse order (the same values, every arg max moved; it may leave a domain per channel)
+    and −a (every sign: a count of the positive entries, a relu's mask).  Where the layer's
     forward fails or is not finite on one, that one cannot tell; where that forward changed
     the cache's arrays (an output buffer reused from call to call and held in the cache),
     or the cache holds what a snapshot cannot see into, none can, and it says no.
     (``_check_layer``'s last forward, on a, puts back whatever the layer keeps, and such a
     buffer's numbers.)"""
-    for other in (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape)):
+    for other in (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape), -a):
         if identical(other, a):
             continue
         before = snapshot(cache, skip=layer)
@@ -290,8 +291,9 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
     last (½(a₀ + a₋₁); ¾a₀ for one sample: inside any domain convex, or star-shaped about 0,
     and unlike every sample in the batch's order-free statistics — its max, its norm — which
     a reordered sample keeps), and that one alone: where the layer's forward fails or is not
-    finite on it, it cannot tell, and says nothing.  A forward on a again puts back whatever
-    the layer keeps."""
+    finite on it, it cannot tell, and says nothing; last, the first sample beside a copy of it
+    scaled by 1 + 2⁻²⁰ (the differences' perturbed copies are that near).  A forward on a
+    again puts back whatever the layer keeps."""
     n = a.shape[0]
     extra = (a[:1] + a[-1:]) * np.asarray(0.5, a.dtype) if n > 1 else a[:1] * np.asarray(0.75, a.dtype)
     try:
@@ -321,6 +323,19 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
         if not _close(stacked, np.concatenate([out[::-1], mixed])):
             return ("a sample's output changes with the batch around it (the samples reversed and one more "
                     "added, a mix of two)")
+        # last, beside a copy of itself nudged by 2⁻²⁰ — what the differences stack: a coupling that
+        # only near-identical samples feel (a softmax kernel over the batch) shows only there
+        twin = a[:1] * np.asarray(1 + 2.0 ** -20, a.dtype)
+        try:
+            nudged = np.array(layer.forward(twin.copy())[0], copy=True)
+            pair = np.array(layer.forward(np.concatenate([a[:1], twin]))[0], copy=True)
+        except Exception as e:
+            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
+                raise
+            return ""
+        if np.all(np.isfinite(pair)) and np.all(np.isfinite(nudged)) and \
+                not _close(pair, np.concatenate([alone[:1], nudged])):
+            return "a sample's output changes beside a copy of itself nudged as the differences nudge it"
         return ""
     finally:
         layer.forward(a.copy())

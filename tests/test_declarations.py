@@ -121,3 +121,26 @@ def test_a_declaration_that_holds_in_a_domain_per_channel_is_kept(tmp_path):
     assert rep.passed and rep.return_code == 0, rep.localisation or [r.line() for r in rep.rows if r.failed]
     assert not any("per_sample" in n for n in rep.fallbacks), rep.fallbacks
     assert rep.problem.net.layers[2].per_sample is True
+
+
+@pytest.mark.parametrize("bug, code", [(None, 0), ("half", 1)])
+def test_a_coupling_only_near_samples_feel_is_found(tmp_path, bug, code):
+    """A QA pass: a softmax kernel over the batch (τ = 1e-3) leaves distinct samples alone — every
+    probe on real samples saw none — but averages the differences' perturbed copies of one
+    sample: its right backward was failed at norm rel 1.  A sample beside a copy of itself
+    nudged by 2⁻²⁰ shows it: the declaration is taken back, the right backward passes, its
+    broken twin fails; the test's own loop agrees with the right one."""
+    layer = D.BatchSmooth((2, 4, 4), np.random.default_rng(0), bug=bug)
+    rng = np.random.default_rng(1)
+    a, delta = rng.normal(size=(3, 2, 4, 4)), rng.normal(size=(3, 2, 4, 4))
+    right = np.allclose(layer.backward(delta, layer.forward(a)[1])[0], plain_loop(layer, a, delta), atol=1e-8)
+    assert right is (bug is None)
+    assert structural.per_sample_refuted(layer, a, layer.forward(a)[0]).startswith(
+        "a sample's output changes beside a copy of itself")
+    rep = cnngrad.check(plugin_config(tmp_path, "declarations", f"class: \"declarations:BatchSmooth\", "
+                                      f"bug: {bug or 'null'}", shape="{batch: 3, channels: 2, height: 3, width: 3}",
+                                      before=("conv: {filters: 2, kernel: 2}",),
+                                      after=("activation: tanh", "flatten: {}", "dense: {units: 3}")),
+                        plugins=True)
+    assert rep.return_code == code, rep.localisation or [r.line() for r in rep.rows if r.failed]
+    assert any(n.startswith("layers[1] BatchSmooth declares per_sample, but") for n in rep.fallbacks)

@@ -13,6 +13,10 @@ their broken twins.
   y = a / max|a| over the whole batch, declared per_sample anyway: the batch's largest entry
   is sample 0's, so neither the samples reversed nor one of sample 0's entries reordered
   change it (a QA pass's escape); ``bug: const``: backward treats the max as a constant.
+* BatchSmooth: y_n = Σ_m w_nm a_m, w = softmax_m(−‖a_n − a_m‖²/τ), τ = 1e-3, declared
+  per_sample: on distinct samples the off-diagonal weights underflow to 0 (y = a), but the
+  differences' perturbed copies of one sample are near enough to average.  ``bug: half``:
+  backward passes down half of δ.
 * LogScale: y = a[:, 1:] · log(a[:, :1]), per-sample indeed, with a domain per channel
   (channel 0 positive: its forward raises elsewhere; Softplus0 before it makes it so): a
   probe on the input's entries reordered leaves it, and must neither stop nor refute.
@@ -132,3 +136,28 @@ class LogScale:
         g[:, 1:] = delta * np.log(a[:, :1])
         g[:, :1] = np.sum(delta * a[:, 1:], axis=1, keepdims=True) / a[:, :1]
         return g, {}
+
+
+class BatchSmooth:
+    per_sample = True  # false: near samples are averaged
+
+    def __init__(self, in_shape, rng, tau=1e-3, bug=None):
+        self.out_shape, self.params, self.tau, self.bug = tuple(in_shape), {}, tau, bug
+
+    def forward(self, a):
+        n = a.shape[0]
+        f = a.reshape(n, -1)
+        logits = -((f[:, None, :] - f[None, :, :]) ** 2).sum(-1) / self.tau
+        w = np.exp(logits - logits.max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        return (w @ f).reshape(a.shape), (f, w)
+
+    def backward(self, delta, cache):
+        """∂/∂f = wᵀδ + Σ over the softmax: dl = w ⊙ (δ fᵀ − Σ_k w δ fᵀ), l_nm = −‖f_n − f_m‖²/τ."""
+        f, w = cache
+        g = delta.reshape(f.shape[0], -1)
+        dw = g @ f.T
+        dl = w * (dw - (w * dw).sum(1, keepdims=True))
+        c = dl[:, :, None] * (f[:, None, :] - f[None, :, :]) * (-2 / self.tau)
+        gf = w.T @ g + c.sum(1) - c.sum(0)
+        return (gf * (0.5 if self.bug == "half" else 1.0)).reshape(delta.shape), {}

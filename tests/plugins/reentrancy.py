@@ -18,6 +18,9 @@ backward call with many forwards, so only the structural checks see these.
 * TanhDrift, ``bug: drift``: forward drifts from its third call on: two calls agree.
 * NormState, ``bug: state_norm``: y = a / ‖a‖ over the whole batch; backward reads ‖a‖ from
   the layer (set by the last forward): a's entries reordered keep it, a scaled a does not.
+* ActiveGain, ``bug: self_state``: y = a·(1 + k/size), k the count of a's positive entries
+  (the whole batch's); backward reads the gain from the layer: ¾a and a reordered keep it,
+  −a does not.
 * TanhBuffer (correct, as ``reuse_buffer`` is): tanh into one output buffer reused from call
   to call, held in its cache by a ``SimpleNamespace``, a tuple or a torch tensor — what a
   later forward does to it is seen, so it is not taken for state the layer keeps.
@@ -228,3 +231,18 @@ class TanhBufferCoupled(TanhBuffer):
     def backward(self, delta, cache):
         g = super().backward(delta, cache)[0]
         return (np.zeros_like(g) if self.bug == "detached" else g), {}
+
+
+class ActiveGain:
+    """y = a·g, g = 1 + (number of positive entries)/size, piecewise constant in a: δ_in = g·δ
+    (g from the cache; ``bug: self_state``: from ``self.gain``, set by every forward)."""
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = tuple(in_shape), {}, bug
+
+    def forward(self, a):
+        self.gain = 1.0 + np.count_nonzero(a > 0) / a.size
+        return a * self.gain, self.gain
+
+    def backward(self, delta, gain):
+        return delta * (self.gain if self.bug == "self_state" else gain), {}
