@@ -114,3 +114,14 @@ def test_schema_and_validator_agree_on_mutations(name: str) -> None:
             assert schema, f"{name}: {what}: the validator says {validator!r}, the schema accepts it"
             refused_by_both += 1
     assert refused_by_both > 100  # the mutations do reach the rules
+
+
+def test_the_schema_knows_every_method_and_the_documented_ridders_config():
+    """A QA pass: `check: {method: ridders, tol: estimate}` (the README's own example) was refused
+    by the schema — its enum had four of the five methods."""
+    check = SCHEMA["properties"]["check"]["oneOf"][1]["properties"]
+    assert tuple(check["method"]["enum"]) == cfg.FD_METHODS
+    raw = {"input": {"batch": 1, "channels": 1, "height": 4, "width": 4}, "layers": [{"flatten": {}}],
+           "loss": "mse", "check": {"method": "ridders", "tol": "estimate"}}
+    jsonschema.validate(raw, SCHEMA)
+    cfg.validate(raw)
