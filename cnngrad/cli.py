@@ -541,7 +541,7 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
     out = stdout()
     out.print(render.sweep_table(result))
     out.print(render.sweep_plot(result))
-    for line in result.problems():  # a flat error: the gradient is wrong (exit 1)
+    for line in result.unresolved() + result.problems():  # a flat error: the gradient is wrong (exit 1)
         out.print(printable(line), markup=False, highlight=False, soft_wrap=True)
     if plot_file:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import config as cfg
+from . import resolution
 from .checker import FLOAT32_AGAINST_FLOAT64_TOL, targets, upcast
 from .compare import metrics, show_tol
 from .complex_probe import ComplexProbe
@@ -35,16 +36,23 @@ class Sweep:
     tol: float = 1e-6
     seed: int = 0
     dtype: str = "float64"
+    # covered[t, e]: both sides within the resolution of the differences at that step (as
+    # ``cnngrad check`` judges a row UNRESOLVED: resolution.Floor) — None: not measured
+    covered: Array | None = None
 
     def verdicts(self) -> list[str]:
-        """Per tensor: ``"ok"`` (some step brings it within tol); ``"flat"`` (no step does and
+        """Per tensor: ``"ok"`` (some step brings it within tol); ``"unresolved"`` (no step does,
+        but at some step both sides are ~0 within the differences' resolution: a gradient 0 in
+        truth, a bias before a train-mode batch norm, is no error); ``"flat"`` (no step does and
         the error does not shrink with h — under 10x from the largest step to the best, over 3
         steps or more: the analytic gradient is wrong, whatever the step); ``"fails"`` (no step
         does, though the error moves with h); ``"nan"`` (nothing compared, or not finite)."""
         out = []
-        for row in self.errors:
+        for t, row in enumerate(self.errors):
             finite = row[np.isfinite(row)]
-            if finite.size == 0:
+            if finite.size and finite.min() > self.tol and self.covered is not None and self.covered[t].any():
+                out.append("unresolved")
+            elif finite.size == 0:
                 out.append("nan")
             elif finite.min() <= self.tol:
                 out.append("ok")
@@ -67,11 +75,17 @@ class Sweep:
         worst = np.nanmax(np.where(np.isfinite(errors), errors, np.inf), axis=0)
         return self.eps[int(np.argmin(worst))]
 
+    def unresolved(self) -> list[str]:
+        """One line per tensor no step resolves from 0 (not a failure: ``cnngrad check`` says UNRESOLVED)."""
+        return [f"{label}: unresolved: both sides ~0 within the resolution of the differences at some step "
+                f"(0 in truth, or too small to tell — as cnngrad check says)"
+                for label, v in zip(self.labels, self.verdicts()) if v == "unresolved"]
+
     def problems(self) -> list[str]:
         """One line per tensor that no step brings within tol, saying why."""
         lines = []
         for label, row, v in zip(self.labels, self.errors, self.verdicts()):
-            if v == "ok":
+            if v in ("ok", "unresolved"):
                 continue
             low = f"{np.nanmin(row):.1e}" if np.any(np.isfinite(row)) else "nan"
             if v == "flat":
@@ -91,7 +105,7 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
     problem = build(config)
     net, x, y = problem.net, problem.x, problem.y
     with np.errstate(all="ignore"):
-        _, deltas, grads, _ = net.trace(x, y)
+        loss, deltas, grads, outputs = net.trace(x, y)
         rows = targets(net, deltas, grads)
         picks = [select(problem.rng, row.grad.size, samples) for row in rows]
         fd_net, fd_x, fd_y = upcast(net, x, y) if config.dtype != "float64" else (net, x, y)
@@ -99,18 +113,23 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
         if why:  # a lost imaginary part would read as a derivative
             raise cfg.ConfigError(f"method {method}: {why}")
         errors = np.full((len(rows), len(eps_values)), np.nan)
+        covered = np.zeros(errors.shape, dtype=bool)
+        biggest = resolution.largest([*deltas, *(g for layer in grads for g in layer.values())])
         for e, eps in enumerate(eps_values):
             fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, workers=workers)
+            floor = resolution.floor(method, get_method(method).is_complex, eps, fd_x.dtype, loss, outputs[-1], y,
+                                     config.dtype, biggest)
             for t, num in enumerate(fd.numeric([(row.ref, idx) for row, idx in zip(rows, picks)])):
                 g = rows[t].grad.reshape(-1)[picks[t]].astype(np.float64)
                 ok = ~num.kinks
                 errors[t, e] = metrics(g[ok], num.values[ok]).norm_rel
+                covered[t, e] = bool(ok.any()) and floor.covers(g[ok], num.values[ok])
     labels = [f"{row.ref.layer} {row.kind} {row.ref.label}" for row in rows]
     m = get_method(method)
     tol = config.check.get("tol")  # what `cnngrad check` would pass at (with tol: estimate, at most the default)
     if not isinstance(tol, float):
         tol = FLOAT32_AGAINST_FLOAT64_TOL if config.dtype != "float64" else m.default_tol["float64"]
-    return Sweep(config.name, method, list(eps_values), labels, errors, tol, config.seed, config.dtype)
+    return Sweep(config.name, method, list(eps_values), labels, errors, tol, config.seed, config.dtype, covered)
 
 
 def figure(result: Sweep) -> Any:

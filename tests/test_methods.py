@@ -183,6 +183,23 @@ def test_sweep_of_a_wrong_gradient_is_flat(monkeypatch):
     assert np.nanmin(row) > 1e-2
 
 
+def test_sweep_of_a_gradient_zero_in_truth_is_unresolved_not_wrong(monkeypatch):
+    """A QA pass: `cnngrad sweep bn-train` exited 1 calling the conv bias before the train-mode
+    batch norm "flat: the gradient is wrong" — its gradient is 0 in truth (torch gives exactly 0),
+    and `cnngrad check` says UNRESOLVED.  The sweep now says so too, exit 0; a bias gradient made
+    non-zero there is still flat."""
+    result = CliRunner().invoke(main, ["sweep", "bn-train"])
+    assert result.exit_code == 0, result.output
+    assert "0 conv b: unresolved: both sides ~0" in result.stdout and "flat" not in result.stdout
+    from cnngrad.layers import Conv
+
+    original = Conv.backward
+    monkeypatch.setattr(Conv, "backward", lambda self, d, c: (lambda r: (r[0], {**r[1], "b": r[1]["b"] + 0.5}))(
+        original(self, d, c)))
+    wrong = sweep(cfg.load("bn-train"))
+    assert wrong.verdicts()[wrong.labels.index("0 conv b")] == "flat"
+
+
 # --------------------------------------------------------------------------- float32
 
 
