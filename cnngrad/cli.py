@@ -180,7 +180,7 @@ def check_options(f: Callable) -> Callable:
         click.option("--method", type=click.Choice(list(METHODS)), default=None,
                      help="Finite-difference formula: " + "; ".join(f"{m.name} {m.order}" for m in METHODS.values())
                      + " [default: config's check.method, else central]."),
-        click.option("--directions", type=click.IntRange(min=1), default=None, metavar="K",
+        click.option("--directions", type=click.IntRange(min=1, max=1 << 31), default=None, metavar="K",
                      help="Compare v·∇C along K random unit directions per tensor (2 passes each) instead "
                           "of every entry; a tensor that fails is then checked entry by entry."),
         click.option("--fd-dtype", type=click.Choice(["float64", "native"]), default=None,

@@ -148,17 +148,17 @@ def to_junit(reports: list[Report]) -> str:
 
 def to_markdown(reports: list[Report]) -> str:
     """A summary table of the configs, then a table per config (for a CI job summary)."""
-    from .report import worst  # rich's renderers: loaded for the formats that show them
+    from .report import worst_text  # rich's renderers: loaded for the formats that show them
 
     ok = all(r.passed for r in reports)
     lines = [f"## cnngrad: {'all gradients check out' if ok else 'gradient check FAILED'}", "",
              "| config | tensors | worst norm rel | verdict | time |", "|---|---:|---:|---|---:|"]
     for rep in reports:
-        worst_rel = worst(rep) if rep.rows else float("nan")
+        worst_rel = worst_text(rep)
         verdict = "error: " + md(rep.error) if rep.error else ("✅ pass" if rep.passed else "❌ fail")
         if rep.unresolved and not rep.error:
             verdict += f" ({len(rep.unresolved)} unresolved)"
-        lines.append(f"| {md(rep.name)} | {len(rep.rows)} | {worst_rel:.2e} | {verdict} | {rep.seconds:.2f} s |")
+        lines.append(f"| {md(rep.name)} | {len(rep.rows)} | {worst_rel} | {verdict} | {rep.seconds:.2f} s |")
     for rep in reports:
         if not rep.rows:
             continue

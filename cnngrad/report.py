@@ -105,6 +105,14 @@ def worst(report: Report) -> float:
                key=lambda v: np.inf if np.isnan(v) else v)
 
 
+def worst_text(report: Report) -> str:
+    """``worst(report)`` as shown; "—" where no row was judged (every one unresolved, or an
+    error before any): 0 there read as a perfect match."""
+    if all(r.unresolved for r in report.rows):
+        return "—"
+    return _num(worst(report))
+
+
 def summary(report: Report) -> str:
     """The one-line verdict under the table."""
     n, good, unsure = len(report.rows), sum(r.passed for r in report.rows), len(report.unresolved)
@@ -122,7 +130,7 @@ def summary(report: Report) -> str:
     within = f"tol {show_tol(report.tol or 0.0)}" if report.tol_rule != "estimate" else \
         f"their tol from Ridders' estimate (≤ {report.tol:.0e})"
     parts = [f"{verdict}: {good}/{n} tensors within {within}{grew}",
-             f"worst norm rel {_num(worst(report))}", f"loss {report.loss:.6g}",
+             f"worst norm rel {worst_text(report)}", f"loss {report.loss:.6g}",
              f"{report.method} differences" + (f" along {report.directions} directions" if report.directions else "")
              + f", eps {report.eps:.0e}, {report.dtype}"
              + (f" (numeric in {report.fd_dtype})" if report.fd_dtype != report.dtype else "")
@@ -155,7 +163,7 @@ def summary_table(reports: list[Report]) -> Table:
             verdict.append(f" ({len(rep.unresolved)} unresolved)", style="yellow")
         if rep.regressions:
             verdict.append(f" ({len(rep.regressions)} grew past baseline)", style="red")
-        t.add_row(safe(rep.name), str(len(rep.rows)), _num(worst(rep)), verdict, f"{rep.seconds:.2f} s")
+        t.add_row(safe(rep.name), str(len(rep.rows)), worst_text(rep), verdict, f"{rep.seconds:.2f} s")
     return t
 
 

@@ -522,3 +522,13 @@ def test_small_memory_limits_and_dates_are_said_as_given(tmp_path):
     config.write_text("seed: 2001-01-01\n" + SMALL)
     result = invoke("check", str(config))
     assert result.exit_code == 2 and result.stderr == "Error: seed: expected an integer >= 0, got a date (2001-01-01)\n"
+
+
+def test_a_run_with_no_judged_row_shows_no_worst_error_and_directions_say_their_range():
+    """A QA pass: every row UNRESOLVED (float32 at --tol 1e-12) read "worst norm rel 0.00e+00",
+    a perfect match; the markdown cell of a config that errored read nan.  Both show "—" now.
+    --directions 99999999999 said "an integer from 0", while the command line refuses 0."""
+    result = CliRunner().invoke(main, ["check", "float32", "--tol", "1e-12"])
+    assert result.exit_code == 0 and "worst norm rel — ·" in result.stdout.splitlines()[-1], result.output
+    result = CliRunner().invoke(main, ["check", "seed", "--directions", "99999999999"])
+    assert result.exit_code == 2 and "1<=x<=2147483648" in result.stderr, result.output
