@@ -36,21 +36,22 @@ class Sweep:
     tol: float = 1e-6
     seed: int = 0
     dtype: str = "float64"
-    # covered[t, e]: both sides within the resolution of the differences at that step (as
-    # ``cnngrad check`` judges a row UNRESOLVED: resolution.Floor) — None: not measured
+    # covered[t]: both sides within the resolution of the differences at the step a check would
+    # take (the config's, else the method's: ``cnngrad check`` judges a row UNRESOLVED there,
+    # resolution.Floor) — not at any step: at h = 1e-12 the resolution excuses ~1e-3
     covered: Array | None = None
 
     def verdicts(self) -> list[str]:
         """Per tensor: ``"ok"`` (some step brings it within tol); ``"unresolved"`` (no step does,
-        but at some step both sides are ~0 within the differences' resolution: a gradient 0 in
-        truth, a bias before a train-mode batch norm, is no error); ``"flat"`` (no step does and
+        but at the step a check would take both sides are ~0 within the differences' resolution:
+        a gradient 0 in truth, a bias before a train-mode batch norm, is no error); ``"flat"`` (no step does and
         the error does not shrink with h — under 10x from the largest step to the best, over 3
         steps or more: the analytic gradient is wrong, whatever the step); ``"fails"`` (no step
         does, though the error moves with h); ``"nan"`` (nothing compared, or not finite)."""
         out = []
         for t, row in enumerate(self.errors):
             finite = row[np.isfinite(row)]
-            if finite.size and finite.min() > self.tol and self.covered is not None and self.covered[t].any():
+            if finite.size and finite.min() > self.tol and self.covered is not None and self.covered[t]:
                 out.append("unresolved")
             elif finite.size == 0:
                 out.append("nan")
@@ -77,8 +78,8 @@ class Sweep:
 
     def unresolved(self) -> list[str]:
         """One line per tensor no step resolves from 0 (not a failure: ``cnngrad check`` says UNRESOLVED)."""
-        return [f"{label}: unresolved: both sides ~0 within the resolution of the differences at some step "
-                f"(0 in truth, or too small to tell — as cnngrad check says)"
+        return [f"{label}: unresolved: both sides ~0 within the resolution of the differences at the check's "
+                f"step (0 in truth, or too small to tell — as cnngrad check says)"
                 for label, v in zip(self.labels, self.verdicts()) if v == "unresolved"]
 
     def problems(self) -> list[str]:
@@ -113,8 +114,12 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
         if why:  # a lost imaginary part would read as a derivative
             raise cfg.ConfigError(f"method {method}: {why}")
         errors = np.full((len(rows), len(eps_values)), np.nan)
-        covered = np.zeros(errors.shape, dtype=bool)
+        covered = np.zeros(len(rows), dtype=bool)
         biggest = resolution.largest([*deltas, *(g for layer in grads for g in layer.values())])
+        own = config.check.get("eps") if config.check.get("method", "central") == method else None
+        own = own if isinstance(own, float) else get_method(method).default_eps[
+            "float64" if config.dtype == "float64" else "float32"]
+        at = int(np.argmin([abs(np.log(eps / own)) for eps in eps_values]))  # the step a check would take
         for e, eps in enumerate(eps_values):
             fd = FiniteDifferences(fd_net, fd_x, fd_y, eps, method, workers=workers)
             floor = resolution.floor(method, get_method(method).is_complex, eps, fd_x.dtype, loss, outputs[-1], y,
@@ -123,7 +128,8 @@ def sweep(config: cfg.Config, eps_values: tuple[float, ...] = DEFAULT_STEPS, sam
                 g = rows[t].grad.reshape(-1)[picks[t]].astype(np.float64)
                 ok = ~num.kinks
                 errors[t, e] = metrics(g[ok], num.values[ok]).norm_rel
-                covered[t, e] = bool(ok.any()) and floor.covers(g[ok], num.values[ok])
+                if e == at:
+                    covered[t] = bool(ok.any()) and floor.covers(g[ok], num.values[ok])
     labels = [f"{row.ref.layer} {row.kind} {row.ref.label}" for row in rows]
     m = get_method(method)
     tol = config.check.get("tol")  # what `cnngrad check` would pass at (with tol: estimate, at most the default)

@@ -200,6 +200,26 @@ def test_sweep_of_a_gradient_zero_in_truth_is_unresolved_not_wrong(monkeypatch):
     assert wrong.verdicts()[wrong.labels.index("0 conv b")] == "flat"
 
 
+def test_sweep_does_not_excuse_a_small_wrong_gradient_at_a_tiny_step(tmp_path):
+    """A second QA pass: a doubled ∂s of ~6e-4 (the layer after a 0.001 scale) was called
+    unresolved — at h = 1e-12 the resolution 10·ε·S/h is ~4e-3 and covers it — and the sweep
+    exited 0 while `cnngrad check` fails it.  Only the step a check would take may excuse a
+    tensor as ~0: the sweep says flat, exit 1."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).parent / "plugins" / "complex_layers.py", tmp_path / "complex_layers.py")
+    path = tmp_path / "small.yaml"
+    path.write_text("seed: 0\ninput: {batch: 2, channels: 2, height: 4, width: 4}\nlayers:\n"
+                    "  - conv: {filters: 2, kernel: 3}\n  - activation: tanh\n"
+                    "  - custom: {class: \"complex_layers:Scale\", init: 0.001}\n"
+                    "  - custom: {class: \"complex_layers:Scale\", bug: double}\n"
+                    "  - flatten: {}\n  - dense: {units: 3}\nloss: softmax_cross_entropy\n")
+    assert check(str(path), plugins=True).return_code == 1
+    result = CliRunner().invoke(main, ["sweep", str(path), "--plugins"])
+    assert result.exit_code == 1 and "3 Scale s: flat: the gradient is wrong" in result.stdout, result.output
+
+
 # --------------------------------------------------------------------------- float32
 
 

@@ -56,9 +56,9 @@ class FourierBlur:
 class Scale:
     """a = s ⊙ z, one scale per channel (s of shape (C,)); ``bug: double`` returns 2·∂C/∂s."""
 
-    def __init__(self, in_shape, rng, bug=None):
+    def __init__(self, in_shape, rng, bug=None, init=1.0):
         self.out_shape, self.bug = tuple(in_shape), bug
-        self.params = {"s": rng.normal(1.0, 0.1, in_shape[0])}
+        self.params = {"s": init * rng.normal(1.0, 0.1, in_shape[0])}
 
     def forward(self, z):
         return z * self.params["s"][None, :, None, None], z
