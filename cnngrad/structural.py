@@ -23,15 +23,16 @@ a^{l-1} (the seeded x, through the layers before it) and a random δ of its outp
   ∂C/∂a^{l-1} = 0 and every ∂C/∂θ = 0 ("an all-zero δ gives non-zero gradients") — and
   only they fail the layer (a right backward misses 2x by rounding near underflow);
 * where backward is reentrant, forward on another input (¾a^{l-1}, a^{l-1}'s entries
-  reversed, −a^{l-1}), then backward(δ, cache) of the first call again: the same result bit for bit ("backward reads
-  state the layer keeps from its last forward call" — a ``self.a`` set by forward: right for
+  reversed, −a^{l-1}, its first sample alone), then backward(δ, cache) of the first call
+  again: the same result bit for bit ("backward reads state the layer keeps from its last
+  forward call" — a ``self.a`` set by forward: right for
   one forward then one backward, wrong wherever a layer runs twice before its backward, as a
   shared layer does);
 * last, forward on a^{l-1} again: the first output bit for bit, after all those calls ("forward
   is not deterministic: after calls on other inputs …" — a drift, or running state), which
   also puts back what the layer keeps.
 
-Cost: up to six forwards and five backwards per layer (seven backwards where 2δ does not give 2x), no finite
+Cost: up to seven forwards and six backwards per layer (eight backwards where 2δ does not give 2x), no finite
 differences; the first forward and backward of a linear layer are also the adjoint test's
 (``Visit``).  A layer whose
 input or output is not finite is skipped: the numerical-fault report already names it.
@@ -254,15 +255,17 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
     cache) of the first call again, which must return r1 bit for bit.  Three other inputs,
     until one shows it: ¾a (inside any domain star-shaped about 0 — signs kept — with every
     scale statistic moved: a norm, a max, a variance kept by the layer), a's entries in
-    reverse order (the same values, every arg max moved; it may leave a domain per channel)
-    and −a (every sign: a count of the positive entries, a relu's mask).  Where the layer's
+    reverse order (the same values, every arg max moved; it may leave a domain per channel),
+    −a (every sign: a count of the positive entries, a relu's mask) and its first sample alone
+    (another shape: a ``self.shape`` kept for backward — which then fails, or differs).  Where the layer's
     forward fails or is not finite on one, that one cannot tell; where that forward changed
     the cache's arrays (an output buffer reused from call to call and held in the cache),
     or the cache holds what a snapshot cannot see into, none can, and it says no.
     (``_check_layer``'s last forward, on a, puts back whatever the layer keeps, and such a
     buffer's numbers.)"""
-    for other in (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape), -a):
-        if identical(other, a):
+    for other in (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape), -a,
+                  a[:1]):
+        if other.shape == a.shape and identical(other, a):
             continue
         before = snapshot(cache, skip=layer)
         if not seen_whole(before):  # what forward may change in it is out of sight
@@ -275,7 +278,15 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
             continue
         if not unchanged(before, cache):
             return False
-        if np.all(np.isfinite(moved)) and not _same_result(r1, _result(layer.backward(delta.copy(), cache))):
+        if not np.all(np.isfinite(moved)):
+            continue
+        try:
+            again = _result(layer.backward(delta.copy(), cache))
+        except Exception as e:  # δ of the other input's shape: backward took its shape from the layer
+            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
+                raise
+            return True
+        if not _same_result(r1, again):
             return True
     return False
 
@@ -291,7 +302,8 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
     last (½(a₀ + a₋₁); ¾a₀ for one sample: inside any domain convex, or star-shaped about 0,
     and unlike every sample in the batch's order-free statistics — its max, its norm — which
     a reordered sample keeps), and that one alone: where the layer's forward fails or is not
-    finite on it, it cannot tell, and says nothing; last, the first sample beside a copy of it
+    finite on it, it cannot tell, and says nothing; then the samples repeated to a batch the
+    size the differences stack (up to 72 rows); last, the first sample beside a copy of it
     scaled by 1 + 2⁻²⁰ (the differences' perturbed copies are that near).  A forward on a
     again puts back whatever the layer keeps."""
     n = a.shape[0]
@@ -323,6 +335,18 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
         if not _close(stacked, np.concatenate([out[::-1], mixed])):
             return ("a sample's output changes with the batch around it (the samples reversed and one more "
                     "added, a mix of two)")
+        # as many rows as the differences stack (up to 72; the memory a few dozen samples take)
+        big = min(72, max(2 * n, (64 << 20) // max(1, a[:1].nbytes)))
+        if big > n + 1:
+            rows = np.arange(big) % n
+            try:
+                many = np.array(layer.forward(a[rows])[0], copy=True)
+            except Exception as e:
+                if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
+                    raise
+                return f"its forward does not keep the batch's size: it fails on a batch of {big} ({e})"
+            if not _close(many, out[rows]):
+                return f"a sample's output changes with the batch around it (a batch of {big}, the samples repeated)"
         # last, beside a copy of itself nudged by 2⁻²⁰ — what the differences stack: a coupling that
         # only near-identical samples feel (a softmax kernel over the batch) shows only there
         twin = a[:1] * np.asarray(1 + 2.0 ** -20, a.dtype)

@@ -144,3 +144,17 @@ def test_a_coupling_only_near_samples_feel_is_found(tmp_path, bug, code):
                         plugins=True)
     assert rep.return_code == code, rep.localisation or [r.line() for r in rep.rows if r.failed]
     assert any(n.startswith("layers[1] BatchSmooth declares per_sample, but") for n in rep.fallbacks)
+
+
+def test_a_coupling_only_large_batches_show_is_found(tmp_path):
+    """A third QA pass: the probes ran 1 to n + 1 rows, the differences stack up to 72: a layer
+    doubling batches over 3 rows kept its declaration and the right conv below it was failed at
+    norm rel 0.35.  A batch of the samples repeated, as large as the differences stack, shows it."""
+    layer = D.BigBatch((2, 4, 4), np.random.default_rng(0))
+    a = np.random.default_rng(1).normal(size=(2, 2, 4, 4))
+    assert structural.per_sample_refuted(layer, a, layer.forward(a)[0]).startswith(
+        "a sample's output changes with the batch around it (a batch of")
+    rep = cnngrad.check(plugin_config(tmp_path, "declarations", "class: \"declarations:BigBatch\"",
+                                      shape="{batch: 2, channels: 2, height: 4, width: 4}"), plugins=True)
+    assert rep.passed and rep.return_code == 0, rep.localisation or [r.line() for r in rep.rows if r.failed]
+    assert any(n.startswith("layers[1] BigBatch declares per_sample, but") for n in rep.fallbacks)

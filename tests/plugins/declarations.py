@@ -17,6 +17,8 @@ their broken twins.
   per_sample: on distinct samples the off-diagonal weights underflow to 0 (y = a), but the
   differences' perturbed copies of one sample are near enough to average.  ``bug: half``:
   backward passes down half of δ.
+* BigBatch: y = a on batches of up to 3 samples, 2a on larger ones, declared per_sample (false:
+  the differences stack dozens of rows); its backward is right for the real batch.
 * LogScale: y = a[:, 1:] · log(a[:, :1]), per-sample indeed, with a domain per channel
   (channel 0 positive: its forward raises elsewhere; Softplus0 before it makes it so): a
   probe on the input's entries reordered leaves it, and must neither stop nor refute.
@@ -161,3 +163,17 @@ class BatchSmooth:
         c = dl[:, :, None] * (f[:, None, :] - f[None, :, :]) * (-2 / self.tau)
         gf = w.T @ g + c.sum(1) - c.sum(0)
         return (gf * (0.5 if self.bug == "half" else 1.0)).reshape(delta.shape), {}
+
+
+class BigBatch:
+    per_sample = True  # false: a batch of more than 3 rows is doubled
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params = tuple(in_shape), {}
+
+    def forward(self, a):
+        k = 1.0 if a.shape[0] <= 3 else 2.0
+        return a * k, k
+
+    def backward(self, delta, k):
+        return delta * k, {}

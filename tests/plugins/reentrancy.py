@@ -21,6 +21,9 @@ backward call with many forwards, so only the structural checks see these.
 * ActiveGain, ``bug: self_state``: y = a·(1 + k/size), k the count of a's positive entries
   (the whole batch's); backward reads the gain from the layer: ¾a and a reordered keep it,
   −a does not.
+* MeanPool, ``bug: state``: a global average pool whose backward takes the input's shape from
+  the layer (``self.shape``, set by every forward): every probe of the same shape keeps it,
+  a batch of one sample does not.
 * TanhBuffer (correct, as ``reuse_buffer`` is): tanh into one output buffer reused from call
   to call, held in its cache by a ``SimpleNamespace``, a tuple or a torch tensor — what a
   later forward does to it is seen, so it is not taken for state the layer keeps.
@@ -246,3 +249,19 @@ class ActiveGain:
 
     def backward(self, delta, gain):
         return delta * (self.gain if self.bug == "self_state" else gain), {}
+
+
+class MeanPool:
+    """y[n, c] = mean over (h, w) of a[n, c]; δ_in = δ / (h·w) spread over each map — the shape
+    from the cache (``bug: state``: from ``self.shape``, set by every forward)."""
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.params, self.bug = (in_shape[0], 1, 1), {}, bug
+
+    def forward(self, a):
+        self.shape = a.shape
+        return a.mean(axis=(2, 3), keepdims=True), a.shape
+
+    def backward(self, delta, shape):
+        shape = self.shape if self.bug == "state" else shape
+        return np.broadcast_to(delta / (shape[2] * shape[3]), shape).copy(), {}
