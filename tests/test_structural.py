@@ -65,6 +65,8 @@ def observe(cls: type, **options) -> set[str]:
     return seen
 
 
+STATE = ("backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
+         "another input, backward(δ, cache) of the first call gives different numbers")
 CASES = [  # class, bug, what the test's own calls see, cnngrad's reason
     ("TanhCache", "cache_in_place", {"two backwards differ"}, "backward changes its cache"),
     ("TanhDelta", "delta_in_place", {"the δ passed in changed"}, "backward changes the δ it is given"),
@@ -75,18 +77,10 @@ CASES = [  # class, bug, what the test's own calls see, cnngrad's reason
     ("GainDecay", "decay", {"zero δ gives non-zero gradients"}, "an all-zero δ gives non-zero gradients (g)"),
     ("TanhDrift", "drift", {"a later forward differs"},
      "forward is not deterministic: after calls on other inputs, a call on the same input gives different numbers"),
-    ("TanhLast", "last_forward", {"a forward in between changes backward"},
-     "backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
-     "another input, backward(δ, cache) of the first call gives different numbers"),
-    ("ActiveGain", "self_state", {"a forward in between changes backward"},
-     "backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
-     "another input, backward(δ, cache) of the first call gives different numbers"),
-    ("MeanPool", "state", {"a forward in between changes backward"},
-     "backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
-     "another input, backward(δ, cache) of the first call gives different numbers"),
-    ("NormState", "state_norm", {"a forward in between changes backward"},
-     "backward reads state the layer keeps from its last forward call, not only its cache: after a forward on "
-     "another input, backward(δ, cache) of the first call gives different numbers"),
+    ("TanhLast", "last_forward", {"a forward in between changes backward"}, STATE),
+    ("ActiveGain", "self_state", {"a forward in between changes backward"}, STATE),
+    ("MeanPool", "state", {"a forward in between changes backward"}, STATE),
+    ("NormState", "state_norm", {"a forward in between changes backward"}, STATE),
 ]
 
 
@@ -289,9 +283,7 @@ def test_state_is_still_seen_behind_a_cache_of_plain_values():
             return delta * (1 - self.a * self.a), {}
 
     x = np.random.default_rng(0).normal(size=(2, 3))
-    assert structural.check([Kept()], x, ["Kept"], 0) == [
-        "layers[0] Kept: backward reads state the layer keeps from its last forward call, not only its cache: "
-        "after a forward on another input, backward(δ, cache) of the first call gives different numbers"]
+    assert structural.check([Kept()], x, ["Kept"], 0) == [f"layers[0] Kept: {STATE}"]
     torch = pytest.importorskip("torch")
     from cnngrad.torch_adapter import adapter
 
