@@ -270,20 +270,17 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
         before = snapshot(cache, skip=layer)
         if not seen_whole(before):  # what forward may change in it is out of sight
             return False
-        try:
-            moved = layer.forward(other)[0]
-        except Exception as e:
-            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):  # sys.exit in the plugin
-                raise
+        moved = _outputs(layer, other)
+        if isinstance(moved, Exception):  # outside its domain, perhaps: this one cannot tell
             continue
         if not unchanged(before, cache):
             return False
-        if not np.all(np.isfinite(moved)):
+        if not np.all(np.isfinite(moved[0])):
             continue
         try:
             again = _result(layer.backward(delta.copy(), cache))
         except Exception as e:  # δ of the other input's shape: backward took its shape from the layer
-            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
+            if _stops(e):
                 raise
             return True
         if not _same_result(r1, again):
@@ -295,7 +292,7 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
     """Why ``layer``'s ``per_sample`` declaration fails at its input ``a`` (of shape (n, …);
     ``out`` its output there), or "" where it holds: the differences stack perturbed copies of
     a batch, so a per-sample layer must give each sample its own output whatever batch it is
-    in — of another size, in another order, beside another sample.  Three tries, each equal
+    in — of another size, in another order, beside another sample.  Five tries, each equal
     to rounding (√ε of the largest) or the reason: each sample alone and the samples reversed
     (real samples: inside any domain the layer has, so a forward that fails there fails on
     the batch's size); then the samples reversed plus one more, a mix of the first and the
@@ -309,13 +306,10 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
     n = a.shape[0]
     extra = (a[:1] + a[-1:]) * np.asarray(0.5, a.dtype) if n > 1 else a[:1] * np.asarray(0.75, a.dtype)
     try:
-        try:
-            each = [np.array(layer.forward(a[i:i + 1].copy())[0], copy=True) for i in range(n)]
-            reversed_ = np.array(layer.forward(a[::-1].copy())[0], copy=True)
-        except Exception as e:  # a PluginError naming the layer, most often: a mask of the batch's size
-            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):  # sys.exit / os._exit in the
-                raise                                                                # plugin: that stops the config
-            return f"its forward does not keep the batch's size: it fails on a batch of another size ({e})"
+        real = _outputs(layer, *(a[i:i + 1].copy() for i in range(n)), a[::-1].copy())
+        if isinstance(real, Exception):  # a PluginError naming the layer, most often: a mask of the batch's size
+            return f"its forward does not keep the batch's size: it fails on a batch of another size ({real})"
+        each, reversed_ = real[:-1], real[-1]
         sizes = [one.shape[0] if one.ndim else 0 for one in each]
         if any(size != 1 for size in sizes):
             wrong = next(k for k in sizes if k != 1)
@@ -323,15 +317,10 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
         alone = np.concatenate(each)
         if not (_close(alone, out) and _close(reversed_, out[::-1])):
             return "a sample's output changes with the batch around it (the sample alone, or the samples reversed)"
-        try:
-            mixed = np.array(layer.forward(extra.copy())[0], copy=True)
-            stacked = np.array(layer.forward(np.concatenate([a[::-1], extra]))[0], copy=True)
-        except Exception as e:
-            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
-                raise
+        tried = _outputs(layer, extra.copy(), np.concatenate([a[::-1], extra]))
+        if isinstance(tried, Exception) or not all(np.all(np.isfinite(t)) for t in tried):
             return ""  # outside the layer's domain, perhaps: it cannot tell
-        if not (np.all(np.isfinite(mixed)) and np.all(np.isfinite(stacked))):
-            return ""
+        mixed, stacked = tried
         if not _close(stacked, np.concatenate([out[::-1], mixed])):
             return ("a sample's output changes with the batch around it (the samples reversed and one more "
                     "added, a mix of two)")
@@ -339,30 +328,39 @@ def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:
         big = min(72, max(2 * n, (64 << 20) // max(1, a[:1].nbytes)))
         if big > n + 1:
             rows = np.arange(big) % n
-            try:
-                many = np.array(layer.forward(a[rows])[0], copy=True)
-            except Exception as e:
-                if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
-                    raise
-                return f"its forward does not keep the batch's size: it fails on a batch of {big} ({e})"
-            if not _close(many, out[rows]):
+            many = _outputs(layer, a[rows])
+            if isinstance(many, Exception):
+                return f"its forward does not keep the batch's size: it fails on a batch of {big} ({many})"
+            if not _close(many[0], out[rows]):
                 return f"a sample's output changes with the batch around it (a batch of {big}, the samples repeated)"
         # last, beside a copy of itself nudged by 2⁻²⁰ — what the differences stack: a coupling that
         # only near-identical samples feel (a softmax kernel over the batch) shows only there
         twin = a[:1] * np.asarray(1 + 2.0 ** -20, a.dtype)
-        try:
-            nudged = np.array(layer.forward(twin.copy())[0], copy=True)
-            pair = np.array(layer.forward(np.concatenate([a[:1], twin]))[0], copy=True)
-        except Exception as e:
-            if e.__cause__ is not None and not isinstance(e.__cause__, Exception):
-                raise
+        tried = _outputs(layer, twin.copy(), np.concatenate([a[:1], twin]))
+        if isinstance(tried, Exception) or not all(np.all(np.isfinite(t)) for t in tried):
             return ""
-        if np.all(np.isfinite(pair)) and np.all(np.isfinite(nudged)) and \
-                not _close(pair, np.concatenate([alone[:1], nudged])):
+        nudged, pair = tried
+        if not _close(pair, np.concatenate([alone[:1], nudged])):
             return "a sample's output changes beside a copy of itself nudged as the differences nudge it"
         return ""
     finally:
         layer.forward(a.copy())
+
+
+def _stops(e: Exception) -> bool:
+    """Whether ``e`` is a plugin's sys.exit / os._exit (a PluginError caused by no Exception):
+    that stops the config, where any other error a probe meets only means it cannot tell."""
+    return e.__cause__ is not None and not isinstance(e.__cause__, Exception)
+
+
+def _outputs(layer: Layer, *inputs: Array) -> list[Array] | Exception:
+    """Copies of ``layer``'s outputs on each input in turn, or the error its forward raised."""
+    try:
+        return [np.array(layer.forward(x)[0], copy=True) for x in inputs]
+    except Exception as e:
+        if _stops(e):
+            raise
+        return e
 
 
 def _close(got: Array, want: Array) -> bool:
