@@ -132,7 +132,7 @@ def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array
     z, or its move stays below z's rounding — a test that cannot be taken where backward
     says it does reach z.  One more forward a lift (one or two, most often; none where the
     move is z's size already)."""
-    Lu = move(U)
+    Lu = first = move(U)
     big, size_u = _norm(out), _norm(U)
     if not (np.isfinite(big) and big > 0.0 and 0.0 < size_u < np.inf and np.all(np.isfinite(Lu))):
         return U, Lu, True
@@ -150,7 +150,7 @@ def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array
             break
         s, Lu = s * 2.0 ** k, lifted
     if not _norm(Lu) > 0.0:
-        return U, move(U), False  # nothing shows: the unlifted move, as it was
+        return U, first, False  # nothing shows: the unlifted move, as it was
     return U * s, Lu, True
 
 
@@ -164,7 +164,7 @@ def _not_linear(move: Callable[[Array], Array], U: Array, Lu: Array) -> bool:
 
 
 def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str,
-                given: Visit | None = None, shown: bool = True) -> tuple[Adjoint | str, Array]:
+                given: Visit | None = None, trusted: bool = True) -> tuple[Adjoint | str, Array]:
     """The dot-product test of ``layer`` at input ``a`` (of shape (N, *in_shape)), float64,
     and the layer's output there (the next layer's input).
 
@@ -175,7 +175,7 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
     linear in its input has the same Lᵀ at every input, so a's cache serves the input's
     probes too.  ``given``: the structural checks' forward at a, their random δ as v and
     backward's result for it (``structural.Visit``), so only the second probe is called.
-    ``shown`` False (a user's layer: its ``linear = True`` is a declaration) first shows z
+    ``trusted`` False (a user's layer: its ``linear = True`` is a declaration) first shows z
     linear in each tensor (``_not_linear``): where it is not in its input, the reason comes
     back instead of a test; a parameter it is not linear in is left out (``Adjoint.untested``)."""
     shared = given if given is not None and given.back is not None and given.delta is not None else None
@@ -191,7 +191,7 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
             return layer.forward(a + U)[0] - out_a
 
         moves = {"": _lifted(move_input, u, out_a)}  # tensor -> (U_T, L_T U_T, shown)
-        if not shown and _not_linear(move_input, *moves[""][:2]):
+        if not trusted and _not_linear(move_input, *moves[""][:2]):
             return "z(a + 2u) − z(a) is not twice z(a + u) − z(a)", out_a
         untested: list[str] = []
         for name, P in list(layer.params.items()):
@@ -204,7 +204,7 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
                     layer.params[name] = P
 
             moves[name] = _lifted(move, rng.uniform(-1.0, 1.0, P.shape), out_a)
-            if not shown and _not_linear(move, *moves[name][:2]):
+            if not trusted and _not_linear(move, *moves[name][:2]):
                 del moves[name]
                 untested.append(name)
         if shared is not None:
@@ -230,7 +230,7 @@ def check_network(layers: list, x: Array, kinds: list[str], seed: int,
     """The test for every linear layer of a float64 network, at the inputs x (of shape
     (N, *in_shape)) gives each layer.  ``visits``: what ``structural.check`` computed on the
     same layers from the same x (each layer's output, and the first probe where it kept it).
-    A user's layer declares its linearity: shown first (``check_layer``'s ``shown``); where it
+    A user's layer declares its linearity: shown first (``check_layer``'s ``trusted``); where it
     does not hold, ``notes`` (a list) receives why, and the layer has no test."""
     from .network import pure
 
@@ -239,7 +239,7 @@ def check_network(layers: list, x: Array, kinds: list[str], seed: int,
     for i, layer in enumerate(layers):
         visit = visits[i] if visits is not None and i < len(visits) else None
         if is_linear(layer):
-            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit, shown=pure(layer))
+            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit, trusted=pure(layer))
             if isinstance(test, str):
                 if notes is not None:
                     notes.append(f"layers[{i}] {kinds[i]} declares linear = True, but {test}: no dot-product test")

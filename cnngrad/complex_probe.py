@@ -71,13 +71,13 @@ def carries(fn: Callable[[Array], Array], base: Array, rng: np.random.Generator)
         own_error = 10 * np.linalg.norm((up2 - down2) / (4 * t) - d_real)  # truncation, 4x at 2t: ≥ 3x its own
         d_imag = fc.imag.astype(np.float64) / STEP
     gap = np.linalg.norm(d_imag - d_real)
-    rounding = 10 * unit * np.linalg.norm(f0.astype(np.float64)) / t + own_error
+    allowed = 10 * unit * np.linalg.norm(f0.astype(np.float64)) / t + own_error  # the real difference's error
     if not np.any(d_imag):
-        if np.linalg.norm(d_real) <= rounding:
+        if np.linalg.norm(d_real) <= allowed:
             return "its output does not move along a random direction here, so the probe cannot show it keeps " \
                    "an imaginary part (declare complex_safe = True if it does)"
         return "its forward drops the imaginary part (np.real, a float buffer, rfft2?)"
-    if not gap <= AGREE * (np.linalg.norm(d_real) + np.linalg.norm(d_imag)) + rounding:
+    if not gap <= AGREE * (np.linalg.norm(d_real) + np.linalg.norm(d_imag)) + allowed:
         return "its imaginary part does not follow the derivative"
     return ""
 

@@ -345,8 +345,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     config's ``check:`` apply (ConfigError naming the argument, e.g. ``samples: expected an
     integer from 1 …``): a library call must not get through with what the CLI refuses —
     ``samples=0`` checked nothing and passed, ``tol=inf`` (or 1: norm rel is at most 1) passed
-    any gradient.  None is the
-    default everywhere; returns ``options`` with ``samples="all"`` read as None."""
+    any gradient.  None is the default everywhere; returns ``options`` with ``samples="all"``
+    read as None."""
     out = {k: _plain(v) for k, v in options.items()}
     for name in ("eps", "max_params", "max_memory_mb"):
         if out.get(name) is not None:

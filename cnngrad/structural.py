@@ -252,13 +252,13 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
 
 def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> bool:
     """Whether backward reads more than its cache: forward on another input, then backward(δ,
-    cache) of the first call again, which must return r1 bit for bit.  Three other inputs,
+    cache) of the first call again, which must return r1 bit for bit.  Four other inputs,
     until one shows it: ¾a (inside any domain star-shaped about 0 — signs kept — with every
     scale statistic moved: a norm, a max, a variance kept by the layer), a's entries in
     reverse order (the same values, every arg max moved; it may leave a domain per channel),
-    −a (every sign: a count of the positive entries, a relu's mask) and its first sample alone
-    (another shape: a ``self.shape`` kept for backward — which then fails, or differs).  Where the layer's
-    forward fails or is not finite on one, that one cannot tell; where that forward changed
+    −a (every sign: a count of the positive entries, a relu's mask) and its first sample
+    alone (another shape: a ``self.shape`` kept for backward — which then fails, or differs).
+    Where the layer's forward fails or is not finite on one, that one cannot tell; where that forward changed
     the cache's arrays (an output buffer reused from call to call and held in the cache),
     or the cache holds what a snapshot cannot see into, none can, and it says no.
     (``_check_layer``'s last forward, on a, puts back whatever the layer keeps, and such a
