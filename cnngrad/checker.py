@@ -24,7 +24,7 @@ from .blas import one_thread
 from .blocks import Block
 from .compare import TensorCheck, judge, metrics, show_tol
 from .complex_probe import ComplexProbe
-from .confirm import confirm_failures
+from .confirm import central_look, confirm_failures
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
 from .localise_tree import localise_tree
 from .network import Forwarded, Network, Problem, build, pure
@@ -602,11 +602,15 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 out.update(own_runs[key])
             return out
 
-        def floor_of(method: str, complex_step: bool) -> resolution.Floor:
-            return resolution.floor(method, complex_step, how.eps, how.fd_dtype, loss, outputs[-1], y,
-                                    config.dtype, biggest, measured)
+        def floor_of(method: str, complex_step: bool, eps: float | None = None) -> resolution.Floor:
+            return resolution.floor(method, complex_step, how.eps if eps is None else eps, how.fd_dtype, loss,
+                                    outputs[-1], y, config.dtype, biggest, measured)
 
         report.floor = floor_of(how.method, is_complex)
+
+        def central_floor() -> resolution.Floor:
+            """The resolution of central differences at their default step (``central_look``)."""
+            return floor_of("central", False, get_method("central").default_eps[how.fd_dtype])
         rows = targets(net, deltas, grads, inner)
         network_refs = {row.ref for row in rows}
         if how.scope == "layer":  # every layer's input δ too
@@ -682,6 +686,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                                      how.fd_dtype, how.workers, floor, wrap=wrap)
                     for row, check in zip(part, checks):
                         row.check = check
+                # where the complex step was not available: central differences at their own step
+                checks = [row.verdict for row in among]
+                central_look(checks, [row.ref for row in among], numeric_side, how.method, how.eps, how.tol,
+                             how.fd_dtype, how.workers, central_floor(), wrap=wrap)
+                for row, check in zip(among, checks):
+                    row.check = check
 
         term_sizes: dict[tuple[TensorRef, bytes], float | None] = {}
 
@@ -803,6 +813,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 checks = [e2e]
                 confirm_failures(checks, [TensorRef.delta(0)], numeric_side, how.method, how.tol, how.fd_dtype,
                                  how.workers, floor_of("complex", True))
+                central_look(checks, [TensorRef.delta(0)], numeric_side, how.method, how.eps, how.tol, how.fd_dtype,
+                             how.workers, central_floor())
                 e2e = layer_scope.as_end_to_end(checks[0], e2e)
             _rounding_excused([(TensorRef.delta(0), e2e)], net, traced_wide, excuse)  # as ∂C/∂x's own row
             report.rows.append(e2e)

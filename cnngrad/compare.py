@@ -150,6 +150,9 @@ class TensorCheck:
                    f"not a bug: use {remedy}"
         if ratio < 0.7:
             return f"{said}: grows as h shrinks — rounding error dominates: use a larger --eps"
+        if ratio >= 1.5:  # shrinks, but slower than the order: not "does not shrink"
+            return f"{said}: falls {ratio:.1f}x as h halves, less than order {order} would ({2 ** order}x) — " \
+                   f"h too far from 0 for the order to show, a loss not smooth enough for it, or a bug"
         if self.passed:
             return f"{said}: at the rounding floor"
         if self.unresolved:

@@ -63,3 +63,65 @@ def test_ridders_catches_a_bug():
     zoo = Path(__file__).resolve().parent / "zoo"
     rep = check(str(zoo / "act_tanh_prime_at_a.yaml"), plugins=True, method="ridders")
     assert rep.return_code == 1 and rep.localisation.startswith("layer 1 (ZooAct)")
+
+
+# --------------------------------------------------------------------------- a layer C¹ only
+
+
+def _signed_square(tmp_path, bug):
+    from oracles import plugin_config
+
+    return plugin_config(tmp_path, "c1_layers", f"class: \"c1_layers:SignedSquare\", bug: {bug or 'null'}",
+                         shape="{batch: 2, channels: 2, height: 6, width: 6}", seed=3,
+                         before=("conv: {filters: 3, kernel: 3, padding: 1}",),
+                         after=("conv: {filters: 2, kernel: 3}", "flatten: {}", "dense: {units: 3}"))
+
+
+def test_the_c1_layer_is_what_it_says():
+    """The plugin's backward against the test's own central differences of y = a·|a| (no unit
+    within 1e-4 of 0: C² there), and the layer is no kink: y' is continuous at 0."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("c1_layers", Path(__file__).parent / "plugins" / "c1_layers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    layer = mod.SignedSquare((4,), None)
+    a = np.array([[-1.3, -0.2, 0.4, 2.0]])
+    delta = np.array([[0.7, -1.1, 0.5, 2.0]])
+    h = 1e-6
+    numeric = np.array([(np.vdot(delta, layer.forward(a + h * e)[0]) - np.vdot(delta, layer.forward(a - h * e)[0]))
+                        / (2 * h) for e in np.eye(4)[:, None, :]])
+    np.testing.assert_allclose(layer.backward(delta, layer.forward(a)[1])[0].ravel(), numeric, rtol=1e-8)
+
+
+@pytest.mark.parametrize("scope", ["network", "layer"])
+@pytest.mark.parametrize("method", ["richardson", "ridders"])
+def test_a_layer_only_c1_is_not_failed_by_large_steps(tmp_path, method, scope):
+    """y = a·|a| under Richardson (h 5e-3) and Ridders (h up to 0.6), no complex step: their
+    steps straddle 0 and failed the right backward ("layer 1: backward is wrong"); central
+    differences at their own step pass it, and the rows say so.  Its twin 1e-3 off still fails."""
+    right = check(_signed_square(tmp_path, None), method=method, scope=scope, plugins=True)
+    assert right.passed, [(str(r.ref), r.note) for r in right.rows if not r.passed]
+    rescued = [r for r in right.rows if "central differences at their own step 1e-06 agree" in r.note]
+    assert rescued and all(f"{method} differences at step" in r.note for r in rescued)
+    assert right.localisation is None or "SignedSquare" not in str(right.localisation)
+    wrong = check(_signed_square(tmp_path, "gain"), method=method, scope=scope, plugins=True)
+    assert not wrong.passed
+    failing = [r for r in wrong.rows if r.failed]
+    assert any(r.ref.index == 1 and r.ref.is_delta for r in failing)
+    assert all("own step 1e-06 fail too" in r.note for r in failing if r.mode == "entries" and r.confirmed is None)
+
+
+@pytest.mark.parametrize("ratio, said", [(3.5, "falls 3.5x as h halves, less than order 4"), (1.0, "does not shrink"),
+                                         (16.0, "truncation error, not a bug")])
+def test_what_halving_h_is_said_to_mean(ratio, said):
+    """An order-4 error that fell 3.5x as h halved shrank: it was not "does not shrink with h —
+    the analytic gradient is wrong" (a C¹ layer under Richardson); one that stayed put was."""
+    from cnngrad.compare import judge
+    from cnngrad.refs import TensorRef
+
+    analytic = np.array([1.0, -2.0, 3.0])
+    c = judge(TensorRef.delta(0), "conv", (3,), np.arange(3), analytic, analytic * (1 + 1e-3), np.zeros(3, bool), 1e-6)
+    c.norm_rel_half = c.metrics.norm_rel / ratio
+    text = c.convergence(4, "richardson")
+    assert said in text and ("gradient is wrong" in text) == (ratio == 1.0), text
