@@ -147,3 +147,17 @@ def test_the_facts_of_a_flat_tensor_say_entries():
     said = describe(Case(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0]), TensorRef.param(0, "b"), None, None,
                          1, 1e-6))
     assert "3 of 3 entries wrong; entries all;" in said and "entrys" not in said
+
+
+@pytest.mark.parametrize("batch, factor, coincidence", [(2, 2.0, True), (2, 0.5, True), (3, 3.0, False)])
+def test_a_factor_equal_to_a_batch_of_2_is_not_only_a_batch_mean(batch, factor, coincidence) -> None:
+    """δ twice the numeric one in a batch of 2: a batch mean where a sum belongs is one reading;
+    any doubled term is another (a tie-routing pool below a concat block gave exactly 2, and the
+    hint named only the batch mean).  A batch of 3 and a factor 3 keep the batch-mean hint alone."""
+    from cnngrad.diagnose import _scale
+    from cnngrad.diagnose.case import Case
+
+    n = np.array([1.0, -2.0, 3.0, 0.5])
+    said = _scale(Case(factor * n, n, TensorRef.delta(1), None, None, batch, 1e-6))
+    assert said and "a batch mean where a sum belongs" in said[0]
+    assert ("any factor of 2" in said[0]) == coincidence, said

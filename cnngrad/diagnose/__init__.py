@@ -103,6 +103,8 @@ def _scale(c: Case) -> list[str]:
         if (c.batch > 1 or "N" not in label) and k != 1 and abs(alpha - k) <= 1e-6 * abs(k):
             hint = f" = {label}" + (": a batch mean where a sum belongs, or a 1/N missing or doubled"
                                     if label in ("N", "1/N") else "")
+            if label in ("N", "1/N") and c.batch == 2:  # 2 = N is a coincidence as often as not
+                hint += " — or, the batch being 2, any factor of 2 (a term counted twice, δ routed to two tied entries)"
             break
     if not hint and abs(alpha - 1) < 1e-2:
         hint = f" (1 {'+' if alpha > 1 else '−'} {abs(alpha - 1):.1e}): a small scale error"
