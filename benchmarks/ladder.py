@@ -17,7 +17,8 @@ process, WARM_REPEATS rounds, medians (this machine drifts by ±30% between proc
 
 The floor of a rung: the FLOPs its scope must spend — two evaluations (central differences)
 of everything an entry changes, in the perturbed layer alone (layer scope) or in every layer
-from it to the loss (network scope, windows growing with each layer's kernel) — at the
+from it to the loss (network scope, windows growing with each layer's kernel, clipped to the
+map: an entry by a border changes less) — at the
 matmul rate measured here (float64, one core per worker).  Results go to
 ``benchmarks/results-ladder.json``.
 """
@@ -313,14 +314,54 @@ def network_floors(problem: Problem) -> dict[str, float]:
     costs, n = _layer_costs(problem), problem.config.batch
     out: dict[str, float] = {}
     for l, c in enumerate(costs):
-        if l == 0:  # an input entry: one sample; its window, growing layer by layer
-            win = (1, 1, 1) if len(c["in"]) == 3 else None
-            out["x"] = 2 * n * int(np.prod(c["in"])) * _suffix_flops(costs, 0, win)
+        if l == 0:  # an input entry: one sample; what it changes, window by window, position by position
+            out["x"] = 2 * n * int(c["in"][0]) * _input_flops(costs) if len(c["in"]) == 3 else \
+                2 * n * int(np.prod(c["in"])) * _suffix_flops(costs, 0, None)
         for name, P in c["layer"].params.items():
             first, whole_win = _first_flops(c, name)
             rest = _suffix_flops(costs, l + 1, whole_win) if l + 1 < len(costs) else 0.0
             out[f"layers[{l}].{name}"] = 2 * P.size * n * (first + rest)
     return out
+
+
+def _reach(c: dict[str, Any], lo: np.ndarray, hi: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The outputs [lo', hi'] along ``axis`` (0: rows, 1: columns) of layer c that an input
+    change confined to [lo, hi] can reach, clipped to the map (an entry by a border changes less;
+    a dilated kernel's window may hold a row by the border that no tap of it reads)."""
+    if c["kind"] not in ("conv", "pool"):
+        return lo, hi
+    layer = c["layer"]
+    k, s = layer.k[axis], layer.s[axis]
+    p, d = getattr(layer, "p", (0, 0))[axis], getattr(layer, "d", (1, 1))[axis]
+    size = c["out"][1 + axis]
+    first = -((-(lo + p - (k - 1) * d)) // s)  # ceil: output i reads padded i·s … i·s + (k−1)·d
+    return np.maximum(first, 0), np.minimum((hi + p) // s, size - 1)
+
+
+def _input_flops(costs: list[dict[str, Any]]) -> float:
+    """FLOPs (2 per MAC) of every layer for one entry of each position of one input channel,
+    summed over the positions: the changed part only — a window growing with each kernel,
+    clipped to the map (a corner entry of a 32x32 map changes a quarter of what a central one
+    does through a conv), whole maps from the first layer that mixes them on; nothing after a
+    layer no window of whose outputs reads the entry (a stride's untiled last rows).  Rows and
+    columns reach apart, so a layer's sum over positions is Σ_y rows × Σ_x columns."""
+    H, W = costs[0]["in"][1:]
+    ly, hy = np.arange(H), np.arange(H)
+    lx, hx = np.arange(W), np.arange(W)
+    live_y, live_x = np.ones(H, dtype=bool), np.ones(W, dtype=bool)
+    flops, channels, local = 0.0, 1, True
+    for c in costs:
+        if local and len(c["in"]) == 3 and c["kind"] in ("conv", "pool", "activation"):
+            ly, hy = _reach(c, ly, hy, 0)
+            lx, hx = _reach(c, lx, hx, 1)
+            live_y, live_x = live_y & (hy >= ly), live_x & (hx >= lx)
+            channels = c["out"][0] if c["kind"] == "conv" else channels
+            rows, cols = np.where(live_y, hy - ly + 1, 0), np.where(live_x, hx - lx + 1, 0)
+            flops += 2 * channels * c["fan"] * float(np.sum(rows)) * float(np.sum(cols))
+            continue
+        local = False
+        flops += 2 * int(np.prod(c["out"])) * c["fan"] * int(np.sum(live_y)) * int(np.sum(live_x))
+    return flops
 
 
 def _first_flops(c: dict[str, Any], name: str) -> tuple[float, tuple[int, int, int] | None]:
@@ -336,9 +377,9 @@ def floors(problem: Problem) -> dict[str, float]:
     costs, n = _layer_costs(problem), problem.config.batch
     layer = 0.0
     for l, c in enumerate(costs):
-        # an input entry of layer l (δ^{l-1}): one sample; its window in layer l
-        win = (1, 1, 1) if len(c["in"]) == 3 else None
-        layer += 2 * n * int(np.prod(c["in"])) * _suffix_flops(costs[l:l + 1], 0, win)
+        # an input entry of layer l (δ^{l-1}): one sample; its window in layer l, clipped to the map
+        layer += 2 * n * (int(c["in"][0]) * _input_flops(costs[l:l + 1]) if len(c["in"]) == 3 else
+                          int(np.prod(c["in"])) * _suffix_flops(costs[l:l + 1], 0, None))
         for name, P in c["layer"].params.items():
             layer += 2 * P.size * n * _first_flops(c, name)[0]
     return {"network": sum(network_floors(problem).values()), "layer": layer}
