@@ -171,11 +171,11 @@ class Conv:
         K = self._dense()[:, channel : channel + 1]
         return C.correlate(C.pad(delta[:, None], self.p), K, self.s, self.d)
 
-    def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
+    def window(self, y0: Array, x0: Array, h: int, w: int, tight: bool = False) -> tuple[Array, Array, int, int]:
         """The output window (i0, j0, wh, ww) an input change inside the h×w windows at
-        (y0, x0) can reach (``conv.window_after``)."""
-        i0, wh = C.window_after(y0, h, self.out_shape[1], self.k[0], self.s[0], self.p[0], self.d[0])
-        j0, ww = C.window_after(x0, w, self.out_shape[2], self.k[1], self.s[1], self.p[1], self.d[1])
+        (y0, x0) can reach (``conv.window_after``; ``tight``: no larger than these rows need)."""
+        i0, wh = C.window_after(y0, h, self.out_shape[1], self.k[0], self.s[0], self.p[0], self.d[0], tight)
+        j0, ww = C.window_after(x0, w, self.out_shape[2], self.k[1], self.s[1], self.p[1], self.d[1], tight)
         return i0, j0, wh, ww
 
     def window_delta(self, delta: Array, y0: Array, x0: Array, i0: Array, j0: Array, wh: int,
@@ -396,10 +396,11 @@ class Pool:
         flat += corners
         return np.take(np.ascontiguousarray(a).reshape(-1), flat)
 
-    def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]:
-        """The output window an input change inside the h×w windows at (y0, x0) can reach."""
-        i0, wh = C.window_after(y0, h, self.out_shape[1], self.k[0], self.s[0])
-        j0, ww = C.window_after(x0, w, self.out_shape[2], self.k[1], self.s[1])
+    def window(self, y0: Array, x0: Array, h: int, w: int, tight: bool = False) -> tuple[Array, Array, int, int]:
+        """The output window an input change inside the h×w windows at (y0, x0) can reach
+        (``tight``: no larger than these rows need)."""
+        i0, wh = C.window_after(y0, h, self.out_shape[1], self.k[0], self.s[0], tight=tight)
+        j0, ww = C.window_after(x0, w, self.out_shape[2], self.k[1], self.s[1], tight=tight)
         return i0, j0, wh, ww
 
     def region(self, i0: Array, j0: Array, wh: int, ww: int) -> tuple[Array, Array, int, int]:

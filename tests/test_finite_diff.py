@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from cnngrad.config import validate
 from cnngrad.finite_diff import FiniteDifferences, propagate
@@ -202,3 +203,42 @@ def test_windows_on_large_maps_equal_the_naive_loop(layers):
         a_l = fd.inputs[l].copy()
         want.append(naive_numeric(net, a_l, y, 1e-6, a_l, np.arange(a_l.size), start=l))
     assert_same_to_rounding(got, want)
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 3), st.integers(1, 2), st.integers(4, 12),
+       st.integers(1, 5), st.data())
+def test_a_tight_window_holds_what_the_rows_change(k, s, p, d, size_in, h, data):
+    """``window_after(…, tight=True)`` for one row: the outputs whose kernel reads any of rows
+    [y0, y0 + h) (a plain loop over outputs and taps) lie inside it, and it is no larger than
+    the window every row gets; without dilation it is exactly their span, clipped to the map."""
+    from cnngrad import conv as C
+
+    size = C.out_size(size_in, k, s, p, d)
+    assume(size >= 1 and h <= size_in)
+    y0 = data.draw(st.integers(0, size_in - h))
+    read = [i for i in range(size) if any(y0 <= i * s + u * d - p < y0 + h for u in range(k))]
+    i0, n = C.window_after(np.array([y0]), h, size, k, s, p, d, tight=True)
+    _, uniform = C.window_after(np.array([y0]), h, size, k, s, p, d)
+    assert n <= uniform and 0 <= i0[0] and i0[0] + n <= size
+    assert all(i0[0] <= i < i0[0] + n for i in read)
+    if d == 1 and read:
+        assert n == max(1, read[-1] - read[0] + 1)
+
+
+def test_input_entries_in_any_order_give_their_own_numbers():
+    """The input's entries are chunked position by position (``planning.by_position``, for
+    windows clipped to the map): asked in a shuffled order, a subset gets the numbers of the
+    naive loop at those entries, in the order asked."""
+    raw = {"seed": 3, "input": {"batch": 2, "channels": 2, "height": 12, "width": 12},
+           "layers": [{"conv": {"filters": 3, "kernel": 3, "padding": 1}}, {"activation": "tanh"},
+                      {"conv": {"filters": 2, "kernel": 3, "padding": 1}}, {"activation": "tanh"},
+                      {"pool": {"kind": "avg", "size": 2}}, {"flatten": {}}, {"dense": {"units": 3}}],
+           "loss": "softmax_cross_entropy"}
+    problem = build(validate(raw))
+    net, x, y = problem.net, problem.x, problem.y
+    idx = np.random.default_rng(0).permutation(x.size)[:150]
+    fd = FiniteDifferences(net, x, y, 1e-6, workers=1, memory_budget=1 << 16)  # many chunks
+    got = fd.numeric([(TensorRef.delta(0), idx)])[0]
+    assert np.array_equal(got.indices, idx)
+    assert_same_to_rounding([got], [naive_numeric(net, x, y, 1e-6, x, idx)])

@@ -206,8 +206,24 @@ class FiniteDifferences:
             plans = [planning.plan(self, ref) for ref, _ in targets]
         # the cheapest tensors first: a check cut short (Ctrl-C) has the most rows to show
         order = sorted(range(len(targets)), key=lambda t: len(targets[t][1]) * plans[t].row_bytes)
-        return self.run_chunks(targets, [p.chunk for p in plans], [p.row_bytes for p in plans],
-                               [p.run for p in plans], order)
+        # each tensor's entries in the order its plan chunks them best, given back in theirs
+        perms = [None if p.order is None else p.order(np.asarray(idx)) for p, (_, idx) in zip(plans, targets)]
+        chunked = [(ref, idx if perm is None else np.asarray(idx)[perm]) for (ref, idx), perm in zip(targets, perms)]
+
+        def back(num: Numeric | None, idx: Array, perm: Array | None) -> Numeric | None:
+            if num is None or perm is None:
+                return num
+            inv = np.empty_like(perm)
+            inv[perm] = np.arange(len(perm))
+            return Numeric(idx, num.values[inv], num.kinks[inv], None if num.errors is None else num.errors[inv])
+
+        try:
+            done = self.run_chunks(chunked, [p.chunk for p in plans], [p.row_bytes for p in plans],
+                                   [p.run for p in plans], order)
+        except Interrupted as stop:
+            stop.finished = [back(num, idx, perm) for num, (_, idx), perm in zip(stop.finished, targets, perms)]
+            raise
+        return [back(num, idx, perm) for num, (_, idx), perm in zip(done, targets, perms)]  # type: ignore[misc]
 
     def run_chunks(self, targets: list[tuple[TensorRef, Array]], chunks: list[int], row_bytes: list[int],
                    runs: list[Callable[[Array], tuple[Array, ...]]], order: list[int] | None = None

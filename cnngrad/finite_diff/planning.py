@@ -34,11 +34,14 @@ Array = np.ndarray
 @dataclass
 class Plan:
     """How to difference one tensor: entries per chunk, bytes of work per entry, and the
-    function that turns a chunk of flat indices into (numeric values, kink crossings)."""
+    function that turns a chunk of flat indices into (numeric values, kink crossings);
+    ``order``: the order the entries are best chunked in (a permutation of the flat indices
+    given), or None for the order given."""
 
     chunk: int
     row_bytes: int
     run: Callable[[Array], tuple[Array, Array]]
+    order: Callable[[Array], Array] | None = None
 
 
 def row_bytes(net: Network, start: int, itemsize: int) -> int:
@@ -186,8 +189,21 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
         losses, crossed_after, samples = fd._losses(a, end, samples, copies=False)
         return fd._combine(losses, steps, samples, np.repeat(crossed, len(samples) // len(crossed)) | crossed_after)
 
-    return _chunked(fd, end, m * (fd.n if whole_batches else 1), run,
+    plan = _chunked(fd, end, m * (fd.n if whole_batches else 1), run,
                     carried=max(window_bytes(fd, layer_index, end), held_bytes(fd, end)))
+    if end > layer_index and a_in.ndim == 4:
+        plan.order = lambda idx: by_position(idx, a_in.shape)
+    return plan
+
+
+def by_position(idx: Array, shape: tuple[int, ...]) -> Array:
+    """The permutation of flat indices of an (n, c, h, w) tensor that takes them position by
+    position (row, then column), every sample and channel of a position together: the rows
+    of a chunk then sit at one or two positions, and their windows, clipped to the map
+    (``window(…, tight=True)``), hold what those positions change — a corner entry of the
+    deep rung reaches a quarter of a central one's window."""
+    n, c, y, x = np.unravel_index(idx, shape)
+    return np.lexsort((c, n, x, y))
 
 
 def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:

@@ -70,13 +70,13 @@ def windowed(fd: FiniteDifferences, start: int, end: int, samples: Array, positi
             out, cache = layer.forward(win)
             i0, j0, wh, ww = y0, x0, h, w
         elif caps.can("window"):  # linear: z moves by K ⋆ (the change)
-            i0, j0, wh, ww = layer.window(y0, x0, h, w)
+            i0, j0, wh, ww = layer.window(y0, x0, h, w, tight=True)
             delta = win - C.crop_at(a_prev, y0, x0, h, w, samples)
             out = C.crop_at(fd.inputs[l + 1], i0, j0, wh, ww, samples) + \
                 layer.window_delta(delta, y0, x0, i0, j0, wh, ww)
             cache = None
         else:  # pooling: re-pool the region the window's outputs read
-            i0, j0, wh, ww = layer.window(y0, x0, h, w)
+            i0, j0, wh, ww = layer.window(y0, x0, h, w, tight=True)
             ry, rx, rh, rw = layer.region(i0, j0, wh, ww)
             region = C.crop_at(a_prev, ry, rx, rh, rw, samples).astype(dtype)
             C.paste_at(region, win, y0 - ry, x0 - rx)

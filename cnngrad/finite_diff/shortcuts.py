@@ -43,6 +43,8 @@ class Shortcuts(Protocol):
       set of input units) moves (z linear in its input);
     * ``"window"``: ``window`` and ``window_delta`` — an input change inside a window moves z
       only inside ``window(...)``, by ``window_delta(...)`` (z linear and local in its input);
+      ``window(..., tight=True)``: no larger than the rows given need (clipped to the map),
+      else the size every window takes (what planning sizes memory by);
     * ``"region"``: ``window`` and ``region`` — a local layer re-run on the input region a
       window of outputs reads (pooling);
     * ``"elementwise"``: each output entry depends on the same input entry only;
@@ -62,7 +64,7 @@ class Shortcuts(Protocol):
 
     def forward_input_delta(self, delta: Array, where: Any) -> Array: ...
 
-    def window(self, y0: Array, x0: Array, h: int, w: int) -> tuple[Array, Array, int, int]: ...
+    def window(self, y0: Array, x0: Array, h: int, w: int, tight: bool = False) -> tuple[Array, Array, int, int]: ...
 
     def window_delta(self, delta: Array, y0: Array, x0: Array, i0: Array, j0: Array, wh: int,
                      ww: int) -> Array: ...
