@@ -125,3 +125,23 @@ def test_what_halving_h_is_said_to_mean(ratio, said):
     c.norm_rel_half = c.metrics.norm_rel / ratio
     text = c.convergence(4, "richardson")
     assert said in text and ("gradient is wrong" in text) == (ratio == 1.0), text
+
+
+@pytest.mark.parametrize("eps", [1e-9, 1e-2])
+def test_central_differences_at_another_step_get_the_look_at_their_own(tmp_path, eps):
+    """A right tanh the complex step cannot reach (it drops the imaginary part), at --eps 1e-9:
+    rounding (ε·C/h ~ 1e-7) failed it (a QA pass: "layer 1: backward is wrong" under "rounding
+    error dominates"); at --eps 1e-2: truncation.  Central differences at 1e-6 pass it; its twin
+    1e-3 off still fails."""
+    from oracles import plugin_config
+
+    def config(bug):
+        return plugin_config(tmp_path, "real_tanh", f"class: \"real_tanh:RealTanh\", bug: {bug or 'null'}",
+                             shape="{batch: 2, channels: 2, height: 4, width: 4}",
+                             before=("conv: {filters: 3, kernel: 3, padding: 1}",),
+                             after=("global_pool: {kind: avg}", "dense: {units: 3}"))
+
+    right = check(config(None), eps=eps, plugins=True)
+    assert right.passed, [(str(r.ref), r.note) for r in right.rows if not r.passed]
+    assert any("own step 1e-06 agree" in r.note for r in right.rows)
+    assert not check(config("gain"), eps=eps, plugins=True).passed
