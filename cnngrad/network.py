@@ -219,8 +219,10 @@ class PluginLayer:
         if np.shape(out) != want:
             raise PluginError(self.place, f"{self.kind}.forward returned shape {np.shape(out)}, expected {want}")
         # a copy: a layer may return one buffer, overwritten by its next call — and the differences keep
-        # many calls' outputs at once (a wrong backward passed when every copy was the last one)
-        return np.array(out, copy=True), cache
+        # many calls' outputs at once (a wrong backward passed when every copy was the last one); in C
+        # order: a Fortran-ordered output ((W @ a.T).T) passed on by elementwise layers lost the writes of
+        # the layer scope's perturbations (reshape(-1) copied it)
+        return np.array(out, copy=True, order="C"), cache
 
     def backward(self, delta: Array, cache: Any) -> tuple[Array, dict[str, Array]]:
         delta_prev, grads = self._call("backward", self.layer.backward, delta, cache)
@@ -236,7 +238,8 @@ class PluginLayer:
             if np.shape(g) != self.params[name].shape:
                 raise PluginError(self.place, f"{self.kind}.backward returned ∂C/∂{name} of shape {np.shape(g)}, "
                                               f"expected {self.params[name].shape}")
-        return np.array(delta_prev, copy=True), {k: np.array(v, copy=True) for k, v in grads.items()}  # as forward
+        grads = {k: np.array(v, copy=True, order="C") for k, v in grads.items()}
+        return np.array(delta_prev, copy=True, order="C"), grads
 
     def _kink_state(self, cache: Any) -> Array | None:
         return self._call("kink_state", self.layer.kink_state, cache)

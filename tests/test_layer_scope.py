@@ -513,3 +513,43 @@ def test_a_link_row_within_the_rounding_of_its_own_sum_is_unresolved(monkeypatch
         out[0], {**out[1], "gamma": out[1]["gamma"] * (1 + 1e-3)}))(original(self, d, c)))
     for scope in ("network", "layer"):
         assert "layers[4] gamma" in {str(r.ref) for r in check(NORM_AFTER_NORM, scope=scope).failures}, scope
+
+
+@pytest.mark.parametrize("scope", ["network", "layer"])
+@pytest.mark.parametrize("cls, after", [("FDense", ("activation: tanh", "dense: {units: 3}")),
+                                        ("TDense", ("batchnorm: {mode: train}", "activation: tanh",
+                                                    "dense: {units: 3}"))])
+def test_arrays_in_fortran_order_are_perturbed_where_they_live(tmp_path, scope, cls, after):
+    """A plugin's W stored transposed, or its output a transposed product: both scopes pass the
+    right layer (the layer scope had failed it, or the built-ins after it, with numeric 0; the
+    network scope stopped with a traceback), every row against the test's own loop of central
+    differences through the whole network; ∂C/∂W halved still fails, at the plugin."""
+    from oracles import plugin_config
+
+    from cnngrad.config import load
+    from cnngrad.network import build as build_net
+
+    def config(bug):
+        return plugin_config(tmp_path, "fortran", f"class: \"fortran:{cls}\", units: 4, bug: {bug or 'null'}",
+                             shape="{batch: 4, channels: 2, height: 2, width: 2}", before=("flatten: {}",),
+                             after=after)
+
+    right = check(config(None), scope=scope, plugins=True)
+    assert right.passed, [(str(r.ref), r.note) for r in right.rows if not r.passed]
+    problem = build_net(load(config(None), plugins=True))
+    net, x, y = problem.net, problem.x, problem.y
+    for r in right.rows:
+        if r.ref.path == (1,) and not r.ref.is_delta:  # the plugin's own parameters, perturbed in place
+            P = net.layers[1].params[r.ref.name]
+            want = []
+            for j in r.indices:
+                old = P.flat[j]
+                P.flat[j] = old + 1e-6
+                up = net.cost(net.forward(x)[0], y)
+                P.flat[j] = old - 1e-6
+                down = net.cost(net.forward(x)[0], y)
+                P.flat[j] = old
+                want.append((up - down) / 2e-6)
+            np.testing.assert_allclose(r.analytic, want, rtol=1e-6, atol=1e-9)
+    wrong = check(config("half_w"), scope=scope, plugins=True)
+    assert not wrong.passed and any(r.failed and r.ref.path == (1,) and r.ref.name == "W" for r in wrong.rows)

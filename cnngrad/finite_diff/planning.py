@@ -212,8 +212,6 @@ def plan_param(fd: FiniteDifferences, layer_index: int, name: str) -> Plan:
     layers after it run on all of a chunk's perturbed copies of the batch at once."""
     layer = fd.net.layers[layer_index]
     P = layer.params[name]
-    if not P.flags.c_contiguous:
-        raise ValueError(f"layers[{layer_index}].params[{name!r}] must be C-contiguous to be perturbed")
     m = len(fd.method.offsets)
     fast = fd.caps[layer_index].can("perturbed")
     if fast and not propagate.spot_check_perturbed(fd, layer_index, name):
@@ -247,7 +245,7 @@ def forward_each(fd: FiniteDifferences, layer_index: int, name: str, idx: Array)
     meanwhile."""
     layer: Any = fd.net.layers[layer_index]
     original = layer.params[name]
-    P = original.astype(np.result_type(original, fd.work))
+    P = original.astype(np.result_type(original, fd.work), order="C")  # a plugin's W may be Fortran-ordered
     flat = P.reshape(-1)  # a view: writing it perturbs the layer
     a_prev, base = fd.inputs[layer_index], fd.base_kinks[layer_index]
     theta = flat[idx].copy()

@@ -188,7 +188,8 @@ def contraction_size(links: LinkDifferences, ref: TensorRef, idx: Array) -> Arra
     if isinstance(layer, Block):
         return None
     original = link.a_prev if ref.is_delta else layer.params[ref.name]
-    moved = np.array(original, dtype=np.result_type(original, np.float64), copy=True)  # one entry moved at a time
+    # one entry moved at a time; C order, so that writes through ``flat`` land
+    moved = np.array(original, dtype=np.result_type(original, np.float64), copy=True, order="C")
     flat = moved.reshape(-1)
     out = np.empty(len(idx))
     if not ref.is_delta:

@@ -129,7 +129,7 @@ class GroupedInputs:
         crossed = np.zeros(g, dtype=bool)
         if how == "elementwise":  # every entry its own window (flat index k: z's entry k): one pass a chunk
             for m in range(new.shape[0]):
-                a = a_prev.astype(new.dtype)
+                a = a_prev.astype(new.dtype, order="C")
                 a.reshape(-1)[idx] = new[m]
                 out, cache = layer.forward(a)
                 contracted[m] = (out.reshape(-1)[idx] - z0.reshape(-1)[idx]) * delta.reshape(-1)[idx]
@@ -151,7 +151,7 @@ class GroupedInputs:
         cuts = np.flatnonzero(np.diff(key[order])) + 1
         for members in np.split(order, cuts):
             for m in range(new.shape[0]):  # a real pass of the whole batch with the class moved
-                a = a_prev.astype(new.dtype)
+                a = a_prev.astype(new.dtype, order="C")
                 a.reshape(-1)[idx[members]] = new[m, members]
                 out, cache = layer.forward(a)
                 prod = (out - z0) * delta  # (n, o, ho, wo)

@@ -148,7 +148,7 @@ class InputLinks:
         crossed = np.zeros(len(idx), dtype=bool)
         for m in range(new.shape[0]):
             for k, j in enumerate(idx):
-                a = a_prev.astype(new.dtype)
+                a = a_prev.astype(new.dtype, order="C")  # C order: reshape(-1) a view, the write lands
                 a.reshape(-1)[j] = new[m, k]
                 out, cache = layer.forward(a)
                 contracted[m, k] = np.sum((out - z0) * delta)

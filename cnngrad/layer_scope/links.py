@@ -195,7 +195,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
         try:
             for m in range(new.shape[0]):
                 for k, j in enumerate(idx):
-                    p = original.astype(new.dtype)
+                    p = original.astype(new.dtype, order="C")  # a Fortran-ordered W: reshape(-1) copied, the write lost
                     p.reshape(-1)[j] = new[m, k]
                     layer.params[name] = p
                     out, cache = layer.forward(link.a_prev)
