@@ -116,15 +116,16 @@ def test_a_lost_imaginary_part_is_never_a_confirmation(tmp_path, cls):
 
 
 def test_a_false_declaration_that_warns_is_caught_in_the_run(tmp_path):
-    """complex_safe is trusted (no probe), but numpy's ComplexWarning in the complex run
-    itself still means: not available, never a confirmation."""
+    """A user's complex_safe is shown by the probe before it is used: numpy's ComplexWarning
+    there means not available, never a confirmation (and --method complex exits 2 naming it)."""
     report = check(str(write(tmp_path, net(custom("Scale", bug="double"), custom("DeclaredFloatBuffer")))),
                    plugins=True)
     row = next(r for r in report.rows if r.tensor == "s")
     assert row.failed and "complex step not available" in row.note and "ComplexWarning" in row.note
     assert "confirms" not in row.note
     result = run(str(tmp_path / "net.yaml"), "--plugins", "--method", "complex")
-    assert result.exit_code == 2 and "DeclaredFloatBuffer.forward raised ComplexWarning" in result.stderr
+    assert result.exit_code == 2 and "(DeclaredFloatBuffer): declared complex_safe, but its forward raised " \
+        "ComplexWarning" in result.stderr, result.stderr
 
 
 def test_the_complex_step_still_confirms_through_layers_that_carry_it(tmp_path):
@@ -456,3 +457,24 @@ def test_an_imaginary_part_one_percent_off_the_derivative_is_not_carried(tmp_pat
     off = np.linalg.norm(row.analytic - truth) / np.linalg.norm(truth)
     assert bool(off > 1e-3) is (bug is not None)
     assert rep.return_code == (0 if bug is None else 1), rep.localisation
+
+
+@pytest.mark.parametrize("method", ["central", "ridders"])
+def test_a_false_complex_safe_declaration_confirms_nothing(tmp_path, method):
+    """A batch norm declared complex_safe that takes np.var (real on complex input): its complex
+    step lost the variance's derivative and "confirmed" a backward missing that term — PASSED,
+    exit 0, while torch gives ∂W of the conv below off by 12% (a QA pass).  A user's declaration
+    is now shown by the probe first: the wrong backward fails, the right one passes."""
+    from oracles import plugin_config
+
+    def config(bug):
+        return plugin_config(tmp_path, "npvar_bn", f"class: \"npvar_bn:BN\", bug: {bug or 'null'}",
+                             shape="{batch: 4, channels: 2, height: 4, width: 4}",
+                             before=("conv: {filters: 3, kernel: 3, padding: 1}",),
+                             after=("activation: tanh", "flatten: {}", "dense: {units: 3}"))
+
+    wrong = check(config("no_var"), method=method, plugins=True)
+    assert not wrong.passed
+    assert any("declared complex_safe, but" in r.note for r in wrong.rows)
+    right = check(config(None), method=method, plugins=True)
+    assert right.passed, [(str(r.ref), r.note) for r in right.rows if not r.passed]
