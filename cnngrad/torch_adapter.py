@@ -22,10 +22,12 @@ of your own"), so everything else — kinks, localisation, diagnosis, reports �
   by the structural checks.
 * declares ``complex_safe = False`` (complex input is refused, so the complex step is
   not taken through it), ``per_sample`` only if the module or Function declares it, and
-  ``kink_state`` only if it defines ``kink_state(x) -> array`` of shape (n, …) (x the
+  ``kink_state`` if it defines ``kink_state(x) -> array`` of shape (n, …) (x the
   layer's input, a float64 tensor of shape (n, *in_shape); the module's parameters hold the
   values of that call; a Function's is called as ``kink_state(x, *params)``) saying which
-  side of each ReLU / max-pool kink every unit is on.
+  side of each ReLU / max-pool kink every unit is on — and for the stock kinked modules
+  (``nn.MaxPool1d/2d/3d``, ``nn.AdaptiveMaxPool1d/2d/3d``, ``nn.ReLU``, ``nn.LeakyReLU``,
+  ``nn.ReLU6``, ``nn.Hardtanh``: ``stock_kinks``) by what they are.
 
 torch runs with one intra-op thread during these calls (restored after), so the numbers are
 the same bit for bit whether the differences run here or on forked workers.  torch is
@@ -151,7 +153,8 @@ class TorchLayer:
             self.params = {k: p.detach().numpy().copy() for k, p in self.module.named_parameters()}
             declared = self.module
         self.per_sample = getattr(declared, "per_sample", False) is True
-        if callable(getattr(declared, "kink_state", None)):
+        self._stock = None if self.module is None else stock_kinks(torch, self.module)
+        if callable(getattr(declared, "kink_state", None)) or self._stock is not None:
             self.kink_state = self._kink_state
         probe = np.random.default_rng(0).standard_normal((2,) + self.in_shape)
         out, _ = self.forward(probe)
@@ -198,11 +201,38 @@ class TorchLayer:
         with _one_thread(torch), torch.no_grad():
             if self.function is not None:
                 state = self.function.kink_state(graph.x.detach(), *params.values())
+            elif self._stock is not None:  # a stock module's kinks, by what it is (``stock_kinks``)
+                state = self._stock(graph.x.detach())
             else:
                 for name, p in self.module.named_parameters():  # our copy: set to the perturbed values
                     p.copy_(params[name])
                 state = self.module.kink_state(graph.x.detach())
         return state.numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
+
+
+def stock_kinks(torch: Any, module: Any) -> Any:
+    """``x -> kink state`` for a stock torch module of exactly a kinked kind (not a subclass,
+    whose forward may differ), else None: max pooling's argmax indices (``return_indices``),
+    which side of 0 (and of the upper clip) a ReLU / leaky ReLU / ReLU6 / Hardtanh unit is on.
+    Undeclared, a correct nn.MaxPool2d after a ReLU was failed and blamed: the ReLU's exact
+    zeros tie in its windows, and central differences straddled the ties (a QA pass)."""
+    nn, F = torch.nn, torch.nn.functional
+    m, kind = module, type(module)
+    pools = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
+    adaptive = {nn.AdaptiveMaxPool1d: F.adaptive_max_pool1d, nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d,
+                nn.AdaptiveMaxPool3d: F.adaptive_max_pool3d}
+    if kind in pools:
+        return lambda x: pools[kind](x, m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode,
+                                     return_indices=True)[1]
+    if kind in adaptive:
+        return lambda x: adaptive[kind](x, m.output_size, return_indices=True)[1]
+    if kind in (nn.ReLU, nn.LeakyReLU):
+        return lambda x: x > 0
+    if kind is nn.ReLU6:
+        return lambda x: (x > 0).to(torch.int8) + (x > 6).to(torch.int8)
+    if kind is nn.Hardtanh:
+        return lambda x: (x > m.min_val).to(torch.int8) + (x > m.max_val).to(torch.int8)
+    return None
 
 
 def _draw(torch: Any, g: Any, shape: Any) -> Array:

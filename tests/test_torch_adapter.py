@@ -343,3 +343,32 @@ def test_the_benchmark_runs_and_reports_a_ratio(tmp_path, capsys):
     result = bench.main(["--preset", "tiny", "--runs", "1", "--json", str(out)])
     assert json.loads(out.read_text())["ratio_full"] == result["ratio_full"] > 0
     assert "ratio gradcheck / cnngrad" in capsys.readouterr().out
+
+
+def _relu_then(pool: dict) -> dict:
+    return {"name": "relu_pool", "seed": 0, "loss": "softmax_cross_entropy",
+            "input": {"batch": 2, "channels": 1, "height": 8, "width": 8},
+            "layers": [{"conv": {"filters": 4, "kernel": 3, "padding": 1}}, {"activation": "relu"}, pool,
+                       "flatten", {"dense": {"units": 3}}]}
+
+
+@pytest.mark.parametrize("module", [torch.nn.MaxPool2d(2), torch.nn.AdaptiveMaxPool2d(4)])
+def test_a_stock_max_pool_after_a_relu_has_its_kinks(module):
+    """A ReLU's exact zeros tie in a max pool's windows: one-sided differences 1 and 0 there,
+    the central one 0.5, torch's (right) gradient 1 — the stock module, undeclared, was failed
+    and blamed ("layer 2 (MaxPool2d): backward is wrong", a QA pass).  Its kinks are now its
+    argmax indices: those stencils are left out and counted, the check passes as the built-in
+    pool's does; and the oracle at such a window is the test's own."""
+    rep = cnngrad.check(_relu_then({"custom": {"class": module, "framework": "torch"}}), plugins=True)
+    assert rep.passed, rep.localisation
+    (pool_row,) = [r for r in rep.rows if r.ref.path == (2,) and r.ref.is_delta]
+    assert pool_row.kinks > 0
+    built_in = cnngrad.check(_relu_then({"pool": {"kind": "max", "size": 2}}))
+    assert built_in.passed
+    a = torch.zeros(1, 1, 2, 2, dtype=torch.float64, requires_grad=True)  # a window of zeros: a tie
+    torch.nn.MaxPool2d(2)(a).sum().backward()
+    f = lambda t: torch.nn.MaxPool2d(2)(t).sum().item()  # noqa: E731
+    e = torch.zeros_like(a)
+    e[0, 0, 0, 0] = 1e-6
+    central = (f(a.detach() + e) - f(a.detach() - e)) / 2e-6
+    assert a.grad[0, 0, 0, 0].item() == 1.0 and abs(central - 0.5) < 1e-9  # a kink: no derivative to check
