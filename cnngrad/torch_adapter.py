@@ -152,6 +152,10 @@ class TorchLayer:
             self.module = module.to(device="cpu", dtype=torch.float64)
             self.params = {k: p.detach().numpy().copy() for k, p in self.module.named_parameters()}
             declared = self.module
+        self._in_place = False  # whether forward needs ``x * 1`` (``_run``)
+        with torch.random.fork_rng(devices=[]):  # the stream forward draws from (``_run``)
+            torch.manual_seed(type(self).seed)
+            self._rng = torch.get_rng_state()
         self.per_sample = getattr(declared, "per_sample", False) is True
         self._stock = None if self.module is None else stock_kinks(torch, self.module)
         if callable(getattr(declared, "kink_state", None)) or self._stock is not None:
@@ -161,6 +165,29 @@ class TorchLayer:
         self.out_shape = tuple(int(s) for s in out.shape[1:])
 
     def _run(self, x: Any, params: dict[str, Any]) -> Any:
+        """The target on x, on a random stream of its own: a module that draws (dropout in
+        training mode) must not move the user's global torch generator (a QA pass).  A module
+        that works in place on its input (``nn.ReLU(inplace=True)``) cannot take the leaf
+        itself ("a leaf Variable that requires grad is being used in an in-place operation":
+        it was refused, a QA pass): it gets ``x * 1``, as gradcheck's users give it — only it,
+        so that what a Function saves of x is x (the cache shows it: a backward writing into
+        it is caught)."""
+        torch = require_torch()
+        user = torch.get_rng_state()
+        torch.set_rng_state(self._rng)
+        try:
+            try:
+                return self._apply(x * 1 if self._in_place else x, params)
+            except RuntimeError as e:
+                if self._in_place or "leaf Variable that requires grad" not in str(e):
+                    raise
+                self._in_place = True
+                return self._apply(x * 1, params)
+        finally:
+            self._rng = torch.get_rng_state()
+            torch.set_rng_state(user)
+
+    def _apply(self, x: Any, params: dict[str, Any]) -> Any:
         if self.function is not None:
             return self.function.apply(x, *params.values(), **self.options)
         return require_torch().func.functional_call(self.module, params, (x,))
@@ -186,9 +213,14 @@ class TorchLayer:
         leaves = [graph.x, *graph.params.values()]
         grads: list[Any] = [None] * len(leaves)
         if graph.out.requires_grad:
+            given = _shared(torch, delta)
             with _one_thread(torch):
-                grads = list(torch.autograd.grad(graph.out, leaves, grad_outputs=_shared(torch, delta),
+                grads = list(torch.autograd.grad(graph.out, leaves, grad_outputs=given,
                                                  retain_graph=True, allow_unused=True))
+            if not np.shares_memory(given.numpy(), delta):  # δ was copied (float32): a write into it shows
+                moved = given.numpy().astype(np.asarray(delta).dtype)
+                if not np.array_equal(moved, delta, equal_nan=True) and np.asarray(delta).flags.writeable:
+                    np.copyto(delta, moved)  # as it would have in float64 (the structural checks see it)
         arrays = [np.zeros(leaf.shape) if g is None else g.detach().numpy() for leaf, g in zip(leaves, grads)]
         delta_prev = arrays[0].astype(graph.dtype, copy=True)
         return delta_prev, {k: g.astype(graph.dtype, copy=True) for k, g in zip(graph.params, arrays[1:])}

@@ -372,3 +372,47 @@ def test_a_stock_max_pool_after_a_relu_has_its_kinks(module):
     e[0, 0, 0, 0] = 1e-6
     central = (f(a.detach() + e) - f(a.detach() - e)) / 2e-6
     assert a.grad[0, 0, 0, 0].item() == 1.0 and abs(central - 0.5) < 1e-9  # a kink: no derivative to check
+
+
+@pytest.mark.parametrize("module", [torch.nn.ReLU(inplace=True),
+                                    torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Conv2d(3, 2, 3))])
+def test_a_module_working_in_place_on_its_input_is_checked(module):
+    """nn.ReLU(inplace=True) was refused ("a leaf Variable that requires grad is being used in
+    an in-place operation", a QA pass): it runs on x * 1, as gradcheck users do, and passes."""
+    assert cnngrad.check_layer(module, (3, 5, 5)).passed
+
+
+class _DoublesGradOutput(torch.autograd.Function):
+    """y = 3x; backward right, but it doubles the grad_output it is handed, in place."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 3 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        out = 3 * g.clone()
+        g.mul_(2)
+        return out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_backward_writing_into_its_delta_is_caught_in_float32_too(dtype):
+    """δ is shared with torch in float64, copied in float32 — where the write went unseen and
+    the layer passed (a QA pass): the copy's change is written back, and the check says so."""
+    cfg = {"name": "mutg", "seed": 0, "dtype": dtype, "loss": "mse",
+           "input": {"batch": 2, "channels": 1, "height": 3, "width": 3},
+           "layers": [{"custom": {"class": _DoublesGradOutput, "framework": "torch"}}, "flatten",
+                      {"dense": {"units": 2}}]}
+    rep = cnngrad.check(cfg, plugins=True)
+    assert not rep.passed and any("backward changes the δ it is given" in s for s in rep.structural), rep.structural
+
+
+def test_a_module_that_draws_leaves_the_global_generator_alone():
+    """Dropout in training mode: still "forward is not deterministic" (each call draws anew),
+    and the user's global torch generator is where it was (it moved, a QA pass)."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state().clone()
+    rep = cnngrad.check_layer(torch.nn.Dropout(0.5), (2, 3, 3))
+    assert not rep.passed and any("forward is not deterministic" in s for s in rep.structural)
+    assert torch.equal(before, torch.get_rng_state())
