@@ -759,6 +759,14 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                               lambda refs: own(np.longdouble, refs))
 
         excused(rows)
+        for row in rows:  # a non-finite analytic entry the samples left out: still this row's failure
+            bad = np.flatnonzero(~np.isfinite(np.asarray(row.grad, dtype=np.complex128 if np.iscomplexobj(row.grad)
+                                                         else np.float64).reshape(-1)))
+            if bad.size and not row.verdict.failed:
+                where = ", ".join(str(int(i)) for i in np.unravel_index(bad[0], np.shape(row.grad)))
+                row.verdict.status = "fail"
+                row.verdict.reason = (f"the analytic gradient has inf or NaN ({bad.size} entries, the first at "
+                                      f"[{where}]), not among the entries checked")
         if how.scope == "network" and config.dtype == "float64":
             for row in rows:
                 _hidden_disagreement(row.verdict, report.floor)

@@ -5,6 +5,7 @@ import functools
 import io
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,8 +151,10 @@ def guarded(f: Callable) -> Callable:
         try:
             return f(*args, **kwargs)
         except cfg.ConfigError as e:
-            if kwargs.get("debug"):
-                raise
+            if kwargs.get("debug"):  # the traceback, and still the exit code of bad input (it was 1)
+                traceback.print_exc(file=sys.stderr)
+                verdict(2)
+                sys.exit(2)
             raise UsageFailure(str(e)) from None
 
     return wrapper
@@ -172,7 +175,7 @@ def check_options(f: Callable) -> Callable:
                           "central 1e-6 (float32 1e-2), forward 1e-8, richardson 5e-3, complex 1e-20]."),
         click.option("--tol", type=Tolerance(), default=None,
                      help="Pass when norm rel <= TOL [default: config's, else the method's: 1e-6 "
-                          "(forward 1e-5, complex 1e-9); float32 1e-4 (1e-2 native)]. 'estimate' (with "
+                          "(forward 1e-5, complex 1e-9); float32 1e-4 (native: 1e-2, forward 5e-2)]. 'estimate' (with "
                           "--method ridders): each tensor's tol is 10x Ridders' error estimate (in norm rel, "
                           "plus the backward's rounding), at least 1.8e-15, at most that default: stricter only."),
         click.option("--samples", type=Samples(), default=None,
@@ -220,12 +223,14 @@ def check_options(f: Callable) -> Callable:
 
 
 def expand(refs: tuple[str, ...]) -> list[str]:
-    """Paths and shipped names; a directory stands for its *.yaml / *.yml files, sorted."""
+    """Paths and shipped names; a directory stands for its *.yaml / *.yml entries, sorted —
+    every one that is not a folder: a dangling symlink, a symlink loop or a FIFO among them is
+    an unreadable config (exit 2, as when named), not one skipped in silence (a QA pass)."""
     out: list[str] = []
     for ref in refs:
         p = Path(ref)
         if p.is_dir():
-            files = sorted(str(f) for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+            files = sorted(str(f) for f in p.iterdir() if f.suffix in (".yaml", ".yml") and not f.is_dir())
             if not files:
                 raise UsageFailure(f"{ref}: no .yaml configs in this directory")
             out += files
@@ -245,8 +250,8 @@ def _check_one(ref: str, seed: int | None, plugins: bool, options: dict[str, Any
             config.seed = seed
         return run_check(config, progress=progress, **options)
     except (cfg.ConfigError, pool.WorkerDied) as e:
-        if debug:
-            raise
+        if debug:  # the traceback; the config still fails as bad input (exit 2), and the others run
+            traceback.print_exc(file=sys.stderr)
         return Report.failed_to_load(ref, f"{ref}: {e}" if isinstance(e, pool.WorkerDied) else str(e))
 
 

@@ -63,8 +63,7 @@ def to_dict(reports: list[Report], timings: bool = True) -> dict[str, Any]:
             "structural": list(rep.structural),
             "localisation": localisation(rep),
         }
-        if getattr(rep, "adjoint", None):
-            entry["adjoint"] = [a.record() for a in rep.adjoint]
+        entry["adjoint"] = [a.record() for a in getattr(rep, "adjoint", None) or []]  # [] where none ran
         if timings:
             entry["seconds"] = round(rep.seconds, 4)
         configs.append(entry)
@@ -80,8 +79,9 @@ def to_json(reports: list[Report], timings: bool = True) -> str:
 
 def to_junit(reports: list[Report]) -> str:
     """JUnit XML: a testsuite per config, a testcase per (layer, tensor); a failing tensor
-    carries its metrics in <failure>, an unresolved one its reason in <skipped>, a config
-    that could not be checked an <error>."""
+    carries its metrics in <failure>, an unresolved one its reason in <skipped> (in <failure>
+    with --strict, which fails it), a config that could not be checked an <error>; a numerical
+    fault is a <failure> of its own: the XML fails whenever the exit code does."""
     from xml.etree import ElementTree as ET  # here, not at start-up
 
     suites = ET.Element("testsuites", name="cnngrad")
@@ -100,13 +100,14 @@ def to_junit(reports: list[Report]) -> str:
             metrics = (f"norm_rel={r.metrics.norm_rel:.3e} max_abs={r.metrics.max_abs:.3e} "
                        f"max_rel={r.metrics.max_rel:.3e} tol={r.tol_text} checked={r.checked} kinks={r.kinks}")
             regression = rep.regressions.get((r.layer, r.tensor))
-            if r.unresolved and not regression:
+            if r.unresolved and not regression and not rep.strict:
                 n_skip += 1
                 ET.SubElement(case, "skipped", message=f"{label}: unresolved: {r.reason}").text = \
                     "\n".join(filter(None, [metrics, r.note]))
             elif not r.passed or regression:
                 n_fail += 1
-                message = f"{label}: " + (regression or r.reason
+                message = f"{label}: " + (regression or (f"unresolved, which --strict fails: {r.reason}"
+                                                         if r.unresolved else r.reason)
                                           or f"norm rel {r.metrics.norm_rel:.3e} > tol {r.tol_text}")
                 located = rep.localisation if rep.culprit == r.layer else ""
                 ET.SubElement(case, "failure", message=message, type="GradientMismatch").text = \
@@ -125,12 +126,22 @@ def to_junit(reports: list[Report]) -> str:
             ET.SubElement(case, "failure", message=f"adjoint rel {a.worst:.3e} > tol {a.tol:.0e}",
                           type="AdjointMismatch").text = a.line()
         n_fail += len(broken)
-        suite.set("tests", str(len(rep.rows) + len(rep.structural) + len(broken) + (1 if rep.error else 0)))
+        # what else fails the config: a numerical fault (a non-finite pass), or anything the exit code
+        # counts that no testcase above carries — the XML never says green where the exit code says red
+        extra = [f"numerical fault: {fault}" for fault in rep.faults]
+        if rep.return_code == 1 and not extra and n_fail == 0:
+            extra = ["the check failed (see the report)"]
+        for why in extra:
+            case = ET.SubElement(suite, "testcase", classname=rep.name, name=why.split(":")[0], time="0")
+            ET.SubElement(case, "failure", message=why, type="CheckFailure").text = why
+        n_fail += len(extra)
+        tests = len(rep.rows) + len(rep.structural) + len(broken) + len(extra) + (1 if rep.error else 0)
+        suite.set("tests", str(tests))
         suite.set("failures", str(n_fail))
         suite.set("errors", str(n_err))
         suite.set("skipped", str(n_skip))
         suite.set("time", f"{rep.seconds:.3f}")
-        total += len(rep.rows) + len(rep.structural) + len(broken) + (1 if rep.error else 0)
+        total += tests
         failures += n_fail
         errors += n_err
         skipped += n_skip

@@ -532,3 +532,56 @@ def test_a_run_with_no_judged_row_shows_no_worst_error_and_directions_say_their_
     assert result.exit_code == 0 and "worst norm rel — ·" in result.stdout.splitlines()[-1], result.output
     result = CliRunner().invoke(main, ["check", "seed", "--directions", "99999999999"])
     assert result.exit_code == 2 and "1<=x<=2147483648" in result.stderr, result.output
+
+
+# --------------------------------------------------------------------------- QA: exit codes and reports agree
+
+
+def test_debug_keeps_the_exit_code_of_bad_input_and_checks_the_others(tmp_path: Path) -> None:
+    """--debug shows the traceback, but a bad config is still exit 2 (it was 1, a gradient
+    failure to CI) and the good config beside it is still checked (the run stopped)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: {batch: 1, channels: 1, height: 4, width: 4}\nlayers:\n  - conv: {filters: 1, kernel: 7}\n"
+                   "  - flatten: {}\n  - dense: {units: 2}\nloss: mse\n")
+    result = CliRunner().invoke(main, ["check", "seed", str(bad), "--debug", "--format", "json"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+    import json
+
+    configs = json.loads(result.stdout)["configs"]
+    assert [c["return_code"] for c in configs] == [0, 2]
+    assert configs[1]["adjoint"] == [] and configs[1]["structural"] == []  # the keys the contract lists
+
+
+def test_a_nan_in_an_entry_not_sampled_fails_its_row_in_every_format(tmp_path: Path) -> None:
+    from oracles import plugin_config
+
+    path = plugin_config(tmp_path, "nan_grad", "class: \"nan_grad:NaNGrad\"", seed=1,
+                         shape="{batch: 2, channels: 4, height: 3, width: 3}")
+    report = cnngrad.check(path, plugins=True, samples=1)
+    (row,) = [r for r in report.rows if r.tensor == "s"]
+    assert 0 not in row.indices  # the NaN's entry is not among those checked
+    assert row.failed and "inf or NaN" in row.reason
+    result = CliRunner().invoke(main, ["check", path, "--plugins", "--samples", "1", "--format", "junit"])
+    assert result.exit_code == 1
+    assert re.search(r'<testsuites name="cnngrad" tests="\d+" failures="[1-9]', result.stdout), result.stdout[:300]
+
+
+def test_junit_fails_what_strict_fails() -> None:
+    """bn-train has rows unresolved in truth (a bias before a train-mode batch norm): with
+    --strict the exit code is 1, and the JUnit report carries a failure, not a skip."""
+    plain = invoke("check", "bn-train", "--format", "junit")
+    strict = invoke("check", "bn-train", "--strict", "--format", "junit")
+    assert plain.exit_code == 0 and 'failures="0"' in plain.stdout and 'skipped="0"' not in plain.stdout
+    assert strict.exit_code == 1 and 'skipped="0"' in strict.stdout
+    assert re.search(r'<testsuites name="cnngrad" tests="\d+" failures="[1-9]', strict.stdout)
+
+
+def test_an_unreadable_entry_of_a_folder_is_not_skipped(tmp_path: Path) -> None:
+    """A dangling symlink among a folder's configs: exit 2, named (it was skipped, exit 0)."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "a.yaml").write_text((Path(cfg.__file__).parent / "configs" / "seed.yaml").read_text())
+    (folder / "broken.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    result = invoke("check", str(folder))
+    assert result.exit_code == 2 and "broken.yaml" in result.output + result.stderr
