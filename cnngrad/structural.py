@@ -238,9 +238,10 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
         if nonzero:
             what = "non-zero" if all(np.all(np.isfinite(zero[k])) for k in nonzero) else "non-zero or non-finite"
             why.append(f"an all-zero δ gives {what} gradients ({', '.join(nonzero)})")
-    if reentrant and _keeps_state(layer, a, cache, delta, r1):  # a backward not reentrant differs anyway
+    after = _keeps_state(layer, a, cache, delta, r1) if reentrant else ""  # not reentrant: differs anyway
+    if after:
         why.append("backward reads state the layer keeps from its last forward call, not only its cache: "
-                   "after a forward on another input, backward(δ, cache) of the first call gives different numbers")
+                   f"after a forward {after}, backward(δ, cache) of the first call gives different numbers")
     # the last call: a again, after the calls above (on another input, too) — the same output, or forward
     # is not a function of its input after all (a drift, running state); and it puts back what the layer keeps
     last = np.array(layer.forward(a.copy())[0], copy=True)
@@ -250,9 +251,10 @@ def _check_layer(layer: Layer, a: Array, rng: np.random.Generator, keep: bool,
     return why, _visit(why, out, cache, delta, r1, keep, _narrow(a, r1))
 
 
-def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> bool:
+def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Array, dict[str, Array]]) -> str:
     """Whether backward reads more than its cache: forward on another input, then backward(δ,
-    cache) of the first call again, which must return r1 bit for bit.  Four other inputs,
+    cache) of the first call again, which must return r1 bit for bit; "" if it does, else what
+    the forward in between was ("on another input", "with other parameter values").  Four other inputs,
     until one shows it: ¾a (inside any domain star-shaped about 0 — signs kept — with every
     scale statistic moved: a norm, a max, a variance kept by the layer), a's entries in
     reverse order (the same values, every arg max moved; it may leave a domain per channel),
@@ -262,19 +264,32 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
     the cache's arrays (an output buffer reused from call to call and held in the cache),
     or the cache holds what a snapshot cannot see into, none can, and it says no.
     (``_check_layer``'s last forward, on a, puts back whatever the layer keeps, and such a
-    buffer's numbers.)"""
-    for other in (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape), -a,
-                  a[:1]):
-        if other.shape == a.shape and identical(other, a):
+    buffer's numbers.)  Then a forward on a itself with every parameter at ¾ of its value (put
+    back before the backward): a backward that reads W as the last forward left it, not as its
+    cache holds it, passed every input above (a QA pass: the last call's W kept on the class)."""
+    params = getattr(layer, "params", None) or {}
+    tries: list[tuple[Array, dict[str, Array] | None, str]] = [
+        (other, None, "on another input") for other in
+        (a * np.asarray(0.75, a.dtype), np.ascontiguousarray(a.reshape(-1)[::-1]).reshape(a.shape), -a, a[:1])]
+    if params:
+        tries.append((a, {k: np.multiply(P, 0.75, dtype=np.asarray(P).dtype) for k, P in params.items()},
+                      "with other parameter values"))
+    for other, moved_params, what in tries:
+        if moved_params is None and other.shape == a.shape and identical(other, a):
             continue
         before = snapshot(cache, skip=layer)
         if not seen_whole(before):  # what forward may change in it is out of sight
-            return False
-        moved = _outputs(layer, other)
+            return ""
+        originals = dict(params)
+        try:
+            params.update(moved_params or {})
+            moved = _outputs(layer, other)
+        finally:
+            params.update(originals)
         if isinstance(moved, Exception):  # outside its domain, perhaps: this one cannot tell
             continue
         if not unchanged(before, cache):
-            return False
+            return ""
         if not np.all(np.isfinite(moved[0])):
             continue
         try:
@@ -282,10 +297,10 @@ def _keeps_state(layer: Layer, a: Array, cache: Any, delta: Array, r1: tuple[Arr
         except Exception as e:  # δ of the other input's shape: backward took its shape from the layer
             if _stops(e):
                 raise
-            return True
+            return what
         if not _same_result(r1, again):
-            return True
-    return False
+            return what
+    return ""
 
 
 def per_sample_refuted(layer: Layer, a: Array, out: Array) -> str:

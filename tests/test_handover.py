@@ -116,5 +116,6 @@ def test_the_structural_checks_call_a_trusted_layer_once_and_check_every_other(m
     assert calls == {"forward": 2, "backward": 2}
     calls.update(forward=0, backward=0)
     assert structural.check(problem.net.layers, problem.x, kinds, 0, keep=is_linear) == []
-    # each conv: two forwards, δ and 2δ, four forwards on other inputs each with δ again, a forward to put it back
-    assert calls == {"forward": 14, "backward": 12}
+    # each conv: two forwards, δ and 2δ, four forwards on other inputs and one with its parameters at ¾, each
+    # with δ again, a forward to put it back
+    assert calls == {"forward": 16, "backward": 14}

@@ -24,6 +24,9 @@ backward call with many forwards, so only the structural checks see these.
 * MeanPool, ``bug: state``: a global average pool whose backward takes the input's shape from
   the layer (``self.shape``, set by every forward): every probe of the same shape keeps it,
   a batch of one sample does not.
+* GainLastW, ``bug: last_w``: y = g ⊙ a per channel; backward reads g as the last forward
+  left it on the layer, not as the cache holds it: every probe on another input keeps it, a
+  forward with other parameter values does not (a QA pass found it in a torch Function).
 * TanhBuffer (correct, as ``reuse_buffer`` is): tanh into one output buffer reused from call
   to call, held in its cache by a ``SimpleNamespace``, a tuple or a torch tensor — what a
   later forward does to it is seen, so it is not taken for state the layer keeps.
@@ -265,3 +268,25 @@ class MeanPool:
     def backward(self, delta, shape):
         shape = self.shape if self.bug == "state" else shape
         return np.broadcast_to(delta / (shape[2] * shape[3]), shape).copy(), {}
+
+
+class GainLastW:
+    """y = g ⊙ a, g one gain per channel; δ_in = δ ⊙ g, ∂C/∂g = Σ δ ⊙ a, g from the cache
+    (``bug: last_w``: from ``self.g_last``, which every forward sets)."""
+
+    per_sample = True
+
+    def __init__(self, in_shape, rng, bug=None):
+        self.out_shape, self.bug = tuple(in_shape), bug
+        self.params = {"g": 1.0 + 0.1 * rng.standard_normal(in_shape[0])}
+
+    def forward(self, a):
+        g = self.params["g"].copy()
+        self.g_last = g
+        return a * g[:, None, None], (a, g)
+
+    def backward(self, delta, cache):
+        a, g = cache
+        if self.bug == "last_w":
+            g = self.g_last
+        return delta * g[:, None, None], {"g": (delta * a).sum(axis=(0, 2, 3))}
