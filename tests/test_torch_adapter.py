@@ -416,3 +416,41 @@ def test_a_module_that_draws_leaves_the_global_generator_alone():
     rep = cnngrad.check_layer(torch.nn.Dropout(0.5), (2, 3, 3))
     assert not rep.passed and any("forward is not deterministic" in s for s in rep.structural)
     assert torch.equal(before, torch.get_rng_state())
+
+
+class _EatsInput(torch.autograd.Function):
+    """y = 2x, right both ways, but forward halves its input in place after use (x.data)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = 2 * x
+        x.data.mul_(0.5)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+class _NudgesWeight(torch.nn.Module):
+    """y = w·x, right both ways, but forward nudges w in place (w.data) every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+
+    def forward(self, x):
+        out = self.w * x
+        self.w.data.add_(1e-3)
+        return out
+
+
+@pytest.mark.parametrize("layer, reason", [(_EatsInput, "forward changes its input"),
+                                           (_NudgesWeight, "forward changes the layer's parameters")])
+def test_a_forward_writing_into_its_input_or_parameters_is_caught(layer, reason):
+    """torch ran on copies of the input and the parameters, so a forward writing into them
+    (through .data, unseen by autograd) passed (a QA pass; gradcheck fails both): the copies'
+    changes are written back, and the structural checks see them as in a numpy layer."""
+    report = cnngrad.check_layer(layer, (2, 3, 3))
+    assert any(reason in s for s in report.structural), report.structural
+    assert report.return_code == 1
