@@ -495,6 +495,9 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
     for rep in reports:
         if rep.error:
             click.echo(error_line(rep, len(refs)), err=True)
+    if any(rep.error for rep in reports):  # a baseline without a config is no baseline (a part was written)
+        click.echo(printable(f"a config could not be checked: no baseline written to {output}"), err=True)
+        sys.exit(2)
     failing = [rep.name for rep in reports if not rep.error and not rep.passed]
     try:
         data = baseline_mod.record(reports)
@@ -540,6 +543,7 @@ def sweep(config: str, samples: int | None, method: str, start: int, stop: int, 
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageFailure("--plot needs matplotlib: pip install 'cnngrad[plot]'") from None
+        preflight([config] if Path(config).exists() else [], {"--plot": plot_file}, {})  # its folder, not an input
     with out_files.stdout_to_stderr():  # a plugin's print() is not the table's
         conf = load_config(config, seed, plugins)
         result = sw.sweep(conf, tuple(10.0 ** -k for k in range(start, stop + 1)), samples=samples, method=method)

@@ -585,3 +585,21 @@ def test_an_unreadable_entry_of_a_folder_is_not_skipped(tmp_path: Path) -> None:
     (folder / "broken.yaml").symlink_to(tmp_path / "nowhere.yaml")
     result = invoke("check", str(folder))
     assert result.exit_code == 2 and "broken.yaml" in result.output + result.stderr
+
+
+def test_a_baseline_with_a_config_that_cannot_be_checked_is_not_written(tmp_path: Path) -> None:
+    """It was written with the other configs only, and said "recorded" (a QA pass)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: {batch: 1, channels: 1, height: 4, width: 4}\nlayers:\n  - conv: {filters: 1, kernel: 7}\n"
+                   "  - flatten: {}\n  - dense: {units: 2}\nloss: mse\n")
+    out = tmp_path / "baseline.json"
+    result = invoke("baseline", "record", "seed", str(bad), "-o", str(out))
+    assert result.exit_code == 2 and not out.exists()
+    assert "no baseline written" in result.stderr
+
+
+def test_sweep_refuses_a_plot_in_a_missing_folder_before_the_maths(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = invoke("sweep", "seed", "--plot", str(tmp_path / "nowhere" / "x.png"))
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert "│" not in result.stdout  # no table: nothing was computed
