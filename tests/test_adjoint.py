@@ -173,14 +173,19 @@ def test_large_weights_leave_a_slip_of_one_in_a_billion_caught(monkeypatch, scal
 
 
 def test_a_move_below_the_outputs_rounding_cannot_be_taken_and_blames_no_one():
-    """A flatten whose input is ~1e300: no probe of norm below 2^600 moves it (a + u is a): the
-    test cannot be taken — NaN, a failure that names no layer (``localise``), never a
-    "backward is not the adjoint" of a correct layer (a second QA pass, init normal 1e150)."""
+    """A flatten whose input is ~1e300: only a probe lifted near 2^1000 moves it (a + u is a
+    below that).  Never a "backward is not the adjoint" of a correct layer (a second QA pass,
+    init normal 1e150): the test passes (its second probe scaled to about 1, ⟨L u, w⟩ no
+    longer overflows) — or, where it cannot be taken, NaN, a failure that names no layer."""
     layer = Flatten((2, 3, 3), np.random.default_rng(0))
-    x = np.random.default_rng(1).standard_normal((2, 2, 3, 3)) * 1e300
-    result, _ = adjoint.check_layer(layer, x, np.random.default_rng(2), TensorRef.delta(0), "flatten")
-    assert result.failed and not result.finite and "cannot be taken" in result.line(), result.line()
-    assert adjoint.localise([result]) == (None, "")
+    for scale in (1e300, 1e307):
+        x = np.random.default_rng(1).standard_normal((2, 2, 3, 3)) * scale
+        result, _ = adjoint.check_layer(layer, x, np.random.default_rng(2), TensorRef.delta(0), "flatten")
+        assert not (result.failed and result.finite), result.line()
+        if result.failed:
+            assert "cannot be taken" in result.line() and adjoint.localise([result]) == (None, "")
+    assert not adjoint.check_layer(layer, np.ones((2, 2, 3, 3)) * 1e300, np.random.default_rng(2),
+                                   TensorRef.delta(0), "flatten")[0].failed
 
 
 @pytest.mark.parametrize("cls, bug", [("ExpScale", None), ("ExpScale", "delta"), ("SoftClip", None)])
@@ -202,3 +207,24 @@ def test_a_declared_linearity_is_shown_before_it_is_tested(tmp_path, cls, bug):
     assert tests["1"].untested == ["s"] and "∂s not tested" in tests["1"].line()
     assert tests["1"].failed is (bug == "delta"), tests["1"].line()
     assert rep.return_code == (1 if bug else 0) and all(not r.failed for r in rep.rows)
+
+
+HUGE = {"seed": 0, "input": {"batch": 2, "channels": 1, "height": 6, "width": 6}, "init": {"normal": 1e153},
+        "layers": [{"conv": {"filters": 2, "kernel": 3}}, {"activation": "sigmoid"}, {"flatten": {}},
+                   {"dense": {"units": 3}}], "loss": "softmax_cross_entropy"}
+
+
+def test_weights_of_1e153_are_tested_where_nothing_overflows():
+    """z ~1e154 and every number of the check finite (a sigmoid between): the second probe's
+    ⟨L u, Σ L u⟩ ~‖z‖² overflowed and both linear layers "cannot be taken", failing the config
+    (a QA pass).  That probe is scaled to about 1 by a power of two (exact: any w serves)."""
+    rep = check(HUGE)
+    assert rep.return_code == 0 and all(a.worst < 1e-13 for a in rep.adjoint), [a.line() for a in rep.adjoint]
+
+
+def test_weights_of_1e153_leave_a_slip_of_one_in_a_billion_caught(monkeypatch):
+    original = Dense.backward
+    monkeypatch.setattr(Dense, "backward", lambda self, delta, cache: (
+        lambda r: (r[0] * (1 + 1e-9), r[1]))(original(self, delta, cache)))
+    bad = [a for a in check(HUGE).adjoint if a.failed]
+    assert [a.ref.layer for a in bad] == ["3"] and bad[0].finite and bad[0].rel > adjoint.TOL, [a.line() for a in bad]

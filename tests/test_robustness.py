@@ -164,7 +164,9 @@ def test_an_overflow_blames_no_backward():
     assert report.localisation.startswith("not localised: the loss is inf — where the forward's numbers overflow")
     assert not any("confirms it" in r.note for r in report.rows)
     assert not any("not the adjoint" in a.line() for a in report.adjoint)
-    assert any(not a.finite for a in report.adjoint)
+    # each linear layer's own numbers are finite (z ~1e301; only the loss's square overflows): its test
+    # is taken and passes — or, where it cannot be, says so
+    assert all(not a.failed or not a.finite for a in report.adjoint)
 
 
 # --------------------------------------------------------------------------- processes
