@@ -275,6 +275,52 @@ MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
 
+def _received_off(report: Report, rows: list[Row], exact_links: Callable[[], Any], tol: float,
+                  probe: ComplexProbe) -> None:
+    """The layer blamed fails only on its parameters (its δ passes): where each of those rows,
+    differenced through the layer alone at the δ it received (``⟨δ^l, ∂z^l/∂θ⟩``), agrees with its
+    backward, the layer is right for the δ it was given, and that δ is off — by less than tol
+    in norm (a layer above passes down δ + 1e-5·mean(δ): norm rel 3.6e-7), enough for a row
+    that is ~0 in truth (a bias before a batch norm).  The blame moves to the layer above, as
+    the one whose δ comes down to it (a QA pass: the right conv below was named).  The layer
+    alone is differenced by the complex step (``exact_links``; central differences' rounding,
+    1e-11 on a sum ~1e-5, is over tol there) — only where it is available (``probe``)."""
+    culprit = report.culprit
+    assert isinstance(culprit, int)
+    own = [row for row in rows if len(row.ref.path) == 1 and row.ref.index == culprit]
+    failing = [row for row in own if row.verdict.mismatch and row.verdict.mode == "entries"]
+    if not failing or any(row.ref.is_delta for row in failing):
+        return
+    above = next((row for row in rows if row.ref.is_delta and row.ref.path == (culprit + 1,)), None)
+    if above is None or above.verdict.mode != "entries":
+        return
+    if any(probe.why_not(culprit, row.ref.name) for row in failing):
+        return
+    with warnings.catch_warnings():  # an imaginary part dropped is no agreement
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        try:
+            nums = exact_links().numeric([(row.ref, row.verdict.indices) for row in failing])
+        except (TypeError, ValueError, FloatingPointError, np.exceptions.ComplexWarning):
+            return
+    for row, num in zip(failing, nums):
+        c = row.verdict
+        alone = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, np.asarray(num.values, dtype=np.float64),
+                      np.asarray(num.kinks, dtype=bool) | c.kink_mask, max(tol, c.tol))
+        if not alone.passed:
+            return
+    for row in own:
+        row.verdict.diagnosis = []
+    names = ", ".join(f"∂C/∂{row.ref.name}" for row in failing)
+    agree = "agrees" if len(failing) == 1 else "agree"
+    a = above.verdict
+    report.culprit = culprit + 1
+    report.localisation = (
+        f"layer {culprit + 1} ({a.kind}) or a layer above it: the δ it passes down is off by less than tol in norm "
+        f"(norm rel {a.metrics.norm_rel:.1e} at its input), and layer {culprit} ({failing[0].verdict.kind}) below, "
+        f"right for the δ it receives ({names} differenced through it alone {agree} with its backward), turns "
+        f"that into {names} failing (~0 in truth, or small beside the error)")
+
+
 def _localise(report: Report, net: Network, deltas: list[Array], out_delta: Array, fd: Any, rows: list[Row],
               samples: int | None, rng: np.random.Generator, tol: float,
               second_look: Callable[[list[Row]], None], inner: dict[tuple[int, ...], Array] | None = None,
@@ -800,6 +846,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 report.localisation = (f"{report.localisation.split('; ')[0]} — or layer {c.ref.layer} ({c.kind}) "
                                        f"above it is: {seen} (it offers no piece to hold it on), so its backward at "
                                        f"its kinks is unchecked")
+        if how.scope == "network" and isinstance(report.culprit, int):
+            _received_off(report, rows, lambda: layer_scope.LinkDifferences(
+                FiniteDifferences(*numeric_side, get_method("complex").default_eps[how.fd_dtype], "complex",
+                                  workers=how.workers), received, inner), how.tol, ComplexProbe(*numeric_side[:2]))
         if not report.localisation:  # only the dot-product test saw it: it names its layer
             report.culprit, report.localisation = adjoint_mod.localise(report.adjoint)
         if how.scope == "layer":

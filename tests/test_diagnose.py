@@ -161,3 +161,39 @@ def test_a_factor_equal_to_a_batch_of_2_is_not_only_a_batch_mean(batch, factor, 
     said = _scale(Case(factor * n, n, TensorRef.delta(1), None, None, batch, 1e-6))
     assert said and "a batch mean where a sum belongs" in said[0]
     assert ("any factor of 2" in said[0]) == coincidence, said
+
+
+def test_a_right_layer_below_a_delta_off_within_tol_is_not_blamed(tmp_path) -> None:
+    """A batch norm passes down δ + 1e-5·mean_c(δ): its δ row passes (norm rel ~4e-7 < tol), the
+    conv bias below (0 in truth; torch gives ~1e-16) fails at norm rel 1 — and the conv was
+    named, though right for the δ it receives (a QA pass).  Its bias differenced through it
+    alone by the complex step agrees with its backward: the blame goes up, to the norm; the
+    right twin passes, and a conv whose own ∂W is wrong keeps the blame."""
+    from oracles import plugin_config
+
+    from cnngrad import check
+    from cnngrad.layers import Conv
+
+    def config(bug):
+        return plugin_config(tmp_path, "bn_offset", f"class: \"bn_offset:BN\", bug: {bug or 'null'}",
+                             shape="{batch: 4, channels: 2, height: 4, width: 4}",
+                             before=("conv: {filters: 3, kernel: 3, padding: 1}",),
+                             after=("activation: tanh", "conv: {filters: 2, kernel: 2}", "flatten: {}",
+                                    "dense: {units: 3}"))
+
+    wrong = check(config("offset"), plugins=True)
+    assert not wrong.passed and wrong.culprit == 1, wrong.localisation
+    assert wrong.localisation.startswith("layer 1 (BN) or a layer above it: the δ it passes down is off by less")
+    assert check(config(None), plugins=True).passed
+    original = Conv.backward
+
+    def half_w(self, delta, cache):  # the first conv's own ∂W halved: its own fault
+        back, grads = original(self, delta, cache)
+        return back, ({**grads, "W": grads["W"] * 0.5} if self.out_shape[0] == 3 else grads)
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Conv, "backward", half_w)
+        own = check(config(None), plugins=True)
+    assert not own.passed and own.culprit == 0 and own.localisation.startswith("layer 0 (conv)"), own.localisation
