@@ -478,3 +478,42 @@ def test_a_false_complex_safe_declaration_confirms_nothing(tmp_path, method):
     assert any("declared complex_safe, but" in r.note for r in wrong.rows)
     right = check(config(None), method=method, plugins=True)
     assert right.passed, [(str(r.ref), r.note) for r in right.rows if not r.passed]
+
+
+def test_a_declared_kink_does_not_shelter_a_false_complex_safe(tmp_path):
+    """relu(batch norm) with np.var, declared complex_safe and declaring its relu's kinks: the
+    wrong backward fails, the right one passes (end to end; the probe's kink rule below)."""
+    from oracles import plugin_config
+
+    def config(bug):
+        return plugin_config(tmp_path, "norm_relu", f"class: \"norm_relu:NormRelu\", bug: {bug or 'null'}",
+                             shape="{batch: 4, channels: 2, height: 4, width: 4}",
+                             before=("conv: {filters: 3, kernel: 3, padding: 1}",), after=("flatten: {}",
+                                                                                         "dense: {units: 3}"))
+
+    wrong = check(config("no_var"), plugins=True)
+    assert not wrong.passed and not any("confirms" not in r.note and "agrees" in r.note for r in wrong.rows)
+    assert check(config(None), plugins=True).passed
+
+
+def test_the_probe_holds_the_units_that_crossed_no_kink_to_the_derivative():
+    """A kinked forward that drops an imaginary part (np.var) with one unit exactly on its kink:
+    the probe used to say "cannot tell" (KINKED) — and a declared complex_safe then stood, its
+    complex step "confirming" a wrong backward.  The units that crossed no kink along the probe
+    are compared: it does not follow.  A kinked forward that keeps the imaginary part passes."""
+    from cnngrad.complex_probe import carries
+
+    base = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    base[0, 0, 0, 0] = 0.0  # on the kink
+
+    def lossy(a):
+        return np.where(a.real > 0, a, 0) / np.sqrt(np.var(a) + 1.0)  # np.var: real on complex input
+
+    def keeps(a):
+        return np.where(a.real > 0, a, 0) / np.sqrt(np.mean((a - a.mean()) ** 2) + 1.0)
+
+    def states(a):
+        return a.real > 0
+
+    assert carries(lossy, base, np.random.default_rng(1), states) == "its imaginary part does not follow the derivative"
+    assert carries(keeps, base, np.random.default_rng(1), states) == ""
