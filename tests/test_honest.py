@@ -517,3 +517,39 @@ def test_the_probe_holds_the_units_that_crossed_no_kink_to_the_derivative():
 
     assert carries(lossy, base, np.random.default_rng(1), states) == "its imaginary part does not follow the derivative"
     assert carries(keeps, base, np.random.default_rng(1), states) == ""
+
+
+@pytest.mark.parametrize("cls, upsample", [("MaxNorm", True), ("WiggleMaxNorm", False)])
+def test_the_probe_does_not_let_a_false_declaration_stand_where_it_cannot_tell(tmp_path, cls, upsample):
+    """A per-sample argmax kink state (not the output's, unit by unit) whose ties the probe
+    broke, or a real difference that does not settle (sin(1e5·a)/1e5): the probe cannot tell —
+    and a false complex_safe stood on that, its complex step "confirming" a backward missing
+    the max's term (a QA pass, torch: 8% off).  Now not available: the wrong backward fails."""
+    from oracles import plugin_config
+
+    def config(bug):
+        return plugin_config(tmp_path, "false_safe", f"class: \"false_safe:{cls}\", bug: {bug}",
+                             shape="{batch: 2, channels: 2, height: 4, width: 4}",
+                             before=("conv: {filters: 3, kernel: 3, padding: 1}",
+                                     *(["upsample: {scale: 2}"] if upsample else [])),
+                             after=("flatten: {}", "dense: {units: 3}"))
+
+    wrong = check(config("true"), plugins=True)
+    assert not wrong.passed and not any("agrees" in r.note for r in wrong.rows), [r.note for r in wrong.rows]
+
+
+def test_the_central_look_judges_at_central_differences_own_tol(tmp_path):
+    """--method forward (tol 1e-5) with a backward 5e-6 off where the complex step is not
+    available: central differences at 1e-6 "agreed" at forward's tol and passed what a plain
+    check fails (a QA pass); they judge at their own tol, 1e-6."""
+    from oracles import plugin_config
+
+    def config(bug):
+        return plugin_config(tmp_path, "real_tanh", f"class: \"real_tanh:RealTanh\", bug: {bug or 'null'}",
+                             shape="{batch: 2, channels: 2, height: 5, width: 5}",
+                             before=("conv: {filters: 3, kernel: 3, padding: 1}",),
+                             after=("conv: {filters: 2, kernel: 3}", "flatten: {}", "dense: {units: 3}"))
+
+    assert not check(config("tiny"), plugins=True).passed
+    assert not check(config("tiny"), plugins=True, method="forward", eps=1e-3).passed
+    assert check(config(None), plugins=True, method="forward", eps=1e-3).passed
