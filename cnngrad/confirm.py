@@ -130,13 +130,17 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         return
     order = get_method(method).power
     probe = ComplexProbe(problem[0], problem[1])
-    usable = []
+    usable, kinked = [], []
     for r in todo:
         why = probe.unavailable(*start_of(targets[r]))
         if why:  # never a confirmation from a lost imaginary part
             checks[r].note = "; ".join(filter(None, [checks[r].note, why]))
+            if _nothing(checks[r]):
+                kinked.append(r)
         else:
             usable.append(r)
+    if kinked:
+        _on_kinks_at_theta(checks, targets, kinked, problem, fd_dtype, workers, wrap)
     if not usable:
         return
     try:
@@ -244,3 +248,29 @@ def central_look(checks: list[TensorCheck], targets: list[TensorRef], problem: t
             checks[r] = redo
         elif redo.failed:
             c.note = "; ".join(filter(None, [c.note, f"{said} fail too (norm rel {redo.metrics.norm_rel:.1e})"]))
+
+
+TINY = 1e-6  # of central differences' own step: a stencil that still crosses a kink at it sits on one
+
+
+def _on_kinks_at_theta(checks: list[TensorCheck], targets: list[TensorRef], rows: list[int],
+                       problem: tuple[Network, Array, Array], fd_dtype: str, workers: int | None,
+                       wrap: Callable[[FiniteDifferences], Any] | None) -> None:
+    """Rows whose every stencil crossed a kink, where the complex step is not available to say
+    whether their entries sit on one at θ itself (a stock nn.MaxPool2d after a nearest
+    upsampling: every window a tie — it FAILed, "nothing compared", a QA pass): central
+    differences again at a step a million times smaller.  A kink within that of θ is one at θ
+    for any step a check could take: where every entry still crosses one, the row is
+    UNRESOLVED — on its kinks, where there is no derivative to check — as where the complex
+    step says so (``confirm_failures``)."""
+    step = get_method("central").default_eps[fd_dtype] * TINY
+    fd: Any = FiniteDifferences(*problem, step, "central", workers=workers)
+    if wrap is not None:
+        fd = wrap(fd)
+    for r, num in zip(rows, fd.numeric([(targets[r], checks[r].indices) for r in rows])):
+        c = checks[r]
+        if np.all(np.asarray(num.kinks, dtype=bool)):
+            c.status = "unresolved"
+            c.reason = (f"on its kinks: every one of its {c.kinks} entries sits on a kink at θ itself (ties, a max "
+                        f"over equal entries): central differences cross it at a step of {step:.0e} too, and the "
+                        "complex step is not available to compare anything there")

@@ -454,3 +454,19 @@ def test_a_forward_writing_into_its_input_or_parameters_is_caught(layer, reason)
     report = cnngrad.check_layer(layer, (2, 3, 3))
     assert any(reason in s for s in report.structural), report.structural
     assert report.return_code == 1
+
+
+def test_a_stock_max_pool_whose_every_window_ties_is_unresolved_not_failed():
+    """After a nearest upsampling every 2x2 window ties: every entry of the pool's δ sits on a
+    kink at θ itself, and no complex step runs through a torch layer — the row FAILed ("nothing
+    compared") where the built-in pool's is UNRESOLVED (a QA pass).  Central differences at a
+    step a million times smaller still cross: UNRESOLVED, exit 0 (--strict: 1)."""
+    raw = {"name": "ties", "seed": 0, "loss": "softmax_cross_entropy",
+           "input": {"batch": 2, "channels": 1, "height": 4, "width": 4},
+           "layers": [{"conv": {"filters": 2, "kernel": 3, "padding": 1}}, {"activation": "tanh"},
+                      {"upsample": {"scale": 2}}, {"custom": {"class": torch.nn.MaxPool2d(2), "framework": "torch"}},
+                      "flatten", {"dense": {"units": 3}}]}
+    rep = cnngrad.check(raw, plugins=True)
+    (pool_row,) = [r for r in rep.rows if r.ref.path == (3,) and r.ref.is_delta]
+    assert pool_row.unresolved and pool_row.reason.startswith("on its kinks"), (pool_row.status, pool_row.reason)
+    assert rep.return_code == 0 and cnngrad.check(raw, plugins=True, strict=True).return_code == 1
