@@ -806,8 +806,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
 
         excused(rows)
         for row in rows:  # a non-finite analytic entry the samples left out: still this row's failure
-            bad = np.flatnonzero(~np.isfinite(np.asarray(row.grad, dtype=np.complex128 if np.iscomplexobj(row.grad)
-                                                         else np.float64).reshape(-1)))
+            bad = np.flatnonzero(~np.isfinite(np.asarray(row.grad)).reshape(-1))
             if bad.size and not row.verdict.failed:
                 where = ", ".join(str(int(i)) for i in np.unravel_index(bad[0], np.shape(row.grad)))
                 row.verdict.status = "fail"

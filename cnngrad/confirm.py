@@ -78,6 +78,14 @@ def wide_look(problem: tuple[Network, Array, Array], step: float, target: Tensor
                  num.kinks, tol, floor=wide_floor)
 
 
+def _differences(problem: tuple[Network, Array, Array], step: float, method: str, workers: int | None,
+                 wrap: Callable[[FiniteDifferences], Any] | None) -> Any:
+    """The differences of the network at ``step`` by ``method`` — or, wrapped, of what the
+    rows are differences of (the layer scope's: each layer alone)."""
+    fd: Any = FiniteDifferences(*problem, step, method, workers=workers)
+    return fd if wrap is None else wrap(fd)
+
+
 def start_of(target: TensorRef) -> tuple[int, str | None]:
     """The layer a row's perturbation enters, and the parameter perturbed (None for a δ)."""
     return target.index, None if target.is_delta else param_key(target.path, target.name)
@@ -101,9 +109,7 @@ def _other_side(problem: tuple[Network, Array, Array], step: float, rows: list[t
     θ + ih makes the perturbed entry the max, a one-sided derivative, and a backward routing
     δ to every tied entry matched it (a QA pass).  θ − ih makes it lose: those entries show as
     kinks from one side or the other, and are compared by neither."""
-    fd: Any = FiniteDifferences(*problem, -step, "complex", workers=workers)
-    if wrap is not None:
-        fd = wrap(fd)
+    fd = _differences(problem, -step, "complex", workers, wrap)
     return [np.asarray(num.kinks, dtype=bool) for num in fd.numeric(rows)]
 
 
@@ -145,9 +151,7 @@ def confirm_failures(checks: list[TensorCheck], targets: list[TensorRef], proble
         return
     try:
         step = get_method("complex").default_eps[fd_dtype]
-        exact: Any = FiniteDifferences(*problem, step, "complex", workers=workers)
-        if wrap is not None:
-            exact = wrap(exact)
+        exact = _differences(problem, step, "complex", workers, wrap)
         with warnings.catch_warnings():  # an imaginary part dropped on a path the probe missed
             warnings.simplefilter("error", np.exceptions.ComplexWarning)
             results = exact.numeric([(targets[r], checks[r].indices) for r in usable])
@@ -215,9 +219,9 @@ def central_look(checks: list[TensorCheck], targets: list[TensorRef], problem: t
                  wrap: Callable[[FiniteDifferences], Any] | None = None) -> None:
     """Rows still failing by value after ``confirm_failures`` (the complex step not available,
     so not confirmed) again with central differences at their default step, when ``method``
-    is not already that (at a step much smaller than it, --eps 1e-9, rounding swamps a right
-    gradient: ε·C/h is 1e-7 there): Richardson and Ridders extrapolate from steps of 5e-3 … 0.6 and assume
-    the loss smooth (C⁴ and more) between them; a layer that is only C¹ there (a·|a|, a
+    is not already that.  At a step much smaller than theirs (--eps 1e-9) rounding swamps a
+    right gradient (ε·C/h is 1e-7 there); Richardson and Ridders extrapolate from steps of
+    5e-3 … 0.6 and assume the loss smooth (C⁴ and more) between them; a layer that is only C¹ there (a·|a|, a
     softplus of |a|) leaves a truncation of the order of the step, which their order does not
     remove, and which is no bug.  A row central differences pass becomes theirs, saying so; a
     row they fail too keeps its failure, with their figure.  They are the default check: a
@@ -228,10 +232,8 @@ def central_look(checks: list[TensorCheck], targets: list[TensorRef], problem: t
     todo = [r for r, c in enumerate(checks) if c.mode == "entries" and c.mismatch and c.confirmed is None]
     if not todo:
         return
-    fd: Any = FiniteDifferences(*problem, step, "central", workers=workers)
-    if wrap is not None:
-        fd = wrap(fd)
-    results = fd.numeric([(targets[r], checks[r].indices) for r in todo])
+    results = _differences(problem, step, "central", workers, wrap).numeric(
+        [(targets[r], checks[r].indices) for r in todo])
     central_tol = get_method("central").default_tol[fd_dtype]
     for r, num in zip(todo, results):
         c = checks[r]
@@ -264,9 +266,7 @@ def _on_kinks_at_theta(checks: list[TensorCheck], targets: list[TensorRef], rows
     UNRESOLVED — on its kinks, where there is no derivative to check — as where the complex
     step says so (``confirm_failures``)."""
     step = get_method("central").default_eps[fd_dtype] * TINY
-    fd: Any = FiniteDifferences(*problem, step, "central", workers=workers)
-    if wrap is not None:
-        fd = wrap(fd)
+    fd = _differences(problem, step, "central", workers, wrap)
     for r, num in zip(rows, fd.numeric([(targets[r], checks[r].indices) for r in rows])):
         c = checks[r]
         if np.all(np.asarray(num.kinks, dtype=bool)):

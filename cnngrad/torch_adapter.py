@@ -230,9 +230,7 @@ class TorchLayer:
                 grads = list(torch.autograd.grad(graph.out, leaves, grad_outputs=given,
                                                  retain_graph=True, allow_unused=True))
             if not np.shares_memory(given.numpy(), delta):  # δ was copied (float32): a write into it shows
-                moved = given.numpy().astype(np.asarray(delta).dtype)
-                if not np.array_equal(moved, delta, equal_nan=True) and np.asarray(delta).flags.writeable:
-                    np.copyto(delta, moved)  # as it would have in float64 (the structural checks see it)
+                _write_back(given.numpy(), delta)  # as it would have in float64 (the structural checks see it)
         arrays = [np.zeros(leaf.shape) if g is None else g.detach().numpy() for leaf, g in zip(leaves, grads)]
         delta_prev = arrays[0].astype(graph.dtype, copy=True)
         return delta_prev, {k: g.astype(graph.dtype, copy=True) for k, g in zip(graph.params, arrays[1:])}
