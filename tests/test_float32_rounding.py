@@ -305,10 +305,12 @@ def test_a_bias_bug_on_a_gradient_zero_in_truth_still_fails(monkeypatch, raw: di
 # put in one layer at a time (benchmarks/bugs.py seed 1 config 161): with the first conv's δ^{l-1}
 # 10% too large, localisation adds δ at every boundary, and the group norm's δ rows there miss tol
 # by float32 rounding (1.8e-4) — without the rounding excuse the other rows have, they named the
-# group norm, a correct layer, as the culprit
+# group norm, a correct layer, as the culprit.  Its tol is 5e-6: how far float32 rounding takes
+# those rows depends on the CPU's numpy kernels (1.8e-4 on a Haswell, 9.0e-6 on an AVX-512 EPYC,
+# where the default 1e-4 passed them and the excuse went untested); 5e-6 puts them past it on both
 GROUPNORM_BELOW_A_BUG = {
     "name": "groupnorm-below-a-bug", "seed": 3129301023, "dtype": "float32", "init": {"normal": 0.8412513430383332},
-    "input": {"batch": 2, "channels": 2, "height": 4, "width": 5},
+    "input": {"batch": 2, "channels": 2, "height": 4, "width": 5}, "check": {"tol": 5e-6},
     "layers": [{"conv": {"filters": 2, "kernel": [1, 2], "groups": 2}},
                {"pool": {"kind": "max", "size": 3, "stride": 3}},
                {"groupnorm": {"groups": 1}},
