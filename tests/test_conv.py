@@ -108,6 +108,28 @@ def test_correlate_rows_matches_naive(case: Case, more: int):
         np.testing.assert_array_equal(C.correlate(x, W, (1, 1), d), got)  # the path correlate takes
 
 
+@given(conv_cases(), st.integers(1, 16))
+def test_correlate_stacked_matches_naive(case: Case, filters: int):
+    """The kernel rows stacked in one matmul (what ``correlate_rows`` takes for few filters
+    on large enough maps) against the loop, with 1-16 filters; and that correlate_rows
+    takes it exactly where ``stack_pays`` says."""
+    x, d = case.x, case.d
+    W = np.cos(np.arange(filters * math.prod(case.W.shape[1:]))).reshape((filters,) + case.W.shape[1:])
+    ho, wo = C.out_size(x.shape[-2], W.shape[-2], 1, 0, d[0]), C.out_size(x.shape[-1], W.shape[-1], 1, 0, d[1])
+    got = C.correlate_stacked(C.unroll_rows(x, W.shape[-1], d[1]), W, ho, wo, d[0])
+    want = C.correlate_naive(x, W, (1, 1), d)
+    assert got.shape == want.shape
+    assert_close(got, want, C.correlate_naive(np.abs(x), np.abs(W), (1, 1), d))
+    if C.stack_pays(filters, W.shape[-2], ho, wo):
+        np.testing.assert_array_equal(C.correlate_rows(x, W, d), got)
+
+
+def test_stack_pays_for_few_filters_on_large_maps():
+    """The rule measured: 8 filters of 3x3 on a 32x32 map stack, 32 filters or a 3x3 map do not."""
+    assert C.stack_pays(8, 3, 32, 32) and C.stack_pays(16, 3, 16, 16)
+    assert not C.stack_pays(32, 3, 32, 32) and not C.stack_pays(8, 3, 3, 3) and not C.stack_pays(8, 1, 32, 32)
+
+
 @given(conv_cases(), st.integers(1, 6))
 def test_weight_grad_rows_matches_naive(case: Case, more: int):
     """∂C/∂W from the rows the stride-1 kernel unrolls (``weight_grad`` takes it for deep

@@ -206,6 +206,8 @@ def pastes(draw_: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     H, W, h, w = (draw_(st.integers(1, 7)) for _ in range(4))
     y0 = np.array(draw_(st.lists(st.integers(-h - 1, H + 1), min_size=g, max_size=g)))
     x0 = np.array(draw_(st.lists(st.integers(-w - 1, W + 1), min_size=g, max_size=g)))
+    if draw_(st.booleans()):  # one corner for every row (a chunk at one position: paste_at's slice)
+        y0, x0 = np.full(g, y0[0]), np.full(g, x0[0])
     rng = np.random.default_rng(draw_(st.integers(0, 2**16)))
     return rng.standard_normal((g, c, H, W)), rng.standard_normal((g, c, h, w)), y0, x0
 
@@ -225,3 +227,30 @@ def test_paste_at_writes_what_a_loop_writes(case):
     got = x.copy()
     C.paste_at(got, patch, y0, x0)
     assert np.array_equal(got, want)
+
+
+@st.composite
+def crops(draw_: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray]:
+    """x of shape (N, c, H, W), windows h×w inside it at corners (y0, x0) for rows drawn from
+    x's (repeats allowed): every row at one corner, or each at its own."""
+    n, c, H, W = draw_(st.integers(1, 4)), draw_(st.integers(1, 3)), draw_(st.integers(1, 7)), draw_(st.integers(1, 7))
+    h, w, g = draw_(st.integers(1, H)), draw_(st.integers(1, W)), draw_(st.integers(1, 8))
+    y0 = np.array(draw_(st.lists(st.integers(0, H - h), min_size=g, max_size=g)))
+    x0 = np.array(draw_(st.lists(st.integers(0, W - w), min_size=g, max_size=g)))
+    if draw_(st.booleans()):
+        y0, x0 = np.full(g, y0[0]), np.full(g, x0[0])
+    rows = np.array(draw_(st.lists(st.integers(0, n - 1), min_size=g, max_size=g)))
+    rng = np.random.default_rng(draw_(st.integers(0, 2**16)))
+    return rng.standard_normal((n, c, H, W)), y0, x0, h, w, rows
+
+
+@given(crops())
+def test_crop_at_reads_what_a_loop_reads(case):
+    """``crop_at`` (a slice and a take where every row has the same window, a gather through
+    a window view otherwise) against slicing row by row; a copy, never a view of x."""
+    x, y0, x0, h, w, rows = case
+    want = np.stack([x[r, :, y:y + h, xx:xx + w] for r, y, xx in zip(rows, y0, x0)])
+    got = C.crop_at(x, y0, x0, h, w, rows)
+    assert np.array_equal(got, want) and not np.shares_memory(got, x)
+    if np.array_equal(rows, np.arange(len(rows))):
+        assert np.array_equal(C.crop_at(x, y0, x0, h, w), want)

