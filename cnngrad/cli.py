@@ -366,8 +366,8 @@ def quiet_on_broken_pipe(f: Callable) -> Callable:
 @check_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "junit", "markdown"]), default="table",
               show_default=True, help="Report format (on stdout, or into --output).")
-@click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the report to FILE (whole or not at all) instead of stdout.")
+@click.option("--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default=None,
+              help="Write the report to FILE (whole or not at all) instead of stdout; - is stdout.")
 @click.option("--quiet", is_flag=True, help="Print only failures and the summary.")
 @click.option("--baseline", "baseline_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Fail a tensor whose error grew past --baseline-factor times its baseline.")
@@ -386,6 +386,10 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
     """Check every gradient of each CONFIG (a YAML file, a folder of them, or a shipped
     config's name); exit with the worst verdict of all."""
     refs = expand(configs)
+    if output == "-":  # as click.File has it: stdout
+        output = None
+    if save == "-":
+        raise click.BadParameter("- (stdout) cannot take a binary .npz: name a file", param_hint="--save")
     if save and len(refs) > 1:
         raise click.BadParameter("--save takes a single config", param_hint="--save")
     preflight(refs, {"--output": output, "--save": save}, {"--reproducer": reproducer}, (baseline_file,))
@@ -475,14 +479,16 @@ def baseline() -> None:
 @baseline.command("record")
 @click.argument("configs", nargs=-1, required=True, metavar="CONFIG...")
 @check_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), required=True,
-              help="The baseline file to write (JSON).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), required=True,
+              help="The baseline file to write (JSON); - is stdout.")
 @config_option
+@quiet_on_broken_pipe
 def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plugins: bool, debug: bool,
                     jobs: int, **options: Any) -> None:
     """Check CONFIG... and store each tensor's errors, keyed by the config's digest."""
     refs = expand(configs)
-    preflight(refs, {"--output": output}, {})
+    to_stdout = output == "-"
+    preflight(refs, {"--output": None if to_stdout else output}, {})
     try:
         baseline_mod.duplicates(survey(refs).names)
     except baseline_mod.DuplicateName as e:
@@ -490,26 +496,33 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
     with out_files.stdout_to_stderr(), pool.interruptible() as stop:
         reports = run_all(refs, seed, plugins, options, jobs, debug)
     if len(reports) < len(refs) or any(rep.interrupted for rep in reports):  # a part is no baseline
-        click.echo(printable(f"interrupted: no baseline written to {output}"), err=True)
+        click.echo(printable(f"interrupted: no baseline written to {'stdout' if to_stdout else output}"), err=True)
         sys.exit(stop.exit_code)
     for rep in reports:
         if rep.error:
             click.echo(error_line(rep, len(refs)), err=True)
     if any(rep.error for rep in reports):  # a baseline without a config is no baseline (a part was written)
-        click.echo(printable(f"a config could not be checked: no baseline written to {output}"), err=True)
+        click.echo(printable(f"a config could not be checked: no baseline written to "
+                             f"{'stdout' if to_stdout else output}"), err=True)
         sys.exit(2)
     failing = [rep.name for rep in reports if not rep.error and not rep.passed]
     try:
         data = baseline_mod.record(reports)
     except baseline_mod.DuplicateName as e:
         raise UsageFailure(str(e)) from None
-    try:
-        out_files.atomic_write(output, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    except (OSError, out_files.OutputError) as e:
-        raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    verdict(max(rep.return_code for rep in reports))
+    if to_stdout:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+    else:
+        try:
+            out_files.atomic_write(output, text)
+        except (OSError, out_files.OutputError) as e:
+            raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
+    where = "stdout" if to_stdout else output
     click.echo(printable(f"recorded {sum(len(r.rows) for r in reports)} tensors of {len(reports)} configs in "
-                         f"{output}" + (f"; these fail their check: {', '.join(failing)}" if failing else "")),
-               err=True)
+                         f"{where}" + (f"; these fail their check: {', '.join(failing)}" if failing else "")), err=True)
     sys.exit(max(rep.return_code for rep in reports))
 
 

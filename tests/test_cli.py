@@ -1,6 +1,7 @@
 """The ``cnngrad`` command line end to end: tables, verdicts, exit codes, saved runs."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -603,3 +604,20 @@ def test_sweep_refuses_a_plot_in_a_missing_folder_before_the_maths(tmp_path: Pat
     result = invoke("sweep", "seed", "--plot", str(tmp_path / "nowhere" / "x.png"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
     assert "│" not in result.stdout  # no table: nothing was computed
+
+
+def test_a_dash_output_is_stdout_as_click_has_it(tmp_path, monkeypatch):
+    """``--output -`` wrote a file named "-" in the working folder; it is stdout now, for the
+    report and for ``baseline record -o -``; ``--save -`` (a binary .npz) is refused, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(SMALL)
+    result = invoke("check", str(config), "--format", "json", "--output", "-")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["passed"] is True and not (tmp_path / "-").exists()
+    result = invoke("baseline", "record", str(config), "-o", "-")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) and not (tmp_path / "-").exists() and "in stdout" in result.stderr
+    result = invoke("check", str(config), "--save", "-")
+    assert result.exit_code == 2 and result.stdout == "" and "--save" in result.stderr and "binary" in result.stderr
+    assert not (tmp_path / "-").exists()
