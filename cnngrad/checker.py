@@ -24,7 +24,7 @@ from .blas import one_thread
 from .blocks import Block
 from .compare import TensorCheck, judge, metrics, show_tol
 from .complex_probe import ComplexProbe
-from .confirm import central_look, confirm_failures
+from .confirm import central_look, confirm_failures, extrapolated_look
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
 from .localise_tree import localise_tree
 from .network import Forwarded, Network, Problem, build, pure
@@ -710,6 +710,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     c = row.verdict
                     ok = ~(c.kink_mask | num.kinks)
                     c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+                    c.numeric_half, c.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
             if second_step:
                 # the layer scope's rows are each layer alone, contracted with the δ it received — inside
                 # a block too: so is their second look.  Through the network instead, a correct layer
@@ -738,6 +739,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                              how.fd_dtype, how.workers, central_floor(), wrap=wrap)
                 for row, check in zip(among, checks):
                     row.check = check
+            # still failing, with the error falling as the order says: the two differences, extrapolated
+            checks = [row.verdict for row in among]
+            extrapolated_look(checks, how.method, how.fd_dtype, floor_of(how.method, is_complex, how.eps / 2))
+            for row, check in zip(among, checks):
+                row.check = check
 
         term_sizes: dict[tuple[TensorRef, bytes], float | None] = {}
 

@@ -100,6 +100,9 @@ class TensorCheck:
     # run in longdouble agrees or sees ~0: why that failure is the complex step's own rounding
     # (confirm.wide_look; the rounding excuse takes it when the backward's own does not apply)
     complex_rounding: str = ""
+    # the same entries differenced at h/2, and whether those stencils crossed a kink (second_look)
+    numeric_half: Array = field(repr=False, default=None)  # type: ignore[arg-type]
+    kinks_half: Array = field(repr=False, default=None)  # type: ignore[arg-type]
 
     @property
     def tol_text(self) -> str:
