@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
 from typing import Any
 
 from . import __version__
@@ -95,6 +94,8 @@ def compare(report: Report, baseline: dict[str, Any], factor: float = DEFAULT_FA
 
 def schema() -> dict[str, Any]:
     """The baseline file's JSON schema (shipped as cnngrad/schemas/baseline.schema.json)."""
+    from importlib import resources  # here: 5 ms a process that reads no baseline never needs
+
     text = (resources.files("cnngrad") / "schemas" / "baseline.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 

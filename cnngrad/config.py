@@ -13,7 +13,6 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +203,8 @@ def parse_yaml(text: str, where: str = "config") -> Any:
 
 def shipped_configs() -> dict[str, Any]:
     """name -> resource of the configs shipped inside the package."""
+    from importlib import resources  # here: with its tempfile and zipfile, 5 ms a process a path never needs
+
     root = resources.files("cnngrad") / "configs"
     return {p.name[:-5]: p for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")}
 

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 import sys
 from collections.abc import Iterable, Iterator
@@ -82,6 +81,8 @@ def _probe_folder(folder: Path, shown: str) -> None:
     will work (a read-only mount, a full quota, ACLs; root passes every os.access)."""
     if not folder.is_dir():
         raise OutputError(f"{shown}: folder {folder} does not exist")
+    import secrets  # here: 4 ms a process that writes no file never needs
+
     probe = folder / f".cnngrad-probe-{secrets.token_hex(6)}"
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -170,6 +171,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
         finally:
             os.close(out)
         return
+    import secrets
+
     tmp = real.parent / f".{real.name[:80]}.{secrets.token_hex(6)}.tmp"
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides a new file's mode
     try:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import conv as C
+from ..sets import unique
 from .shortcuts import kink_state
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def sparse_forward(fd: FiniteDifferences, start: int, samples: Array, channel: A
                 c = int(channel[0])
                 out += layer.forward_input_delta(values - base_in[samples, c], c)
                 return out, l + 1, crossed
-            for c in np.unique(channel):  # rows moved in the same channel share the product
+            for c in unique(channel):  # rows moved in the same channel share the product
                 sel = np.flatnonzero(channel == c)
                 if flat:
                     delta = values[sel] - base_in[samples[sel][:, None], units[sel]]
@@ -181,7 +182,7 @@ def spot_check_perturbed(fd: FiniteDifferences, layer_index: int, name: str) -> 
     changed?  Checked on the first and last entry with a step of 0.5."""
     layer = fd.net.layers[layer_index]
     flat = layer.params[name].reshape(-1)
-    idx = np.unique([0, flat.size - 1])
+    idx = np.array([0] if flat.size == 1 else [0, flat.size - 1])
     steps = np.full(len(idx), 0.5, dtype=flat.dtype)
     z0 = fd.inputs[layer_index + 1]
     channel, values = layer.forward_perturbed(z0, fd.caches[layer_index], name, idx, steps)

@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..finite_diff import FiniteDifferences
 from ..finite_diff.propagate import agrees
 from ..finite_diff.shortcuts import kink_state
+from ..sets import unique, unique_inverse
 
 Array = np.ndarray
 MAX_CHUNK = 1 << 16  # entries a chunk: one class's pass carries all of its rows at once
@@ -104,9 +105,9 @@ class GroupedInputs:
         shape = self.fd.inputs[l].shape[2:]
         rows_a_call = max(1, (ROWS_BUDGET // (self.fd.inputs[l + 1][0].size * 8 * 3)))
         first = np.empty(len(idx), dtype=np.result_type(change, delta))
-        for c0 in np.unique(ch):
+        for c0 in unique(ch):
             sel = np.flatnonzero(ch == c0)
-            pairs, inv = np.unique(cls[sel] * n + s[sel], return_inverse=True)
+            pairs, inv = unique_inverse(cls[sel] * n + s[sel])
             for r0 in range(0, len(pairs), rows_a_call):
                 mine = (inv >= r0) & (inv < r0 + rows_a_call)
                 k, r = sel[mine], inv[mine] - r0
