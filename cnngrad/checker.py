@@ -526,8 +526,9 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
     if tol_rule == "estimate":
         said = "--tol estimate" if tol == "estimate" else "check.tol: estimate"
         tol = None
-        if m.tableau is None:
-            raise cfg.ConfigError(f"{said} needs --method ridders (the only method with an error estimate "
+        if m.tableau is None:  # said as it was asked: a config's keys for a config's tol
+            needs = "--method ridders" if tol == "estimate" else "check.method: ridders (or --method ridders)"
+            raise cfg.ConfigError(f"{said} needs {needs} (the only method with an error estimate "
                                   f"per entry), not {method}")
         if directions:
             raise cfg.ConfigError(f"{said}: the estimate is per entry; drop --directions")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import stat
 import sys
 import traceback
 from collections.abc import Callable
@@ -325,10 +326,16 @@ def preflight(refs: list[str], files: dict[str, str | None], folders: dict[str, 
     """Before any maths: every output file and folder can be written, and none is an input
     (a config, a plugin module, or ``also``: e.g. the --baseline file)."""
     inputs = survey(refs).files + [Path(p) for p in also if p]
+    written: dict[Path, str] = {}  # the regular files written so far, by what they really are
     for option, path in [*files.items(), *folders.items()]:
         try:
             if path is not None and option in files:  # "" too: an empty path is refused, not taken for none
                 out_files.preflight(path, inputs)
+                real, st = out_files.resolve(path)
+                if st is None or stat.S_ISREG(st.st_mode):  # a device or a descriptor may take both
+                    if real in written:  # --save x --output x: the second write replaced the first
+                        raise out_files.OutputError(f"{path}: is also {written[real]}'s file; name another")
+                    written[real] = option
             elif path is not None:
                 out_files.preflight_folder(path)
         except out_files.OutputError as e:
@@ -390,6 +397,9 @@ def check(configs: tuple[str, ...], fmt: str, output: str | None, quiet: bool, b
         output = None
     if save == "-":
         raise click.BadParameter("- (stdout) cannot take a binary .npz: name a file", param_hint="--save")
+    if reproducer == "-":
+        raise click.BadParameter("- (stdout) cannot take a folder of reproducers: name a folder",
+                                 param_hint="--reproducer")
     if save and len(refs) > 1:
         raise click.BadParameter("--save takes a single config", param_hint="--save")
     preflight(refs, {"--output": output, "--save": save}, {"--reproducer": reproducer}, (baseline_file,))
@@ -521,7 +531,8 @@ def baseline_record(configs: tuple[str, ...], output: str, seed: int | None, plu
         except (OSError, out_files.OutputError) as e:
             raise UsageFailure(f"--output {output}: {getattr(e, 'strerror', None) or e}") from None
     where = "stdout" if to_stdout else output
-    click.echo(printable(f"recorded {sum(len(r.rows) for r in reports)} tensors of {len(reports)} configs in "
+    counted = f"{len(reports)} config{'s' * (len(reports) != 1)}"
+    click.echo(printable(f"recorded {sum(len(r.rows) for r in reports)} tensors of {counted} in "
                          f"{where}" + (f"; these fail their check: {', '.join(failing)}" if failing else "")), err=True)
     sys.exit(max(rep.return_code for rep in reports))
 

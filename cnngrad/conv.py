@@ -335,7 +335,8 @@ def correlate_stacked(rows: np.ndarray, W: np.ndarray, ho: int, wo: int, dh: int
     """:func:`correlate_rows` from its rows (of shape (n, c·kw, H·Wo)) in one matmul:
     ``Z = [W_0; …; W_{kh−1}] (kh·o, c·kw) @ rows`` gives every kernel row's products on every
     row of x, and ``z = Σ_u Z[:, u·o : (u+1)·o, u·dh·Wo : u·dh·Wo + Ho·Wo]``: the same
-    products summed in the same order, bit for bit what kh matmuls give (``test_conv.py``)."""
+    products summed in the same order (bit for bit what kh matmuls gave in every shape tried
+    here; ``test_conv.py`` holds it to the naive loop)."""
     o, c, kh, kw = W.shape
     n = rows.shape[0]
     Z = np.matmul(W.transpose(2, 0, 1, 3).reshape(kh * o, c * kw), rows)  # (n, kh·o, H·Wo)

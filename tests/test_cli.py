@@ -621,3 +621,30 @@ def test_a_dash_output_is_stdout_as_click_has_it(tmp_path, monkeypatch):
     result = invoke("check", str(config), "--save", "-")
     assert result.exit_code == 2 and result.stdout == "" and "--save" in result.stderr and "binary" in result.stderr
     assert not (tmp_path / "-").exists()
+
+
+def test_two_outputs_into_one_file_and_a_dash_folder_are_refused(tmp_path, monkeypatch):
+    """A QA pass: ``--save x --output x`` wrote the report, then the .npz over it (exit 0, the
+    report lost); ``--reproducer -`` made a folder named "-".  Both are refused before any
+    maths, exit 2, one line; a link to the same file is the same file."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(SMALL)
+    result = invoke("check", str(config), "--save", "x.npz", "--output", "x.npz")
+    assert result.exit_code == 2 and result.stdout == "" and not (tmp_path / "x.npz").exists()
+    assert result.stderr == "Error: --save x.npz: is also --output's file; name another\n", result.stderr
+    (tmp_path / "link.npz").symlink_to(tmp_path / "x.npz")
+    result = invoke("check", str(config), "--output", "x.npz", "--save", "link.npz")
+    assert result.exit_code == 2 and "is also --output's file" in result.stderr
+    result = invoke("check", str(config), "--reproducer", "-")
+    assert result.exit_code == 2 and "--reproducer" in result.stderr and not (tmp_path / "-").exists()
+    result = invoke("check", str(config), "--save", "x.npz", "--output", "y.json")  # two files: as ever
+    assert result.exit_code == 0 and (tmp_path / "x.npz").exists() and (tmp_path / "y.json").exists()
+
+
+def test_a_config_tol_estimate_names_the_config_key():
+    """``check: {tol: estimate}`` without ridders named only the flag (--method ridders)."""
+    raw = {"input": {"batch": 1, "channels": 1, "height": 4, "width": 4},
+           "layers": [{"flatten": {}}, {"dense": {"units": 2}}], "check": {"tol": "estimate"}}
+    with pytest.raises(cnngrad.config.ConfigError, match=r"check\.tol: estimate needs check\.method: ridders"):
+        cnngrad.check(raw)
