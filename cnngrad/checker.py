@@ -527,7 +527,7 @@ def check(config: cfg.Config | str | dict, *, eps: float | None = None, tol: flo
         said = "--tol estimate" if tol == "estimate" else "check.tol: estimate"
         tol = None
         if m.tableau is None:  # said as it was asked: a config's keys for a config's tol
-            needs = "--method ridders" if tol == "estimate" else "check.method: ridders (or --method ridders)"
+            needs = "--method ridders" + ("" if said.startswith("--") else " or check.method: ridders")
             raise cfg.ConfigError(f"{said} needs {needs} (the only method with an error estimate "
                                   f"per entry), not {method}")
         if directions:
