@@ -698,20 +698,28 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             row.check = check
         _more_entries(rows, fd, problem.rng, how.tol, report.floor, how.tol_rule == "estimate")
 
+        def at_step(step: float, links_of: bool, checks: list[TensorCheck]) -> list[Numeric]:
+            """The checks' entries differenced at ``step`` by the check's method: of each layer alone
+            (``links_of``: the layer scope's rows), or of the network end to end."""
+            d: Any = FiniteDifferences(*numeric_side, step, how.method, workers=how.workers)
+            if links_of:
+                d = layer_scope.LinkDifferences(d, received, inner)
+            return d.numeric([(c.ref, c.indices) for c in checks])
+
+        def halve(checks: list[TensorCheck], links_of: bool) -> None:
+            """The convergence look: the same entries at h/2 (kept for ``extrapolated_look``)."""
+            for c, num in zip(checks, at_step(how.eps / 2, links_of, checks)):
+                ok = ~(c.kink_mask | num.kinks)
+                c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+                c.numeric_half, c.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
+
         def second_look(among: list[Row]) -> None:
             """Failing rows (every row with --convergence) again at h/2, then with the complex
             step, which has no rounding floor (``confirm``)."""
             again = [row for row in among if row.verdict.mode == "entries"
                      and (how.convergence or row.verdict.mismatch)]
             if again:  # the same entries at h/2
-                half = FiniteDifferences(*numeric_side, how.eps / 2, how.method, workers=how.workers)
-                if how.scope == "layer":
-                    half = layer_scope.LinkDifferences(half, received, inner)  # type: ignore[assignment]
-                for row, num in zip(again, half.numeric([(row.ref, row.verdict.indices) for row in again])):
-                    c = row.verdict
-                    ok = ~(c.kink_mask | num.kinks)
-                    c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-                    c.numeric_half, c.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
+                halve([row.verdict for row in again], how.scope == "layer")
             if second_step:
                 # the layer scope's rows are each layer alone, contracted with the δ it received — inside
                 # a block too: so is their second look.  Through the network instead, a correct layer
@@ -740,9 +748,10 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                              how.fd_dtype, how.workers, central_floor(), wrap=wrap)
                 for row, check in zip(among, checks):
                     row.check = check
-            # still failing, with the error falling as the order says: the two differences, extrapolated
+            # still failing, with the error falling as the order says: the differences, extrapolated
             checks = [row.verdict for row in among]
-            extrapolated_look(checks, how.method, how.fd_dtype, floor_of(how.method, is_complex, how.eps / 2))
+            extrapolated_look(checks, how.method, how.fd_dtype, floor_of(how.method, is_complex, how.eps / 2),
+                              lambda cs: at_step(2 * how.eps, how.scope == "layer", cs))
             for row, check in zip(among, checks):
                 row.check = check
 
@@ -879,6 +888,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                                  how.workers, floor_of("complex", True))
                 central_look(checks, [TensorRef.delta(0)], numeric_side, how.method, how.eps, how.tol, how.fd_dtype,
                              how.workers, central_floor())
+                if checks[0].mismatch and checks[0].mode == "entries" and checks[0].confirmed is None:
+                    # ∂C/∂x end to end as the network scope's row: halved, and extrapolated where that says truncation
+                    halve(checks, False)
+                    extrapolated_look(checks, how.method, how.fd_dtype, floor_of(how.method, is_complex, how.eps / 2),
+                                      lambda cs: at_step(2 * how.eps, False, cs))
                 e2e = layer_scope.as_end_to_end(checks[0], e2e)
             _rounding_excused([(TensorRef.delta(0), e2e)], net, traced_wide, excuse)  # as ∂C/∂x's own row
             report.rows.append(e2e)

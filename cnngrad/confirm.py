@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .blocks import param_key
-from .compare import TensorCheck, judge
+from .compare import TensorCheck, judge, metrics
 from .complex_probe import ComplexProbe
 from .config import PluginError
 from .finite_diff import FiniteDifferences, get_method
@@ -285,34 +285,57 @@ def _on_kinks_at_theta(checks: list[TensorCheck], targets: list[TensorRef], rows
 TRUNCATION_SHARE = 0.75
 
 
-def extrapolated_look(checks: list[TensorCheck], method: str, fd_dtype: str, floor: Floor) -> None:
+def extrapolated_look(checks: list[TensorCheck], method: str, fd_dtype: str, floor: Floor,
+                      double: Callable[[list[TensorCheck]], list[Any]]) -> None:
     """Rows still failing by value (no complex step confirmed them) whose error fell about
     2^p-fold as h halved (order p: truncation, not a bug's fixed offset) — a right layer whose
     derivative varies on the scale of the step (``a + 1e-4·sin(1e4·a)``: h²σ‴/6 ~ 1e-5 at
     h = 1e-6), which the complex step cannot reach — judged again on Richardson's extrapolation
-    of the two differences they already have, ``(2^p·D(h/2) − D(h)) / (2^p − 1)``: the h^p term
-    cancels, a bug's offset does not.  A row it passes says so; one it fails says it too.
+    ``R(h) = (2^p·D(h/2) − D(h)) / (2^p − 1)``: the h^p term cancels, a bug's offset does not.
+    Only where it has settled: ``R(2h)``, from the differences at 2h (``double``: their
+    ``Numeric`` for the rows given) and h, tells how far R(h) still is from the limit — the next
+    term, h^(p+1) for forward differences, h^(p+2) for the symmetric ones, falls 2^(p+1)- or
+    2^(p+2)-fold from 2h to h, so ``‖R(2h) − R(h)‖ / (2^(p+k) − 1)`` is R(h)'s own error, and
+    must be within tol too.  Where ωh ~ 1 the extrapolation keeps a factor
+    (4·sinc(½) − sinc(1))/3 ≈ 0.998 on the wiggle, and a backward wrong by just that passed on
+    R(h) alone (a QA pass); a step of h/4 instead drowned forward differences' R in rounding.
     Judged at central differences' own tol where the row's is looser (as ``central_look``):
-    forward differences' 1e-5, extrapolated, passed a backward 5e-6 off that a plain check fails."""
+    forward differences' 1e-5, extrapolated, passed a backward 5e-6 off that a plain check
+    fails.  A row it passes says so; one it fails says it too."""
     p = get_method(method).power
+    jump = 1 if method == "forward" else 2  # the order of the term after h^p: odd ones cancel in a symmetric stencil
     central_tol = get_method("central").default_tol[fd_dtype]
+    todo: list[int] = []
     for r, c in enumerate(checks):
         if not (c.mismatch and c.mode == "entries" and c.numeric_half is not None and c.confirmed is None):
             continue
         e1, e2 = c.metrics.norm_rel, c.norm_rel_half
-        if e2 is None or not (np.isfinite(e1) and np.isfinite(e2) and e2 > 0 and e1 / e2 >= TRUNCATION_SHARE * 2 ** p):
-            continue
+        if e2 is not None and np.isfinite(e1) and np.isfinite(e2) and e2 > 0 and e1 / e2 >= TRUNCATION_SHARE * 2 ** p:
+            todo.append(r)
+    if not todo:
+        return
+    doubles = double([checks[r] for r in todo])
+
+    def extrapolate(coarse: Array, fine: Array) -> Array:
         with np.errstate(all="ignore"):
-            values = (2 ** p * c.numeric_half.astype(np.float64) - c.numeric.astype(np.float64)) / (2 ** p - 1)
-        redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, values, c.kink_mask | c.kinks_half,
-                     min(c.tol, central_tol), floor=floor)
+            return (2 ** p * np.asarray(fine, dtype=np.float64) - np.asarray(coarse, dtype=np.float64)) / (2 ** p - 1)
+
+    for r, d in zip(todo, doubles):
+        c = checks[r]
+        kinks = c.kink_mask | c.kinks_half | np.asarray(d.kinks, dtype=bool)
+        tol = min(c.tol, central_tol)
+        fine = extrapolate(c.numeric, c.numeric_half)
+        redo = judge(c.ref, c.kind, c.shape, c.indices, c.analytic, fine, kinks, tol, floor=floor)
+        ok = ~kinks
+        unsettled = metrics(fine[ok], extrapolate(d.values, c.numeric)[ok]).norm_rel / (2 ** (p + jump) - 1)
+        e1, e2 = c.metrics.norm_rel, float(c.norm_rel_half or 0.0)  # both finite, e2 > 0: chosen so above
         said = (f"{method} differences failed (norm rel {e1:.1e} at h, {e2:.1e} at h/2: falls {e1 / e2:.1f}x as "
                 f"h halves, order {p}: truncation)")
-        if redo.passed:
-            agree = f"extrapolated from h and h/2 (Richardson: the h^{p} term cancels) they agree: " \
-                    f"norm rel {redo.metrics.norm_rel:.1e}"
+        both = f"norm rel {redo.metrics.norm_rel:.1e}, settled to {unsettled:.1e} (from 2h)"
+        if redo.passed and unsettled <= tol:
+            agree = f"extrapolated (Richardson: the h^{p} term cancels) they agree: {both}"
             redo.note = "; ".join(filter(None, [c.note, f"{said}; {agree}"]))
             checks[r] = redo
         else:
-            c.note = "; ".join(filter(None, [c.note, f"extrapolated from h and h/2 (Richardson) they still disagree: "
-                                                     f"norm rel {redo.metrics.norm_rel:.1e}"]))
+            c.note = "; ".join(filter(None, [c.note, f"extrapolated (Richardson) they still disagree or do not "
+                                                     f"settle: {both}"]))

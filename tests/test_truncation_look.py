@@ -16,8 +16,8 @@ from oracles import PLUGINS, plugin_config
 from cnngrad import check
 
 
-def config(tmp_path, bug):
-    return plugin_config(tmp_path, "wiggly", f"class: \"wiggly:Wiggly\", bug: {bug or 'null'}",
+def config(tmp_path, bug, more=""):
+    return plugin_config(tmp_path, "wiggly", f"class: \"wiggly:Wiggly\", bug: {bug or 'null'}{more}",
                          shape="{batch: 2, channels: 2, height: 4, width: 4}",
                          before=("conv: {filters: 3, kernel: 3, padding: 1}",),
                          after=("global_pool: {kind: avg}", "dense: {units: 3}"))
@@ -48,7 +48,7 @@ def test_the_layer_is_right_by_a_plain_loop_at_a_small_step():
 def test_a_truncation_failure_is_judged_on_the_extrapolated_differences(tmp_path, scope):
     right = check(config(tmp_path, None), plugins=True, scope=scope, workers=1)
     assert right.passed, [(str(r.ref), r.status, r.metrics.norm_rel, r.note) for r in right.rows]
-    looked = [r for r in right.rows if "extrapolated from h and h/2" in r.note]
+    looked = [r for r in right.rows if "extrapolated (Richardson: the h^2 term cancels) they agree" in r.note]
     assert looked and all("falls 4" in r.note or "falls 3" in r.note for r in looked)  # it was truncation
     assert any(str(r.ref) == "layers[1] δ input" for r in looked)  # the wiggly layer's own δ among them
 
@@ -65,3 +65,24 @@ def test_forward_differences_extrapolated_are_judged_at_central_tol(tmp_path):
     assert not check(config(tmp_path, "tiny"), plugins=True, workers=1).passed
     assert not check(config(tmp_path, "tiny"), plugins=True, method="forward", workers=1).passed
     assert check(config(tmp_path, None), plugins=True, method="forward", workers=1).passed
+
+
+def test_an_extrapolation_that_has_not_settled_passes_nothing(tmp_path):
+    """A QA pass: where ωh = 1 (A = 1e-6, ω = 1e6) the error still falls 4x as h halves, but
+    R(h) keeps a factor (4·sinc(½) − sinc(1))/3 = 0.997978 on the wiggle: a backward wrong by
+    just that (shift = −2.022225e-3, 5e-4 off in norm) passed.  R(h/2), from h/2 and h/4, must
+    pass too: it does not, and the row fails, blamed on the layer."""
+    wrong = check(config(tmp_path, None, ", A: 1.0e-6, omega: 1.0e+6, shift: -2.022225e-3"), plugins=True, workers=1)
+    assert not wrong.passed and wrong.culprit == 1, wrong.localisation
+    row = next(r for r in wrong.rows if str(r.ref) == "layers[1] δ input")
+    assert row.failed and "do not settle" in row.note, row.note
+
+
+def test_the_layer_scope_end_to_end_row_gets_the_same_look(tmp_path):
+    """A QA pass: with A = 1e-5, ω = 1e5 every link passed (extrapolated) but ∂C/∂x end to end
+    failed by truncation, never extrapolated: the layer scope failed what the network scope passes."""
+    for scope in ("network", "layer"):
+        rep = check(config(tmp_path, None, ", A: 1.0e-5, omega: 1.0e+5"), plugins=True, scope=scope, workers=1)
+        assert rep.passed, (scope, [(str(r.ref), r.status, r.note) for r in rep.rows if not r.passed])
+        wrong = check(config(tmp_path, "tiny", ", A: 1.0e-5, omega: 1.0e+5"), plugins=True, scope=scope, workers=1)
+        assert not wrong.passed, scope
