@@ -239,6 +239,7 @@ def central_look(checks: list[TensorCheck], targets: list[TensorRef], problem: t
     results = _differences(problem, step, "central", workers, wrap).numeric(
         [(targets[r], checks[r].indices) for r in todo])
     central_tol = get_method("central").default_tol[fd_dtype]
+    looked: list[tuple[int, TensorCheck]] = []
     for r, num in zip(todo, results):
         c = checks[r]
         # at central differences' own tol too: forward differences' 1e-5 passed a backward 5e-6 off (a QA pass)
@@ -254,6 +255,36 @@ def central_look(checks: list[TensorCheck], targets: list[TensorRef], problem: t
             checks[r] = redo
         elif redo.failed:
             c.note = "; ".join(filter(None, [c.note, f"{said} fail too (norm rel {redo.metrics.norm_rel:.1e})"]))
+            if redo.mismatch:
+                looked.append((r, redo))
+    if looked:  # central differences' failures get the look a plain check's do: h/2, then extrapolated
+        _central_extrapolated(checks, targets, looked, problem, method, eps, step, fd_dtype, workers, floor, wrap)
+
+
+def _central_extrapolated(checks: list[TensorCheck], targets: list[TensorRef], looked: list[tuple[int, TensorCheck]],
+                          problem: tuple[Network, Array, Array], method: str, eps: float, step: float, fd_dtype: str,
+                          workers: int | None, floor: Floor, wrap: Callable[[FiniteDifferences], Any] | None) -> None:
+    """The rows central differences at their own step failed too, in ``central_look``: halved
+    and extrapolated (``extrapolated_look``), as a plain check's failing rows are — a right
+    layer whose derivative wiggles on the scale of the step, which the plain check passes by
+    that look, failed under --method richardson, ridders or --eps 1e-4 (a QA pass)."""
+    redos = [redo for _, redo in looked]
+    where = {id(redo): targets[r] for r, redo in looked}
+    halves = _differences(problem, step / 2, "central", workers, wrap).numeric(
+        [(targets[r], redo.indices) for r, redo in looked])
+    for redo, num in zip(redos, halves):
+        ok = ~(redo.kink_mask | num.kinks)
+        redo.norm_rel_half = metrics(redo.analytic[ok], num.values[ok]).norm_rel
+        redo.numeric_half, redo.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
+    extrapolated_look(redos, "central", fd_dtype, floor, lambda cs: _differences(
+        problem, 2 * step, "central", workers, wrap).numeric([(where[id(c)], c.indices) for c in cs]))
+    for (r, first), redo in zip(looked, redos):
+        if redo is not first and redo.passed:
+            c = checks[r]
+            redo.note = "; ".join(filter(None, [
+                f"{method} differences at step {eps:.0e} failed (norm rel {c.metrics.norm_rel:.1e})", c.note,
+                redo.note]))
+            checks[r] = redo
 
 
 TINY = 1e-6  # of central differences' own step: a stencil that still crosses a kink at it sits on one

@@ -86,3 +86,14 @@ def test_the_layer_scope_end_to_end_row_gets_the_same_look(tmp_path):
         assert rep.passed, (scope, [(str(r.ref), r.status, r.note) for r in rep.rows if not r.passed])
         wrong = check(config(tmp_path, "tiny", ", A: 1.0e-5, omega: 1.0e+5"), plugins=True, scope=scope, workers=1)
         assert not wrong.passed, scope
+
+
+@pytest.mark.parametrize("how", [{"method": "richardson"}, {"method": "ridders"}, {"eps": 1e-4}])
+def test_other_methods_give_central_differences_failures_the_same_look(tmp_path, how):
+    """A QA pass: under --method richardson, ridders or --eps 1e-4 the right layer failed
+    (their large steps, then central differences at their own step, both truncation) where the
+    plain check passes it; central differences' failures are now halved and extrapolated there
+    too.  Its twin 1e-5 off still fails."""
+    right = check(config(tmp_path, None), plugins=True, workers=1, **how)
+    assert right.passed, [(str(r.ref), r.status, r.note) for r in right.rows if not r.passed]
+    assert not check(config(tmp_path, "tiny"), plugins=True, workers=1, **how).passed
