@@ -16,8 +16,9 @@ a layer is not smooth enough for their extrapolation (y = a·|a|, C¹ but not C�
 up to the step itself within a step of 0), and failed a right backward.
 
 A row still failing whose error fell as the method's order says when h halved — truncation,
-a derivative that varies on the scale of the step — is judged once more on the two
-differences it has, extrapolated to h → 0 (``extrapolated_look``).
+a derivative that varies on the scale of the step — is judged once more on its differences at
+h and h/2 extrapolated to h → 0, where those at 2h show the extrapolation settled
+(``extrapolated_look``); central differences' failures in ``central_look`` get the same look.
 """
 from __future__ import annotations
 
@@ -314,6 +315,13 @@ def _on_kinks_at_theta(checks: list[TensorCheck], targets: list[TensorRef], rows
 # the error falling at least this share of 2^order as h halves: truncation's signature (a wrong
 # backward's error stays as it is, ratio ~1), where extrapolating from h and h/2 is worth a look
 TRUNCATION_SHARE = 0.75
+# an extrapolation that has not settled, off by at most WITHIN_OWN times its own error (R(2h)'s
+# estimate of it), that error at most UNSETTLED_MOST tols: UNRESOLVED — a right layer at ωh = 0.3
+# (7.3e-6 off, its own error 7.2e-6) FAILED and was blamed under a note saying "not a bug" (a QA
+# pass); where that error is larger (ωh ~ 1: 4.9e-4) a backward tuned to R(h) could hide in it,
+# and the row keeps its failure
+WITHIN_OWN = 2.0
+UNSETTLED_MOST = 100.0
 
 
 def extrapolated_look(checks: list[TensorCheck], method: str, fd_dtype: str, floor: Floor,
@@ -367,6 +375,13 @@ def extrapolated_look(checks: list[TensorCheck], method: str, fd_dtype: str, flo
             agree = f"extrapolated (Richardson: the h^{p} term cancels) they agree: {both}"
             redo.note = "; ".join(filter(None, [c.note, f"{said}; {agree}"]))
             checks[r] = redo
+        elif unsettled > tol and redo.metrics.norm_rel <= WITHIN_OWN * unsettled <= WITHIN_OWN * UNSETTLED_MOST * tol:
+            # off by no more than the extrapolation's own error, which is small: what the differences can resolve
+            c.status = "unresolved"
+            c.reason = (f"truncation: {method} differences fall {e1 / e2:.1f}x as h halves, and extrapolated "
+                        f"(Richardson) they are {redo.metrics.norm_rel:.1e} off — within their own error, "
+                        f"{unsettled:.1e}, as R(2h) shows (the derivative varies on the scale of the step): neither "
+                        f"right nor wrong at this step — a smaller --eps can resolve it")
         else:
             c.note = "; ".join(filter(None, [c.note, f"extrapolated (Richardson) they still disagree or do not "
                                                      f"settle: {both}"]))
