@@ -3,7 +3,8 @@ A = 1e-4, ω = 1e4 by default (σ' = 1 + Aω·cos(ω z), between 0 and 2; σ''' 
 arithmetic only (the complex step cannot run through it).  Central differences at h = 1e-6
 carry a truncation of h²σ'''/6 ~ 1e-5 — past their tol — which falls 4x as h halves.
 ``bug: gain``: the backward 1 + 1e-3 times too large; ``bug: tiny``: 1 + 1e-5 (under the
-truncation, over the tol); ``shift``: the wiggle's term of σ' 1 + shift times what it is (not "off": YAML 1.1 reads it as false)."""
+truncation, over the tol); ``shift``: the wiggle's term of σ' 1 + shift times what it is (not
+"off": YAML 1.1 reads that key as false)."""
 from __future__ import annotations
 
 import numpy as np
