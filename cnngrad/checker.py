@@ -272,6 +272,7 @@ def kind_at(net: Network, path: tuple[int, ...]) -> str:
 
 
 MAX_REDRAWS = 10  # --avoid-kinks: fresh inputs tried before giving up
+ALIASING = 4.0  # an entry-wise error growing this much as h halves: not rounding (2x), not truncation (1/4x)
 DIAGNOSE_MAX = 200_000  # entries of a failing tensor differenced in full to diagnose it
 
 
@@ -690,11 +691,14 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             report.interrupted = True
             stop.report = report  # type: ignore[attr-defined]
             raise
+        conflicted: list[TensorCheck] = []  # failed along directions, passed entry by entry
         for row, num in zip(todo, numeric):
             check = row.judge(num, how.tol, floor=report.floor, estimate=how.tol_rule == "estimate")
             if row.check is not None:
                 check.note = (f"failed along {how.directions} directions "
                               f"(norm rel {row.check.metrics.norm_rel:.1e}); checked entry by entry")
+                if check.passed and row.check.failed:
+                    conflicted.append(check)
             row.check = check
         _more_entries(rows, fd, problem.rng, how.tol, report.floor, how.tol_rule == "estimate")
 
@@ -712,6 +716,27 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 ok = ~(c.kink_mask | num.kinks)
                 c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
                 c.numeric_half, c.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
+
+        def aliasing_look(checks: list[TensorCheck], links_of: bool) -> None:
+            """Rows that failed along random directions and passed entry by entry, differenced
+            entry by entry at h/2 too: a backward that is the difference quotient at the check's
+            own step (a wiggle sin(ωa) at ωh = π dropped, or scaled by sinc(ωh): a QA pass) agrees
+            with every entry at h — directions move each entry by another amount and do not alias.
+            Failing at h/2 by at least ALIASING times the error at h (rounding doubles it, truncation
+            quarters it) fails the row, saying why; otherwise it stands, with the figure."""
+            for c, num in zip(checks, at_step(how.eps / 2, links_of, checks)):
+                ok = ~(c.kink_mask | num.kinks)
+                half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+                if not half <= max(c.tol, ALIASING * c.metrics.norm_rel):
+                    c.status = "fail"
+                    c.note = (f"{c.note}; entry by entry it passes at h (norm rel {c.metrics.norm_rel:.1e}) but not "
+                              f"at h/2 ({half:.1e}): a backward that agrees with the differences at this one step "
+                              f"only, as the directions said")
+                else:
+                    c.note = f"{c.note}; at h/2 too (norm rel {half:.1e})"
+
+        if conflicted:
+            aliasing_look(conflicted, how.scope == "layer")
 
         def second_look(among: list[Row]) -> None:
             """Failing rows (every row with --convergence) again at h/2, then with the complex
@@ -882,6 +907,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if how.scope == "layer":  # the links tied together: ∂C/∂x through the whole network
             e2e = layer_scope.end_to_end(whole, deltas[0], kinds_of(net)[0], problem.rng, how.tol, report.floor,
                                          next(row.picks for row in rows if row.ref == TensorRef.delta(0)))
+            if e2e.passed and e2e.mode == "entries":  # failed along its directions, passed entry by entry
+                aliasing_look([e2e], False)
             if second_step:  # the same second look (complex step) as every network-scope row
                 checks = [e2e]
                 confirm_failures(checks, [TensorRef.delta(0)], numeric_side, how.method, how.tol, how.fd_dtype,

@@ -111,3 +111,21 @@ def test_an_unsettled_extrapolation_within_its_own_small_error_is_unresolved(tmp
     assert not any(r.failed for r in right.rows) and right.culprit is None, right.localisation
     wrong = check(config(tmp_path, "gain", more), plugins=True, workers=1)
     assert not wrong.passed and wrong.culprit == 1, wrong.localisation
+
+
+def test_a_backward_that_is_the_difference_quotient_fails_where_directions_saw_it(tmp_path):
+    """A QA pass: a backward scaling the wiggle by sinc(ωh) at h = 1e-6 (A = 1e-6, ω = 1e6,
+    shift = sinc(1) − 1: 5e-2 off in truth) equals central differences at that step entry by
+    entry; the layer scope's end-to-end directions failed (0.06) and the entries passed it.  At
+    h/2 the entries disagree (they do not alias there): it fails now, with --directions too.
+    (Entry by entry alone at the default step nothing can see it: the blind spot the README names.)"""
+    more = ", A: 1.0e-6, omega: 1.0e+6, shift: -0.15852901519"
+    first = plugin_config(tmp_path, "wiggly", f"class: \"wiggly:Wiggly\", bug: null{more}",  # x moves it by h
+                          shape="{batch: 2, channels: 2, height: 4, width: 4}", before=(),
+                          after=("global_pool: {kind: avg}", "dense: {units: 3}"))
+    for how in ({"scope": "layer"}, {"directions": 1}):
+        rep = check(first, plugins=True, workers=1, **how)
+        assert not rep.passed, (how, [(str(r.ref), r.status, r.note) for r in rep.rows])
+        assert any("at this one step only" in r.note for r in rep.rows if r.failed), how
+    right = check(config(tmp_path, None, ", A: 1.0e-5, omega: 1.0e+5"), plugins=True, workers=1, directions=1)
+    assert right.passed, [(str(r.ref), r.status, r.note) for r in right.rows if not r.passed]
