@@ -22,7 +22,7 @@ from . import config as cfg
 from . import layer_scope, resolution, structural, tolerance
 from .blas import one_thread
 from .blocks import Block
-from .compare import TensorCheck, judge, metrics, show_tol
+from .compare import TensorCheck, judge, show_tol
 from .complex_probe import ComplexProbe
 from .confirm import central_look, confirm_failures, extrapolated_look
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
@@ -713,9 +713,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         def halve(checks: list[TensorCheck], links_of: bool) -> None:
             """The convergence look: the same entries at h/2 (kept for ``extrapolated_look``)."""
             for c, num in zip(checks, at_step(how.eps / 2, links_of, checks)):
-                ok = ~(c.kink_mask | num.kinks)
-                c.norm_rel_half = metrics(c.analytic[ok], num.values[ok]).norm_rel
-                c.numeric_half, c.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
+                c.keep_half(num)
 
         def aliasing_look(checks: list[TensorCheck], links_of: bool) -> None:
             """Rows that failed along random directions and passed entry by entry, differenced
@@ -725,8 +723,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             Failing at h/2 by at least ALIASING times the error at h (rounding doubles it, truncation
             quarters it) fails the row, saying why; otherwise it stands, with the figure."""
             for c, num in zip(checks, at_step(how.eps / 2, links_of, checks)):
-                ok = ~(c.kink_mask | num.kinks)
-                half = metrics(c.analytic[ok], num.values[ok]).norm_rel
+                half = c.norm_rel_of(num)
                 if not half <= max(c.tol, ALIASING * c.metrics.norm_rel):
                     c.status = "fail"
                     c.note = (f"{c.note}; entry by entry it passes at h (norm rel {c.metrics.norm_rel:.1e}) but not "

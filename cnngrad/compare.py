@@ -12,6 +12,7 @@ With ``g`` analytic and ``n`` numeric over the checked entries (kink crossings l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,18 @@ class TensorCheck:
     # the same entries differenced at h/2, and whether those stencils crossed a kink (second_look)
     numeric_half: Array = field(repr=False, default=None)  # type: ignore[arg-type]
     kinks_half: Array = field(repr=False, default=None)  # type: ignore[arg-type]
+
+    def norm_rel_of(self, num: Any) -> float:
+        """Norm rel of these entries' analytic values against another difference of them
+        (``num``: its ``values`` and ``kinks``), stencils that crossed a kink either time left out."""
+        ok = ~(self.kink_mask | num.kinks)
+        return metrics(self.analytic[ok], num.values[ok]).norm_rel
+
+    def keep_half(self, num: Any) -> None:
+        """``num``, the same entries differenced at h/2: kept — its norm rel for the convergence
+        text, its values and kinks for ``confirm.extrapolated_look``."""
+        self.norm_rel_half = self.norm_rel_of(num)
+        self.numeric_half, self.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
 
     @property
     def tol_text(self) -> str:

@@ -274,9 +274,7 @@ def _central_extrapolated(checks: list[TensorCheck], targets: list[TensorRef], l
     halves = _differences(problem, step / 2, "central", workers, wrap).numeric(
         [(targets[r], redo.indices) for r, redo in looked])
     for redo, num in zip(redos, halves):
-        ok = ~(redo.kink_mask | num.kinks)
-        redo.norm_rel_half = metrics(redo.analytic[ok], num.values[ok]).norm_rel
-        redo.numeric_half, redo.kinks_half = np.asarray(num.values), np.asarray(num.kinks, dtype=bool)
+        redo.keep_half(num)
     extrapolated_look(redos, "central", fd_dtype, floor, lambda cs: _differences(
         problem, 2 * step, "central", workers, wrap).numeric([(where[id(c)], c.indices) for c in cs]))
     for (r, first), redo in zip(looked, redos):
