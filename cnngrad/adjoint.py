@@ -109,16 +109,38 @@ def _error(lhs: float, rhs: float, sizes: tuple[float, float, float, float]) -> 
     return math.exp(math.log(diff) + math.log(2) - top) / sum(math.exp(t - top) for t in terms)
 
 
-def _probe(Lu: Array, u: Array, pairs: list[tuple[Array, Array]], shown: bool = True) -> tuple[float, float, float]:
-    """⟨L u, w⟩, ⟨u, Lᵀ w⟩ of the first (w, Lᵀ w) pair, and the worst error of them all: NaN
-    (cannot be taken) where the move never showed (``_lifted``) and backward says it should."""
+@dataclass
+class _Move:
+    """A tensor's move: ``U`` (lifted), ``Lu = L U``, whether it showed (``_lifted``), and the
+    norms of both, taken once (a LeNet check takes ~80 of them; they were ~170)."""
+
+    U: Array
+    Lu: Array
+    shown: bool
+    size_u: float
+    size_lu: float
+
+
+@dataclass
+class _Pair:
+    """A probe w and its backward (δ, {name: ∂}), with ‖w‖ taken once for every tensor."""
+
+    w: Array
+    back: tuple[Array, dict[str, Array]]
+    size_w: float
+
+
+def _probe(move: _Move, name: str, pairs: list[_Pair]) -> tuple[float, float, float]:
+    """⟨L u, w⟩, ⟨u, Lᵀ w⟩ of the first pair, and the worst error of them all: NaN (cannot be
+    taken) where the move never showed (``_lifted``) and backward says it should."""
     errors: list[float] = []
     first: tuple[float, float] = (0.0, 0.0)
-    size_lu, size_u = _norm(Lu), _norm(u)  # the same for every pair
-    for k, (w, LTw) in enumerate(pairs):
-        lhs, rhs = float(np.vdot(Lu, w)), float(np.vdot(u, LTw))
-        unseen = not shown and rhs != 0.0
-        errors.append(float("nan") if unseen else _error(lhs, rhs, (size_lu, _norm(w), size_u, _norm(LTw))))
+    for k, pair in enumerate(pairs):
+        LTw = pair.back[0] if name == "" else pair.back[1][name]
+        lhs, rhs = float(np.vdot(move.Lu, pair.w)), float(np.vdot(move.U, LTw))
+        unseen = not move.shown and rhs != 0.0
+        errors.append(float("nan") if unseen else
+                      _error(lhs, rhs, (move.size_lu, pair.size_w, move.size_u, _norm(LTw))))
         first = (lhs, rhs) if k == 0 else first
     return first[0], first[1], max(errors, key=lambda e: np.inf if np.isnan(e) else e)
 
@@ -135,9 +157,9 @@ def _norm(x: Array) -> float:
     return m * float(np.linalg.norm(x / m)) if 0.0 < m < np.inf else m
 
 
-def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array, Array, bool]:
-    """``(s·U, L(s·U))``, ``L U = move(U)`` = z(… + U) − z(…), s a power of two that lifts
-    ‖L(sU)‖ to about ‖z‖ where the move is over LIFT times smaller: the subtraction loses
+def _lifted(move: Callable[[Array], Array], U: Array, big: float) -> _Move:
+    """``s·U, L(s·U)`` (a ``_Move``), ``L U = move(U)`` = z(… + U) − z(…), s a power of two that lifts
+    ‖L(sU)‖ to about ‖z‖ (``big``) where the move is over LIFT times smaller: the subtraction loses
     ε·‖z‖, so a move far below z (tiny weights under a large bias, a parameter whose input is
     ~0) would leave rounding's error in the test, not the backward's.  Where the move rounds
     to nothing at all (weights of 1e-40 under a bias of 0.1; an input or a parameter so large
@@ -150,12 +172,12 @@ def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array
     z that the subtraction's rounding (ε·‖z‖) is over a tenth of TOL of it.  One more forward
     a lift (one or two, most often; none where the move is z's size already)."""
     Lu = first = move(U)
-    big, size_u = _norm(out), _norm(U)
+    size_u = _norm(U)
+    small = first_small = _norm(Lu)
     if not (np.isfinite(big) and big > 0.0 and 0.0 < size_u < np.inf and np.all(np.isfinite(Lu))):
-        return U, Lu, True
+        return _Move(U, Lu, True, size_u, small)
     s = 1.0
     for _ in range(MAX_LIFT_NORM // 64 + 2):
-        small = _norm(Lu)
         if small > 0.0 and big <= LIFT * small:
             break
         room = MAX_LIFT_NORM - int(np.ceil(np.log2(s * size_u)))  # ‖sU‖ ≤ 2^MAX_LIFT_NORM
@@ -166,22 +188,23 @@ def _lifted(move: Callable[[Array], Array], U: Array, out: Array) -> tuple[Array
         if not np.all(np.isfinite(lifted)):
             break
         s, Lu = s * 2.0 ** k, lifted
-    if not _norm(Lu) > 0.0:
-        return U, first, False  # nothing shows: the unlifted move, as it was
-    if float(np.finfo(np.float64).eps) * big > TOL / 10 * _norm(Lu):
-        # lifted as far as the bound lets it and still far below z (an input of 1e307): the subtraction's
-        # rounding, ε·‖z‖, is not small beside the move — a test of it would judge that rounding
-        return U * s, Lu, False
-    return U * s, Lu, True
+        small = _norm(Lu)
+    if not small > 0.0:
+        return _Move(U, first, False, size_u, first_small)  # nothing shows: the unlifted move, as it was
+    sU = U if s == 1.0 else U * s
+    size_su = size_u if s == 1.0 else _norm(sU)
+    # lifted as far as the bound lets it and still far below z (an input of 1e307): the subtraction's
+    # rounding, ε·‖z‖, is not small beside the move — a test of it would judge that rounding
+    return _Move(sU, Lu, not float(np.finfo(np.float64).eps) * big > TOL / 10 * small, size_su, small)
 
 
-def _not_linear(move: Callable[[Array], Array], U: Array, Lu: Array) -> bool:
-    """Whether z is plainly not linear in the tensor ``move`` moves: L(2U) ≠ 2·L(U) beyond
+def _not_linear(move: Callable[[Array], Array], moved: _Move) -> bool:
+    """Whether z is plainly not linear in the tensor ``move`` moves (``moved``: U, L U): L(2U) ≠ 2·L(U) beyond
     rounding (``LINEAR``) — a user's ``linear = True`` that does not hold (tanh), or a
     parameter z is not linear in (a scale e^s, a weight norm), where the test has nothing to say."""
-    L2 = move(2.0 * U)
+    L2 = move(2.0 * moved.U)
     size = _norm(L2)
-    return not (np.all(np.isfinite(L2)) and _norm(L2 - 2.0 * Lu) <= LINEAR * size)
+    return not (np.all(np.isfinite(L2)) and _norm(L2 - 2.0 * moved.Lu) <= LINEAR * size)
 
 
 def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, kind: str,
@@ -207,12 +230,13 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
             out_a, cache_a = layer.forward(a)
             out_a = np.array(out_a, copy=True)  # safe from a buffer a later call reuses
         u = rng.uniform(-1.0, 1.0, a.shape)  # any random probe serves: uniform draws 4x faster
+        big = _norm(out_a)
 
         def move_input(U: Array) -> Array:
             return layer.forward(a + U)[0] - out_a
 
-        moves = {"": _lifted(move_input, u, out_a)}  # tensor -> (U_T, L_T U_T, shown)
-        if not trusted and _not_linear(move_input, *moves[""][:2]):
+        moves = {"": _lifted(move_input, u, big)}  # tensor -> its move
+        if not trusted and _not_linear(move_input, moves[""]):
             return "z(a + 2u) − z(a) is not twice z(a + u) − z(a)", out_a
         untested: list[str] = []
         for name, P in list(layer.params.items()):
@@ -224,28 +248,26 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
                 finally:
                     layer.params[name] = P
 
-            moves[name] = _lifted(move, rng.uniform(-1.0, 1.0, P.shape), out_a)
-            if not trusted and _not_linear(move, *moves[name][:2]):
+            moves[name] = _lifted(move, rng.uniform(-1.0, 1.0, P.shape), big)
+            if not trusted and _not_linear(move, moves[name]):
                 del moves[name]
                 untested.append(name)
+        v: Any
+        back_v: Any
         if shared is not None:
             v, back_v = shared.delta, shared.back
         else:
             v = rng.uniform(-1.0, 1.0, out_a.shape)
             back_v = layer.backward(v.copy(), cache_a)
-        w = moves[""][1].copy()  # Σ_T L_T U_T
-        for _, Lu, _ in list(moves.values())[1:]:  # in the dict's order: the same sum every run
-            w += Lu
+        w = moves[""].Lu.copy()  # Σ_T L_T U_T
+        for m in list(moves.values())[1:]:  # in the dict's order: the same sum every run
+            w += m.Lu
         size = _norm(w)
         if 0.0 < size < np.inf:  # to about 1, by a power of two (exact): ⟨L_T U_T, w⟩ ~ ‖z‖² overflowed where
             w = np.ldexp(w, -math.frexp(size)[1])  # z ~1e154 (weights of 1e153, a QA pass), and any w serves
-        backs = [(v, back_v), (w, layer.backward(w.copy(), cache_a))]
-
-        def pairs(name: str) -> list[tuple[Array, Array]]:
-            return [(probe, back[0] if name == "" else back[1][name]) for probe, back in backs]
-
-        lhs, rhs, rel = _probe(moves[""][1], moves[""][0], pairs(""), moves[""][2])
-        params = {name: _probe(Lu, U, pairs(name), seen)[2] for name, (U, Lu, seen) in moves.items() if name}
+        pairs = [_Pair(v, back_v, _norm(v)), _Pair(w, layer.backward(w.copy(), cache_a), _norm(w))]
+        lhs, rhs, rel = _probe(moves[""], "", pairs)
+        params = {name: _probe(m, name, pairs)[2] for name, m in moves.items() if name}
     return Adjoint(ref, kind, lhs, rhs, rel, params, untested=untested), out_a
 
 
