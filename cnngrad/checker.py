@@ -832,11 +832,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                     at64 = None if own64 is None or at64 is None else (own64, at64[1])
                 return resolution.precision_bound(c, w, c.tol, trust, config.dtype, at64)
         else:
-            # √ε·G, or K·ε·S for a saturated loss: p − y, with p = 1 − 6e-12, loses ε of 1 (rounding_trust)
-            trusted = resolution.rounding_trust(deltas, grads, loss, outputs[-1], y)
+            # √ε·G, or K·ε·S for a saturated loss: p − y, with p = 1 − 6e-12, loses ε of 1 (rounding_trust);
+            # taken only where a row fails
+            trusted = resolution.lazily(lambda: resolution.rounding_trust(deltas, grads, loss, outputs[-1], y))
 
             def excuse(c: TensorCheck, w: Array, alone: bool) -> str:
-                return resolution.at_rounding(c, w, trusted, (lambda: term_size(c) or 0.0) if alone else None)
+                return resolution.at_rounding(c, w, trusted(), (lambda: term_size(c) or 0.0) if alone else None)
 
         def excused(among: list[Row]) -> None:
             _rounding_excused([(row.ref, row.verdict) for row in among], net, traced_wide, excuse,

@@ -95,8 +95,14 @@ def loss_scale(loss: float, out: Array, y: Array) -> float:
 def largest(arrays: list[Array]) -> float:
     """G: the largest finite |entry| of the network's gradients."""
     with np.errstate(all="ignore"):
-        return max((float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0)) for a in arrays if a.size),
-                   default=0.0)
+        return max((_largest(a) for a in arrays if a.size), default=0.0)
+
+
+def _largest(a: Array) -> float:
+    """The largest finite |entry| of a non-empty ``a``: one max of |a| where it is finite (the
+    rule: ``where=`` costs 3x), else again over its finite entries."""
+    top = float(np.max(np.abs(a)))
+    return top if np.isfinite(top) else float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0))
 
 
 def longdouble_is_wider() -> bool:

@@ -154,6 +154,21 @@ def test_method_complex_on_a_real_only_layer_exits_2_with_one_line(tmp_path, how
 
 # --------------------------------------------------------------------------- the resolution floor
 
+
+def test_the_largest_gradient_is_the_largest_finite_entry_of_every_array():
+    """G, the floor's size of the gradients: one max of |a| where every entry is finite, else
+    over the finite ones — the same as a loop over every entry of every array."""
+    from cnngrad import resolution
+
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((3, 4)) * s for s in (1e-3, 2.0, 1e-200)] + [np.zeros(0)]
+    spoilt = arrays[0].copy()
+    spoilt[1, 2], spoilt[0, 0] = np.nan, -np.inf  # the largest finite |entry| stays what it was
+    cases = [arrays, [spoilt], [spoilt, -5.0 * arrays[2]], [np.full(3, np.nan)], [np.zeros(0)], []]
+    for case in cases:
+        loop = max([abs(float(v)) for a in case for v in a.reshape(-1) if np.isfinite(v)], default=0.0)
+        assert resolution.largest(case) == loop
+
 SATURATED = {"seed": 14, "input": {"batch": 2, "channels": 1, "height": 2, "width": 2}, "init": {"normal": 40.0},
              "layers": [{"flatten": {}}, {"dense": {"units": 3}}], "loss": "softmax_cross_entropy"}
 
