@@ -94,6 +94,43 @@ def test_a_slip_only_the_dot_product_test_sees_is_located(monkeypatch):
 
 
 
+def test_a_backward_wrong_only_where_this_network_never_looks_is_still_failed(monkeypatch):
+    """The first probe of a built-in layer is the δ^l the analytic pass gave it (no backward
+    call of its own).  Above a nearest upsampling an average pool of its block size hands it
+    a δ constant on every 2x2 block, and Σ L_T U_T (an upsampled u) is block-constant too:
+    a backward that returns 4x each block's first δ instead of the block's sum agrees with
+    both, and with every difference of this network.  It is wrong for every other δ; the
+    second probe's random part sees it, as the random δ of the test before it did."""
+    from cnngrad.layers_modern import Upsample
+
+    monkeypatch.setattr(Upsample, "backward", lambda self, delta, cache: (4.0 * delta[:, :, ::2, ::2], {}))
+    raw = {"seed": 3, "input": {"batch": 2, "channels": 2, "height": 3, "width": 3},
+           "layers": [{"upsample": {"scale": 2}}, {"pool": {"kind": "avg", "size": 2}}, {"flatten": {}},
+                      {"dense": {"units": 3}}], "loss": "mse"}
+    report = check(raw)
+    assert all(r.passed for r in report.rows)  # the differences see nothing: this network's gradient is right
+    assert not report.passed and report.culprit == 0
+    assert report.localisation.startswith("layer 0 (upsample): backward is not the adjoint")
+
+
+def test_a_check_calls_a_built_in_conv_backward_once_for_the_trace_and_once_for_the_test(monkeypatch):
+    """The adjoint test's first probe is the analytic pass's own δ^l and backward (the
+    checker's ``_traced_probes``): each conv of LeNet is called backward twice — the trace,
+    and the test's second probe — not three times."""
+    calls = []
+    backward = Conv.backward
+
+    def counted(self, delta, cache):
+        calls.append(self)
+        return backward(self, delta, cache)
+
+    monkeypatch.setattr(Conv, "backward", counted)
+    report = check("lenet", directions=1)
+    assert report.passed and len(report.adjoint) == 7
+    convs = {id(layer) for layer in calls}
+    assert len(convs) == 2 and len(calls) == 4
+
+
 TINY_WEIGHTS = {"seed": 0, "input": {"batch": 3, "channels": 3, "height": 9, "width": 10}, "init": {"normal": 1e-9},
                 "layers": [{"conv": {"filters": 3, "kernel": 3, "bias": "none"}}, {"activation": "tanh"},
                            {"conv": {"filters": 3, "kernel": 3}}, {"activation": "tanh"}, {"flatten": {}},
