@@ -26,6 +26,7 @@ from .compare import TensorCheck, judge, show_tol
 from .complex_probe import ComplexProbe
 from .confirm import central_look, confirm_failures, extrapolated_look
 from .finite_diff import FiniteDifferences, Interrupted, Numeric, get_method, select
+from .finite_diff import directions as random_directions
 from .localise_tree import localise_tree
 from .network import Forwarded, Network, Problem, build, pure
 from .output import atomic_write  # noqa: F401  re-exported: it lived here before
@@ -679,8 +680,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         if how.directions:
             for row in rows:
                 g = row.grad
-                V = problem.rng.standard_normal((how.directions, g.size))
-                V /= np.linalg.norm(V, axis=1, keepdims=True)
+                V = random_directions(problem.rng, how.directions, g.size)
                 along, kinks = fd.directional(row.ref, V)
                 row.check = judge(row.ref, row.kind, g.shape, np.arange(how.directions),
                                   V @ g.reshape(-1).astype(np.float64), along, kinks, how.tol, mode="directions",

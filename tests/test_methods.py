@@ -113,6 +113,24 @@ def test_directional_mode_passes_correct_code_with_few_passes():
     assert report.numeric["layers.7.W"].size and np.all(np.isnan(report.numeric["layers.7.W"]))  # no entries
 
 
+def test_random_directions_are_unit_rows_and_miss_as_the_readme_says():
+    """``finite_diff.directions``: K unit rows, the same for the same seed; and a wrong gradient
+    whose error is r = 20 times tol passes one of them with probability (2/π)·atan(1/r) ≈ 3.2%
+    (README, *Directions are a sample*) — here over 4,000 draws of a fixed seed, each judged as
+    the check judges a direction (norm rel of the two projections against tol)."""
+    from cnngrad.finite_diff import directions
+
+    V = directions(np.random.default_rng(4), 4000, 300)
+    assert V.shape == (4000, 300) and np.allclose(np.linalg.norm(V, axis=1), 1.0)
+    assert np.array_equal(V, directions(np.random.default_rng(4), 4000, 300))
+    rng = np.random.default_rng(5)
+    g, e, tol, r = rng.standard_normal(300), rng.standard_normal(300), 1e-6, 20.0
+    e *= 2 * r * tol * np.linalg.norm(g) / np.linalg.norm(e)  # norm rel of g + e against g: r·tol
+    a, n = V @ (g + e), V @ g
+    missed = float(np.mean(np.abs(a - n) / (np.abs(a) + np.abs(n)) <= tol))
+    assert abs(missed - 2 / np.pi * np.arctan(1 / r)) < 0.01, missed
+
+
 def test_directional_values_are_v_dot_gradient():
     p = build(cfg.load("strided"))
     _, dx, grads = p.net.gradients(p.x, p.y)

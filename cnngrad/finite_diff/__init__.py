@@ -3,7 +3,8 @@
 Where each piece lives:
 
 * ``methods.py`` — the difference formulas (``Method``, the ``METHODS`` registry: central,
-  forward, Richardson, complex step) and ``select`` (which entries to check).
+  forward, Richardson, complex step), ``select`` (which entries to check) and ``directions``
+  (random unit directions, for ``--directions``).
 * ``shortcuts.py`` — what a layer declares (``per_sample``, ``complex_safe``, ``kink_state``)
   and the ``Shortcuts`` protocol of the built-in layers' shortcuts (``offers``).
 * ``planning.py`` — per tensor: the rows a chunk of entries becomes, chunks sized to the
@@ -26,9 +27,9 @@ not, ``FiniteDifferences.fast_fallbacks`` says so and why.
 from __future__ import annotations
 
 from .engine import FiniteDifferences, Interrupted, Numeric
-from .methods import METHODS, Method, get_method, select
+from .methods import METHODS, Method, directions, get_method, select
 from .planning import Plan
 from .shortcuts import Capabilities, Shortcuts, capabilities
 
-__all__ = ["FiniteDifferences", "Interrupted", "Numeric", "METHODS", "Method", "get_method", "select", "Plan",
-           "Capabilities", "Shortcuts", "capabilities"]
+__all__ = ["FiniteDifferences", "Interrupted", "Numeric", "METHODS", "Method", "get_method", "select", "directions",
+           "Plan", "Capabilities", "Shortcuts", "capabilities"]

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..blocks import Block
-from ..finite_diff import FiniteDifferences, Numeric
+from ..finite_diff import FiniteDifferences, Numeric, directions
 from ..refs import TensorRef
 from ..resolution import cast_layer
 from .links import LinkDifferences
@@ -107,8 +107,7 @@ def end_to_end(fd: FiniteDifferences, g: Array, kind: str, rng: np.random.Genera
     whole network (the network scope's check of ∂C/∂x), and that is the row's verdict."""
     from ..compare import judge
 
-    V = rng.standard_normal((k, g.size))
-    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    V = directions(rng, k, g.size)
     along, kinks = fd.directional(TensorRef.delta(0), V)
     check = judge(TensorRef.delta(0), kind, g.shape, np.arange(k), V @ g.reshape(-1).astype(np.float64), along,
                   kinks, tol, mode="directions", floor=floor)
