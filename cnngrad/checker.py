@@ -612,7 +612,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         loss, deltas, grads, outputs = net.trace(x, y, inner, given=_handed_over(net.layers, visits), passes=passes)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if float64:
-            probes = _traced_probes(visits, _pure_prefix(net.layers, visits), received, deltas, grads)
+            probes = _traced_probes(net.layers, visits, _pure_prefix(net.layers, visits), received, deltas, grads)
             adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, probes, withdrawn)
         del visits  # the probes go; the caches live on in passes
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
@@ -933,9 +933,9 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     return report
 
 
-def _traced_probes(visits: list[structural.Visit | None], handed: int, received: list[Array],
+def _traced_probes(layers: list[Any], visits: list[structural.Visit | None], handed: int, received: list[Array],
                    deltas: list[Array], grads: list[dict[str, Array]]) -> list[structural.Visit | None]:
-    """The adjoint test's first probe of each layer whose forward the trace takes (``handed``
+    """The adjoint test's first probe of each linear layer whose forward the trace takes (``handed``
     of them, from the first: built-in layers, ``_pure_prefix``): the δ^l it received in the analytic pass, and
     what its backward returned for it there, (δ^{l-1}, ∇θ) — any v serves the test
     (``adjoint``), and this one costs no backward call (a random δ cost one per linear layer,
@@ -948,7 +948,7 @@ def _traced_probes(visits: list[structural.Visit | None], handed: int, received:
         return all(np.isfinite(np.sum(a)) for a in arrays)  # a sum is finite only if every entry is
 
     return [structural.Visit(v.out, v.cache, received[i], (deltas[i], grads[i]), clean=True, traced=True)
-            if i < handed and v is not None and v.delta is None
+            if i < handed and v is not None and v.delta is None and adjoint_mod.is_linear(layers[i])
             and finite(received[i], deltas[i], *grads[i].values()) else v for i, v in enumerate(visits)]
 
 

@@ -309,7 +309,7 @@ class FiniteDifferences:
                 for mi in range(m):
                     for ki in range(k):
                         layer.params[ref.name] = (original + offs[mi, 0] * V[ki].reshape(original.shape)).astype(
-                            np.result_type(original, self.work))
+                            np.result_type(original, self.work), copy=False)
                         outs.append(layer.forward(a_prev)[0])
             finally:
                 layer.params[ref.name] = original

@@ -117,10 +117,8 @@ def directions(rng: np.random.Generator, k: int, size: int) -> Array:
     for a wrong gradient (an error e ≠ 0), ⟨e, v⟩ = 0 has probability 0 (a Rademacher ±1
     would not do: e = (d, −d) vanishes half the time); uniform draws cost a quarter of normal
     ones here (2 ns an entry against 8), a third of a LeNet ``--directions 1`` check's draws."""
-    V = rng.random((k, size))
-    V *= 2.0
-    V -= 1.0
-    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    V = rng.uniform(-1.0, 1.0, (k, size))
+    V /= np.sqrt(np.einsum("ij,ij->i", V, V))[:, None]  # one pass a row: linalg.norm took 2.5x as long
     return V
 
 

@@ -228,7 +228,8 @@ class LinkDifferences(InputLinks, GroupedInputs):
             try:
                 for m, o in enumerate(offs):
                     for k, v in enumerate(V):
-                        shifted = (original + o * v.reshape(original.shape)).astype(np.result_type(original, fd.work))
+                        shifted = (original + o * v.reshape(original.shape)).astype(np.result_type(original, fd.work),
+                                                                                   copy=False)
                         if on_piece:
                             contracted[m, k] = np.sum((layer.forward_on_piece(shifted, base) - z0) * delta)
                             continue
