@@ -569,3 +569,45 @@ def test_arrays_in_fortran_order_are_perturbed_where_they_live(tmp_path, scope, 
             np.testing.assert_allclose(r.analytic, want, rtol=1e-6, atol=1e-9)
     wrong = check(config("half_w"), scope=scope, plugins=True)
     assert not wrong.passed and any(r.failed and r.ref.path == (1,) and r.ref.name == "W" for r in wrong.rows)
+
+
+def test_links_that_passed_their_sampled_directions_are_checked_entry_by_entry_before_the_wiring_is_blamed(
+        monkeypatch):
+    """bugs.py (--bug entry --directions 1, seed 1201, config 167) found it: a global max pool's
+    δ with one entry off by a tenth passed its link's one random direction (a sample: README,
+    *Directions are a sample*), ∂C/∂x end to end failed, and the wiring was blamed.  Here the
+    link's direction is made blind to that entry; the link is then checked entry by entry, and
+    the pool is named."""
+    import cnngrad.checker as checker
+    from cnngrad.layers_modern import GlobalPool
+
+    raw = {"name": "gp", "seed": 2703704191, "input": {"batch": 3, "channels": 3, "height": 1, "width": 5},
+           "layers": [{"global_pool": {"kind": "max"}}], "loss": "mse"}
+    right = check(raw, scope="layer", directions=1)
+    assert right.passed
+    g = right.analytic["input"].reshape(-1)
+    broken = int(np.argmax(np.abs(g)))  # an entry the loss sees: ∂C/∂x end to end moves with it
+    original = GlobalPool.backward
+
+    def wrong(self, delta, cache):
+        d, grads = original(self, delta, cache)
+        d = d.copy()
+        d.reshape(-1)[broken] += 0.1 * np.max(np.abs(d))
+        return d, grads
+
+    drawn = checker.random_directions
+
+    def blind(rng, k, size):  # the links' directions: none of them sees the broken entry
+        V = drawn(rng, k, size)
+        if size == g.size:
+            V[:, broken] = 0.0
+            V /= np.linalg.norm(V, axis=1, keepdims=True)
+        return V
+
+    monkeypatch.setattr(GlobalPool, "backward", wrong)
+    monkeypatch.setattr(checker, "random_directions", blind)
+    report = check(raw, scope="layer", directions=1)
+    assert not report.passed and report.culprit == 0, report.localisation
+    assert "fails entry by entry" in report.localisation and "wiring" not in report.localisation
+    (row,) = [r for r in report.rows if str(r.ref) == "layers[0] δ input" and not r.note.startswith("end to end")]
+    assert row.failed and row.mode == "entries" and "checked entry by entry" in row.note
