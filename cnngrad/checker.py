@@ -901,10 +901,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             check, g, key = row.verdict, row.grad, row.ref.key
             report.rows.append(check)
             report.analytic[key] = g
-            full = np.full(g.size, np.nan)
-            if check.mode == "entries":
-                full[check.indices] = check.numeric
-            report.numeric[key] = report.numeric_full.get(key, full.reshape(g.shape))
+            report.numeric[key] = report.numeric_full.get(key, _numeric_of(check, g))
         if how.scope == "layer":  # the links tied together: ∂C/∂x through the whole network
             e2e = layer_scope.end_to_end(whole, deltas[0], kinds_of(net)[0], problem.rng, how.tol, report.floor,
                                          next(row.picks for row in rows if row.ref == TensorRef.delta(0)))
@@ -936,6 +933,15 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     return report
 
 
+def _numeric_of(check: TensorCheck, g: Array) -> Array:
+    """A row's numeric gradient in g's shape: its entries where it was checked entry by entry,
+    NaN elsewhere (and everywhere for a row checked along directions)."""
+    full = np.full(g.size, np.nan)
+    if check.mode == "entries":
+        full[check.indices] = check.numeric
+    return full.reshape(g.shape)
+
+
 def _sampled_links(report: Report, rows: list[Row], links: Any, how: Settings,
                    excused: Callable[[list[Row]], None]) -> None:
     """∂C/∂x end to end failed and no link did, where some links passed along random directions
@@ -951,9 +957,7 @@ def _sampled_links(report: Report, rows: list[Row], links: Any, how: Settings,
         check.note = (f"passed along {how.directions} directions (norm rel {row.verdict.metrics.norm_rel:.1e}), but "
                       f"∂C/∂x end to end failed and no link did: checked entry by entry")
         report.rows[next(i for i, c in enumerate(report.rows) if c is row.verdict)] = check
-        full = np.full(row.grad.size, np.nan)
-        full[check.indices] = check.numeric
-        report.numeric[row.ref.key] = full.reshape(row.grad.shape)
+        report.numeric[row.ref.key] = _numeric_of(check, row.grad)
         row.check = check
     excused(sampled)
     bad = [row.verdict for row in sampled if row.verdict.mismatch]
