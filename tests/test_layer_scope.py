@@ -611,3 +611,33 @@ def test_links_that_passed_their_sampled_directions_are_checked_entry_by_entry_b
     assert "fails entry by entry" in report.localisation and "wiring" not in report.localisation
     (row,) = [r for r in report.rows if str(r.ref) == "layers[0] δ input" and not r.note.startswith("end to end")]
     assert row.failed and row.mode == "entries" and "checked entry by entry" in row.note
+
+
+def test_a_linear_link_along_a_direction_of_small_derivative_is_exact_not_drowned(monkeypatch):
+    """A built-in linear layer's link is differenced along a direction at a step lifted to the
+    moved tensor's size (``LinkDifferences._lift``): its quotient is exact at any step, and at h
+    the subtraction's rounding drowned a direction whose derivative was ~1e-3 of a typical one
+    (the CIFAR rung's dense input δ went entry by entry).  Here the dense layer's directions
+    are made ~1e-6 along its δ: the row still passes along them, to the analytic value within
+    1e-12 of ‖δ‖."""
+    import cnngrad.checker as checker
+
+    raw = {"name": "dense", "seed": 4, "input": {"batch": 3, "channels": 2, "height": 4, "width": 4},
+           "layers": [{"flatten": {}}, {"dense": {"units": 40}}, {"activation": "tanh"}, {"dense": {"units": 5}}],
+           "loss": "softmax_cross_entropy"}
+    right = check(raw, scope="layer")
+    g = next(r.analytic for r in right.rows if str(r.ref) == "layers[3] δ input").reshape(-1)
+    drawn = checker.random_directions
+
+    def nearly_blind(rng, k, size):
+        V = drawn(rng, k, size)
+        if size == g.size:
+            V -= np.outer(V @ g, g) / (g @ g) - 1e-6 * g / np.linalg.norm(g)
+            V /= np.linalg.norm(V, axis=1, keepdims=True)
+        return V
+
+    monkeypatch.setattr(checker, "random_directions", nearly_blind)
+    report = check(raw, scope="layer", directions=1)
+    (row,) = [r for r in report.rows if str(r.ref) == "layers[3] δ input" and not r.note.startswith("end to end")]
+    assert report.passed and row.mode == "directions", row.note
+    assert abs(row.analytic[0] - row.numeric[0]) < 1e-12 * np.linalg.norm(g)
