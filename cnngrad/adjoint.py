@@ -12,16 +12,15 @@ divisor moves them apart at O(1e-2 … 1) — a proof either way, with no finite
 noise.  The same holds for each parameter the output is linear in (conv and dense W, b):
 ``⟨z(P + U) − z(P), v⟩ = ⟨U, ∂C/∂P given δ = v⟩``.
 
-Two probes, shared by the layer's tensors: v — a random δ, or for a built-in layer the δ^l
-the analytic pass handed it, whose backward that pass already ran (``checker._traced_probes``;
-where the test fails on it, it is taken again on a random δ) — and w = Σ_T L_T U_T plus a random
-vector (its left side holds ‖L_T U_T‖² > 0, and it reaches directions off L's range that the
-analytic δ^l may never take), one backward call.  The error is
+Two probes, shared by the layer's tensors: v random, and w = Σ_T L_T U_T plus a random vector
+(its left side holds ‖L_T U_T‖² > 0, and it reaches directions off L's range), each one backward
+call.  (The δ^l the analytic pass handed the layer, whose backward is already run, would save a
+call; it lies in a small subspace — the network's few outputs spread back — and missed twice as
+many one-entry slips near tol as a random δ: a QA pass, 200 seeds.)  The error is
 ``|lhs − rhs| / (‖L u‖·‖v‖ + ‖u‖·‖Lᵀ v‖)``, scale-free, the worst of the two probes.  Cost per
 linear layer: one forward per tensor and one more, two backwards (the network's other layers:
-one forward, to carry the input on) — or, from the structural checks' calls and the analytic
-pass (``check_network``'s ``visits``), one forward a tensor and one backward, the chain carried
-by their outputs.
+one forward, to carry the input on) — or, from the structural checks' calls (``check_network``'s
+``visits``), one forward a tensor and one backward, the chain carried by their outputs.
 """
 from __future__ import annotations
 
@@ -221,9 +220,8 @@ def check_layer(layer: Any, a: Array, rng: np.random.Generator, ref: TensorRef, 
     a parameter), and both probes come from two backward calls at a's cache: ``w = v`` random,
     and ``w = Σ_T L_T U_T + r``, r random (then each left side ⟨L_T U_T, w⟩ holds ‖L_T U_T‖²).  A layer
     linear in its input has the same Lᵀ at every input, so a's cache serves the input's
-    probes too.  ``given``: the structural checks' forward at a, their random δ (or the analytic
-    pass's δ^l) as v and backward's result for it (``structural.Visit``), so only the second
-    probe is called.
+    probes too.  ``given``: the structural checks' forward at a, their random δ as v and
+    backward's result for it (``structural.Visit``), so only the second probe is called.
     ``trusted`` False (a user's layer: its ``linear = True`` is a declaration) first shows z
     linear in each tensor (``_not_linear``): where it is not in its input, the reason comes
     back instead of a test; a parameter it is not linear in is left out (``Adjoint.untested``)."""
@@ -287,9 +285,7 @@ def check_network(layers: list, x: Array, kinds: list[str], seed: int,
                   visits: list[Visit | None] | None = None, notes: list[str] | None = None) -> list[Adjoint]:
     """The test for every linear layer of a float64 network, at the inputs x (of shape
     (N, *in_shape)) gives each layer.  ``visits``: what ``structural.check`` computed on the
-    same layers from the same x (each layer's output, and the first probe where it kept it),
-    or for a built-in layer the analytic pass's δ^l and backward there (``traced``: where the
-    test fails on that probe, it is taken again on a random δ, whose verdict stands).
+    same layers from the same x (each layer's output, and the first probe where it kept it).
     A user's layer declares its linearity: shown first (``check_layer``'s ``trusted``); where it
     does not hold, ``notes`` (a list) receives why, and the layer has no test."""
     from .network import pure
@@ -299,12 +295,7 @@ def check_network(layers: list, x: Array, kinds: list[str], seed: int,
     for i, layer in enumerate(layers):
         visit = visits[i] if visits is not None and i < len(visits) else None
         if is_linear(layer):
-            test, out = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit, trusted=pure(layer))
-            if isinstance(test, Adjoint) and test.failed and visit is not None and visit.traced:
-                # the analytic pass's own δ^l may be ill-scaled for the test (weights of 1e-300 above:
-                # it underflows in the backward); a random δ, as a user's layer gets, decides
-                test = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], None, trusted=pure(layer))[0]
-            a = out
+            test, a = check_layer(layer, a, rng, TensorRef.delta(i), kinds[i], visit, trusted=pure(layer))
             if isinstance(test, str):
                 if notes is not None:
                     notes.append(f"layers[{i}] {kinds[i]} declares linear = True, but {test}: no dot-product test")

@@ -594,26 +594,23 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
     with np.errstate(all="ignore"):  # NaN/overflow becomes a failed row, not noise
         # first, layer by layer from x: the structural checks of the user's layers, and every
         # built-in layer's forward (trusted: the tests prove them sound), which the trace and the
-        # differences' unperturbed pass then take; a float64 net's adjoint test takes its chain
-        # from these calls, and its first probe from the user's layers' checks (a random δ) or,
-        # for a built-in layer, from the trace (``_traced_probes``)
+        # differences' unperturbed pass then take; a float64 net's adjoint test takes its first
+        # probe (and its chain) from these calls
         visits: list[structural.Visit | None] = []
         refuted: list[tuple[int, str]] = []
-        float64 = config.dtype == "float64"
         broken = structural.check(net.layers, x, kinds_of(net), config.seed,
-                                  keep=(lambda layer: not pure(layer) and adjoint_mod.is_linear(layer)) if float64
-                                  else None, visits=visits, trusted=pure, refuted=refuted)
+                                  keep=adjoint_mod.is_linear if config.dtype == "float64" else None, visits=visits,
+                                  trusted=pure, refuted=refuted)
         withdrawn = [_withdraw_per_sample(net.layers[i], f"layers[{i}] {kinds_of(net)[i]}", why) for i, why in refuted]
         withdrawn += [f"layers[{i}] {kinds_of(net)[i]}: backward returns {v.narrow} in a {config.dtype} network: "
                       f"those gradients carry the narrower float's rounding, which the check's tol may not see"
                       for i, v in enumerate(visits) if v is not None and v.narrow]
+        if config.dtype == "float64":
+            adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, visits, withdrawn)
         inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks
         passes: list[Forwarded] = []  # the unperturbed pass, for the numeric side too
         loss, deltas, grads, outputs = net.trace(x, y, inner, given=_handed_over(net.layers, visits), passes=passes)
         received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
-        if float64:
-            probes = _traced_probes(net.layers, visits, _pure_prefix(net.layers, visits), received, deltas, grads)
-            adjoint_tests = adjoint_mod.check_network(net.layers, x, kinds_of(net), config.seed, probes, withdrawn)
         del visits  # the probes go; the caches live on in passes
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
@@ -970,39 +967,16 @@ def _sampled_links(report: Report, rows: list[Row], links: Any, how: Settings,
                                f"∂C/∂x end to end fails too")
 
 
-def _traced_probes(layers: list[Any], visits: list[structural.Visit | None], handed: int, received: list[Array],
-                   deltas: list[Array], grads: list[dict[str, Array]]) -> list[structural.Visit | None]:
-    """The adjoint test's first probe of each linear layer whose forward the trace takes (``handed``
-    of them, from the first: built-in layers, ``_pure_prefix``): the δ^l it received in the analytic pass, and
-    what its backward returned for it there, (δ^{l-1}, ∇θ) — any v serves the test
-    (``adjoint``), and this one costs no backward call (a random δ cost one per linear layer,
-    a twentieth of a LeNet check).  The second probe is random (Σ_T L_T U_T plus a random
-    vector); where the test fails on this probe it is taken again on a random δ.  A user's
-    layer keeps its structural checks' probe (a random δ), as does any layer after it; so does
-    a layer whose δ^l or backward there is not finite (an overflowing net: the adjoint test
-    then draws its own random δ, and says what the backward does with it)."""
-    def finite(*arrays: Array) -> bool:
-        return all(np.isfinite(np.sum(a)) for a in arrays)  # a sum is finite only if every entry is
-
-    return [structural.Visit(v.out, v.cache, received[i], (deltas[i], grads[i]), clean=True, traced=True)
-            if i < handed and v is not None and v.delta is None and adjoint_mod.is_linear(layers[i])
-            and finite(received[i], deltas[i], *grads[i].values()) else v for i, v in enumerate(visits)]
-
-
 def _handed_over(layers: list[Any], visits: list[structural.Visit | None]) -> list[Forwarded]:
     """The structural checks' first forward of each layer, from the first layer on, for as
     long as each layer is ``pure`` and passed every check (so a second call would give the
     same output and cache): the trace takes them instead of calling forward again."""
-    return [Forwarded(visit.out, visit.cache) for visit in visits[:_pure_prefix(layers, visits)]
-            if visit is not None]
-
-
-def _pure_prefix(layers: list[Any], visits: list[structural.Visit | None]) -> int:
-    """How many layers, from the first, are ``pure`` and passed every check (``clean``)."""
-    for i, (layer, visit) in enumerate(zip(layers, visits)):
+    given: list[Forwarded] = []
+    for layer, visit in zip(layers, visits):
         if visit is None or not visit.clean or not pure(layer):
-            return i
-    return min(len(layers), len(visits))
+            break
+        given.append(Forwarded(visit.out, visit.cache))
+    return given
 
 
 def save_npz(report: Report, path: str | os.PathLike) -> None:

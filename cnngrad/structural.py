@@ -182,7 +182,6 @@ class Visit:
     back: tuple[Array, dict[str, Array]] | None = None
     clean: bool = False
     narrow: str = ""  # what backward returned in a narrower float than its input ("δ float32, W float32")
-    traced: bool = False  # δ is the analytic pass's own δ^l, not a random one (checker._traced_probes)
 
 
 def check_layer(layer: Layer, a: Array, rng: np.random.Generator) -> tuple[list[str], Array | None]:
