@@ -610,7 +610,6 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
         inner: dict[tuple[int, ...], Array] = {}  # δ at the boundaries inside blocks
         passes: list[Forwarded] = []  # the unperturbed pass, for the numeric side too
         loss, deltas, grads, outputs = net.trace(x, y, inner, given=_handed_over(net.layers, visits), passes=passes)
-        received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         del visits  # the probes go; the caches live on in passes
         report = Report(config.name, [], loss, how.eps, how.tol, how.method, config.dtype, config.seed,
                         problem=problem, fd_dtype=how.fd_dtype, directions=how.directions,
@@ -672,6 +671,7 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                                base=passes if numeric_side[0] is net else None)
         del passes
         whole = fd  # the network end to end (the layer scope's end-to-end check)
+        received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
         if how.scope == "layer":
             fd = links = layer_scope.LinkDifferences(fd, received, inner)  # type: ignore[assignment]
         if how.directions:
@@ -920,13 +920,12 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
             report.rows.append(e2e)
             if e2e.mismatch and not report.localisation:
                 assert links is not None
-                _sampled_links(report, rows, links, how, excused)
-            if e2e.mismatch and not report.localisation:
-                assert links is not None
-                report.culprit, report.localisation = layer_scope.kinked_link(
-                    links, [row.verdict for row in rows], how.tol,
-                    "every link checks out where no stencil crosses a kink, and ∂C/∂x end to end does not"
-                ) or (None, layer_scope.WIRING)
+                _sampled_links(report, rows, links, how, excused)  # may name a link sampled along directions
+                if not report.localisation:
+                    report.culprit, report.localisation = layer_scope.kinked_link(
+                        links, [row.verdict for row in rows], how.tol,
+                        "every link checks out where no stencil crosses a kink, and ∂C/∂x end to end does not"
+                    ) or (None, layer_scope.WIRING)
     return report
 
 

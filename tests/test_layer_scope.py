@@ -83,6 +83,14 @@ def test_both_scopes_agree_on_random_networks(raw):
     assert network.passed and layer.passed, [(r.ref, r.metrics.norm_rel) for r in network.failures + layer.failures]
 
 
+def nearly_orthogonal(V: np.ndarray, g: np.ndarray, along: float) -> np.ndarray:
+    """V's rows with their part along g taken out, then ``along`` of g's direction put back,
+    scaled to norm 1: directions whose derivative v·g is ``along``·‖g‖ (a typical one's is
+    ~‖g‖/√size) — drowned in rounding at the check's step."""
+    V = V - np.outer(V @ g, g) / (g @ g) + along * g / np.linalg.norm(g)
+    return V / np.linalg.norm(V, axis=1, keepdims=True)
+
+
 def test_a_direction_drowned_in_rounding_is_checked_entry_by_entry(monkeypatch):
     """Hypothesis found it: a tiny net whose ∂C/∂x along a random direction is ~1e-5, where
     the loss's rounding (~ε·C/h) is 1e-6 of it.  The end-to-end row is then checked entry by
@@ -99,9 +107,7 @@ def test_a_direction_drowned_in_rounding_is_checked_entry_by_entry(monkeypatch):
     drawn = layer_scope.directions
 
     def drowned(rng: np.random.Generator, k: int, size: int) -> np.ndarray:
-        V = drawn(rng, k, size)
-        V -= np.outer(V @ g, g) / (g @ g) - 1e-9 * g / np.linalg.norm(g)  # along ∇C: 1e-9 of it
-        return V / np.linalg.norm(V, axis=1, keepdims=True)
+        return nearly_orthogonal(drawn(rng, k, size), g, 1e-9)
 
     monkeypatch.setattr(layer_scope, "directions", drowned)
     report = check(raw, scope="layer")
@@ -631,10 +637,7 @@ def test_a_linear_link_along_a_direction_of_small_derivative_is_exact_not_drowne
 
     def nearly_blind(rng, k, size):
         V = drawn(rng, k, size)
-        if size == g.size:
-            V -= np.outer(V @ g, g) / (g @ g) - 1e-6 * g / np.linalg.norm(g)
-            V /= np.linalg.norm(V, axis=1, keepdims=True)
-        return V
+        return nearly_orthogonal(V, g, 1e-6) if size == g.size else V
 
     monkeypatch.setattr(checker, "random_directions", nearly_blind)
     report = check(raw, scope="layer", directions=1)

@@ -12,11 +12,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..adjoint import is_linear
 from ..blas import one_thread
 from ..blocks import Block
 from ..finite_diff import FiniteDifferences, Numeric
 from ..finite_diff.inner import spot_check
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
+from ..network import pure
 from ..refs import TensorRef
 from .grouped import GroupedInputs
 from .inputs import InputLinks, moved
@@ -214,9 +216,6 @@ class LinkDifferences(InputLinks, GroupedInputs):
         step there, and at h the subtraction's rounding, ε‖z‖/h, drowned a direction whose
         derivative was small (the CIFAR rung's dense input δ, 8,192 entries: norm rel 1e-5 >
         tol, so the row went entry by entry) — as the dot-product test lifts its moves."""
-        from ..adjoint import is_linear
-        from ..network import pure
-
         if not (pure(layer) and is_linear(layer)):
             return 1.0
         size = float(np.linalg.norm(original))
