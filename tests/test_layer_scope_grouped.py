@@ -104,3 +104,79 @@ def test_period_keeps_windows_apart():
         for i in range(n):
             for j in range(i + p, n, p):
                 assert starts[j] - starts[i] >= width or starts[i] - starts[j] >= width
+
+
+@pytest.mark.parametrize("method", ["central", "richardson", "forward"])
+def test_link_directions_equal_a_plain_loop_and_the_backward(method):
+    """``LinkDifferences.directional``, which runs a built-in linear layer's first step only
+    (scaling it to the others) and a per-sample layer's steps stacked in one pass, against
+    the definition written out: ⟨δ^l, Σ_m c_m·z^l(θ + o_m·h·v)⟩ by real passes of the layer,
+    one per step, at the same (lifted) step — and against the layer's own backward, ⟨v, ∂C/∂θ⟩."""
+    from cnngrad.finite_diff.methods import get_method
+
+    p = build(validate(NET))
+    net, x, y = p.net, p.x, p.y
+    _, deltas, grads, outputs = net.trace(x, y, {})
+    fd = FiniteDifferences(net, x, y, 1e-6, method, workers=1)
+    received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
+    ld = layer_scope.LinkDifferences(fd, received)
+    rng = np.random.default_rng(5)
+    offsets = np.asarray(get_method(method).offsets).real
+    for l, layer in enumerate(net.layers):
+        tensors = [(TensorRef.delta(l), fd.inputs[l], deltas[l])]
+        tensors += [(TensorRef.param(l, name), P, grads[l][name]) for name, P in layer.params.items()]
+        for ref, original, g in tensors:
+            V = rng.uniform(-1, 1, (2, original.size))
+            V /= np.linalg.norm(V, axis=1, keepdims=True)
+            along, crossed = ld.directional(ref, V)
+            assert not crossed.any(), ref
+            h = 1e-6 * ld._lift(layer, original)
+            z0 = layer.forward(fd.inputs[l])[0]
+            for k, v in enumerate(V):
+                sums = []
+                for o in offsets:
+                    moved = original + o * h * v.reshape(original.shape)
+                    if ref.is_delta:
+                        out = layer.forward(moved)[0]
+                    else:
+                        layer.params[ref.name] = moved
+                        try:
+                            out = layer.forward(fd.inputs[l])[0]
+                        finally:
+                            layer.params[ref.name] = original
+                    sums.append(np.sum((out - z0) * received[l]))
+                if method == "central":
+                    want = (sums[0] - sums[1]) / (2 * h)
+                elif method == "forward":
+                    want = sums[0] / h
+                else:  # Richardson: (4·D(h/2) − D(h)) / 3
+                    want = (4 * (sums[2] - sums[3]) / h - (sums[0] - sums[1]) / (2 * h)) / 3
+                scale = np.linalg.norm(g) * (1e-4 if method == "forward" else 1e-7)
+                assert abs(along[k] - want) <= 1e-9 * abs(want) + 1e-3 * scale, (ref, method, along[k], want)
+                assert abs(along[k] - v @ g.reshape(-1)) <= scale, (ref, method, along[k], v @ g.reshape(-1))
+
+
+@pytest.mark.parametrize("l", [1, 4])
+def test_link_directions_off_the_piece_flag_the_kinks_their_own_passes_cross(l):
+    """A relu / max pool moved along its input with its ``piece`` shortcut withdrawn: every
+    step of a direction runs in one pass of stacked copies of the batch, and a direction is
+    flagged exactly where one of its own passes (the plain loop, a pass a step) crosses a kink."""
+    import dataclasses
+
+    p = build(validate(NET))
+    net, x, y = p.net, p.x, p.y
+    _, deltas, _, outputs = net.trace(x, y, {})
+    fd = FiniteDifferences(net, x, y, 0.05, "central", workers=1)
+    fd.caps[l] = dataclasses.replace(fd.caps[l], offers=fd.caps[l].offers - {"piece"})
+    received = layer_scope.received_deltas(deltas, net.loss.gradient(outputs[-1], y))
+    ld = layer_scope.LinkDifferences(fd, received)
+    layer, a0, base = net.layers[l], fd.inputs[l], fd.base_kinks[l]
+    V = np.random.default_rng(2).uniform(-1, 1, (24, a0.size)) * np.geomspace(1e-4, 30, 24)[:, None]
+    _, crossed = ld.directional(TensorRef.delta(l), V)
+    want = np.zeros(len(V), dtype=bool)
+    for k, v in enumerate(V):
+        for sign in (1, -1):
+            cache = layer.forward(a0 + sign * 0.05 * v.reshape(a0.shape))[1]
+            want[k] |= bool(np.any(kink_state(layer, fd.caps[l], cache) != base))
+    assert want.any() and not want.all()
+    assert np.array_equal(crossed, want)

@@ -18,6 +18,7 @@ from ..blocks import Block
 from ..finite_diff import FiniteDifferences, Numeric
 from ..finite_diff.inner import spot_check
 from ..finite_diff.propagate import spot_check_perturbed, spot_check_windows
+from ..finite_diff.shortcuts import kink_state
 from ..network import pure
 from ..refs import TensorRef
 from .grouped import GroupedInputs
@@ -226,7 +227,11 @@ class LinkDifferences(InputLinks, GroupedInputs):
     def directional(self, ref: TensorRef, V: Array) -> tuple[Array, Array]:
         """``⟨δ^l, (z^l(θ + h·v) − z^l(θ − h·v)) / 2h⟩`` along each row v of V (of shape
         (K, size)), a real pass of the layer on the whole batch per direction and step (h lifted
-        for a built-in linear layer: ``_lift``).
+        for a built-in linear layer: ``_lift``).  A built-in linear layer (``adjoint.is_linear``:
+        z affine in its input and parameters) runs the first step only and scales it to the
+        others (Δz(s·v) = (s / s₀)·Δz(s₀·v)), as ``forward_perturbed`` does; a per-sample layer
+        moved along its input runs every step of a direction in one pass, the moved copies of
+        the batch stacked.
 
         A layer offering ``"piece"`` (relu, leaky relu, max and global max pooling) moved along
         its input is held on the unperturbed pass's piece (``forward_on_piece``), as the
@@ -241,12 +246,28 @@ class LinkDifferences(InputLinks, GroupedInputs):
         steps = np.broadcast_to(offs[:, None], (len(offs), len(V)))
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(len(V), dtype=bool)
+        work = np.result_type(original, fd.work)
+        exact = pure(layer) and is_linear(layer)  # one step, scaled to the others
+        stacked = ref.is_delta and link.caps.per_sample and not exact and len(offs) > 1
         with one_thread():
             try:
-                for m, o in enumerate(offs):
-                    for k, v in enumerate(V):
-                        shifted = (original + o * v.reshape(original.shape)).astype(np.result_type(original, fd.work),
-                                                                                   copy=False)
+                for k, v in enumerate(V):
+                    move = v.reshape(original.shape)
+                    if stacked:  # every step of this direction in one pass: M moved copies of the batch
+                        shifted = (original[None] + offs.reshape((-1,) + (1,) * original.ndim) * move[None]).astype(
+                            work, copy=False).reshape((-1,) + original.shape[1:])
+                        if on_piece and base is not None:
+                            out = layer.forward_on_piece(shifted, base[np.tile(np.arange(fd.n), len(offs))])
+                        else:
+                            out, cache = layer.forward(shifted)
+                            state = kink_state(layer, link.caps, cache) if base is not None else None
+                            crossed[k] = state is not None and base is not None and bool(
+                                np.any(state.reshape((len(offs),) + base.shape) != base))
+                        change = out.reshape((len(offs),) + z0.shape) - z0
+                        contracted[:, k] = np.sum((change * delta).reshape(len(offs), -1), axis=1)
+                        continue
+                    for m, o in enumerate(offs[:1] if exact else offs):
+                        shifted = (original + o * move).astype(work, copy=False)
                         if on_piece:
                             contracted[m, k] = np.sum((layer.forward_on_piece(shifted, base) - z0) * delta)
                             continue
@@ -257,6 +278,8 @@ class LinkDifferences(InputLinks, GroupedInputs):
                             out, cache = layer.forward(link.a_prev)
                         contracted[m, k] = np.sum((out - z0) * delta)
                         crossed[k] |= moved(layer, link.caps, cache, base)
+                    if exact:
+                        contracted[1:, k] = contracted[0, k] * (offs[1:] / offs[0])
             finally:
                 if not ref.is_delta:
                     layer.params[ref.name] = original
