@@ -284,3 +284,41 @@ def test_a_wrong_backward_still_fails_the_complex_step_at_a_large_step(monkeypat
     rep = check("smooth", method="complex", eps=1e-4)
     assert rep.return_code == 1 and rep.localisation.startswith("layer"), rep.localisation
     assert any("the complex step confirms it" in r.note for r in rep.rows if r.failed)
+
+
+@pytest.mark.parametrize("method", ["central", "richardson"])
+def test_directions_of_a_linear_layers_parameters_are_a_plain_loop_of_the_whole_network(method):
+    """Along a direction of a conv's or a dense layer's W or b the engine runs one pass of the
+    layer a direction and takes the other steps' outputs from it (z is affine in the
+    parameter): the quotient must be the method's formula over real passes of the whole
+    network written out here — C at θ + o·h·v for each offset o — and v·∂C/∂θ."""
+    from cnngrad.finite_diff.methods import get_method
+
+    p = build(cfg.validate({
+        "name": "affine", "seed": 2, "input": {"batch": 3, "channels": 2, "height": 9, "width": 9},
+        "layers": [{"conv": {"filters": 3, "kernel": 3}}, {"activation": "relu"},
+                   {"pool": {"kind": "max", "size": 2}}, {"conv": {"filters": 4, "kernel": 2, "bias": "untied"}},
+                   {"activation": "tanh"}, {"flatten": {}}, {"dense": {"units": 5}}],
+        "loss": "softmax_cross_entropy"}))
+    net, x, y = p.net, p.x, p.y
+    _, _, grads = net.gradients(x, y)
+    h = 1e-5
+    fd = FiniteDifferences(net, x, y, h, method)
+    offsets = np.asarray(get_method(method).offsets).real
+    rng = np.random.default_rng(3)
+    for l, layer in enumerate(net.layers):
+        for name, P in layer.params.items():
+            V = rng.uniform(-1, 1, (2, P.size))
+            V /= np.linalg.norm(V, axis=1, keepdims=True)
+            along, kinks = fd.directional(TensorRef.param(l, name), V)
+            assert not kinks.any()
+            for k, v in enumerate(V):
+                costs = []
+                for o in offsets:
+                    layer.params[name] = P + o * h * v.reshape(P.shape)
+                    costs.append(net.cost(net.forward(x)[0], y))
+                layer.params[name] = P
+                central2 = (costs[0] - costs[1]) / (2 * h)
+                want = central2 if method == "central" else (4 * (costs[2] - costs[3]) / h - central2) / 3
+                assert abs(along[k] - want) <= 1e-7 * abs(want) + 1e-9, (l, name, along[k], want)
+                assert abs(along[k] - v @ grads[l][name].ravel()) <= 1e-6 * np.linalg.norm(grads[l][name]), (l, name)

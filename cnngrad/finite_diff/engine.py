@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..adjoint import is_linear
 from ..blas import one_thread
-from ..network import Forwarded, Network
+from ..network import Forwarded, Network, pure
 from ..refs import TensorRef
 from . import planning, workers
 from . import workers as _workers
@@ -294,26 +295,38 @@ class FiniteDifferences:
 
     def _directional(self, ref: TensorRef, V: Array, start: int) -> tuple[Array, ...]:
         m, k = len(self.method.offsets), len(V)
+        losses, crossed, samples = self._losses(self._moved(ref, V, start), start, np.tile(np.arange(self.n), m * k),
+                                                copies=True, on_piece=True)
+        return self._combine(losses, np.broadcast_to(self._offsets(), (m, k)), samples, crossed)
+
+    def _moved(self, ref: TensorRef, V: Array, start: int) -> Array:
+        """The input of layer ``start`` for each step (M) and direction (K) of ``ref`` moved
+        along V: M·K whole copies of the batch, of shape (M·K·N, …)."""
+        m, k = len(self.method.offsets), len(V)
         offs = self._offsets()  # (M, 1)
         if ref.is_delta:  # whole copies of the batch with the input of layer ``start`` moved
             base = self.inputs[start]
             moved = base.reshape(1, 1, -1) + (offs[:, :, None] * V[None]).reshape(m, k, -1)
-            a = moved.astype(np.result_type(base.dtype, self.work)).reshape((-1,) + base.shape[1:])
-        else:
-            layer = self.net.layers[ref.index]
-            original = layer.params[ref.name]
-            a_prev = self.inputs[ref.index]  # complex too when the step is: ``z += b`` runs in place
-            a_prev = a_prev.astype(np.result_type(a_prev, self.work), copy=False)
-            outs = []
-            try:
-                for mi in range(m):
-                    for ki in range(k):
-                        layer.params[ref.name] = (original + offs[mi, 0] * V[ki].reshape(original.shape)).astype(
-                            np.result_type(original, self.work), copy=False)
-                        outs.append(layer.forward(a_prev)[0])
-            finally:
-                layer.params[ref.name] = original
-            a = np.concatenate(outs)
-        losses, crossed, samples = self._losses(a, start, np.tile(np.arange(self.n), m * k), copies=True,
-                                                on_piece=True)
-        return self._combine(losses, np.broadcast_to(offs, (m, k)), samples, crossed)
+            return moved.astype(np.result_type(base.dtype, self.work)).reshape((-1,) + base.shape[1:])
+        layer = self.net.layers[ref.index]
+        original = layer.params[ref.name]
+        a_prev = self.inputs[ref.index]  # complex too when the step is: ``z += b`` runs in place
+        a_prev = a_prev.astype(np.result_type(a_prev, self.work), copy=False)
+        # a built-in layer linear in its input is affine in its parameters (``adjoint.is_linear``):
+        # one pass a direction, the other steps' outputs z₀ + (o / o₀)·(z(θ + o₀h·v) − z₀)
+        affine = pure(layer) and is_linear(layer) and m > 1
+        outs: list[list[Array]] = [[] for _ in range(m)]
+        try:
+            for ki in range(k):
+                for mi in range(1 if affine else m):
+                    layer.params[ref.name] = (original + offs[mi, 0] * V[ki].reshape(original.shape)).astype(
+                        np.result_type(original, self.work), copy=False)
+                    outs[mi].append(layer.forward(a_prev)[0])
+                if affine:
+                    z0 = self.inputs[ref.index + 1]
+                    change = outs[0][ki] - z0
+                    for mi in range(1, m):
+                        outs[mi].append(z0 + (offs[mi, 0] / offs[0, 0]) * change)
+        finally:
+            layer.params[ref.name] = original
+        return np.concatenate([out for per_step in outs for out in per_step])
