@@ -11,6 +11,7 @@ With ``g`` analytic and ``n`` numeric over the checked entries (kink crossings l
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from .refs import TensorRef
 from .resolution import Floor
 
 Array = np.ndarray
-TINY = np.finfo(np.float64).tiny
+TINY = float(np.finfo(np.float64).tiny)
 
 # Default tolerances and steps are per method and dtype: ``finite_diff.METHODS``.  Central
 # differences in float64, h = 1e-6: ~1e-12 of truncation and ~1e-10 of rounding, so correct
@@ -50,12 +51,17 @@ class Metrics:
     worst: int  # position (within the checked entries) of the largest |g − n|
 
 
+SMALL = 16  # at most this many entries (a row along a few directions): Python floats, not numpy calls
+
+
 def metrics(g: Array, n: Array) -> Metrics:
     """Errors of analytic g against numeric n (same shape, float64)."""
     g = np.asarray(g, dtype=np.float64).ravel()
     n = np.asarray(n, dtype=np.float64).ravel()
     if g.size == 0:
         return Metrics(0.0, 0.0, 0.0, -1)
+    if g.size <= SMALL:
+        return _metrics_small(g.tolist(), n.tolist())
     with np.errstate(all="ignore"):
         diff = np.abs(g - n)
         if not np.all(np.isfinite(diff)):
@@ -66,6 +72,20 @@ def metrics(g: Array, n: Array) -> Metrics:
         denom = _norm(g) + _norm(n)
         norm_rel = float(_norm(g - n) / denom) if denom > 0 else 0.0
     return Metrics(float(diff.max()), float(rel.max()), norm_rel, worst)
+
+
+def _metrics_small(g: list[float], n: list[float]) -> Metrics:
+    """``metrics`` of a few entries in Python floats: the same formulas, sums taken in order
+    (the dozen numpy calls of the array form cost ~20 µs a row along one direction)."""
+    diff = [abs(a - b) for a, b in zip(g, n)]
+    for i, d in enumerate(diff):
+        if not math.isfinite(d):
+            return Metrics(float("nan"), float("nan"), float("nan"), i)
+    worst = max(range(len(diff)), key=diff.__getitem__)  # the first of the largest, as argmax
+    rel = max(d / max(abs(a), abs(b), TINY) for d, a, b in zip(diff, g, n))
+    denom = math.sqrt(sum(a * a for a in g)) + math.sqrt(sum(b * b for b in n))
+    norm_rel = math.sqrt(sum(d * d for d in diff)) / denom if denom > 0 else 0.0
+    return Metrics(diff[worst], float(rel), norm_rel, worst)
 
 
 def _norm(v: Array) -> float:

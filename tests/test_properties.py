@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from cnngrad import check
 from cnngrad.config import validate
@@ -49,3 +50,41 @@ def test_a_gradient_zero_in_truth_is_not_a_failure(dtype):
 
 def test_directions_with_the_complex_step():
     assert check("lenet", directions=1, method="complex").passed
+
+
+@st.composite
+def analytic_and_numeric(draw):
+    """A few to a few dozen entries (across ``compare.SMALL``, where metrics leaves numpy):
+    analytic values of any scale, numeric ones off by any relative error, some exactly equal
+    or zero, now and then one not finite."""
+    size = draw(st.integers(1, 40))
+    scale = 10.0 ** draw(st.integers(-300, 300))
+    g = np.array(draw(st.lists(st.floats(-1e3, 1e3), min_size=size, max_size=size))) * scale
+    err = np.array(draw(st.lists(st.floats(-1.0, 1.0), min_size=size, max_size=size)))
+    n = g * (1 + err * 10.0 ** draw(st.integers(-17, 0)))
+    if draw(st.booleans()):
+        n[draw(st.integers(0, size - 1))] = draw(st.sampled_from([0.0, np.inf, np.nan]))
+    return g, n
+
+
+@given(analytic_and_numeric())
+def test_error_metrics_are_the_conventions_formulas(pair):
+    """``compare.metrics`` against the formulas of CONVENTIONS.md written out here in numpy:
+    max |g − n|, max |g − n| / max(|g|, |n|, tiny), ‖g − n‖ / (‖g‖ + ‖n‖) (0 for two zeros),
+    the index of the largest |g − n| — or NaN at the first entry not finite."""
+    from cnngrad.compare import metrics
+
+    g, n = pair
+    m = metrics(g, n)
+    with np.errstate(all="ignore"):
+        diff = np.abs(g - n)
+        if not np.all(np.isfinite(diff)):
+            first = int(np.flatnonzero(~np.isfinite(diff))[0])
+            assert np.isnan(m.norm_rel) and np.isnan(m.max_abs) and m.worst == first
+            return
+        rel = diff / np.maximum(np.maximum(np.abs(g), np.abs(n)), np.finfo(np.float64).tiny)
+        norms = np.linalg.norm(g) + np.linalg.norm(n)
+        norm_rel = np.linalg.norm(g - n) / norms if norms > 0 else 0.0
+    assert m.worst == int(np.argmax(diff)) and m.max_abs == diff.max()
+    assert np.isclose(m.max_rel, rel.max(), rtol=1e-14, atol=0)
+    assert np.isclose(m.norm_rel, norm_rel, rtol=1e-12, atol=0) or np.isnan(norm_rel) and np.isnan(m.norm_rel)
