@@ -99,12 +99,16 @@ class Adjoint:
 
 
 def _error(lhs: float, rhs: float, sizes: tuple[float, float, float, float]) -> float:
-    """``|lhs − rhs| / (‖Lu‖·‖w‖ + ‖u‖·‖Lᵀw‖)`` (``sizes`` those four norms), taken in logs:
-    the products of norms overflowed where each was ~1e154 and both sides of the test finite
-    and equal (a net of weights of 1e153: "cannot be taken", a QA pass)."""
-    if not all(np.isfinite(v) for v in (lhs, rhs, *sizes)):  # overflow: nothing to judge
+    """``|lhs − rhs| / (‖Lu‖·‖w‖ + ‖u‖·‖Lᵀw‖)`` (``sizes`` those four norms); taken in logs
+    where a product nears overflow or underflow: the products of norms overflowed where each
+    was ~1e154 and both sides of the test finite and equal (a net of weights of 1e153:
+    "cannot be taken", a QA pass)."""
+    if not all(math.isfinite(v) for v in (lhs, rhs, *sizes)):  # overflow: nothing to judge
         return float("nan")
     diff = abs(lhs / 2 - rhs / 2)  # halves: the difference of two finite numbers stays finite
+    denom = sizes[0] * sizes[1] + sizes[2] * sizes[3]
+    if 1e-280 < denom < 1e280 and diff < 1e300:  # no product near overflow or underflow: at once
+        return 2 * diff / denom
     terms = [math.log(a) + math.log(b) for a, b in (sizes[:2], sizes[2:]) if a > 0 and b > 0]
     if diff == 0 or not terms:
         return 0.0

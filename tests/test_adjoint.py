@@ -268,3 +268,26 @@ def test_weights_of_1e153_leave_a_slip_of_one_in_a_billion_caught(monkeypatch):
         lambda r: (r[0] * (1 + 1e-9), r[1]))(original(self, delta, cache)))
     bad = [a for a in check(HUGE).adjoint if a.failed]
     assert [a.ref.layer for a in bad] == ["3"] and bad[0].finite and bad[0].rel > adjoint.TOL, [a.line() for a in bad]
+
+
+def test_the_error_is_the_formula_at_every_scale():
+    """``adjoint._error``, at once where the products of norms are ordinary numbers and in logs
+    where they would overflow or underflow, against |lhs − rhs| / (‖Lu‖·‖w‖ + ‖u‖·‖Lᵀw‖) in
+    exact rational arithmetic (``fractions``)."""
+    from fractions import Fraction
+
+    from cnngrad.adjoint import _error
+
+    rng = np.random.default_rng(8)
+    for _ in range(3000):
+        sizes = tuple(float(rng.uniform(0.5, 2) * 10.0 ** rng.integers(-200, 200)) for _ in range(4))
+        if rng.random() < 0.1:
+            sizes = (0.0, sizes[1], sizes[2], sizes[3])
+        scale = max(sizes[0] * sizes[1], sizes[2] * sizes[3])  # may overflow to inf: then lhs ~1e300
+        lhs = float(rng.uniform(0.5, 1) * rng.choice([-1, 1]) * min(max(scale, 1e-290), 1e300))  # no subnormal
+        rhs = lhs * (1 + float(rng.uniform(-1, 1)) * 10.0 ** float(rng.integers(-16, 0)))
+        exact = abs(Fraction(lhs) - Fraction(rhs)) / (Fraction(sizes[0]) * Fraction(sizes[1])
+                                                      + Fraction(sizes[2]) * Fraction(sizes[3]))
+        got = _error(lhs, rhs, sizes)
+        assert abs(got - float(exact)) <= 1e-12 * float(exact) + 1e-300, (lhs, rhs, sizes, got, float(exact))
+    assert np.isnan(_error(float("inf"), 1.0, (1.0, 1.0, 1.0, 1.0)))
