@@ -54,9 +54,9 @@ def _elements(specs: list, layers: list) -> int:
     """Entries one sample row takes through these layers (a block's: all of its paths')."""
     total = 0
     for spec, layer in zip(specs, layers):
-        out = int(np.prod(layer.out_shape))
-        taps = int(np.prod(getattr(layer, "k", (1, 1))))
-        cols = int(spec.in_shape[0]) * taps * int(np.prod(layer.out_shape[1:])) if spec.kind in ("conv", "pool") else 0
+        out = math.prod(layer.out_shape)  # math.prod: np.prod of a tuple costs ~3 µs, 60 of them a LeNet check
+        taps = math.prod(getattr(layer, "k", (1, 1)))
+        cols = int(spec.in_shape[0]) * taps * math.prod(layer.out_shape[1:]) if spec.kind in ("conv", "pool") else 0
         if spec.kind == "block":
             cols = sum(_elements(path, inner) for path, inner in zip(spec.paths, layer.paths))
         total += 3 * out + cols
