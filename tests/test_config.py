@@ -406,3 +406,21 @@ def test_blocks_nested_past_the_yaml_limit_say_the_limit_and_the_line(tmp_path: 
     path.write_text(yaml.safe_dump({"input": {"batch": 1, "channels": 1, "height": 3, "width": 3},
                                     "layers": layers + [{"flatten": {}}, {"dense": {"units": 2}}]}))
     assert invoke("check", str(path)).exit_code == 0
+
+
+def test_a_config_parsed_again_is_a_fresh_copy_of_its_current_text(tmp_path: Path) -> None:
+    """The parse is kept by text (``config._parsed``): a caller that changes what it got does
+    not change the next load, and a file edited between two loads is read as it is now."""
+    path = tmp_path / "net.yaml"
+    text = (Path(__file__).parent.parent / "cnngrad" / "configs" / "lenet.yaml").read_text(encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    first = cfg.parse_yaml(text)
+    first["layers"].append({"dense": {"units": 3}})
+    first["input"]["batch"] = 99
+    again = cfg.load(str(path))
+    assert again.batch == 4 and len(again.layers) == len(cfg.parse_yaml(text)["layers"]) == 10
+    path.write_text(text.replace("batch: 4", "batch: 3"), encoding="utf-8")
+    assert cfg.load(str(path)).batch == 3
+    for _ in range(2):  # an error is raised each time, never kept
+        with pytest.raises(cfg.ConfigError, match="aliases"):
+            cfg.parse_yaml("a: &x 1\nb: *x\n")
