@@ -231,7 +231,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
         z affine in its input and parameters) runs the first step only and scales it to the
         others (Δz(s·v) = (s / s₀)·Δz(s₀·v)), as ``forward_perturbed`` does; a per-sample layer
         moved along its input runs every step of a direction in one pass, the moved copies of
-        the batch stacked.
+        the batch stacked (where they fit the memory budget).
 
         A layer offering ``"piece"`` (relu, leaky relu, max and global max pooling) moved along
         its input is held on the unperturbed pass's piece (``forward_on_piece``), as the
@@ -248,7 +248,9 @@ class LinkDifferences(InputLinks, GroupedInputs):
         crossed = np.zeros(len(V), dtype=bool)
         work = np.result_type(original, fd.work)
         exact = pure(layer) and is_linear(layer)  # one step, scaled to the others
-        stacked = ref.is_delta and link.caps.per_sample and not exact and len(offs) > 1
+        # the steps stacked where their copies fit the memory budget (a call a step saves nothing on a large map)
+        stacked = (ref.is_delta and link.caps.per_sample and not exact and len(offs) > 1
+                   and len(offs) * (original.nbytes + z0.nbytes) * 4 <= fd.budget)
         with one_thread():
             try:
                 for k, v in enumerate(V):
