@@ -291,3 +291,19 @@ def test_the_error_is_the_formula_at_every_scale():
         got = _error(lhs, rhs, sizes)
         assert abs(got - float(exact)) <= 1e-12 * float(exact) + 1e-300, (lhs, rhs, sizes, got, float(exact))
     assert np.isnan(_error(float("inf"), 1.0, (1.0, 1.0, 1.0, 1.0)))
+
+
+def test_a_norm_is_finite_exactly_where_every_entry_is():
+    """``adjoint._norm`` stands for an ``isfinite`` pass over a move (``_lifted``): not finite
+    for an inf or a NaN anywhere, finite (and right) for entries whose squares overflow or
+    underflow."""
+    from cnngrad.adjoint import _norm
+
+    rng = np.random.default_rng(3)
+    for scale in (1e-300, 1e-160, 1.0, 1e160, 1e300):
+        x = rng.uniform(-1, 1, (3, 5, 7)) * scale
+        assert np.isfinite(_norm(x)) and np.isclose(_norm(x), np.linalg.norm(x / scale) * scale, rtol=1e-12)
+        for bad in (np.inf, -np.inf, np.nan):
+            y = x.copy()
+            y[1, 2, 3] = bad
+            assert not np.isfinite(_norm(y)), (scale, bad)
