@@ -494,32 +494,47 @@ def table_row(name: str, rung: dict[str, Any]) -> str:
         ratio = (g["seconds"] / r["seconds"]) if g.get("seconds") else None
         cells += [_s(r["seconds"]) + ("" if r.get("passed", True) else " FAIL"), f"{r.get('entries_per_s', 0):,.0f}",
                   f"{r.get('peak_rss_mb', 0):.0f} MB",
-                  f"{r.get('check_seconds', r['seconds']) / r['floor_seconds']:.0f}x",
+                  _times(r.get("check_seconds", r["seconds"]) / r["floor_seconds"]),
                   f"{ratio:.0f}x" if ratio else ""]
     gc = _s(g.get("seconds")) if g else ""
     if g.get("extrapolated"):
         gc = "~" + gc + f" (from {g['measured_entries']} entries)"
     elif g and not g.get("passed", True):
         gc += " FAILS"
-    fast = g.get("fast_seconds")
+    fast, fast_first = g.get("fast_seconds"), g.get("fast_first_seconds")
     cells.append(gc)
-    # --directions 1 against fast_mode in-process both: the check's own seconds (start-up left out)
+    # --directions 1 against fast_mode in-process both, first call against first call (the check's own
+    # seconds, start-up left out) and warm against warm
     for key in ("directions", "directions_layer"):
-        d = rung.get(key)
-        dsec = d.get("check_seconds") if d else None
+        d, w = rung.get(key), rung.get(key + "_warm")
         if d and d.get("seconds") is None:
             cells += [f"> {d.get('timeout', 0):.0f} s (timeout)", ""]
             continue
-        cells += [f"{dsec * 1000:.0f} ms" if dsec else "", f"{fast / dsec:.1f}x" if dsec and fast else ""]
-    cells.append(f"{fast * 1000:.0f} ms" if fast else "")
+        first, warm = (d or {}).get("check_seconds"), (w or {}).get("seconds")
+        cells += [f"{_ms(first)} / {_ms(warm)}", f"{_x(fast_first, first)} / {_x(fast, warm)}"]
+    cells.append(f"{_ms(fast_first)} / {_ms(fast)}")
     return "| " + " | ".join(cells) + " |"
+
+
+def _times(ratio: float) -> str:
+    """A ratio as shown: one decimal below 10 (0.58x was shown as 0x), none above."""
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds else "—"
+
+
+def _x(peer: float | None, seconds: float | None) -> str:
+    return f"{peer / seconds:.2f}x" if peer and seconds else "—"
 
 
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     head = ("| net | entries (x + params) | layer scope | entries/s | peak RSS | vs floor | vs gradcheck "
             "| network scope | entries/s | peak RSS | vs floor | vs gradcheck | gradcheck "
-            "| --directions 1 (network) | fast_mode / it | --directions 1 (layer) | fast_mode / it | fast_mode |")
+            "| --directions 1 (network): first / warm | fast_mode / it | --directions 1 (layer): first / warm "
+            "| fast_mode / it | fast_mode: first / warm |")
     sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
     boot = f"; start-up (import cnngrad.cli) {m['start_up_seconds']:.2f} s" if "start_up_seconds" in m else ""
     load = f"; load average {m['load_before'][0]:.1f} at the start" if "load_before" in m else ""
