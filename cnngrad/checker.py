@@ -680,8 +680,8 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 V = random_directions(problem.rng, how.directions, g.size)
                 along, kinks = fd.directional(row.ref, V)
                 row.check = judge(row.ref, row.kind, g.shape, np.arange(how.directions),
-                                  V @ g.reshape(-1).astype(np.float64), along, kinks, how.tol, mode="directions",
-                                  floor=report.floor)
+                                  V @ g.reshape(-1).astype(np.float64, copy=False), along, kinks, how.tol,
+                                  mode="directions", floor=report.floor)
         todo = [row for row in rows if row.check is None or not row.check.passed]  # entry by entry
         try:
             numeric = fd.numeric([(row.ref, row.picks) for row in todo])

@@ -109,8 +109,8 @@ def end_to_end(fd: FiniteDifferences, g: Array, kind: str, rng: np.random.Genera
 
     V = directions(rng, k, g.size)
     along, kinks = fd.directional(TensorRef.delta(0), V)
-    check = judge(TensorRef.delta(0), kind, g.shape, np.arange(k), V @ g.reshape(-1).astype(np.float64), along,
-                  kinks, tol, mode="directions", floor=floor)
+    check = judge(TensorRef.delta(0), kind, g.shape, np.arange(k), V @ g.reshape(-1).astype(np.float64, copy=False),
+                  along, kinks, tol, mode="directions", floor=floor)
     what = "end to end: ∂C/∂x through the whole network and the loss"
     if check.passed:
         check.note = f"{what}, along {k} random directions"

@@ -8,6 +8,7 @@ shortcut but ``forward_perturbed`` (spot-checked) and ``elementwise`` is taken.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -219,10 +220,12 @@ class LinkDifferences(InputLinks, GroupedInputs):
         tol, so the row went entry by entry) — as the dot-product test lifts its moves."""
         if not (pure(layer) and is_linear(layer)):
             return 1.0
-        size = float(np.linalg.norm(original))
+        flat = original.reshape(-1)
+        squares = float(np.einsum("i,i->", flat, flat)) if flat.dtype.kind == "f" else np.nan
+        size = math.sqrt(squares) if 1e-200 < squares < 1e300 else float(np.linalg.norm(original))
         if not 0.0 < size < np.inf:
             return 1.0
-        return float(2.0 ** round(np.log2(size / self.fd.eps)))
+        return float(2.0 ** round(math.log2(size / self.fd.eps)))
 
     def directional(self, ref: TensorRef, V: Array) -> tuple[Array, Array]:
         """``⟨δ^l, (z^l(θ + h·v) − z^l(θ − h·v)) / 2h⟩`` along each row v of V (of shape
@@ -243,7 +246,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
         on_piece = ref.is_delta and base is not None and link.caps.can("piece")
         original = link.a_prev if ref.is_delta else layer.params[ref.name]
         offs = np.asarray(self.method.offsets) * (fd.eps * self._lift(layer, original))
-        steps = np.broadcast_to(offs[:, None], (len(offs), len(V)))
+        steps = offs[:, None].repeat(len(V), axis=1)
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(len(V), dtype=bool)
         work = np.result_type(original, fd.work)
