@@ -54,7 +54,8 @@ class ConvTranspose:
         self.full = (fh, fw)
         self.out_shape = (filters, self.full[0] - 2 * self.p[0], self.full[1] - 2 * self.p[1])
         kk = self.k[0] * self.k[1]
-        self.params = {"W": init_weights(rng, (c, filters) + self.k, filters * kk, c * kk, init).astype(dtype)}
+        W = init_weights(rng, (c, filters) + self.k, filters * kk, c * kk, init)
+        self.params = {"W": W.astype(dtype, copy=False)}
         if bias == "tied":
             self.params["b"] = rng.normal(0.0, BIAS_STD, size=(filters,)).astype(dtype)
 

@@ -424,3 +424,18 @@ def test_a_config_parsed_again_is_a_fresh_copy_of_its_current_text(tmp_path: Pat
     for _ in range(2):  # an error is raised each time, never kept
         with pytest.raises(cfg.ConfigError, match="aliases"):
             cfg.parse_yaml("a: &x 1\nb: *x\n")
+
+
+@pytest.mark.parametrize("init", ["lecun", "he", "xavier", {"normal": 0.3}])
+def test_weights_are_the_documented_normal_draws(init) -> None:
+    """``layers.init_weights`` draws N(0, σ²) with σ from the init rule (lecun 1/fan_in, he
+    2/fan_in, xavier 2/(fan_in + fan_out), ``normal: σ``): bit for bit numpy's
+    ``Generator.normal(0, σ)`` from the same generator state — a seed's weights are what they were."""
+    import numpy as np
+
+    from cnngrad.layers import init_weights
+
+    std = {"lecun": np.sqrt(1 / 75), "he": np.sqrt(2 / 75), "xavier": np.sqrt(2 / (75 + 150))}.get(
+        init if isinstance(init, str) else "", 0.3)
+    got = init_weights(np.random.default_rng(11), (6, 3, 5, 5), 75, 150, init)
+    assert np.array_equal(got, np.random.default_rng(11).normal(0.0, std, size=(6, 3, 5, 5)))
