@@ -238,3 +238,22 @@ def test_every_method_catches_each_core_bug(monkeypatch, method, bug, name, rows
     bug(monkeypatch)
     report = check(name, method=method, samples=40)
     assert rows <= failing(report)
+
+
+@pytest.mark.parametrize("scope", ["layer", "network"])
+@pytest.mark.parametrize("method", ["complex", "ridders"])
+def test_directions_run_with_the_complex_step_and_ridders_in_blocks_and_catch_the_core_bugs(
+        monkeypatch, method, scope):
+    """A QA pass found both crash with ``--directions``: the complex step moving a bias added a
+    complex step into a real z (``z += b``: the layer's input was left real; LeNet's layer
+    scope, blocks in the network scope), and Ridders' error estimates broke an unpacking of
+    a block's directions.  Now correct nets pass, and the core bugs fail."""
+    for name in ("lenet", "resnet-block"):
+        assert check(name, method=method, directions=2, scope=scope).passed, (name, method, scope)
+    _bias_mean(monkeypatch)
+    _no_rotation(monkeypatch)
+    report = check("lenet", method=method, directions=2, scope=scope)
+    # the unrotated kernel is in conv 3's δ input; layer 0's W is wrong through the network only
+    # (the layer scope checks its backward on the δ it received, and passes it)
+    rows = {(0, "b"), (3, "b"), (3, "input")} | ({(0, "W")} if scope == "network" else set())
+    assert report.return_code == 1 and rows <= failing(report), failing(report)

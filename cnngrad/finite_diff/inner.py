@@ -61,6 +61,8 @@ def perturbed_outputs(fd: FiniteDifferences, leaf: Any, name: str, a_prev: Array
     state moved, per output (len,)."""
     original = leaf.params[name]
     base = kink_state(leaf, capabilities(leaf), base_cache)
+    # complex too when the values are (the complex step): ``z += b`` runs in place, into z of a_prev's dtype
+    a_prev = a_prev.astype(np.result_type(a_prev, *values), copy=False)
     outs, own = [], np.zeros(len(values), dtype=bool)
     try:
         for g, value in enumerate(values):
@@ -189,7 +191,7 @@ def directional(fd: FiniteDifferences, ref: TensorRef, V: Array) -> tuple[Array,
             a, crossed = block.resume(_after(sub), out, cache)
             crossed |= np.repeat(own, n)
         losses, after, samples = fd._losses(a, i + 1, np.tile(np.arange(n), m * k), copies=True)
-        v, kk = fd._combine(losses, np.broadcast_to(offs, (m, k)), samples, crossed | after)
+        v, kk = fd._combine(losses, np.broadcast_to(offs, (m, k)), samples, crossed | after)[:2]  # Ridders: + errors
         values_out.append(v)
         kinks_out.append(kk)
     return np.concatenate(values_out), np.concatenate(kinks_out)

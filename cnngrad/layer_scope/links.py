@@ -196,13 +196,14 @@ class LinkDifferences(InputLinks, GroupedInputs):
         new, steps = self._steps(flat0[idx])
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(len(idx), dtype=bool)
+        a_prev = link.a_prev.astype(np.result_type(link.a_prev, new), copy=False)  # complex with a complex step
         try:
             for m in range(new.shape[0]):
                 for k, j in enumerate(idx):
                     p = original.astype(new.dtype, order="C")  # a Fortran-ordered W: reshape(-1) copied, the write lost
                     p.reshape(-1)[j] = new[m, k]
                     layer.params[name] = p
-                    out, cache = layer.forward(link.a_prev)
+                    out, cache = layer.forward(a_prev)
                     contracted[m, k] = np.sum((out - z0) * delta)
                     crossed[k] |= moved(layer, link.caps, cache, base)
         finally:
@@ -278,9 +279,9 @@ class LinkDifferences(InputLinks, GroupedInputs):
                             continue
                         if ref.is_delta:
                             out, cache = layer.forward(shifted)
-                        else:
+                        else:  # the input complex too with a complex step: ``z += b`` runs in place
                             layer.params[ref.name] = shifted
-                            out, cache = layer.forward(link.a_prev)
+                            out, cache = layer.forward(link.a_prev.astype(work, copy=False))
                         contracted[m, k] = np.sum((out - z0) * delta)
                         crossed[k] |= moved(layer, link.caps, cache, base)
                     if exact:
