@@ -322,3 +322,28 @@ def test_directions_of_a_linear_layers_parameters_are_a_plain_loop_of_the_whole_
                 want = central2 if method == "central" else (4 * (costs[2] - costs[3]) / h - central2) / 3
                 assert abs(along[k] - want) <= 1e-7 * abs(want) + 1e-9, (l, name, along[k], want)
                 assert abs(along[k] - v @ grads[l][name].ravel()) <= 1e-6 * np.linalg.norm(grads[l][name]), (l, name)
+
+
+def test_native_directions_of_a_linear_layers_parameters_stay_in_the_nets_float(monkeypatch):
+    """``--fd-dtype native`` runs the differences in the network's own float: along a direction
+    of a conv's or a dense layer's W or b, the steps' outputs taken from one pass (z affine in
+    the parameter) stay float32 too — a float64 ratio of the steps promoted them (a QA pass),
+    and the rest of the network ran in float64 for those rows."""
+    from cnngrad.layers import Activation
+
+    p = build(cfg.load("float32"))
+    net, x, y = p.net, p.x, p.y
+    fd = FiniteDifferences(net, x, y, 1e-2)  # the net's float: float32
+    seen = []
+    real = Activation.forward
+
+    def forward(self, a):
+        seen.append(a.dtype)
+        return real(self, a)
+
+    monkeypatch.setattr(Activation, "forward", forward)
+    rng = np.random.default_rng(0)
+    for l, layer in enumerate(net.layers):
+        for name, P in layer.params.items():
+            fd.directional(TensorRef.param(l, name), rng.uniform(-1, 1, (1, P.size)))
+    assert seen and set(seen) == {np.dtype(np.float32)}, set(seen)

@@ -326,7 +326,7 @@ class FiniteDifferences:
                     z0 = self.inputs[ref.index + 1]
                     change = outs[0][ki] - z0
                     for mi in range(1, m):
-                        outs[mi].append(z0 + (offs[mi, 0] / offs[0, 0]) * change)
+                        outs[mi].append(z0 + float(offs[mi, 0] / offs[0, 0]) * change)  # a float: float32 stays
         finally:
             layer.params[ref.name] = original
         return np.concatenate([out for per_step in outs for out in per_step])
