@@ -68,10 +68,21 @@ def metrics(g: Array, n: Array) -> Metrics:
             bad = int(np.flatnonzero(~np.isfinite(diff))[0])
             return Metrics(float("nan"), float("nan"), float("nan"), bad)
         worst = int(np.argmax(diff))
-        rel = diff / np.maximum(np.maximum(np.abs(g), np.abs(n)), TINY)
-        denom = _norm(g) + _norm(n)
-        norm_rel = float(_norm(g - n) / denom) if denom > 0 else 0.0
+        top = np.maximum(np.abs(g), np.abs(n))
+        rel = diff / np.maximum(top, TINY)
+        s = _scale(float(top.max()))
+        gs, ns, ds = (g, n, g - n) if s == 1.0 else (g / s, n / s, (g - n) / s)  # the difference taken unscaled
+        denom = _norm(gs) + _norm(ns)
+        norm_rel = float(_norm(ds) / denom) if denom > 0 else 0.0
     return Metrics(float(diff.max()), float(rel.max()), norm_rel, worst)
+
+
+def _scale(top: float) -> float:
+    """What the entries are divided by before their squares are summed for norm rel (a ratio,
+    the same for any scale): 1, or the largest of them where its square would overflow or
+    underflow — gradients of 1e160 gave inf/inf, NaN (a QA pass), and of 1e-160 gave 0/0,
+    taken as 0: a pass, whatever the error."""
+    return top if top > 1e150 or 0.0 < top < 1e-150 else 1.0
 
 
 def _metrics_small(g: list[float], n: list[float]) -> Metrics:
@@ -82,10 +93,15 @@ def _metrics_small(g: list[float], n: list[float]) -> Metrics:
         if not math.isfinite(d):
             return Metrics(float("nan"), float("nan"), float("nan"), i)
     worst = max(range(len(diff)), key=diff.__getitem__)  # the first of the largest, as argmax
-    rel = max(d / max(abs(a), abs(b), TINY) for d, a, b in zip(diff, g, n))
+    top = [max(abs(a), abs(b)) for a, b in zip(g, n)]
+    rel = max(d / max(t, TINY) for d, t in zip(diff, top))
+    max_abs = diff[worst]
+    s = _scale(max(top))
+    if s != 1.0:  # the difference taken unscaled: g/s − n/s loses the digits g − n keeps
+        g, n, diff = [a / s for a in g], [b / s for b in n], [d / s for d in diff]
     denom = math.sqrt(sum(a * a for a in g)) + math.sqrt(sum(b * b for b in n))
     norm_rel = math.sqrt(sum(d * d for d in diff)) / denom if denom > 0 else 0.0
-    return Metrics(diff[worst], float(rel), norm_rel, worst)
+    return Metrics(max_abs, float(rel), norm_rel, worst)
 
 
 def _norm(v: Array) -> float:

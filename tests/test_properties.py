@@ -1,6 +1,8 @@
 """Properties over random networks built by `cnngrad.strategies.configs`."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -83,8 +85,24 @@ def test_error_metrics_are_the_conventions_formulas(pair):
             assert np.isnan(m.norm_rel) and np.isnan(m.max_abs) and m.worst == first
             return
         rel = diff / np.maximum(np.maximum(np.abs(g), np.abs(n)), np.finfo(np.float64).tiny)
-        norms = np.linalg.norm(g) + np.linalg.norm(n)
-        norm_rel = np.linalg.norm(g - n) / norms if norms > 0 else 0.0
+    # norms by math.hypot: scaled inside, no overflow or underflow at any magnitude
+    norms = math.hypot(*g) + math.hypot(*n)
+    norm_rel = math.hypot(*(g - n)) / norms if norms > 0 else 0.0
     assert m.worst == int(np.argmax(diff)) and m.max_abs == diff.max()
     assert np.isclose(m.max_rel, rel.max(), rtol=1e-14, atol=0)
-    assert np.isclose(m.norm_rel, norm_rel, rtol=1e-12, atol=0) or np.isnan(norm_rel) and np.isnan(m.norm_rel)
+    assert np.isclose(m.norm_rel, norm_rel, rtol=1e-12, atol=1e-150)  # below 1e-150: squares underflow
+
+
+@pytest.mark.parametrize("size", [3, 40])  # both sides of compare.SMALL
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1.0, 1e160, 1e200, 1e300])
+def test_norm_rel_is_the_same_at_every_magnitude(size, scale):
+    """A QA pass found norm rel NaN for gradients of 1e160 (the squares overflow: inf/inf) —
+    and 0/0, taken as 0, a pass whatever the error, for gradients of 1e-160.  Norm rel is a
+    ratio: it is the same at every magnitude."""
+    from cnngrad.compare import metrics
+
+    g = np.random.default_rng(size).uniform(-1, 1, size)
+    n = g * (1 + 1e-3 * np.random.default_rng(size + 1).uniform(-1, 1, size))
+    want = metrics(g, n).norm_rel
+    assert 1e-5 < want < 1e-2
+    assert np.isclose(metrics(g * scale, n * scale).norm_rel, want, rtol=1e-9), scale
