@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..adjoint import _norm as norm
 from ..adjoint import is_linear
 from ..blas import one_thread
 from ..blocks import Block
@@ -221,9 +222,7 @@ class LinkDifferences(InputLinks, GroupedInputs):
         tol, so the row went entry by entry) — as the dot-product test lifts its moves."""
         if not (pure(layer) and is_linear(layer)):
             return 1.0
-        flat = original.reshape(-1)
-        squares = float(np.einsum("i,i->", flat, flat)) if flat.dtype.kind == "f" else np.nan
-        size = math.sqrt(squares) if 1e-200 < squares < 1e300 else float(np.linalg.norm(original))
+        size = norm(original)
         if not 0.0 < size < np.inf:
             return 1.0
         return float(2.0 ** round(math.log2(size / self.fd.eps)))
