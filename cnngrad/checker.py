@@ -922,10 +922,11 @@ def _run(config: cfg.Config, problem: Problem, how: Settings) -> Report:
                 assert links is not None
                 _sampled_links(report, rows, links, how, excused)  # may name a link sampled along directions
                 if not report.localisation:
+                    unchecked: list[TensorCheck] = []
                     report.culprit, report.localisation = layer_scope.kinked_link(
                         links, [row.verdict for row in rows], how.tol,
-                        "every link checks out where no stencil crosses a kink, and ∂C/∂x end to end does not"
-                    ) or (None, layer_scope.WIRING)
+                        "every link checks out where no stencil crosses a kink, and ∂C/∂x end to end does not",
+                        unchecked) or (None, layer_scope.wiring(unchecked))
     return report
 
 

@@ -157,3 +157,22 @@ def test_a_row_on_its_kinks_at_theta_is_unresolved_not_passed_by_the_complex_ste
         assert rep.return_code == 1
         assert "or layer 2 (TiedPoolC) above it is: no entry of its δ could be checked" in rep.localisation, \
             rep.localisation
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_the_layer_scope_names_a_layer_whose_kinks_no_link_could_check_before_the_wiring(tmp_path, size):
+    """The layer scope's twin of the tests above (a QA pass): with the pool wrong only at its
+    ties, every link that could be checked passes and only ∂C/∂x end to end fails — it said
+    "every layer's backward checks out … the wiring is wrong", but the pool's δ at its kinks
+    was never checked (it crosses them even alone).  It names the pool, and the wiring second;
+    with the pool right, the check passes."""
+    def config(bug):
+        return plugin_config(tmp_path, "tied_pool", f"class: \"tied_pool:TiedPool\", size: {size}, "
+                             f"bug: {bug or 'null'}", shape="{batch: 3, channels: 2, height: 5, width: 5}",
+                             before=("conv: {filters: 3, kernel: 3}", "upsample: {scale: 2}"))
+
+    assert check(config(None), plugins=True, scope="layer").passed
+    wrong = check(config("ties_all"), plugins=True, scope="layer")
+    assert wrong.return_code == 1 and not wrong.localisation.startswith("every layer's backward checks out")
+    assert "layer 2 (TiedPool) is the likeliest" in wrong.localisation and "wiring" in wrong.localisation, \
+        wrong.localisation

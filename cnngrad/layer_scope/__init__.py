@@ -218,3 +218,21 @@ def as_end_to_end(check: Any, first: Any) -> Any:
 
 WIRING = ("every layer's backward checks out against its own forward, but ∂C/∂x end to end does not: "
           "the wiring between the layers (which δ each backward receives) or the loss's gradient is wrong")
+
+
+def wiring(unchecked: list) -> str:
+    """The localisation when only ∂C/∂x end to end fails: the wiring (``WIRING``) — unless a
+    layer's δ at its kinks could not be checked at all (``kinked_link``'s ``unexamined``: it
+    crosses them even alone, a plugin with no piece to hold it on; ties at θ after a nearest
+    upsampling, say), which is then named first: "every layer checks out" would not be true
+    (a QA pass: a max pool's backward wrong only at ties was put down to the wiring)."""
+    if not unchecked:
+        return WIRING
+    c = max(unchecked, key=lambda c: c.ref.path)  # the first in backprop order
+    seen = (f"its δ checked out only where no stencil crosses a kink ({c.kinks} entries left out), and there it "
+            f"crosses one even alone" if c.checked else
+            f"no entry of its δ could be checked (all {c.kinks} on kinks), and it crosses them even alone")
+    return (f"every link checks out where it could be checked, but ∂C/∂x end to end does not: layer {c.ref.layer} "
+            f"({c.kind}) is the likeliest — {seen} (it offers no piece to hold it on), so its backward at its kinks "
+            f"is unchecked; else the wiring between the layers (which δ each backward receives) or the loss's "
+            f"gradient is wrong")
