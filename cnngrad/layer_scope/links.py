@@ -250,6 +250,8 @@ class LinkDifferences(InputLinks, GroupedInputs):
         contracted = np.empty(steps.shape, dtype=np.result_type(steps, delta))
         crossed = np.zeros(len(V), dtype=bool)
         work = np.result_type(original, fd.work)
+        # a parameter's layer runs on its input cast complex too with a complex step: ``z += b`` runs in place
+        a_prev = link.a_prev.astype(work, copy=False)
         exact = pure(layer) and is_linear(layer)  # one step, scaled to the others
         # the steps stacked where their copies fit the memory budget (a call a step saves nothing on a large map)
         stacked = (ref.is_delta and link.caps.per_sample and not exact and len(offs) > 1
@@ -265,9 +267,9 @@ class LinkDifferences(InputLinks, GroupedInputs):
                             out = layer.forward_on_piece(shifted, base[np.tile(np.arange(fd.n), len(offs))])
                         else:
                             out, cache = layer.forward(shifted)
-                            state = kink_state(layer, link.caps, cache) if base is not None else None
-                            crossed[k] = state is not None and base is not None and bool(
-                                np.any(state.reshape((len(offs),) + base.shape) != base))
+                            if base is not None:  # each copy's kink state against the unperturbed pass's
+                                state = np.asarray(kink_state(layer, link.caps, cache))
+                                crossed[k] = bool(np.any(state.reshape((len(offs),) + base.shape) != base))
                         change = out.reshape((len(offs),) + z0.shape) - z0
                         contracted[:, k] = np.sum((change * delta).reshape(len(offs), -1), axis=1)
                         continue
@@ -278,9 +280,9 @@ class LinkDifferences(InputLinks, GroupedInputs):
                             continue
                         if ref.is_delta:
                             out, cache = layer.forward(shifted)
-                        else:  # the input complex too with a complex step: ``z += b`` runs in place
+                        else:
                             layer.params[ref.name] = shifted
-                            out, cache = layer.forward(link.a_prev.astype(work, copy=False))
+                            out, cache = layer.forward(a_prev)
                         contracted[m, k] = np.sum((out - z0) * delta)
                         crossed[k] |= moved(layer, link.caps, cache, base)
                     if exact:
